@@ -1,0 +1,207 @@
+"""Trace forward + ``autograd.grad`` into one FX graph of plain forward operators.
+
+How it works (see DESIGN.md for the measured facts behind each step):
+
+1. The model runs under ``torch.func.functional_call`` with its parameters and
+   buffers passed as graph inputs; a forward hook swaps the target layer's output
+   for a leaf ``A`` (and hands a clone downstream, so in-place ops after the layer
+   work), and ``torch.autograd.grad(y^c, A)`` differentiates only from the logits
+   back to that leaf.
+2. ``make_fx`` traces it symbolically with only the batch (and, where the graph
+   allows, height and width) dynamic; every ``*_backward`` op autograd records is
+   replaced by our decomposition table, so the graph holds forward ops only.
+3. The parameter inputs become buffers of the resulting ``GraphModule``, leaving
+   ``forward(image[, class_index])``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+from .decompositions import backward_decompositions, is_backward_op
+from .errors import LayerError, UnsupportedOperatorError
+from .layers import _logits_of
+from .methods import CAMMethod, postprocess
+
+__all__ = ["CaptureSpec", "explain_function", "trace_explainer"]
+
+log = logging.getLogger(__name__)
+aten = torch.ops.aten
+
+
+class CaptureSpec:
+    """What to compute: the target layer, method, number of classes and post-processing."""
+
+    def __init__(
+        self,
+        layer_name: str,
+        method: CAMMethod,
+        *,
+        top_k: int,
+        class_input: bool,
+        upsample: bool,
+        normalize: bool,
+    ) -> None:
+        self.layer_name = layer_name
+        self.method = method
+        self.top_k = top_k
+        self.class_input = class_input
+        self.upsample = upsample
+        self.normalize = normalize
+
+
+def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, names: Sequence[str]) -> Callable:
+    """The function that gets traced: ``fn(tensors, image[, class_index]) -> 5 outputs``.
+
+    It is also a valid eager computation (it is how ``reference_cam`` differs: that
+    one calls the model directly with live parameters instead of tracing this).
+    """
+
+    def explain(tensors, image, class_index):
+        state = dict(zip(names, tensors, strict=True))
+        logits, activations = _forward_with_leaf(
+            lambda x: torch.func.functional_call(model, state, (x,), strict=False), layer, spec.layer_name, image
+        )
+        return cam_outputs(logits, activations, image, spec, class_index)
+
+    if spec.class_input:
+        return explain
+    return lambda tensors, image: explain(tensors, image, None)
+
+
+def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image: torch.Tensor):
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, _inputs, output):
+        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+            kind = type(output).__name__ if not isinstance(output, torch.Tensor) else f"{output.dim()}-D tensor"
+            raise LayerError(
+                f"layer {layer_name!r} returns a {kind}; a target layer must return one [N, C, h, w] tensor. "
+                "Pick a layer from `gradcam layers`."
+            )
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()  # in-place ops after the layer (ReLU(inplace=True)) act on the clone
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            logits = _logits_of(call(image))
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise LayerError(
+            f"layer {layer_name!r} ran {len(captured)} times in one forward pass; a target layer must run "
+            "exactly once (a module reused at several places is ambiguous). Pick a layer from `gradcam layers`."
+        )
+    return logits, captured[0]
+
+
+def cam_outputs(
+    logits: torch.Tensor,
+    activations: torch.Tensor,
+    image: torch.Tensor,
+    spec: CaptureSpec,
+    class_index: torch.Tensor | None = None,
+):
+    """Class selection, one gradient per explained class, and the CAM maths (pure torch)."""
+    probabilities = torch.softmax(logits.detach(), dim=1)
+    if spec.class_input:
+        top = logits.detach().argmax(dim=1)
+        chosen = torch.where(class_index < 0, top, class_index)[:, None]
+    else:
+        chosen = logits.detach().topk(spec.top_k, dim=1).indices
+    maps = []
+    k_total = chosen.shape[1]
+    for k in range(k_total):
+        with torch.enable_grad():  # samples are independent in eval mode: one backward per k
+            score = logits.gather(1, chosen[:, k : k + 1]).sum()
+        try:
+            (grad,) = torch.autograd.grad(score, activations, retain_graph=k + 1 < k_total)
+        except RuntimeError as exc:
+            raise LayerError(
+                "the target layer has no gradient path to the logits (the logits do not depend on it); "
+                "pick a layer on the path to the classifier, see `gradcam layers`."
+            ) from exc
+        maps.append(spec.method(activations.detach(), grad))
+    cam = torch.stack(maps, dim=1)
+    cam = postprocess(cam, image.shape[-2:] if spec.upsample else None, spec.normalize)
+    return logits.detach(), probabilities, chosen, probabilities.gather(1, chosen), cam
+
+
+def _fake_inputs(mode: FakeTensorMode, tensors, image, class_index, dynamic_spatial: bool):
+    dyn, static = DimDynamic.DYNAMIC, DimDynamic.STATIC
+    img_dims = [dyn, static, dyn if dynamic_spatial else static, dyn if dynamic_spatial else static]
+    fake_image = mode.from_tensor(image, symbolic_context=StatelessSymbolicContext(dynamic_sizes=img_dims))
+    fake_tensors = [mode.from_tensor(t, static_shapes=True) for t in tensors]
+    args = [fake_tensors, fake_image]
+    if class_index is not None:
+        args.append(mode.from_tensor(class_index, symbolic_context=StatelessSymbolicContext(dynamic_sizes=[dyn])))
+    return args
+
+
+def trace_explainer(
+    model: nn.Module,
+    layer: nn.Module,
+    spec: CaptureSpec,
+    image: torch.Tensor,
+    *,
+    dynamic_spatial: bool,
+) -> fx.GraphModule:
+    """Trace the explanation into a ``GraphModule`` with ``forward(image[, class_index])``.
+
+    ``image`` must have a batch of at least 2: symbolic tracing specializes sizes 0 and 1.
+    Raises ``StaticShapesRequired`` when ``dynamic_spatial`` is asked but a decomposition
+    needs concrete spatial sizes.
+    """
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    names = [n for n, _ in named]
+    tensors = [t.detach() for _, t in named]
+    class_index = torch.full((image.shape[0],), -1, dtype=torch.long, device=image.device) if spec.class_input else None
+    mode = FakeTensorMode(shape_env=ShapeEnv())
+    args = _fake_inputs(mode, tensors, image, class_index, dynamic_spatial)
+    fn = explain_function(model, layer, spec, names)
+    gm = make_fx(fn, decomposition_table=backward_decompositions(), tracing_mode="symbolic")(*args)
+    _finalize(gm, names, tensors, spec)
+    return gm
+
+
+def _finalize(gm: fx.GraphModule, names: Sequence[str], tensors: Sequence[torch.Tensor], spec: CaptureSpec) -> None:
+    """Parameters become buffers, detaches go, inputs get the contract's names, no backward op is left."""
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    param_nodes, inputs = placeholders[: len(names)], placeholders[len(names) :]
+    seen: dict[int, str] = {}
+    for node, name, tensor in zip(param_nodes, names, tensors, strict=True):
+        key = id(tensor)
+        if key not in seen:  # tied weights stay one buffer
+            attr = "p_" + name.replace(".", "_")
+            gm.register_buffer(attr, tensor.clone())
+            seen[key] = attr
+        with graph.inserting_before(node):
+            new = graph.get_attr(seen[key])
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    for node, name in zip(inputs, ["image", "class_index"], strict=False):
+        node.target = name
+        node.name = name
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in (aten.detach.default, aten.alias.default):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    output = next(n for n in graph.nodes if n.op == "output")
+    output.args = (tuple(output.args[0]),)
+    graph._codegen = fx.graph.CodeGen()
+    graph.eliminate_dead_code()
+    for node in graph.nodes:
+        if node.op == "call_function" and is_backward_op(node.target):
+            raise UnsupportedOperatorError(str(node.target), spec.layer_name)
+    graph.lint()
+    gm.recompile()

@@ -1,0 +1,186 @@
+"""Lower the backward operators that autograd records into plain forward operators.
+
+The table is torch's own decompositions for ``*_backward`` ops, with our versions
+of the four that torch leaves alone (or lowers into ops ONNX cannot express).
+Constants (pooling matrices, divisor maps) are built with numpy from concrete
+sizes, never with index writes inside the trace: those become ``slice_scatter``
+ops that ONNX Runtime rejects with a symbolic batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch._decomp
+import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
+__all__ = ["StaticShapesRequired", "backward_decompositions", "is_backward_op"]
+
+aten = torch.ops.aten
+
+
+class StaticShapesRequired(Exception):
+    """Raised while tracing when a decomposition needs concrete spatial sizes."""
+
+
+def is_backward_op(target: object) -> bool:
+    """True for an aten op that only autograd would call (``*_backward*``)."""
+    return isinstance(target, torch._ops.OpOverload) and "backward" in target.name()
+
+
+def _static(value, what: str) -> int:
+    if isinstance(value, int):
+        return value
+    if is_concrete_int(value):
+        return int(value)
+    raise StaticShapesRequired(what)
+
+
+def _pair(v: Sequence[int] | int, n: int = 2) -> list[int]:
+    if isinstance(v, int):
+        return [v] * n
+    v = list(v)
+    return v * n if len(v) == 1 else v
+
+
+def _transpose_to_input(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    in_size: Sequence,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> torch.Tensor:
+    """Input gradient of a 2-D sliding-window op given its (forward) kernel ``weight``.
+
+    A stride-1 window becomes a forward convolution with the kernel flipped and its
+    in/out channels swapped per group: cheaper than ConvTranspose in ONNX Runtime and
+    exact for any input size, so it keeps spatial sizes symbolic. Strided windows use
+    ConvTranspose with the output padding that restores the input size; measured
+    alternatives (zero-insertion + forward conv) were slower.
+    """
+    k = [int(s) for s in weight.shape[2:]]
+    if all(s == 1 for s in stride):
+        # full correlation with the flipped kernel, then crop the original padding
+        w = weight.flip(2, 3)
+        out_c, in_c_per_group = w.shape[0], w.shape[1]
+        w = w.reshape(groups, out_c // groups, in_c_per_group, *k).transpose(1, 2)
+        w = w.reshape(groups * in_c_per_group, out_c // groups, *k)
+        pad = [dilation[i] * (k[i] - 1) - padding[i] for i in range(2)]
+        if min(pad) >= 0:
+            return F.conv2d(grad, w, None, 1, pad, dilation, groups)
+        # padding larger than the kernel reach: crop after a zero-padded correlation
+        g = F.conv2d(grad, w, None, 1, [max(p, 0) for p in pad], dilation, groups)
+        crop = [max(-p, 0) for p in pad]
+        return g[:, :, crop[0] : g.shape[2] - crop[0], crop[1] : g.shape[3] - crop[1]]
+    out_size = grad.shape[2:]
+    output_padding = []
+    for i in range(2):
+        n_in = _static(in_size[i], "strided window on a dynamic spatial size")
+        n_out = _static(out_size[i], "strided window on a dynamic spatial size")
+        output_padding.append(n_in - ((n_out - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1) + 1))
+    if all(0 <= op < max(s, d) for op, s, d in zip(output_padding, stride, dilation, strict=True)):
+        return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding, groups, dilation)
+    # ceil_mode windows can reach past the padded input: build the full result, then crop/pad
+    full = F.conv_transpose2d(grad, weight, None, stride, 0, 0, groups, dilation)
+    n_in = [int(in_size[0]), int(in_size[1])]
+    need = [padding[i] + n_in[i] - full.shape[2 + i] for i in range(2)]
+    full = F.pad(full, (0, max(need[1], 0), 0, max(need[0], 0)))
+    return full[:, :, padding[0] : padding[0] + n_in[0], padding[1] : padding[1] + n_in[1]]
+
+
+def convolution_backward(
+    grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
+):
+    if transposed or weight.dim() != 4:
+        raise NotImplementedError  # leaves the op in the graph; the builder names it
+    if output_mask[1] or output_mask[2]:
+        # parameters never require grad while we trace; a weight gradient means misuse
+        raise NotImplementedError
+    grad_input = None
+    if output_mask[0]:
+        grad_input = _transpose_to_input(
+            grad_output, weight, input.shape[2:], _pair(stride), _pair(padding), _pair(dilation), groups
+        )
+    return grad_input, None, None
+
+
+def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    # indices are flat positions in each (n, c) plane: scatter-add the gradient there
+    if self.dim() != 4:
+        raise NotImplementedError
+    flat = torch.zeros_like(self).flatten(2)
+    return flat.scatter_add(2, indices.flatten(2), grad_output.flatten(2)).view_as(self)
+
+
+def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    for i in range(n_out):
+        start = (i * n_in) // n_out
+        end = -((-(i + 1) * n_in) // n_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def _adaptive_avg_pool2d_backward(grad_output, self):
+    out_h, out_w = grad_output.shape[-2:]
+    if out_h == 1 and out_w == 1:  # global average pool: any input size
+        h, w = self.shape[-2:]
+        return grad_output.expand(self.shape) / (h * w)
+    h = _static(self.shape[-2], "adaptive average pool to a size other than 1x1")
+    w = _static(self.shape[-1], "adaptive average pool to a size other than 1x1")
+    ph = torch.tensor(_adaptive_matrix(h, int(out_h)), dtype=grad_output.dtype, device=grad_output.device)
+    pw = torch.tensor(_adaptive_matrix(w, int(out_w)), dtype=grad_output.dtype, device=grad_output.device)
+    # forward pool is Ph @ x @ Pw^T, so the input gradient is Ph^T @ g @ Pw
+    return torch.matmul(torch.matmul(ph.t(), grad_output), pw)
+
+
+def _avg_pool_divisors(n_in, k, s, p, n_out, count_include_pad) -> np.ndarray:
+    div = np.empty(n_out, dtype=np.float64)
+    for i in range(n_out):
+        start = i * s - p
+        end = min(start + k, n_in + p)
+        size = end - start
+        start, end = max(start, 0), min(end, n_in)
+        div[i] = size if count_include_pad else end - start
+    return div
+
+
+def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    if self.dim() != 4:
+        raise NotImplementedError
+    k = _pair(kernel_size)
+    s = _pair(stride) if stride else k
+    p = _pair(padding)
+    n_in = [_static(x, "average pool on a dynamic spatial size") for x in self.shape[-2:]]
+    n_out = [int(x) for x in grad_output.shape[-2:]]
+    if divisor_override:
+        div = np.full(n_out, float(divisor_override))
+    else:
+        dh = _avg_pool_divisors(n_in[0], k[0], s[0], p[0], n_out[0], count_include_pad)
+        dw = _avg_pool_divisors(n_in[1], k[1], s[1], p[1], n_out[1], count_include_pad)
+        div = np.outer(dh, dw)
+    inv = torch.tensor((1.0 / div).astype(np.float32), dtype=grad_output.dtype, device=grad_output.device)
+    channels = self.shape[1]
+    ones = torch.ones((channels, 1, k[0], k[1]), dtype=grad_output.dtype, device=grad_output.device)
+    return _transpose_to_input(grad_output * inv, ones, self.shape[-2:], s, p, [1, 1], channels)
+
+
+_OURS: dict[torch._ops.OpOverload, Callable] = {
+    aten.convolution_backward.default: convolution_backward,
+    aten.max_pool2d_with_indices_backward.default: max_pool2d_with_indices_backward,
+    aten._adaptive_avg_pool2d_backward.default: _adaptive_avg_pool2d_backward,
+    aten.avg_pool2d_backward.default: avg_pool2d_backward,
+}
+
+
+def backward_decompositions() -> dict[torch._ops.OpOverload, Callable]:
+    """Torch's decompositions of backward ops, overridden by ours."""
+    table = {op: fn for op, fn in torch._decomp.decomposition_table.items() if is_backward_op(op)}
+    table.update(_OURS)
+    return table
+

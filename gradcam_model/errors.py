@@ -1,0 +1,86 @@
+"""The package's exceptions: one root class, one subclass per failure stage.
+
+Every message says what was expected and what to do next, so the CLI can print
+it as a single line.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GradCAMError",
+    "LayerNotFoundError",
+    "LayerError",
+    "MethodError",
+    "ModelOutputError",
+    "UnsupportedOperatorError",
+    "ExportError",
+    "ArtifactError",
+    "InputError",
+    "ParityError",
+    "WeightsError",
+]
+
+
+class GradCAMError(Exception):
+    """Root of every error raised on purpose by :mod:`gradcam_model`."""
+
+
+class LayerNotFoundError(GradCAMError, KeyError):
+    """A target layer name that the model does not have."""
+
+    def __init__(self, name: str, suggestions: list[str]) -> None:
+        self.name = name
+        self.suggestions = list(suggestions)
+        hint = f" Did you mean {', '.join(repr(s) for s in self.suggestions)}?" if self.suggestions else ""
+        super().__init__(
+            f"layer {name!r} not found in the model.{hint} "
+            "Run `gradcam layers` or gradcam_model.list_layers(model, example_input) to see the candidates."
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class LayerError(GradCAMError):
+    """A layer that exists but cannot be explained (no gradient path, tuple output, never called...)."""
+
+
+class MethodError(GradCAMError, ValueError):
+    """An unknown CAM method, or one that does not apply to this model/layer."""
+
+
+class ModelOutputError(GradCAMError):
+    """The model's output is not a ``[N, C]`` tensor of logits."""
+
+
+class UnsupportedOperatorError(GradCAMError):
+    """A backward operator that we cannot lower to forward operators."""
+
+    def __init__(self, op: str, target_layer: str) -> None:
+        self.op = op
+        self.target_layer = target_layer
+        super().__init__(
+            f"the gradient from the logits back to layer {target_layer!r} uses operator {op}, "
+            "which has no decomposition to forward operators; choose a later layer "
+            "(see `gradcam layers`) or report the operator to the gradcam_model maintainers."
+        )
+
+
+class ExportError(GradCAMError):
+    """Writing an artifact failed; any older file at the path is untouched."""
+
+
+class ArtifactError(GradCAMError):
+    """A file that is missing, unreadable, or not a gradcam_model artifact."""
+
+
+class InputError(GradCAMError, ValueError):
+    """Images or class indices that do not match what the explainer expects."""
+
+
+class ParityError(GradCAMError):
+    """An artifact whose outputs differ from the eager reference beyond tolerance."""
+
+
+class WeightsError(GradCAMError):
+    """A weights file that is missing, not a checkpoint, or does not fit the model."""

@@ -1,0 +1,174 @@
+"""CAM methods: each one turns activations ``A`` and gradients ``G = dy^c/dA`` into a map.
+
+The base class owns everything shared (ReLU, upsampling, normalization); a method
+implements only its weights (or, for the element-wise methods, its saliency).
+All of it is pure torch so it can be traced into the exported graph.
+Formulas follow Selvaraju et al. and match pytorch-grad-cam, our test oracle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+
+from .errors import MethodError
+
+__all__ = [
+    "CAMMethod",
+    "ChannelWeightedCAM",
+    "GradCAM",
+    "GradCAMPlusPlus",
+    "XGradCAM",
+    "HiResCAM",
+    "LayerCAM",
+    "GradCAMElementWise",
+    "CAM",
+    "METHODS",
+    "get_method",
+    "postprocess",
+]
+
+_SPATIAL = (2, 3)
+
+
+class CAMMethod(ABC):
+    """Base of every method: ``cam = ReLU(saliency(A, G))`` at feature resolution."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """Map ``[N, C, h, w]`` activations and gradients to a ``[N, h, w]`` map (before ReLU)."""
+
+    def __call__(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.saliency(activations, gradients))
+
+
+class ChannelWeightedCAM(CAMMethod):
+    """``cam = ReLU(sum_k w_k A_k)``; subclasses define the channel weights ``w``."""
+
+    @abstractmethod
+    def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """Return ``[N, C]`` channel weights."""
+
+    def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        w = self.weights(activations, gradients)
+        return (w[:, :, None, None] * activations).sum(1)
+
+
+class GradCAM(ChannelWeightedCAM):
+    """Grad-CAM: ``w_k = mean_ij G_k``."""
+
+    name = "gradcam"
+
+    def weights(self, activations, gradients):
+        return gradients.mean(_SPATIAL)
+
+
+class GradCAMPlusPlus(ChannelWeightedCAM):
+    """Grad-CAM++: ``alpha = G^2 / (2 G^2 + sum_ij(A_k) G^3 + eps)`` (0 where G = 0);
+    ``w_k = sum_ij alpha ReLU(G_k)``."""
+
+    name = "gradcam++"
+    eps = 1e-6  # pytorch-grad-cam's value; guards 0/0 where G and sum(A) vanish
+
+    def weights(self, activations, gradients):
+        g2 = gradients * gradients
+        g3 = g2 * gradients
+        sum_a = activations.sum(_SPATIAL, keepdim=True)
+        alpha = g2 / (2 * g2 + sum_a * g3 + self.eps)
+        alpha = torch.where(gradients != 0, alpha, torch.zeros_like(alpha))
+        return (alpha * torch.relu(gradients)).sum(_SPATIAL)
+
+
+class XGradCAM(ChannelWeightedCAM):
+    """XGrad-CAM: ``w_k = sum_ij(G_k A_k) / (sum_ij A_k + eps)``."""
+
+    name = "xgradcam"
+    eps = 1e-7  # pytorch-grad-cam's value
+
+    def weights(self, activations, gradients):
+        sum_a = activations.sum(_SPATIAL)
+        return (gradients * activations).sum(_SPATIAL) / (sum_a + self.eps)
+
+
+class HiResCAM(CAMMethod):
+    """HiResCAM: ``cam = ReLU(sum_k G_k * A_k)``."""
+
+    name = "hirescam"
+
+    def saliency(self, activations, gradients):
+        return (gradients * activations).sum(1)
+
+
+class LayerCAM(CAMMethod):
+    """Layer-CAM: ``cam = ReLU(sum_k ReLU(G_k) * A_k)``."""
+
+    name = "layercam"
+
+    def saliency(self, activations, gradients):
+        return (torch.relu(gradients) * activations).sum(1)
+
+
+class GradCAMElementWise(CAMMethod):
+    """Element-wise Grad-CAM: ``cam = ReLU(sum_k ReLU(G_k * A_k))``."""
+
+    name = "gradcam-elementwise"
+
+    def saliency(self, activations, gradients):
+        return torch.relu(gradients * activations).sum(1)
+
+
+class CAM(ChannelWeightedCAM):
+    """CAM (Zhou et al. 2016): ``w_k = W[c, k]`` of a global-average-pool + Linear head.
+
+    For such a head ``dy^c/dA_k(i, j) = W[c, k] / (h w)`` at every position, so
+    ``w_k = sum_ij G_k`` equals ``W[c, k]`` exactly. The builder checks that the
+    target layer really feeds such a head and refuses the method otherwise.
+    """
+
+    name = "cam"
+    requires_gap_linear_head = True
+
+    def weights(self, activations, gradients):
+        return gradients.sum(_SPATIAL)
+
+
+METHODS: dict[str, type[CAMMethod]] = {
+    cls.name: cls
+    for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, CAM)
+}
+
+
+def get_method(method: str | CAMMethod) -> CAMMethod:
+    """Resolve a method name (case-insensitive; ``_`` and ``-`` alike) or pass an instance through."""
+    if isinstance(method, CAMMethod):
+        return method
+    if not isinstance(method, str):
+        raise MethodError(f"method must be a name or a CAMMethod, got {type(method).__name__}")
+    key = method.strip().lower().replace("_", "-")
+    key = {"gradcampp": "gradcam++", "gradcam-plusplus": "gradcam++", "grad-cam": "gradcam"}.get(key, key)
+    if key not in METHODS:
+        raise MethodError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
+    return METHODS[key]()
+
+
+def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, normalize: bool) -> torch.Tensor:
+    """Upsample ``[N, K, h, w]`` maps bilinearly to ``size`` and min-max normalize each map.
+
+    Normalization is ``(cam - min) / (max - min)`` where ``max > min`` and zeros
+    elsewhere: no additive eps, which would distort faint maps.
+    """
+    if size is not None:
+        # the explicit op, not F.interpolate: its composite form decomposes into index
+        # arithmetic with device-bound aranges; this one maps to ONNX Resize and to libtorch
+        cam = torch.ops.aten.upsample_bilinear2d.default(cam, list(size), False)
+    if normalize:
+        lo = cam.amin(dim=_SPATIAL, keepdim=True)
+        hi = cam.amax(dim=_SPATIAL, keepdim=True)
+        span = hi - lo
+        ok = span > 0
+        cam = torch.where(ok, (cam - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(cam))
+    return cam

@@ -1,0 +1,258 @@
+"""``GradCAMModel``: logits and Grad-CAM maps from one graph of plain forward ops."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+from torch import nn
+
+from ._state import eval_state
+from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
+from .decompositions import StaticShapesRequired
+from .errors import InputError, MethodError
+from .layers import _logits_of, auto_layer, resolve_layer
+from .methods import CAMMethod, get_method
+
+__all__ = ["GradCAMModel", "reference_cam"]
+
+log = logging.getLogger(__name__)
+
+OUTPUT_NAMES = ("logits", "probabilities", "class_index", "score", "cam")
+
+
+class GradCAMModel(nn.Module):
+    """A classifier and its Grad-CAM as one module of plain forward operators.
+
+    ``forward(image)`` (or ``forward(image, class_index)`` with ``class_input=True``)
+    returns ``(logits [N,C], probabilities [N,C], class_index [N,K] int64,
+    score [N,K], cam [N,K,H,W])``. The gradient of the explained logit with respect
+    to the target layer is part of the graph, so the module needs no autograd and
+    runs under ``torch.inference_mode()``; it is what the exporters write out.
+
+    Args:
+        model: an image classifier returning ``[N, C]`` logits. Left unchanged.
+        target_layer: dotted module name (as in ``named_modules``) or ``"auto"``: the
+            last layer with a spatial 4-D output on the path to the logits.
+        method: a name from :data:`gradcam_model.METHODS` or a ``CAMMethod``.
+        example_input: a ``[N, C, H, W]`` float tensor on the model's device; its
+            values do not matter, its size fixes ``H, W`` where the graph cannot
+            keep them dynamic. The batch is always dynamic.
+        top_k: explain the ``k`` most likely classes of each image.
+        class_input: take a ``class_index`` input ``[N]`` instead (``-1`` = top class).
+        upsample: resize maps to the input size (else feature resolution).
+        normalize: min-max normalize each map to ``[0, 1]``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str = "auto",
+        *,
+        method: str | CAMMethod = "gradcam",
+        example_input: torch.Tensor,
+        top_k: int = 1,
+        class_input: bool = False,
+        upsample: bool = True,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        _check_image(example_input, "example_input")
+        cam_method = get_method(method)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if class_input and top_k != 1:
+            raise ValueError("class_input=True explains the given class only; use top_k=1 with it")
+        started = time.perf_counter()
+        with eval_state(model), torch.no_grad():
+            layer_name = auto_layer(model, example_input) if target_layer == "auto" else target_layer
+            layer = resolve_layer(model, layer_name)
+            num_classes = int(_logits_of(model(example_input[:1])).shape[-1])
+            if top_k > num_classes:
+                raise ValueError(f"top_k={top_k} exceeds the model's {num_classes} classes")
+            if getattr(cam_method, "requires_gap_linear_head", False):
+                _check_gap_linear_head(model, layer, layer_name, example_input[:2])
+            spec = CaptureSpec(
+                layer_name, cam_method, top_k=top_k, class_input=class_input, upsample=upsample, normalize=normalize
+            )
+            # symbolic tracing specializes a batch of 1: trace with at least 2
+            trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
+            graph, dynamic_spatial = _trace(model, layer, spec, trace_input.contiguous())
+        self.graph = graph
+        self.target_layer = layer_name
+        self.method = cam_method.name
+        self.top_k = top_k
+        self.class_input = class_input
+        self.upsample = upsample
+        self.normalize = normalize
+        self.num_classes = num_classes
+        self.in_channels = int(example_input.shape[1])
+        self.input_size = None if dynamic_spatial else (int(example_input.shape[2]), int(example_input.shape[3]))
+        self.example_size = (int(example_input.shape[2]), int(example_input.shape[3]))
+        self.architecture = type(model).__name__
+        self.build_seconds = time.perf_counter() - started
+        log.info(
+            "built Grad-CAM graph for %s at %r (%s, %s spatial) in %.1f s",
+            self.architecture,
+            layer_name,
+            self.method,
+            "dynamic" if dynamic_spatial else "static",
+            self.build_seconds,
+        )
+
+    @property
+    def dynamic_spatial(self) -> bool:
+        return self.input_size is None
+
+    def forward(self, image: torch.Tensor, class_index: torch.Tensor | None = None):
+        _check_image(image, "image", channels=self.in_channels, size=self.input_size)
+        if self.class_input:
+            if class_index is None:
+                class_index = torch.full((image.shape[0],), -1, dtype=torch.long, device=image.device)
+            class_index = check_class_index(class_index, image.shape[0], self.num_classes)
+            return self.graph(image, class_index.to(image.device))
+        if class_index is not None:
+            raise InputError("this model explains its top-k classes; build it with class_input=True to pass classes")
+        return self.graph(image)
+
+
+def _trace(model, layer, spec, image):
+    """Trace with dynamic height/width if the graph allows, verified at another size; else static."""
+    try:
+        graph = trace_explainer(model, layer, spec, image, dynamic_spatial=True)
+    except StaticShapesRequired as why:
+        log.debug("static spatial size: %s", why)
+    else:
+        h, w = image.shape[2:]
+        other = torch.randn(1, image.shape[1], h + 33, w + 17, dtype=image.dtype, device=image.device)
+        try:
+            with torch.inference_mode():
+                got = graph(other)
+            want = _reference(model, layer, spec, other)
+            ok = all(g.shape == r.shape for g, r in zip(got, want, strict=True)) and torch.allclose(
+                got[0], want[0], rtol=1e-3, atol=1e-4
+            )
+        except Exception as exc:  # any failure at another size means sizes got baked in
+            log.debug("dynamic spatial trace failed at another size: %s", exc)
+            ok = False
+        if ok:
+            return graph, True
+    return trace_explainer(model, layer, spec, image, dynamic_spatial=False), False
+
+
+def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, image: torch.Tensor) -> None:
+    linears: list[tuple[nn.Linear, torch.Tensor]] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, out: linears.append((mod, out)))
+        for m in model.modules()
+        if isinstance(m, nn.Linear)
+    ]
+    try:
+        logits, activations = _forward_with_leaf(model, layer, layer_name, image)
+    finally:
+        for h in hooks:
+            h.remove()
+    reason = None
+    if not linears or linears[-1][1].shape != logits.shape or not torch.equal(linears[-1][1], logits):
+        reason = "the logits are not the output of an nn.Linear"
+    else:
+        head = linears[-1][0]
+        if head.in_features != activations.shape[1]:
+            reason = f"the final Linear takes {head.in_features} features, the layer has {activations.shape[1]} channels"
+        else:
+            expected = head(activations.detach().mean((2, 3)))
+            if not torch.allclose(expected, logits.detach(), rtol=1e-4, atol=1e-5 * float(logits.abs().max()) + 1e-6):
+                reason = "something other than a global average pool lies between the layer and the final Linear"
+    if reason:
+        raise MethodError(
+            f"method 'cam' needs layer {layer_name!r} to feed a global-average-pool + Linear head, but {reason}; "
+            "use 'gradcam', which generalizes CAM to any head."
+        )
+
+
+def _check_image(image, what: str, channels: int | None = None, size: tuple[int, int] | None = None) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise InputError(f"{what} must be a torch.Tensor of shape [N, C, H, W], got {type(image).__name__}")
+    if image.dim() != 4:
+        raise InputError(f"{what} must have shape [N, C, H, W], got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise InputError(f"{what} must be a floating-point tensor (normalized pixels), got {image.dtype}")
+    if image.shape[0] < 1:
+        raise InputError(f"{what} has an empty batch")
+    if channels is not None and image.shape[1] != channels:
+        raise InputError(f"{what} must have {channels} channels, got shape {tuple(image.shape)}")
+    if size is not None and tuple(image.shape[2:]) != tuple(size):
+        raise InputError(
+            f"{what} must be {size[0]}x{size[1]} (this graph has a fixed spatial size), got {tuple(image.shape)}"
+        )
+
+
+def check_class_index(class_index, batch: int, num_classes: int) -> torch.Tensor:
+    """Validate a ``[N]`` class index (``-1`` = top class) and return it as int64."""
+    if not isinstance(class_index, torch.Tensor):
+        class_index = torch.as_tensor(class_index)
+    if class_index.dim() == 0:
+        class_index = class_index.expand(batch)
+    if class_index.dim() != 1 or class_index.shape[0] != batch:
+        raise InputError(f"class_index must have shape [{batch}] (one class per image), got {tuple(class_index.shape)}")
+    if class_index.is_floating_point() or class_index.dtype == torch.bool or class_index.is_complex():
+        raise InputError(f"class_index must be integers, got {class_index.dtype}")
+    class_index = class_index.long()
+    bad = (class_index < -1) | (class_index >= num_classes)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise InputError(
+            f"class_index[{i}] = {int(class_index[i])} is out of range; expected 0..{num_classes - 1}, "
+            "or -1 for the top prediction"
+        )
+    return class_index
+
+
+def _reference(model, layer, spec, image, class_index=None):
+    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image)
+    return cam_outputs(logits, activations, image, spec, class_index)
+
+
+def reference_cam(
+    model: nn.Module,
+    target_layer: str,
+    image: torch.Tensor,
+    class_index: torch.Tensor | None = None,
+    method: str | CAMMethod = "gradcam",
+    *,
+    top_k: int = 1,
+    upsample: bool = True,
+    normalize: bool = True,
+    return_all: bool = False,
+):
+    """Grad-CAM computed the independent way: hooks and a live backward pass, no tracing.
+
+    It is the eager reference every artifact is validated against. ``class_index``
+    ``[N]`` (``-1`` = top class) explains given classes; otherwise the ``top_k`` most
+    likely ones. Returns the cam ``[N, K, H, W]``, or all five contract outputs
+    with ``return_all=True``. The model is left as it was.
+    """
+    _check_image(image, "image")
+    cam_method = get_method(method)
+    with eval_state(model):
+        layer = resolve_layer(model, target_layer)
+        if class_index is not None:
+            with torch.no_grad():
+                num_classes = int(model(image[:1]).shape[-1])
+            class_index = check_class_index(class_index, image.shape[0], num_classes).to(image.device)
+        spec = CaptureSpec(
+            target_layer,
+            cam_method,
+            top_k=top_k,
+            class_input=class_index is not None,
+            upsample=upsample,
+            normalize=normalize,
+        )
+        outputs = _reference(model, layer, spec, image, class_index)
+    outputs = tuple(o.detach() for o in outputs)
+    return outputs if return_all else outputs[4]
+
+
