@@ -189,7 +189,7 @@ def _finalize(gm: fx.GraphModule, names: Sequence[str], tensors: Sequence[torch.
             new = graph.get_attr(seen[key])
         node.replace_all_uses_with(new)
         graph.erase_node(node)
-    for node, name in zip(inputs, ["image", "class_index"], strict=False):
+    for node, name in zip(inputs, ("image", "target_class"), strict=False):
         node.target = name
         node.name = name
     for node in list(graph.nodes):

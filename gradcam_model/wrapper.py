@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -15,11 +16,16 @@ from .errors import InputError, MethodError
 from .layers import _logits_of, auto_layer, resolve_layer
 from .methods import CAMMethod, get_method
 
-__all__ = ["GradCAMModel", "reference_cam"]
+__all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("logits", "probabilities", "class_index", "score", "cam")
+# ONNX names must be unique across inputs and outputs, so the optional class input
+# cannot also be called "class_index"; it is "target_class" in every format.
+INPUT_NAMES = ("image", "target_class")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class GradCAMModel(nn.Module):
@@ -43,6 +49,9 @@ class GradCAMModel(nn.Module):
         class_input: take a ``class_index`` input ``[N]`` instead (``-1`` = top class).
         upsample: resize maps to the input size (else feature resolution).
         normalize: min-max normalize each map to ``[0, 1]``.
+        class_names, mean, std, architecture: recorded in exported artifacts so a
+            runtime can preprocess images and label results without other flags.
+            ``mean``/``std`` describe how pixels in ``[0, 1]`` were normalized.
     """
 
     def __init__(
@@ -56,6 +65,10 @@ class GradCAMModel(nn.Module):
         class_input: bool = False,
         upsample: bool = True,
         normalize: bool = True,
+        class_names: Sequence[str] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        architecture: str | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -92,7 +105,12 @@ class GradCAMModel(nn.Module):
         self.in_channels = int(example_input.shape[1])
         self.input_size = None if dynamic_spatial else (int(example_input.shape[2]), int(example_input.shape[3]))
         self.example_size = (int(example_input.shape[2]), int(example_input.shape[3]))
-        self.architecture = type(model).__name__
+        self.architecture = architecture or type(model).__name__
+        self.class_names = _check_class_names(class_names, num_classes)
+        self.mean = _check_stats(mean, "mean", self.in_channels)
+        self.std = _check_stats(std, "std", self.in_channels)
+        if any(v <= 0 for v in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
         self.build_seconds = time.perf_counter() - started
         log.info(
             "built Grad-CAM graph for %s at %r (%s, %s spatial) in %.1f s",
@@ -128,10 +146,11 @@ def _trace(model, layer, spec, image):
     else:
         h, w = image.shape[2:]
         other = torch.randn(1, image.shape[1], h + 33, w + 17, dtype=image.dtype, device=image.device)
+        classes = (torch.full((1,), -1, dtype=torch.long, device=image.device),) if spec.class_input else ()
         try:
             with torch.inference_mode():
-                got = graph(other)
-            want = _reference(model, layer, spec, other)
+                got = graph(other, *classes)
+            want = _reference(model, layer, spec, other, *classes)
             ok = all(g.shape == r.shape for g, r in zip(got, want, strict=True)) and torch.allclose(
                 got[0], want[0], rtol=1e-3, atol=1e-4
             )
@@ -171,6 +190,22 @@ def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, 
             f"method 'cam' needs layer {layer_name!r} to feed a global-average-pool + Linear head, but {reason}; "
             "use 'gradcam', which generalizes CAM to any head."
         )
+
+
+def _check_class_names(names, num_classes: int) -> tuple[str, ...] | None:
+    if names is None:
+        return None
+    names = tuple(str(n) for n in names)
+    if len(names) != num_classes:
+        raise ValueError(f"class_names has {len(names)} entries but the model has {num_classes} classes")
+    return names
+
+
+def _check_stats(values, what: str, channels: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    if len(values) != channels:
+        raise ValueError(f"{what} must have one value per input channel ({channels}), got {values}")
+    return values
 
 
 def _check_image(image, what: str, channels: int | None = None, size: tuple[int, int] | None = None) -> None:

@@ -1,0 +1,124 @@
+"""Export a ``GradCAMModel`` to ONNX through ``torch.onnx.export(..., dynamo=True)``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ExportError
+from ..wrapper import INPUT_NAMES, OUTPUT_NAMES, GradCAMModel
+from ._atomic import check_target, write_bytes_atomic
+from .metadata import metadata_for
+
+__all__ = ["export_onnx", "DEFAULT_OPSET"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 20  # ScatterElements(reduction="add") needs 16; ORT >= 1.17 runs 20 fully
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def example_inputs(wrapper: GradCAMModel, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    """Export example: batch >= 2 (symbolic tracing specializes 0 and 1), the build size."""
+    device = next(iter(wrapper.buffers())).device
+    gen = torch.Generator().manual_seed(0)
+    image = torch.randn(batch, wrapper.in_channels, *wrapper.example_size, generator=gen).to(device)
+    if wrapper.class_input:
+        return image, torch.full((batch,), -1, dtype=torch.long, device=device)
+    return (image,)
+
+
+def dynamic_shapes(wrapper: GradCAMModel) -> dict:
+    batch = torch.export.Dim.DYNAMIC
+    image = {0: batch}
+    if wrapper.dynamic_spatial:
+        image.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
+    shapes = {"image": image}
+    if wrapper.class_input:
+        shapes["target_class"] = {0: batch}
+    return shapes
+
+
+@contextlib.contextmanager
+def _quiet():
+    """torch.onnx prints progress to stdout and warns about deprecations; keep the library silent."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        warnings.simplefilter("ignore")
+        yield sink
+
+
+def export_onnx(
+    wrapper: GradCAMModel, path: str | os.PathLike, *, opset: int | None = None, overwrite: bool = False
+) -> Path:
+    """Write ``wrapper`` as an ONNX artifact at ``path`` and return the path.
+
+    The graph keeps the contract's input/output names, a dynamic batch (and dynamic
+    height/width when the wrapper has them, as ``batch``, ``height``, ``width``), and
+    the metadata in ``metadata_props``. It passes ``onnx.checker`` before it is
+    written; the write is atomic and refuses an existing file unless ``overwrite``.
+    """
+    import onnx
+
+    if not isinstance(wrapper, GradCAMModel):
+        raise ExportError(f"export_onnx expects a GradCAMModel, got {type(wrapper).__name__}")
+    target = check_target(path, overwrite=overwrite)
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    args = example_inputs(wrapper)
+    input_names = list(INPUT_NAMES[: len(args)])
+    try:
+        with _quiet() as printed, torch.inference_mode(False):
+            program = torch.onnx.export(
+                wrapper.graph,
+                args,
+                dynamo=True,
+                input_names=input_names,
+                output_names=list(OUTPUT_NAMES),
+                opset_version=opset,
+                dynamic_shapes=dynamic_shapes(wrapper),
+                external_data=False,
+                optimize=True,
+                verbose=False,
+            )
+        log.debug("torch.onnx output:\n%s", printed.getvalue())
+        proto = program.model_proto
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {exc}") from exc
+    _name_dynamic_axes(proto, input_names)
+    meta = metadata_for(wrapper, "onnx", opset=opset)
+    del proto.metadata_props[:]
+    for key, value in meta.to_props().items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.doc_string = f"gradcam_model artifact: {meta.architecture} {meta.method} at {meta.target_layer}"
+    if proto.ByteSize() > _PROTOBUF_LIMIT:
+        raise ExportError(
+            f"the ONNX graph is {proto.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB single-file limit; "
+            "use export_torchscript for this model"
+        )
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX graph fails onnx.checker: {exc}") from exc
+    write_bytes_atomic(target, proto.SerializeToString(), overwrite=overwrite)
+    log.info("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
+    return target
+
+
+def _name_dynamic_axes(proto, input_names) -> None:
+    """Rename the exporter's symbols (``s40``...) to ``batch``, ``height``, ``width`` everywhere."""
+    names = {}
+    image = next(i for i in proto.graph.input if i.name == "image")
+    for axis, name in ((0, "batch"), (2, "height"), (3, "width")):
+        dim = image.type.tensor_type.shape.dim[axis]
+        if dim.dim_param:
+            names[dim.dim_param] = name
+    for value in [*proto.graph.input, *proto.graph.output, *proto.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in names:
+                dim.dim_param = names[dim.dim_param]
