@@ -15,9 +15,18 @@ from .errors import (
     UnsupportedOperatorError,
     WeightsError,
 )
+from .export import ArtifactMetadata, export_onnx, export_torchscript
 from .layers import LayerInfo, list_layers
 from .methods import METHODS, CAMMethod
-from .wrapper import OUTPUT_NAMES, GradCAMModel, reference_cam
+from .runtime import (
+    Explainer,
+    Explanation,
+    ParityReport,
+    assert_parity,
+    load_explainer,
+    validate,
+)
+from .wrapper import INPUT_NAMES, OUTPUT_NAMES, GradCAMModel, reference_cam
 
 try:
     __version__ = version("gradcam_model")
@@ -26,6 +35,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "ArtifactError",
+    "ArtifactMetadata",
+    "Explainer",
+    "Explanation",
+    "INPUT_NAMES",
+    "ParityReport",
+    "assert_parity",
+    "export_onnx",
+    "export_torchscript",
+    "load_explainer",
+    "validate",
     "CAMMethod",
     "ExportError",
     "GradCAMError",

@@ -150,7 +150,9 @@ def _avg_pool_divisors(n_in, k, s, p, n_out, count_include_pad) -> np.ndarray:
     return div
 
 
-def avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def avg_pool2d_backward(
+    grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
+):
     if self.dim() != 4:
         raise NotImplementedError
     k = _pair(kernel_size)
@@ -183,4 +185,3 @@ def backward_decompositions() -> dict[torch._ops.OpOverload, Callable]:
     table = {op: fn for op, fn in torch._decomp.decomposition_table.items() if is_backward_op(op)}
     table.update(_OURS)
     return table
-

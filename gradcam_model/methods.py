@@ -137,8 +137,7 @@ class CAM(ChannelWeightedCAM):
 
 
 METHODS: dict[str, type[CAMMethod]] = {
-    cls.name: cls
-    for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, CAM)
+    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, CAM)
 }
 
 

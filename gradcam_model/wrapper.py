@@ -180,7 +180,9 @@ def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, 
     else:
         head = linears[-1][0]
         if head.in_features != activations.shape[1]:
-            reason = f"the final Linear takes {head.in_features} features, the layer has {activations.shape[1]} channels"
+            reason = (
+                f"the final Linear takes {head.in_features} features, the layer has {activations.shape[1]} channels"
+            )
         else:
             expected = head(activations.detach().mean((2, 3)))
             if not torch.allclose(expected, logits.detach(), rtol=1e-4, atol=1e-5 * float(logits.abs().max()) + 1e-6):
@@ -289,5 +291,3 @@ def reference_cam(
         outputs = _reference(model, layer, spec, image, class_index)
     outputs = tuple(o.detach() for o in outputs)
     return outputs if return_all else outputs[4]
-
-

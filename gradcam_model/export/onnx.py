@@ -89,7 +89,9 @@ def export_onnx(
         log.debug("torch.onnx output:\n%s", printed.getvalue())
         proto = program.model_proto
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {exc}") from exc
+        raise ExportError(
+            f"torch.onnx.export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {exc}"
+        ) from exc
     _name_dynamic_axes(proto, input_names)
     meta = metadata_for(wrapper, "onnx", opset=opset)
     del proto.metadata_props[:]

@@ -1,0 +1,268 @@
+"""Run an exported artifact: ONNX Runtime for ``.onnx``, libtorch for ``.pt``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from ..export.metadata import METADATA_KEY, ArtifactMetadata
+from ..wrapper import INPUT_NAMES, OUTPUT_NAMES
+
+__all__ = ["Explanation", "Explainer", "OnnxExplainer", "TorchScriptExplainer", "load_explainer"]
+
+log = logging.getLogger(__name__)
+
+_FLOAT_TYPES = (np.float16, np.float32, np.float64)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What an explainer returns; arrays follow the artifact contract."""
+
+    logits: np.ndarray  # [N, C] float32
+    probabilities: np.ndarray  # [N, C] float32
+    class_index: np.ndarray  # [N, K] int64
+    score: np.ndarray  # [N, K] float32
+    cam: np.ndarray  # [N, K, H, W] float32
+    metadata: ArtifactMetadata
+
+    def labels(self) -> list[list[str]]:
+        """Class names of the explained classes, ``[N][K]``."""
+        return [[self.metadata.label(int(c)) for c in row] for row in self.class_index]
+
+    def outputs(self) -> tuple[np.ndarray, ...]:
+        return self.logits, self.probabilities, self.class_index, self.score, self.cam
+
+
+class Explainer(ABC):
+    """A loaded artifact. ``explainer(images, class_index=None) -> Explanation``.
+
+    ``images`` is numpy or torch, ``[N, C, H, W]`` or one ``[C, H, W]`` image,
+    float16/32/64 (cast to float32), already normalized with the metadata's mean/std
+    (see :func:`gradcam_model.runtime.preprocess`). ``class_index`` (artifacts exported
+    with a class input only) is one int for all images or ``[N]`` ints, ``-1`` meaning
+    the top prediction. Safe to call from several threads at once.
+    """
+
+    def __init__(self, path: Path, metadata: ArtifactMetadata) -> None:
+        self.path = path
+        self.metadata = metadata
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return f"{type(self).__name__}({str(self.path)!r}, {m.architecture}, {m.method} at {m.target_layer!r})"
+
+    def __call__(self, images, class_index=None) -> Explanation:
+        image = self.check_images(images)
+        target = self.check_class_index(class_index, image.shape[0])
+        outputs = self._run(image, target)
+        return Explanation(*outputs, metadata=self.metadata)
+
+    @abstractmethod
+    def _run(self, image: np.ndarray, target_class: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Run the graph on validated inputs; return the five outputs as numpy arrays."""
+
+    def check_images(self, images) -> np.ndarray:
+        """Validate and convert images to a contiguous float32 ``[N, C, H, W]`` array."""
+        meta = self.metadata
+        array = _to_numpy(images, "images")
+        if array.ndim == 3:
+            array = array[None]
+        if array.ndim != 4:
+            raise InputError(
+                f"images must be [N, {meta.in_channels}, H, W] or one [{meta.in_channels}, H, W] image, "
+                f"got shape {array.shape}"
+            )
+        if array.dtype not in _FLOAT_TYPES:
+            raise InputError(
+                f"images must be float16/32/64 (pixels normalized with mean {list(meta.mean)} and std "
+                f"{list(meta.std)}), got {array.dtype}; see gradcam_model.runtime.preprocess"
+            )
+        if array.shape[0] == 0:
+            raise InputError("images is an empty batch")
+        if array.shape[1] != meta.in_channels:
+            raise InputError(f"images must have {meta.in_channels} channels (axis 1), got shape {array.shape}")
+        if meta.input_size is not None and tuple(array.shape[2:]) != tuple(meta.input_size):
+            h, w = meta.input_size
+            raise InputError(
+                f"this artifact takes {h}x{w} images (fixed spatial size), got {array.shape[2]}x{array.shape[3]}; "
+                "resize first (gradcam_model.runtime.preprocess does)"
+            )
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        finite = np.isfinite(array).reshape(array.shape[0], -1).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite).tolist()
+            raise InputError(f"images contain NaN or Inf in sample(s) {bad}; expected finite pixels")
+        return array
+
+    def check_class_index(self, class_index, batch: int) -> np.ndarray | None:
+        """Validate ``class_index`` into an int64 ``[N]`` array (``-1`` = top class)."""
+        meta = self.metadata
+        if class_index is None:
+            return np.full((batch,), -1, dtype=np.int64) if meta.class_input else None
+        if not meta.class_input:
+            raise InputError(
+                f"this artifact explains its top-{meta.top_k} classes and takes no class; "
+                "export it with class_input=True (CLI: --class-input) to choose classes"
+            )
+        array = _to_numpy(class_index, "class_index")
+        if array.ndim == 0:
+            array = np.full((batch,), array.item())
+        if array.ndim != 1 or array.shape[0] != batch:
+            raise InputError(f"class_index must be one int or [{batch}] ints (one per image), got shape {array.shape}")
+        if array.dtype.kind not in "iu":
+            if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
+                array = array.astype(np.int64)
+            else:
+                raise InputError(f"class_index must hold integers, got {array.dtype}")
+        array = array.astype(np.int64)
+        bad = np.flatnonzero((array < -1) | (array >= meta.num_classes))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f"class_index[{i}] = {int(array[i])} is out of range; expected 0..{meta.num_classes - 1}, "
+                "or -1 for the top prediction"
+            )
+        return array
+
+
+def _to_numpy(value, what: str) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    if isinstance(value, (int, float, list, tuple, np.generic)):
+        return np.asarray(value)
+    raise InputError(f"{what} must be a numpy array or torch tensor, got {type(value).__name__}")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ArtifactError(f"artifact {path} does not exist")
+    if not path.is_file():
+        raise ArtifactError(f"artifact {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise ArtifactError(f"artifact {path} is not readable")
+
+
+class OnnxExplainer(Explainer):
+    """An ONNX artifact under ONNX Runtime."""
+
+    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        _check_file(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: ORT warns about unused initializers
+        chosen = list(providers) if providers is not None else default_providers()
+        try:
+            session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
+            raise ArtifactError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0]}") from exc
+        props = session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in props:
+            raise ArtifactError(f"{path} is an ONNX model without gradcam_model metadata; export it with gradcam_model")
+        metadata = ArtifactMetadata.from_json(props[METADATA_KEY], str(path))
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        expected_inputs = list(INPUT_NAMES[: 2 if metadata.class_input else 1])
+        if inputs != expected_inputs or outputs != list(OUTPUT_NAMES):
+            raise ArtifactError(
+                f"{path} has inputs {inputs} and outputs {outputs}; expected {expected_inputs} and {list(OUTPUT_NAMES)}"
+            )
+        super().__init__(path, metadata)
+        self.session = session
+        self.providers = session.get_providers()
+
+    def _run(self, image, target_class):
+        feeds = {"image": image}
+        if target_class is not None:
+            feeds["target_class"] = target_class
+        return tuple(self.session.run(None, feeds))
+
+
+def default_providers() -> list[str]:
+    """CUDA when ORT has it and a GPU is usable, then CPU."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    providers = []
+    if "CUDAExecutionProvider" in available and _cuda_usable():
+        providers.append("CUDAExecutionProvider")
+    providers.append("CPUExecutionProvider")
+    return providers
+
+
+def _cuda_usable() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class TorchScriptExplainer(Explainer):
+    """A TorchScript artifact under libtorch."""
+
+    def __init__(self, path: str | os.PathLike, *, device: str | None = None) -> None:
+        import torch
+
+        path = Path(path)
+        _check_file(path)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        extra = {METADATA_KEY: ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+                module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        except Exception as exc:  # torch raises RuntimeError/ValueError/pickle errors for bad files
+            raise ArtifactError(f"{path} is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from exc
+        if not extra[METADATA_KEY]:
+            raise ArtifactError(f"{path} is a TorchScript file without gradcam_model metadata (gradcam.json)")
+        metadata = ArtifactMetadata.from_json(extra[METADATA_KEY], str(path))
+        super().__init__(path, metadata)
+        self.module = module.eval()
+        self.device = torch.device(device)
+
+    def _run(self, image, target_class):
+        import torch
+
+        with torch.inference_mode():
+            args = [torch.from_numpy(image).to(self.device)]
+            if target_class is not None:
+                args.append(torch.from_numpy(target_class).to(self.device))
+            outputs = self.module(*args)
+        return tuple(o.cpu().numpy() for o in outputs)
+
+
+def load_explainer(
+    path: str | os.PathLike, *, providers: list[str] | None = None, device: str | None = None
+) -> Explainer:
+    """Load an artifact: ONNX Runtime for ``.onnx``, libtorch for ``.pt``/``.ts``.
+
+    Args:
+        path: the artifact file.
+        providers: ONNX Runtime execution providers (default: CUDA when usable, then CPU).
+        device: torch device for TorchScript artifacts (default: CUDA when available).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return OnnxExplainer(path, providers=providers)
+    if suffix in (".pt", ".ts", ".pth"):
+        return TorchScriptExplainer(path, device=device)
+    raise ArtifactError(f"{path}: unknown artifact type {suffix!r}; expected .onnx (ONNX) or .pt (TorchScript)")
