@@ -80,7 +80,9 @@ class GradCAMModel(nn.Module):
         if class_input and top_k != 1:
             raise ValueError("class_input=True explains the given class only; use top_k=1 with it")
         started = time.perf_counter()
-        with eval_state(model), torch.no_grad():
+        # building needs autograd even when the caller sits in inference_mode / no_grad
+        with torch.inference_mode(False), eval_state(model), torch.no_grad():
+            example_input = example_input.clone() if example_input.is_inference() else example_input
             layer_name = auto_layer(model, example_input) if target_layer == "auto" else target_layer
             layer = resolve_layer(model, layer_name)
             num_classes = int(_logits_of(model(example_input[:1])).shape[-1])
@@ -274,7 +276,8 @@ def reference_cam(
     """
     _check_image(image, "image")
     cam_method = get_method(method)
-    with eval_state(model):
+    with torch.inference_mode(False), eval_state(model):
+        image = image.clone() if image.is_inference() else image
         layer = resolve_layer(model, target_layer)
         if class_index is not None:
             with torch.no_grad():

@@ -1,0 +1,73 @@
+"""Shared fixtures: seeded small models and a cache of built wrappers (building is the slow part)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from zoo import CASES, build  # noqa: E402
+
+from gradcam_model import GradCAMModel  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "zoo: parametrized over the whole torchvision zoo (slow)")
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_model(arch: str) -> torch.nn.Module:
+    return build(arch)
+
+
+# The variant each zoo layer is built with, so that across the zoo every combination
+# the export contract knows is exercised: the last stage explains the top 3 classes
+# with Grad-CAM, the inner stage a given class (class input) with Grad-CAM++.
+VARIANTS = {
+    "last": {"method": "gradcam", "top_k": 3},
+    "inner": {"method": "gradcam++", "class_input": True},
+}
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_wrapper(arch: str, which: str) -> GradCAMModel:
+    case = CASES[arch]
+    layer = case.last if which == "last" else case.inner
+    example = torch.randn(1, 3, case.size, case.size, generator=torch.Generator().manual_seed(7))
+    return GradCAMModel(zoo_model(arch), layer, example_input=example, architecture=arch, **VARIANTS[which])
+
+
+def zoo_params():
+    return [
+        pytest.param(arch, which, id=f"{arch}-{which}", marks=pytest.mark.zoo)
+        for arch in CASES
+        for which in ("last", "inner")
+    ]
+
+
+def zoo_images(arch: str, batch: int, seed: int = 1, size: tuple[int, int] | None = None) -> torch.Tensor:
+    s = CASES[arch].size
+    h, w = size or (s, s)
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def resnet18():
+    return zoo_model("resnet18")
+
+
+@pytest.fixture(scope="session")
+def resnet18_layer4(resnet18):
+    """resnet18 at layer4, Grad-CAM top-1: the cheapest global-pool case (dynamic H, W)."""
+    return GradCAMModel(resnet18, "layer4", example_input=torch.randn(1, 3, 64, 64))
+
+
+@pytest.fixture(scope="session")
+def resnet18_layer2(resnet18):
+    """resnet18 at layer2: the gradient crosses strided convolutions (static H, W)."""
+    return GradCAMModel(resnet18, "layer2", example_input=torch.randn(1, 3, 64, 64))
