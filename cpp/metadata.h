@@ -1,0 +1,47 @@
+// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace gradcam {
+
+constexpr int64_t kSchemaVersion = 1;  // the newest schema this program understands
+constexpr const char* kMetadataKey = "gradcam.json";
+
+// Metadata that is missing, malformed or too new.
+class MetadataError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The fields a runtime needs to check inputs, run the graph and label its outputs.
+struct Metadata {
+  int64_t schema_version = 0;
+  std::string method;
+  std::string target_layer;
+  std::string architecture;
+  std::string format;
+  int64_t num_classes = 0;
+  int64_t in_channels = 0;
+  int64_t top_k = 1;
+  bool class_input = false;
+  std::optional<std::pair<int64_t, int64_t>> input_size;  // empty: height and width are dynamic
+  std::vector<std::string> class_names;                   // empty: unnamed classes
+  std::vector<double> mean;
+  std::vector<double> std;
+
+  // class_names[index] when there are names, else the index as text.
+  std::string label(int64_t index) const;
+  // One line of key=value pairs, e.g. for logs.
+  std::string summary() const;
+};
+
+// Parses and validates gradcam.json; `source` (the artifact path) starts every error message.
+Metadata parse_metadata(const std::string& text, const std::string& source);
+
+}  // namespace gradcam
