@@ -71,3 +71,23 @@ def resnet18_layer4(resnet18):
 def resnet18_layer2(resnet18):
     """resnet18 at layer2: the gradient crosses strided convolutions (static H, W)."""
     return GradCAMModel(resnet18, "layer2", example_input=torch.randn(1, 3, 64, 64))
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory, resnet18):
+    """Exported resnet18 artifacts, both formats: layer4 with a class input (dynamic H, W)
+    and layer2 top-1 (static 64x64)."""
+    from gradcam_model import export_onnx, export_torchscript
+
+    out = tmp_path_factory.mktemp("artifacts")
+    dynamic = GradCAMModel(
+        resnet18, "layer4", example_input=torch.randn(1, 3, 64, 64), class_input=True, architecture="resnet18"
+    )
+    static = GradCAMModel(resnet18, "layer2", example_input=torch.randn(1, 3, 64, 64), architecture="resnet18")
+    paths = {
+        "dynamic.onnx": export_onnx(dynamic, out / "dynamic.onnx"),
+        "dynamic.pt": export_torchscript(dynamic, out / "dynamic.pt"),
+        "static.onnx": export_onnx(static, out / "static.onnx"),
+        "static.pt": export_torchscript(static, out / "static.pt"),
+    }
+    return {"dir": out, "wrappers": {"dynamic": dynamic, "static": static}, **paths}

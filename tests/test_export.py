@@ -1,0 +1,246 @@
+"""ONNX and TorchScript artifacts: contract, parity across the zoo, metadata, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import zoo_images, zoo_model, zoo_params, zoo_wrapper
+
+from gradcam_model import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    ExportError,
+    GradCAMModel,
+    export_onnx,
+    export_torchscript,
+    load_explainer,
+    reference_cam,
+)
+from gradcam_model.export.metadata import metadata_for
+
+CAM_ATOL = 1e-4
+LOGITS_RTOL = 1e-4
+
+
+def _compare(explainer, model, images, classes=None):
+    meta = explainer.metadata
+    got = explainer(images.numpy(), None if classes is None else classes.numpy())
+    want = reference_cam(
+        model,
+        meta.target_layer,
+        images,
+        classes,
+        meta.method,
+        top_k=meta.top_k,
+        return_all=True,
+    )
+    want = [w.numpy() for w in want]
+    scale = np.abs(want[0]).max()
+    assert np.abs(got.logits - want[0]).max() <= LOGITS_RTOL * scale
+    np.testing.assert_array_equal(got.class_index, want[2])
+    np.testing.assert_allclose(got.probabilities, want[1], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got.score, want[3], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got.cam, want[4], rtol=0, atol=CAM_ATOL)
+    flat = want[4].reshape(*want[4].shape[:2], -1)
+    assert (flat.max(-1) - flat.min(-1) > 0.5).all(), "compared maps are flat"
+    return got
+
+
+@pytest.mark.parametrize(("arch", "which"), zoo_params())
+def test_zoo_artifacts_match_reference(arch, which, tmp_path):
+    """Exported at batch 2; run at 1 and 5 (and another size where H, W are dynamic)."""
+    wrapper = zoo_wrapper(arch, which)
+    model = zoo_model(arch)
+    onnx_path = export_onnx(wrapper, tmp_path / f"{arch}.onnx")
+    ts_path = export_torchscript(wrapper, tmp_path / f"{arch}.pt")
+    for path in (onnx_path, ts_path):
+        explainer = load_explainer(path, providers=["CPUExecutionProvider"], device="cpu")
+        for batch in (1, 5):
+            size = None
+            if wrapper.dynamic_spatial and batch == 5:
+                s = zoo_images(arch, 1).shape[-1]
+                size = (s + 16, s + 40)
+            images = zoo_images(arch, batch, seed=batch + 20, size=size)
+            classes = None
+            if wrapper.class_input:
+                classes = (torch.arange(batch) * 3) % wrapper.num_classes
+                classes[0] = -1
+            got = _compare(explainer, model, images, classes)
+            assert got.cam.shape[-2:] == images.shape[-2:]
+
+
+def test_onnx_contract(artifacts):
+    for name, inputs in (("dynamic.onnx", list(INPUT_NAMES)), ("static.onnx", ["image"])):
+        proto = onnx.load(artifacts[name])
+        onnx.checker.check_model(proto, full_check=True)
+        assert [i.name for i in proto.graph.input] == inputs
+        assert [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+
+        def dims(value):
+            return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+        image = proto.graph.input[0]
+        assert image.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        outputs = {o.name: o for o in proto.graph.output}
+        assert outputs["class_index"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+        assert [outputs[n].type.tensor_type.elem_type for n in ("logits", "probabilities", "score", "cam")] == [
+            onnx.TensorProto.FLOAT
+        ] * 4
+        if name == "dynamic.onnx":
+            assert dims(image) == ["batch", 3, "height", "width"]
+            assert dims(outputs["cam"]) == ["batch", 1, "height", "width"]
+            assert dims(proto.graph.input[1]) == ["batch"]
+            assert proto.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.INT64
+        else:
+            assert dims(image) == ["batch", 3, 64, 64]
+            assert dims(outputs["cam"]) == ["batch", 1, 64, 64]
+        assert dims(outputs["logits"]) == ["batch", 10]
+        props = {p.key: p.value for p in proto.metadata_props}
+        assert json.loads(props["target_layer"]) in ("layer4", "layer2")
+        assert json.loads(props["gradcam.json"])["schema_version"] == 1
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_metadata_round_trips(artifacts, fmt, kind):
+    wrapper = artifacts["wrappers"][kind]
+    explainer = load_explainer(artifacts[f"{kind}.{fmt}"], device="cpu")
+    expected = metadata_for(wrapper, "onnx" if fmt == "onnx" else "torchscript", opset=20 if fmt == "onnx" else None)
+    assert explainer.metadata == expected
+    assert explainer.metadata.input_size == (None if kind == "dynamic" else (64, 64))
+    assert explainer.metadata.class_input is (kind == "dynamic")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+def test_global_pool_model_exported_square_explains_wide_image(tmp_path, fmt, resnet18):
+    wrapper = GradCAMModel(resnet18, "layer4", example_input=torch.randn(1, 3, 224, 224))
+    assert wrapper.dynamic_spatial
+    path = (export_onnx if fmt == "onnx" else export_torchscript)(wrapper, tmp_path / f"wide.{fmt}")
+    explainer = load_explainer(path, device="cpu")
+    images = torch.randn(2, 3, 224, 448, generator=torch.Generator().manual_seed(3))
+    got = _compare(explainer, resnet18, images)
+    assert got.cam.shape == (2, 1, 224, 448)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+def test_refuses_to_replace_unless_overwrite(artifacts, tmp_path, fmt):
+    wrapper = artifacts["wrappers"]["static"]
+    export = export_onnx if fmt == "onnx" else export_torchscript
+    path = tmp_path / f"a.{fmt}"
+    path.write_bytes(b"older artifact")
+    with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
+        export(wrapper, path)
+    assert path.read_bytes() == b"older artifact"
+    export(wrapper, path, overwrite=True)
+    assert load_explainer(path, device="cpu").metadata.target_layer == "layer2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"a.{fmt}"]
+
+
+def _fail(*_args, **_kwargs):
+    raise RuntimeError("simulated exporter failure")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "target"),
+    [("onnx", "torch.onnx.export"), ("pt", "torch.jit.script"), ("pt", "torch.jit.save")],
+)
+def test_failed_export_leaves_older_artifact_intact(artifacts, tmp_path, monkeypatch, fmt, target):
+    path = tmp_path / f"model.{fmt}"
+    old = Path(artifacts[f"static.{fmt}"]).read_bytes()
+    path.write_bytes(old)
+    module, _, attr = target.rpartition(".")
+    monkeypatch.setattr(eval(module), attr, _fail)  # noqa: S307 - a fixed dotted name from the table
+    export = export_onnx if fmt == "onnx" else export_torchscript
+    with pytest.raises(ExportError, match="simulated exporter failure") as info:
+        export(artifacts["wrappers"]["dynamic"], path, overwrite=True)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+def test_full_disk_leaves_older_artifact_intact(artifacts, tmp_path, monkeypatch, fmt):
+    import errno
+
+    from gradcam_model.export import _atomic
+
+    path = tmp_path / f"model.{fmt}"
+    old = Path(artifacts[f"static.{fmt}"]).read_bytes()
+    path.write_bytes(old)
+    real_write = os.write
+
+    def write_until_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(_atomic.os, "write", write_until_full)
+    export = export_onnx if fmt == "onnx" else export_torchscript
+    with pytest.raises(ExportError, match="No space left on device.*older file there is unchanged"):
+        export(artifacts["wrappers"]["dynamic"], path, overwrite=True)
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_killed_export_leaves_older_artifact_intact(artifacts, tmp_path):
+    path = tmp_path / "model.onnx"
+    old = Path(artifacts["static.onnx"]).read_bytes()
+    path.write_bytes(old)
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from zoo import build
+        from gradcam_model import GradCAMModel, export_onnx
+        w = GradCAMModel(build("resnet18"), "layer3", example_input=torch.randn(1, 3, 64, 64))
+        print("exporting", flush=True)
+        export_onnx(w, {str(path)!r}, overwrite=True)
+        print("done", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "exporting"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt"])
+def test_export_rejects_non_wrapper(tmp_path, fmt, resnet18):
+    export = export_onnx if fmt == "onnx" else export_torchscript
+    with pytest.raises(ExportError, match="expects a GradCAMModel, got ResNet"):
+        export(resnet18, tmp_path / f"x.{fmt}")
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_into_unwritable_folder(artifacts, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root ignores permission bits: use a path under a file
+            target = tmp_path / "a_file" / "model.onnx"
+            (tmp_path / "a_file").write_text("not a folder")
+        else:
+            target = locked / "model.onnx"
+        with pytest.raises(ExportError, match="cannot (write|create)"):
+            export_onnx(artifacts["wrappers"]["static"], target)
+    finally:
+        locked.chmod(0o700)
