@@ -20,7 +20,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "zoo: parametrized over the whole torchvision zoo (slow)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_model(arch: str) -> torch.nn.Module:
     return build(arch)
 
@@ -34,7 +34,7 @@ VARIANTS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_wrapper(arch: str, which: str) -> GradCAMModel:
     case = CASES[arch]
     layer = case.last if which == "last" else case.inner
