@@ -201,6 +201,17 @@ def test_dynamic_spatial_size(gradcam_run, artifacts, tmp_path):
     assert_maps_have_signal(outputs["cam"])
 
 
+def test_input_layouts(gradcam_run, artifacts, tmp_path):
+    """float64 Fortran-order batches and a single [C, H, W] image read like float32 C-order ones."""
+    x = images(2, seed=17)
+    explainer = load_explainer(artifacts["top2"], device="cpu")
+    fortran = np.asfortranarray(x.astype(np.float64))  # np.save records fortran_order: True
+    run_ok(gradcam_run, artifacts["top2"], save(tmp_path, "f.npy", fortran), tmp_path / "f", "--quiet")
+    assert_same_as_python(read_outputs(tmp_path / "f"), explainer(x))
+    run_ok(gradcam_run, artifacts["top2"], save(tmp_path, "one.npy", x[1]), tmp_path / "one", "--threads", "1")
+    assert_same_as_python(read_outputs(tmp_path / "one"), explainer(x[1:]))
+
+
 def test_fixed_size_artifact(gradcam_run, artifacts, tmp_path):
     x = images(3, seed=12)
     result = run_ok(gradcam_run, artifacts["fixed"], save(tmp_path, "x.npy", x), tmp_path / "out")
@@ -307,7 +318,8 @@ ERROR_CASES = [
     ("not-npy", ["{top2}", "{text}", "{out}"], BAD_INPUT, r"is not a \.npy file"),
     ("wrong-rank", ["{top2}", "{rank2}", "{out}"], BAD_INPUT, r"images must be \[N, 3, H, W\] .*got shape \(2, 64\)"),
     ("wrong-channels", ["{top2}", "{channels}", "{out}"], BAD_INPUT, r"must have 3 channels .*\(2, 1, 64, 64\)"),
-    ("wrong-spatial-size", ["{fixed}", "{small}", "{out}"], BAD_INPUT, r"takes 64x64 images \(fixed spatial size\), got 48x48"),
+    ("wrong-spatial-size", ["{fixed}", "{small}", "{out}"], BAD_INPUT,
+     r"takes 64x64 images \(fixed spatial size\), got 48x48"),
     ("integer-images", ["{top2}", "{int}", "{out}"], BAD_INPUT, r"images must be float16/32/64 .*got int64"),
     ("non-finite", ["{top2}", "{nan}", "{out}"], BAD_INPUT, r"NaN or Inf in sample\(s\) \[1\]"),
     ("class-without-class-input", ["{top2}", "{good}", "{out}", "--class-index", "{class10}"], BAD_INPUT,
