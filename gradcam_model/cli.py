@@ -638,7 +638,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                     loaded.append((path, key, label, rgb, preprocess(rgb, meta)))
                 except InputError as exc:
                     failures += 1
-                    print(f"{PROG}: skipped {path}: {exc}", file=sys.stderr)
+                    print(f"{PROG}: skipped: {exc}", file=sys.stderr)
                     rows.append({"path": str(path), "true_label": label or "", "error": str(exc)})
             if loaded:
                 batch = np.stack([item[4] for item in loaded])
@@ -688,7 +688,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    order = {str(path): i for i, (path, _, _) in enumerate(images)}
+    writer.writerows(sorted(rows, key=lambda r: order[r["path"]]))
     csv_path = _write_text(out / "predictions.csv", buffer.getvalue())
     done = [r for r in rows if not r["error"]]
     if tiles:

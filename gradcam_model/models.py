@@ -164,13 +164,12 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist" if not path.exists() else f"{path} is not a file")
+    if not _looks_like_checkpoint(path):
+        raise WeightsError(f"{path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle)")
     try:
         loaded = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # pickle, zip and torch errors alike mean "not a checkpoint we can read safely"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(
-            f"{path} is not a PyTorch checkpoint loadable with weights_only=True ({first[:200]})"
-        ) from exc
+    except Exception as exc:  # pickle, zip and torch errors alike: not a checkpoint we can read safely
+        raise WeightsError(f"{path} cannot be loaded with torch.load(weights_only=True): {_load_error(exc)}") from exc
     if isinstance(loaded, Mapping):
         for key in _CHECKPOINT_KEYS:
             if isinstance(loaded.get(key), Mapping):
@@ -189,6 +188,27 @@ def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"(e.g. {', '.join(map(repr, not_tensors[:_SHOWN]))})"
         )
     return dict(loaded)
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """torch.save writes a zip archive (since PyTorch 1.6) or, in the legacy format, a pickle."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"  # pickle protocol 2+ opcode PROTO
+
+
+def _load_error(exc: Exception) -> str:
+    """The informative line of a torch.load failure (its message spans a page)."""
+    text = str(exc)
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            detail = line.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0]
+            return f"it holds more than tensors and plain containers ({detail}); save model.state_dict() instead"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return first[:200]
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
