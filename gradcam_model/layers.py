@@ -66,9 +66,11 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
         calls[name] = calls.get(name, 0) + 1
         if name in seen:
             return None
-        leaf = output.detach().requires_grad_(True)
-        seen[name] = (type(module).__name__, tuple(output.shape), leaf)
-        return leaf.clone()  # downstream in-place ops act on the clone
+        # the first candidate becomes a leaf; later ones stay connected to it, so one
+        # backward tells which layers reach the logits
+        node = output if output.requires_grad else output.detach().requires_grad_(True)
+        seen[name] = (type(module).__name__, tuple(output.shape), node)
+        return node.clone()  # downstream in-place ops act on the clone
 
     with eval_state(model):
         for module in model.modules():
