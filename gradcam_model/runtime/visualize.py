@@ -190,6 +190,8 @@ def grid(
         raise InputError(f"cols must be a positive integer, got {cols!r}")
     if colors is None:
         colors = [None] * len(tiles)
+    if len(titles) != len(tiles) or len(colors) != len(tiles):
+        raise InputError(f"got {len(tiles)} tiles, {len(titles)} titles and {len(colors)} colors; give one each")
     tile_h, tile_w = int(tile_size[0]), int(tile_size[1])
     if tile_h < 1 or tile_w < 1:
         raise InputError(f"tile_size must be positive, got {tile_size}")
