@@ -136,7 +136,7 @@ def _factory_model(spec: str, num_classes: int | None) -> nn.Module:
             raise GradCAMError(f"{module_name} has no {attr!r}{_did_you_mean(part, public)}")
         target = getattr(target, part)
     if not callable(target):
-        raise GradCAMError(f"factory {spec!r} is a {type(target).__name__}, not a callable")
+        raise GradCAMError(f"factory {spec!r} is not callable ({type(target).__name__})")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
         model = target(**kwargs)
