@@ -1,0 +1,231 @@
+"""gradcam_model.bench: one real quick run through the CLI entry, plus the pure parts.
+
+No assertion here is about speed: timings on a shared machine mean nothing to a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+
+from gradcam_model import bench
+from gradcam_model.bench import (
+    CONFIGS,
+    CONTESTANTS,
+    QUICK_CONFIGS,
+    BenchConfig,
+    ConfigResult,
+    TargetCheck,
+    Timing,
+    UnknownConfigError,
+    run_benchmark,
+    select_configs,
+)
+from gradcam_model.errors import GradCAMError
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """``gradcam bench --quick --json ... --markdown ...`` once: resnet18 at 64 px, batch 2, one round."""
+    out = tmp_path_factory.mktemp("bench")
+    json_path, md_path = out / "bench.json", out / "docs" / "benchmarks.md"
+    args = _parse(["--quick", "--json", str(json_path), "--markdown", str(md_path), "--workdir", str(out / "art")])
+    return {"rc": bench.run(args), "json": json.loads(json_path.read_text()), "md": md_path.read_text(), "dir": out}
+
+
+def test_quick_run_exits_cleanly_and_writes_both_reports(quick_run):
+    assert quick_run["rc"] == 0
+    data = quick_run["json"]
+    assert [c["name"] for c in data["configs"]] == [c.name for c in QUICK_CONFIGS] == ["resnet18-layer4-64-b2"]
+    assert data["settings"]["quick"] is True and data["settings"]["repeats"] == 1
+    # the artifacts were kept in --workdir: our two, and the logits-only floor
+    kept = sorted(p.name for p in (quick_run["dir"] / "art").iterdir())
+    assert kept == ["resnet18-layer4-64-b2.logits.onnx", "resnet18-layer4-64-b2.onnx", "resnet18-layer4-64-b2.pt"]
+
+
+def test_every_contestant_has_a_finite_median(quick_run):
+    (config,) = quick_run["json"]["configs"]
+    assert set(config["timings_ms"]) == set(CONTESTANTS)
+    for key, timing in config["timings_ms"].items():
+        assert math.isfinite(timing["median_ms"]) and timing["median_ms"] > 0, key
+        assert timing["runs"] == 1, key
+        assert timing["min_ms"] <= timing["median_ms"], key
+
+
+def test_ratios_are_medians_divided_side_by_side(quick_run):
+    (config,) = quick_run["json"]["configs"]
+    medians = {k: t["median_ms"] for k, t in config["timings_ms"].items()}
+    assert config["ratio_to_ort_logits"]["ort_logits"] == 1.0
+    assert config["ort_gradcam_speedup_over"]["ort_gradcam"] == 1.0
+    for key in CONTESTANTS:
+        assert config["ratio_to_ort_logits"][key] == pytest.approx(medians[key] / medians["ort_logits"], rel=1e-12)
+        assert config["ort_gradcam_speedup_over"][key] == pytest.approx(
+            medians[key] / medians["ort_gradcam"], rel=1e-12
+        )
+
+
+def test_every_map_agrees_with_the_reference(quick_run):
+    """The contestants compute the same maps, so the timings compare the same work."""
+    (config,) = quick_run["json"]["configs"]
+    diffs = config["max_abs_cam_diff_vs_reference"]
+    assert set(diffs) == {"gradcam_eager", "ort_gradcam", "torchscript", "pytorch_grad_cam", "captum"}
+    # maps are in [0, 1]; 1e-4 leaves room for float32 ORT kernels and cv2's resize in pytorch-grad-cam
+    for key, diff in diffs.items():
+        assert diff < 1e-4, (key, diff)
+
+
+def test_exports_sizes_and_memory_are_recorded(quick_run):
+    (config,) = quick_run["json"]["configs"]
+    assert set(config["export_s"]) == set(config["artifact_bytes"]) == {"onnx", "torchscript", "onnx_logits"}
+    assert all(v > 0 for v in config["export_s"].values()) and config["build_s"] > 0
+    # resnet18 holds ~45 MB of float32 weights: every artifact carries them
+    assert all(v > 40e6 for v in config["artifact_bytes"].values())
+    memory = config["ort_memory_mb"]
+    assert set(memory) == {"ort_gradcam", "ort_logits"}
+    for figures in memory.values():
+        # the session holds the weights, so the high-water mark grows by at least their size
+        assert figures["peak_mb"] >= figures["load_mb"] > 40
+
+
+def test_markdown_has_machine_and_one_row_per_contestant(quick_run):
+    md, machine = quick_run["md"], quick_run["json"]["machine"]
+    assert md.startswith("# Benchmarks")
+    assert f"CPU: {machine['cpu']}" in md and f"threads: {machine['threads']}" in md
+    assert "torch 2." in md and "captum" in md and "grad-cam" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    for label in CONTESTANTS.values():
+        assert sum(row.startswith(f"| {label} |") for row in rows) == 1, label
+    assert sum(row.startswith("| resnet18-layer4-64-b2 |") for row in rows) == 3  # summary, export, memory
+
+
+def test_terminal_table_lists_every_contestant(quick_run):
+    (config,) = quick_run["json"]["configs"]
+    # the run printed before this test's capture started, so rebuild the table from a result
+    result = bench.BenchResult(
+        quick_run["json"]["machine"],
+        quick_run["json"]["settings"],
+        [_config_result(QUICK_CONFIGS[0], {k: t["median_ms"] for k, t in config["timings_ms"].items()})],
+    )
+    table = result.to_table()
+    for label in CONTESTANTS.values():
+        assert label in table
+
+
+def _config_result(config: BenchConfig, medians: dict[str, float]) -> ConfigResult:
+    timings = {k: Timing(m, m, m, m, 1) for k, m in medians.items()}
+    return ConfigResult(
+        config,
+        timings,
+        build_s=1.0,
+        export_s={"onnx": 1.0, "torchscript": 1.0, "onnx_logits": 1.0},
+        artifact_bytes={"onnx": 1, "torchscript": 1, "onnx_logits": 1},
+    )
+
+
+def test_targets_are_checked_against_the_bounds():
+    config = BenchConfig(
+        "resnet50", "layer4", 224, 8, max_overhead=1.10, min_speedups=(("pytorch_grad_cam", 4.0), ("captum", 2.5))
+    )
+    medians = dict.fromkeys(CONTESTANTS, 100.0)
+    medians.update(ort_logits=100.0, ort_gradcam=105.0, pytorch_grad_cam=500.0, captum=200.0)
+    checks = _config_result(config, medians).targets()
+    assert [(c.description.split(" / ")[0], c.met) for c in checks] == [
+        ("ORT Grad-CAM", True),  # 1.05 <= 1.10
+        ("pytorch-grad-cam GradCAM", True),  # 500/105 = 4.76 >= 4
+        ("Captum LayerGradCam + interpolate", False),  # 200/105 = 1.90 < 2.5
+    ]
+    assert checks[0].value == pytest.approx(1.05)
+    assert checks[2].value == pytest.approx(200 / 105)
+
+
+@pytest.mark.parametrize(
+    ("value", "bound", "kind", "met"),
+    [(1.10, 1.10, "max", True), (1.11, 1.10, "max", False), (4.0, 4.0, "min", True), (3.9, 4.0, "min", False)],
+)
+def test_target_check_bounds_are_inclusive(value, bound, kind, met):
+    assert TargetCheck("c", "d", value, bound, kind).met is met
+
+
+def test_timing_summarizes_samples_in_milliseconds():
+    t = Timing.from_seconds([0.004, 0.001, 0.003, 0.002, 0.005])
+    assert (t.median_ms, t.min_ms, t.runs) == (pytest.approx(3.0), pytest.approx(1.0), 5)
+    assert t.q1_ms == pytest.approx(2.0) and t.q3_ms == pytest.approx(4.0)
+    single = Timing.from_seconds([0.01])
+    assert single.median_ms == single.q1_ms == single.q3_ms == pytest.approx(10.0)
+
+
+def test_configurations_are_the_documented_set():
+    assert [c.name for c in CONFIGS] == [
+        "resnet50-layer4-224-b1",
+        "resnet50-layer4-224-b8",
+        "vgg19-features-128-b8",
+        "resnet50-layer3-224-b8",
+        "mobilenet_v3_large-features-224-b8",
+        "mobilenet_v3_large-features.12-224-b8",
+        "efficientnet_lite0-bn2-224-b8",
+    ]
+    by_name = {c.name: c for c in CONFIGS}
+    assert by_name["vgg19-features-128-b8"].num_classes == 10
+    assert by_name["efficientnet_lite0-bn2-224-b8"].arch == "timm:efficientnet_lite0"
+    assert by_name["mobilenet_v3_large-features.12-224-b8"].max_overhead == 1.6
+    assert by_name["resnet50-layer3-224-b8"].max_overhead is None  # inner layer: reported, no target
+
+
+def test_select_configs_by_name_pattern_and_quick():
+    assert select_configs(None) == list(CONFIGS)
+    assert select_configs(None, quick=True) == list(QUICK_CONFIGS)
+    assert [c.name for c in select_configs(["resnet50-*"])] == [
+        "resnet50-layer4-224-b1",
+        "resnet50-layer4-224-b8",
+        "resnet50-layer3-224-b8",
+    ]
+    # a name given twice (or matched by two patterns) runs once
+    assert len(select_configs(["vgg19-features-128-b8", "vgg19-*"])) == 1
+    (quick,) = select_configs(["mobilenet_v3_large-features.12-224-b8"], quick=True)
+    assert (quick.arch, quick.layer, quick.size, quick.batch) == ("mobilenet_v3_large", "features.12", 64, 2)
+    assert quick.name == "mobilenet_v3_large-features.12-64-b2"
+
+
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        (["resnet50-layer4-224-b2"], "Did you mean 'resnet50-layer4-224-b8', 'resnet50-layer4-224-b1'"),
+        (["nope"], "no benchmark configuration matches 'nope'"),
+        (["vgg19-*", "densenet*"], "'densenet\\*'"),
+    ],
+)
+def test_unknown_config_names_the_bad_value(names, match):
+    with pytest.raises(UnknownConfigError, match=match) as info:
+        select_configs(names)
+    assert isinstance(info.value, GradCAMError)  # the CLI prints it as one line
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"repeats": 0}, "repeats must be an int >= 1"),
+        ({"threads": 0}, "threads must be an int >= 1"),
+        ({"warmup": -1}, "warmup must be an int >= 0"),
+        ({"memory_runs": 1.5}, "memory_runs must be an int >= 0"),
+        ({"configs": []}, "no configuration"),
+    ],
+)
+def test_run_benchmark_rejects_bad_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        run_benchmark(**{"configs": list(QUICK_CONFIGS), **kwargs})
+
+
+def test_cli_defaults():
+    args = _parse([])
+    assert args.config is None and not args.quick and not args.ort_spinning and not args.check_targets
+    assert args.repeats is None and args.threads is None and args.json is None and args.markdown is None
+    assert _parse(["--config", "a", "--config", "b"]).config == ["a", "b"]
