@@ -331,15 +331,21 @@ class _Progress:
 
 
 def _output_dir(path: str | os.PathLike) -> Path:
+    """Check that folder ``path`` exists or can be created, without creating it (no litter on failure).
+
+    The writers create it (atomically writing each file) once there is something to write.
+    """
     from .errors import ExportError
 
     out = Path(path)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ExportError(f"output folder {out} is not writable")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = "it is a file" if existing == out else f"{existing} is not a directory"
+        raise ExportError(f"cannot create output folder {out}: {reason}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ExportError(f"cannot write to output folder {out}: {existing} is not writable")
     return out
 
 

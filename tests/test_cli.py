@@ -1,0 +1,450 @@
+"""The ``gradcam`` command, run in-process through ``main(argv)`` (plus one subprocess smoke test)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import importlib.util
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from zoo import build
+
+from gradcam_model import list_layers, load_explainer
+from gradcam_model.cli import main
+from gradcam_model.runtime import load_image, preprocess
+
+CLASSES = ["cat", "dog", "bird"]
+SIZE = ["--input-size", "64", "64"]
+
+
+def run(argv: list[str]) -> tuple[int, str, str]:
+    """``main(argv)`` with stdout/stderr captured (for module-scoped fixtures, where capsys is unavailable)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    return code, out.getvalue(), err.getvalue()
+
+
+def _save_rgb(path: Path, rgb: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A trained-looking resnet18 (3 classes) as a DataParallel checkpoint, its artifacts and some images.
+
+    ``top2.onnx`` is exported through the CLI (top-2, class names); ``classin.pt`` through the
+    CLI with a class input and a zero cam tolerance, so that its parity check fails (exit 1).
+    """
+    root = tmp_path_factory.mktemp("cli")
+    model = build("resnet18", num_classes=3)
+    ckpt = root / "ckpt.pth"
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    names = root / "classes.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+    common = ["--arch", "resnet18", "--weights", ckpt, "--num-classes", "3", "--class-names", names]
+    common += ["--target-layer", "layer4", *SIZE]
+    onnx_run = run(["export", *common, "--top-k", "2", "--format", "onnx", "--name", "top2", "--out", root / "onnx"])
+    ts_run = run(
+        ["export", *common, "--class-input", "--format", "torchscript", "--name", "classin", "--out", root / "ts"]
+        + ["--cam-atol", "0"]
+    )
+    import skimage.data
+
+    photos = root / "photos"
+    small = {name: cv2.resize(getattr(skimage.data, name)(), (96, 72)) for name in ("chelsea", "coffee", "astronaut")}
+    _save_rgb(photos / "cat" / "chelsea.png", small["chelsea"])
+    _save_rgb(photos / "dog" / "coffee.jpg", small["coffee"])
+    _save_rgb(photos / "bird" / "astronaut.png", small["astronaut"])
+    (photos / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    (photos / "notes.txt").write_text("not an image, not collected")
+    not_a_dir = root / "plain-file"
+    not_a_dir.write_text("x")
+    garbage = root / "garbage.onnx"
+    garbage.write_bytes(b"\x00\x01 not a protobuf")
+    garbage_pt = root / "garbage.pt"
+    garbage_pt.write_bytes(b"PK not a zip")
+    return SimpleNamespace(
+        root=root,
+        model=model,
+        ckpt=ckpt,
+        names=names,
+        onnx=root / "onnx" / "top2.onnx",
+        pt=root / "ts" / "classin.pt",
+        onnx_run=onnx_run,
+        ts_run=ts_run,
+        photos=photos,
+        not_a_dir=not_a_dir,
+        garbage=garbage,
+        garbage_pt=garbage_pt,
+    )
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_export_writes_artifacts_and_a_parity_report(ws):
+    code, out, err = ws.onnx_run
+    assert code == 0, err
+    assert err == ""
+    assert ws.onnx.is_file()
+    assert "built resnet18 gradcam at 'layer4': 3 classes, top-2" in out
+    assert "parity of top2.onnx: ok" in out
+    assert "cam" in out and "class agreement" in out
+    report = json.loads((ws.onnx.parent / "parity.json").read_text())
+    assert report["ok"] is True
+    [entry] = report["artifacts"]
+    assert entry["format"] == "onnx" and entry["ok"] is True
+    assert entry["outputs"]["cam"]["max_abs"] <= entry["tolerance"]["cam_atol"]
+    meta = load_explainer(ws.onnx).metadata
+    assert (meta.architecture, meta.target_layer, meta.top_k, meta.class_input) == ("resnet18", "layer4", 2, False)
+    assert meta.class_names == tuple(CLASSES)
+
+
+def test_export_exits_1_when_parity_fails(ws):
+    code, out, err = ws.ts_run
+    assert code == 1
+    assert ws.pt.is_file()  # written, then found beyond the (zero) tolerance
+    assert "parity of classin.pt: FAILED" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradcam: parity check failed for") and "cam: max_abs" in lines[0]
+    report = json.loads((ws.pt.parent / "parity.json").read_text())
+    assert report["ok"] is False and report["artifacts"][0]["tolerance"]["cam_atol"] == 0
+
+
+def test_export_refuses_to_overwrite_without_the_flag(ws, capsys):
+    before = ws.onnx.read_bytes()
+    code = main(["export", "--arch", "resnet18", "--num-classes", "3", *SIZE, "--format", "onnx"]
+                + ["--name", "top2", "--out", str(ws.onnx.parent)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        err.strip() == f"gradcam: error: {ws.onnx} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
+    )
+    assert ws.onnx.read_bytes() == before
+
+
+# ---------------------------------------------------------------------------- validate
+
+
+def test_validate_reads_architecture_and_classes_from_the_artifact(ws, capsys, tmp_path):
+    report = tmp_path / "report.json"
+    code = main(["validate", str(ws.onnx), "--weights", str(ws.ckpt), "--json", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"parity of {ws.onnx} (onnx, resnet18 gradcam at 'layer4'):" in out
+    assert "\nok\n" in out
+    data = json.loads(report.read_text())
+    assert data["ok"] is True and data["format"] == "onnx"
+    assert data["class_agreement"] == 1.0 and data["cam_signal"] > 0
+
+
+def test_validate_class_input_torchscript_artifact(ws, capsys):
+    code = main(["validate", str(ws.pt), "--arch", "resnet18", "--weights", str(ws.ckpt), "--json", "-"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    data = json.loads(out[out.index("{") :])
+    assert data["ok"] is True and data["format"] == "torchscript"
+
+
+def test_validate_exits_1_beyond_tolerance(ws, capsys):
+    code = main(["validate", str(ws.onnx), "--weights", str(ws.ckpt), "--cam-atol", "0", "--logits-rtol", "0"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "FAILED: logits: max_rel" in out  # ONNX Runtime's kernels never match eager bit for bit
+    assert err == ""
+
+
+def test_validate_against_other_weights(ws, capsys):
+    code = main(["validate", str(ws.onnx)])  # random resnet18 weights: same shapes, other outputs
+    out, _ = capsys.readouterr()
+    assert code == 1 and "FAILED" in out
+    code = main(["validate", str(ws.onnx), "--num-classes", "5"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == (
+        f"gradcam: error: the model has 5 classes but {ws.onnx} was exported with 3; "
+        "check --arch, --num-classes and --weights"
+    )
+
+
+# ---------------------------------------------------------------------------- explain
+
+
+def test_explain_a_folder_with_a_corrupt_image(ws, capsys, tmp_path):
+    out_dir = tmp_path / "explained"
+    code = main(["explain", str(ws.onnx), str(ws.photos), "--out", str(out_dir), "--batch-size", "2"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("gradcam: skipped:") and "broken.png" in lines[0]
+    assert lines[1] == "gradcam: 1 of 4 inputs could not be explained"
+    assert "Traceback" not in err
+    assert "explained 3 of 4 images with resnet18 gradcam at 'layer4'" in out
+
+    with open(out_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [Path(r["path"]).name for r in rows] == ["astronaut.png", "broken.png", "chelsea.png", "coffee.jpg"]
+    assert [r["true_label"] for r in rows] == ["bird", "cat", "cat", "dog"]
+    broken = rows[1]
+    assert "not a readable image" in broken["error"] and broken["predicted_label"] == ""
+
+    # the numbers are the artifact's, on the artifact's own preprocessing
+    explainer = load_explainer(ws.onnx)
+    for row in (rows[0], rows[2], rows[3]):
+        assert row["error"] == ""
+        result = explainer(preprocess(load_image(row["path"]), explainer.metadata))
+        top = int(result.probabilities[0].argmax())
+        assert int(row["predicted_index"]) == top and row["predicted_label"] == CLASSES[top]
+        assert float(row["probability"]) == pytest.approx(float(result.probabilities[0, top]), abs=1e-6)
+        assert row["explained_index"] == ";".join(str(int(c)) for c in result.class_index[0])
+        assert row["explained_label"].count(";") == 1  # top-2
+
+        overlays = [Path(p) for p in row["overlay"].split(";")]
+        assert len(overlays) == 2 and overlays[1].name.endswith("-top2.png")
+        for png in overlays:
+            picture = cv2.imread(str(png))
+            assert picture is not None and picture.shape == (72, 96, 3)  # the input's own size
+        assert overlays[0].is_relative_to(out_dir / "overlays")
+
+    grid = cv2.imread(str(out_dir / "grid.png"))
+    assert grid is not None and grid.shape[1] > 3 * 96 and grid.shape[0] > 72
+
+
+def test_explain_files_with_a_class_by_name_and_by_index(ws, capsys, tmp_path):
+    files = [str(ws.photos / "cat" / "chelsea.png"), str(ws.photos / "dog" / "coffee.jpg")]
+    for choice, index in (("dog", 1), ("BIRD", 2), ("0", 0)):
+        out_dir = tmp_path / f"class-{choice}"
+        code = main(["explain", str(ws.pt), *files, "--out", str(out_dir), "--class", choice, "--colormap", "viridis"])
+        _, err = capsys.readouterr()
+        assert code == 0, err
+        assert err == ""
+        with open(out_dir / "predictions.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert [r["explained_index"] for r in rows] == [str(index)] * 2
+        assert [r["true_label"] for r in rows] == ["", ""]  # single files: no folder layout
+        assert sorted(p.name for p in (out_dir / "overlays").iterdir()) == ["chelsea.png", "coffee.png"]
+
+
+def test_explain_top_class_by_default_with_a_class_input_artifact(ws, capsys, tmp_path):
+    code = main(["explain", str(ws.pt), str(ws.photos / "cat"), "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert code == 1  # broken.png
+    with open(tmp_path / "predictions.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not r["error"]]
+    assert rows and all(r["explained_index"] == r["predicted_index"] for r in rows)
+
+
+# ---------------------------------------------------------------------------- layers
+
+
+def test_layers_lists_candidates_with_shapes(ws, capsys):
+    code = main(["layers", "--arch", "resnet18", "--num-classes", "3", "--weights", str(ws.ckpt), *SIZE])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    row = next(line for line in lines if line[2:].split()[0] == "layer4")
+    assert row[2:].split()[1:4] == ["Sequential", "512x2x2", "1"]
+    row = next(line for line in lines if line[2:].split()[0] == "layer2")
+    assert "128x8x8" in row
+    # the marked layer is the one list_layers picks
+    infos = list_layers(ws.model, torch.randn(1, 3, 64, 64))
+    auto = [i.name for i in infos if i.auto]
+    marked = [line[2:].split()[0] for line in lines if line.startswith("* ") and not line.startswith("* auto")]
+    assert marked == auto
+    assert (f"* auto: --target-layer auto picks {auto[0]!r}" in out) if auto else ("no automatic choice" in out)
+
+
+def test_layers_marks_the_automatic_choice_on_a_timm_model(capsys):
+    code = main(["layers", "--arch", "timm:efficientnet_lite0", "--num-classes", "10", *SIZE])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("* ")] == ["bn2", "auto:"]
+    assert "* auto: --target-layer auto picks 'bn2'" in out
+
+
+# ---------------------------------------------------------------------------- user errors
+
+
+USER_ERRORS = [
+    ("unknown-arch", lambda w: ["layers", "--arch", "resnt18"], r"unknown architecture 'resnt18' \(did you mean"),
+    (
+        "unknown-layer",
+        lambda w: (
+            ["export", "--arch", "resnet18", "--num-classes", "3", *SIZE, "--target-layer", "layer9"]
+            + ["--out", w.root / "never"]
+        ),
+        r"layer 'layer9' not found in the model\. Did you mean 'layer4'",
+    ),
+    (
+        "unknown-method",
+        lambda w: ["export", "--arch", "resnet18", "--method", "gradcam+++", "--out", w.root / "never"],
+        r"unknown method 'gradcam\+\+\+'; expected one of: gradcam, gradcam\+\+",
+    ),
+    (
+        "missing-weights",
+        lambda w: ["layers", "--arch", "resnet18", "--weights", w.root / "missing.pth"],
+        r"weights file .*missing\.pth does not exist",
+    ),
+    (
+        "not-a-checkpoint",
+        lambda w: ["layers", "--arch", "resnet18", "--weights", w.names],
+        r"classes\.txt is not a PyTorch checkpoint",
+    ),
+    (
+        "mismatched-keys",
+        lambda w: ["layers", "--arch", "resnet18", "--weights", w.ckpt],  # 3-class checkpoint, 1000-class model
+        r"do not fit ResNet: 2 shape mismatches, checkpoint vs model \(fc\.weight \(3, 512\) vs \(1000, 512\)",
+    ),
+    (
+        "missing-artifact",
+        lambda w: ["validate", w.root / "missing.onnx", "--arch", "resnet18"],
+        r"artifact .*missing\.onnx does not exist",
+    ),
+    (
+        "missing-artifact-explain",
+        lambda w: ["explain", w.root / "missing.pt", w.photos, "--out", w.root / "never"],
+        r"artifact .*missing\.pt does not exist",
+    ),
+    (
+        "unreadable-onnx",
+        lambda w: ["validate", w.garbage, "--arch", "resnet18"],
+        r"garbage\.onnx is not a loadable ONNX model",
+    ),
+    (
+        "unreadable-torchscript",
+        lambda w: ["explain", w.garbage_pt, w.photos, "--out", w.root / "never"],
+        r"garbage\.pt is not a loadable TorchScript file",
+    ),
+    ("not-an-artifact", lambda w: ["validate", w.names], r"classes\.txt: unknown artifact type '\.txt'"),
+    (
+        "unwritable-out-explain",
+        lambda w: ["explain", w.onnx, w.photos, "--out", w.not_a_dir / "sub"],
+        r"cannot create output folder .*plain-file/sub: .*plain-file is not a directory",
+    ),
+    (
+        "unwritable-out-export",
+        lambda w: ["export", "--arch", "resnet18", "--out", w.not_a_dir / "sub"],
+        r"cannot create output folder .*plain-file/sub",
+    ),
+    (
+        "class-on-top-k-artifact",
+        lambda w: ["explain", w.onnx, w.photos, "--out", w.root / "never", "--class", "cat"],
+        r"--class needs an artifact exported with --class-input; .*top2\.onnx explains its top-2 classes",
+    ),
+    (
+        "unknown-class-name",
+        lambda w: ["explain", w.pt, w.photos, "--out", w.root / "never", "--class", "dgo"],
+        r"--class 'dgo' is not a class of this artifact \(did you mean 'dog'\?\)",
+    ),
+    (
+        "class-out-of-range",
+        lambda w: ["explain", w.pt, w.photos, "--out", w.root / "never", "--class", "3"],
+        r"--class 3 is out of range; expected 0\.\.2 or -1",
+    ),
+    (
+        "missing-input",
+        lambda w: ["explain", w.onnx, w.root / "nope.png", "--out", w.root / "never"],
+        r"input .*nope\.png does not exist",
+    ),
+    (
+        "empty-folder",
+        lambda w: ["explain", w.onnx, w.root / "onnx", "--out", w.root / "never"],
+        r"folder .*onnx holds no images",
+    ),
+    (
+        "class-input-with-top-k",
+        lambda w: ["export", "--arch", "resnet18", "--class-input", "--top-k", "2", "--out", w.root / "never"],
+        r"--class-input explains one given class",
+    ),
+    (
+        "class-names-count",
+        lambda w: (
+            ["export", "--arch", "resnet18", "--class-names", w.names, "--target-layer", "layer4", *SIZE]
+            + ["--out", w.root / "never"]
+        ),
+        r"cannot build the Grad-CAM model: class_names has 3 entries but the model has 1000 classes",
+    ),
+    (
+        "missing-class-names",
+        lambda w: ["export", "--arch", "resnet18", "--class-names", w.root / "nope.txt", "--out", w.root / "never"],
+        r"cannot read class names from .*nope\.txt: No such file or directory",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "match"), [pytest.param(a, m, id=i) for i, a, m in USER_ERRORS])
+def test_user_errors_exit_2_with_one_line(ws, capsys, argv, match):
+    code = main([str(a) for a in argv(ws)])
+    out, err = capsys.readouterr()
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gradcam: error: ")
+    assert re.search(match, lines[0]), lines[0]
+    assert "Traceback" not in err
+    assert not (ws.root / "never").exists()
+
+
+def test_verbose_shows_the_traceback_and_info_logs(capsys):
+    code = main(["-v", "layers", "--arch", "resnt18"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("Traceback") and "GradCAMError" in err
+    assert err.strip().splitlines()[-1].startswith("gradcam: error: unknown architecture")
+    code = main(["layers", "--arch", "resnet18", "--num-classes", "2", "--input-size", "32", "32", "--verbose"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "INFO gradcam_model.models: built resnet18 (2 classes)" in err
+
+
+def test_usage_errors_and_help(capsys):
+    assert main(["export", "--out", "x"]) == 2  # --arch missing
+    err = capsys.readouterr().err
+    assert err.startswith("usage: gradcam export") and "the following arguments are required: --arch" in err
+    assert main(["export", "--arch", "resnet18", "--out", "x", "--format", "onnx,tflite"]) == 2
+    assert "unknown format 'tflite'" in capsys.readouterr().err
+    assert main(["explain", "a.onnx", "b.png", "--out", "x", "--batch-size", "0"]) == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+    assert main([]) == 2
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("layers", "export", "validate", "explain", "demo"):
+        assert command in out
+    assert ("bench" in out) == (importlib.util.find_spec("gradcam_model.bench") is not None)
+
+
+# ---------------------------------------------------------------------------- the installed script
+
+
+def test_installed_script_smoke():
+    script = Path(sys.executable).with_name("gradcam")
+    assert script.is_file(), "pip install -e . creates the gradcam console script"
+    done = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: gradcam" in done.stdout and "explain" in done.stdout
+    done = subprocess.run(
+        [script, "layers", "--arch", "resnet18", "--num-classes", "4", "--input-size", "32", "32"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert any(line.split()[:3] == ["layer4", "Sequential", "512x1x1"] for line in done.stdout.splitlines())
+    done = subprocess.run(
+        [sys.executable, "-m", "gradcam_model", "layers", "--arch", "resnt18"], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("gradcam: error: unknown architecture 'resnt18'") and done.stderr.count("\n") == 1
