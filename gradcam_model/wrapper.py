@@ -79,6 +79,11 @@ class GradCAMModel(nn.Module):
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if class_input and top_k != 1:
             raise ValueError("class_input=True explains the given class only; use top_k=1 with it")
+        channels = int(example_input.shape[1])
+        mean = _check_stats(mean, "mean", channels)
+        std = _check_stats(std, "std", channels)
+        if any(v <= 0 for v in std):
+            raise ValueError(f"std must be positive, got {std}")
         started = time.perf_counter()
         # building needs autograd even when the caller sits in inference_mode / no_grad
         with torch.inference_mode(False), eval_state(model), torch.no_grad():
@@ -88,6 +93,7 @@ class GradCAMModel(nn.Module):
             num_classes = int(_logits_of(model(example_input[:1])).shape[-1])
             if top_k > num_classes:
                 raise ValueError(f"top_k={top_k} exceeds the model's {num_classes} classes")
+            class_names = _check_class_names(class_names, num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
                 _check_gap_linear_head(model, layer, layer_name, example_input[:2])
             spec = CaptureSpec(
@@ -108,11 +114,9 @@ class GradCAMModel(nn.Module):
         self.input_size = None if dynamic_spatial else (int(example_input.shape[2]), int(example_input.shape[3]))
         self.example_size = (int(example_input.shape[2]), int(example_input.shape[3]))
         self.architecture = architecture or type(model).__name__
-        self.class_names = _check_class_names(class_names, num_classes)
-        self.mean = _check_stats(mean, "mean", self.in_channels)
-        self.std = _check_stats(std, "std", self.in_channels)
-        if any(v <= 0 for v in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+        self.class_names = class_names
+        self.mean = mean
+        self.std = std
         self.build_seconds = time.perf_counter() - started
         log.info(
             "built Grad-CAM graph for %s at %r (%s, %s spatial) in %.1f s",
@@ -147,7 +151,8 @@ def _trace(model, layer, spec, image):
         log.debug("static spatial size: %s", why)
     else:
         h, w = image.shape[2:]
-        other = torch.randn(1, image.shape[1], h + 33, w + 17, dtype=image.dtype, device=image.device)
+        gen = torch.Generator().manual_seed(0)  # leave the caller's RNG state alone
+        other = torch.randn(1, image.shape[1], h + 33, w + 17, generator=gen, dtype=image.dtype).to(image.device)
         classes = (torch.full((1,), -1, dtype=torch.long, device=image.device),) if spec.class_input else ()
         try:
             with torch.inference_mode():
