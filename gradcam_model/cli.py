@@ -699,7 +699,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     csv_path = _write_text(out / "predictions.csv", buffer.getvalue())
     done = [r for r in rows if not r["error"]]
     if tiles:
-        grid_path = save_png(out / "grid.png", grid(tiles, titles, cols=min(4, len(tiles)), colors=colors))
+        aspect = float(np.median([t.shape[0] / t.shape[1] for t in tiles]))  # cells shaped like most pictures
+        tile_size = (int(np.clip(round(256 * aspect), 128, 384)), 256)
+        picture = grid(tiles, titles, cols=min(4, len(tiles)), tile_size=tile_size, colors=colors)
+        grid_path = save_png(out / "grid.png", picture)
     _print_predictions(done)
     print(
         f"explained {len(done)} of {len(images)} images with {meta.architecture} {meta.method} at "
@@ -715,10 +718,14 @@ def _print_predictions(rows: list[dict]) -> None:
         return
     shown = rows[:_TABLE_ROWS]
     width = min(48, max(len("image"), *(len(r["path"]) for r in shown))) + 2
-    print(f"{'image':<{width}}{'predicted':<28}{'probability':>11}  true")
+    chosen = any(r["explained_index"] != str(r["predicted_index"]) for r in rows)  # --class or top-k
+    extra = f"{'explained':<28}" if chosen else ""
+    print(f"{'image':<{width}}{'predicted':<28}{'probability':>11}  {extra}true")
     for r in shown:
         path = r["path"] if len(r["path"]) <= width - 2 else "..." + r["path"][-(width - 5) :]
-        print(f"{path:<{width}}{r['predicted_label'][:27]:<28}{float(r['probability']):>11.3f}  {r['true_label']}")
+        extra = f"{r['explained_label'][:27]:<28}" if chosen else ""
+        label = r["predicted_label"][:27]
+        print(f"{path:<{width}}{label:<28}{float(r['probability']):>11.3f}  {extra}{r['true_label']}")
     if len(rows) > len(shown):
         print(f"... {len(rows) - len(shown)} more in predictions.csv")
 
