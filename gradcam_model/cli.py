@@ -362,7 +362,7 @@ def _load_model(args: argparse.Namespace, num_classes: int | None = None):
     if args.arch and ":" in args.arch and not args.arch.startswith("timm:") and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: factories in the current folder import
     _status(f"building {args.arch}")
-    return load_model(args.arch, num_classes=num_classes or args.num_classes, weights=args.weights)
+    return load_model(args.arch, num_classes=num_classes, weights=args.weights)
 
 
 def _read_class_names(path: str) -> list[str]:
@@ -409,7 +409,7 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 
     from .layers import list_layers
 
-    model = _load_model(args)
+    model = _load_model(args, args.num_classes)
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
     infos = list_layers(model, example)
     if not infos:
@@ -454,7 +454,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for path in targets.values():
         check_target(path, overwrite=args.overwrite)
     class_names = _read_class_names(args.class_names) if args.class_names else None
-    model = _load_model(args)
+    model = _load_model(args, args.num_classes)
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
     _status(f"building the Grad-CAM graph at {args.target_layer!r}")
     try:
@@ -518,8 +518,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     explainer = load_explainer(args.artifact, device="cpu")
     meta = explainer.metadata
     args.arch = args.arch or meta.architecture
+    factory = ":" in args.arch and not args.arch.startswith("timm:")
+    # torchvision and timm heads get the artifact's class count; a factory builds its own unless told
+    num_classes = args.num_classes or (None if factory else meta.num_classes)
     try:
-        model = _load_model(args, num_classes=args.num_classes or meta.num_classes)
+        model = _load_model(args, num_classes=num_classes)
     except GradCAMError as exc:
         if args.arch == meta.architecture:
             raise GradCAMError(f"{exc} (the architecture recorded in {args.artifact}; pass --arch)") from exc

@@ -180,6 +180,36 @@ def test_validate_against_other_weights(ws, capsys):
     )
 
 
+def test_factory_from_the_current_folder_round_trip(capsys, tmp_path, monkeypatch):
+    """`--arch module:factory` imports from the working folder; validate rebuilds it from the metadata."""
+    (tmp_path / "cli_factory_net.py").write_text(
+        "from torch import nn\n\n"
+        "def build(num_classes=4):\n"
+        "    return nn.Sequential(\n"
+        "        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(),\n"
+        "        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, num_classes),\n"
+        "    )\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() adds the working folder; undo afterwards
+    monkeypatch.delitem(sys.modules, "cli_factory_net", raising=False)
+    spec = importlib.util.spec_from_file_location("factory_copy", tmp_path / "cli_factory_net.py")
+    copy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copy)
+    torch.manual_seed(0)
+    torch.save(copy.build().state_dict(), tmp_path / "net.pth")  # the "trained" weights
+    argv = ["export", "--arch", "cli_factory_net:build", "--weights", "net.pth", "--target-layer", "2"]
+    code = main([*argv, "--input-size", "32", "32", "--format", "torchscript", "--out", "art"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "built cli_factory_net:build gradcam at '2': 4 classes" in out
+    # no --arch: the factory recorded in the artifact, called without num_classes
+    code = main(["validate", "art/build.pt", "--weights", "net.pth"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "(torchscript, cli_factory_net:build gradcam at '2')" in out
+
+
 # ---------------------------------------------------------------------------- explain
 
 
