@@ -123,7 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="list candidate target layers", description="List candidate target layers.")
     _add_model_arguments(p)
-    p.add_argument("--input-size", nargs=2, type=_positive_int, default=(224, 224), metavar=("H", "W"))
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=_positive_int,
+        default=(224, 224),
+        metavar=("H", "W"),
+        help="example input size (default: 224 224)",
+    )
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_layers)
 
@@ -137,7 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-names", metavar="FILE", help="class names: one per line, or a JSON list")
     p.add_argument("--target-layer", default="auto", metavar="NAME", help="dotted module name or 'auto' (default)")
     p.add_argument("--method", default="gradcam", metavar="M", help="gradcam (default), gradcam++, xgradcam, ...")
-    p.add_argument("--input-size", nargs=2, type=_positive_int, default=(224, 224), metavar=("H", "W"))
+    p.add_argument(
+        "--input-size",
+        nargs=2,
+        type=_positive_int,
+        default=(224, 224),
+        metavar=("H", "W"),
+        help="example input size (default: 224 224)",
+    )
     p.add_argument("--top-k", type=_positive_int, default=1, metavar="K", help="explain the K most likely classes")
     p.add_argument("--class-input", action="store_true", help="take the class to explain as an input (-1: top class)")
     p.add_argument(
@@ -186,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="INDEX|NAME",
         help="class to explain (artifacts exported with --class-input; default: the top prediction)",
     )
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per run (default: 8)")
     p.add_argument("--colormap", default="jet", choices=COLORMAPS, metavar="NAME", help="OpenCV colormap (jet)")
     p.add_argument("--alpha", type=_non_negative_float, default=0.4, metavar="A", help="heat-map weight in [0, 1]")
     _add_verbose(p, top=False)
