@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .errors import (
+    ArchitectureError,
     ArtifactError,
     ExportError,
     GradCAMError,
@@ -18,6 +19,7 @@ from .errors import (
 from .export import ArtifactMetadata, export_onnx, export_torchscript
 from .layers import LayerInfo, list_layers
 from .methods import METHODS, CAMMethod
+from .models import efficientnet_lite0_imagenet, imagenet_class_names, load_model, load_weights
 from .runtime import (
     Explainer,
     Explanation,
@@ -34,6 +36,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "ArchitectureError",
     "ArtifactError",
     "ArtifactMetadata",
     "Explainer",
@@ -41,6 +44,7 @@ __all__ = [
     "INPUT_NAMES",
     "ParityReport",
     "assert_parity",
+    "efficientnet_lite0_imagenet",
     "export_onnx",
     "export_torchscript",
     "load_explainer",
@@ -60,6 +64,9 @@ __all__ = [
     "ParityError",
     "UnsupportedOperatorError",
     "WeightsError",
+    "imagenet_class_names",
     "list_layers",
+    "load_model",
+    "load_weights",
     "reference_cam",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "GradCAMError",
+    "ArchitectureError",
     "LayerNotFoundError",
     "LayerError",
     "MethodError",
@@ -23,6 +24,10 @@ __all__ = [
 
 class GradCAMError(Exception):
     """Root of every error raised on purpose by :mod:`gradcam_model`."""
+
+
+class ArchitectureError(GradCAMError, ValueError):
+    """An architecture name or model factory that cannot be resolved or built."""
 
 
 class LayerNotFoundError(GradCAMError, KeyError):

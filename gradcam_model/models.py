@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import GradCAMError, WeightsError
+from .errors import ArchitectureError, WeightsError
 
 __all__ = [
     "load_model",
@@ -65,15 +65,15 @@ def load_model(arch: str, *, num_classes: int | None = None, weights: str | os.P
         weights: a local state dict or training checkpoint; see :func:`load_weights`.
 
     Raises:
-        GradCAMError: an unknown architecture (with close matches) or a factory that
+        ArchitectureError: an unknown architecture (with close matches) or a factory that
             cannot be imported or does not return an ``nn.Module``.
         WeightsError: a weights file that is missing, not a checkpoint, or does not fit.
     """
     if not isinstance(arch, str) or not arch.strip():
-        raise GradCAMError(f"architecture must be a non-empty name, got {arch!r}")
+        raise ArchitectureError(f"architecture must be a non-empty name, got {arch!r}")
     bad_count = isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
     if num_classes is not None and bad_count:
-        raise GradCAMError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ArchitectureError(f"num_classes must be a positive integer, got {num_classes!r}")
     arch = arch.strip()
     if arch.startswith("timm:"):
         model = _timm_model(arch[len("timm:") :], num_classes)
@@ -96,7 +96,7 @@ def _torchvision_model(arch: str, num_classes: int | None) -> nn.Module:
         if arch.lower() in lowered:
             arch = lowered[arch.lower()]
         else:
-            raise GradCAMError(
+            raise ArchitectureError(
                 f"unknown architecture {arch!r}{_did_you_mean(arch, names)}; expected a torchvision classification "
                 "model (torchvision.models.list_models()), 'timm:NAME' or 'package.module:factory'"
             )
@@ -112,9 +112,9 @@ def _timm_model(name: str, num_classes: int | None) -> nn.Module:
     try:
         import timm
     except ImportError as exc:
-        raise GradCAMError("'timm:' architectures need timm; install it with `pip install timm`") from exc
+        raise ArchitectureError("'timm:' architectures need timm; install it with `pip install timm`") from exc
     if not name or not timm.is_model(name):
-        raise GradCAMError(
+        raise ArchitectureError(
             f"unknown timm architecture {name!r}{_did_you_mean(name, timm.list_models())}; see timm.list_models()"
         )
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
@@ -124,26 +124,26 @@ def _timm_model(name: str, num_classes: int | None) -> nn.Module:
 def _factory_model(spec: str, num_classes: int | None) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise GradCAMError(f"factory {spec!r} must look like 'package.module:callable'")
+        raise ArchitectureError(f"factory {spec!r} must look like 'package.module:callable'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise GradCAMError(f"cannot import {module_name!r} for factory {spec!r}: {exc}") from exc
+        raise ArchitectureError(f"cannot import {module_name!r} for factory {spec!r}: {exc}") from exc
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
             public = [n for n in dir(target) if not n.startswith("_")]
-            raise GradCAMError(f"{module_name} has no {attr!r}{_did_you_mean(part, public)}")
+            raise ArchitectureError(f"{module_name} has no {attr!r}{_did_you_mean(part, public)}")
         target = getattr(target, part)
     if not callable(target):
-        raise GradCAMError(f"factory {spec!r} is not callable ({type(target).__name__})")
+        raise ArchitectureError(f"factory {spec!r} is not callable ({type(target).__name__})")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     try:
         model = target(**kwargs)
     except Exception as exc:  # the user's code: report it as theirs, keep the cause for --verbose
-        raise GradCAMError(f"factory {spec}({_kwargs_text(kwargs)}) failed: {type(exc).__name__}: {exc}") from exc
+        raise ArchitectureError(f"factory {spec}({_kwargs_text(kwargs)}) failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(model, nn.Module):
-        raise GradCAMError(f"factory {spec!r} returned a {type(model).__name__}; expected a torch.nn.Module")
+        raise ArchitectureError(f"factory {spec!r} returned a {type(model).__name__}; expected a torch.nn.Module")
     return model
 
 

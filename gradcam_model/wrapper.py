@@ -76,14 +76,14 @@ class GradCAMModel(nn.Module):
         _check_image(example_input, "example_input")
         cam_method = get_method(method)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+            raise InputError(f"top_k must be a positive int, got {top_k!r}")
         if class_input and top_k != 1:
-            raise ValueError("class_input=True explains the given class only; use top_k=1 with it")
+            raise InputError("class_input=True explains the given class only; use top_k=1 with it")
         channels = int(example_input.shape[1])
         mean = _check_stats(mean, "mean", channels)
         std = _check_stats(std, "std", channels)
         if any(v <= 0 for v in std):
-            raise ValueError(f"std must be positive, got {std}")
+            raise InputError(f"std must be positive, got {std}")
         started = time.perf_counter()
         # building needs autograd even when the caller sits in inference_mode / no_grad
         with torch.inference_mode(False), eval_state(model), torch.no_grad():
@@ -92,7 +92,7 @@ class GradCAMModel(nn.Module):
             layer = resolve_layer(model, layer_name)
             num_classes = int(_logits_of(model(example_input[:1])).shape[-1])
             if top_k > num_classes:
-                raise ValueError(f"top_k={top_k} exceeds the model's {num_classes} classes")
+                raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
                 _check_gap_linear_head(model, layer, layer_name, example_input[:2])
@@ -206,14 +206,14 @@ def _check_class_names(names, num_classes: int) -> tuple[str, ...] | None:
         return None
     names = tuple(str(n) for n in names)
     if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} entries but the model has {num_classes} classes")
+        raise InputError(f"class_names has {len(names)} entries but the model has {num_classes} classes")
     return names
 
 
 def _check_stats(values, what: str, channels: int) -> tuple[float, ...]:
     values = tuple(float(v) for v in values)
     if len(values) != channels:
-        raise ValueError(f"{what} must have one value per input channel ({channels}), got {values}")
+        raise InputError(f"{what} must have one value per input channel ({channels}), got {values}")
     return values
 
 
