@@ -196,6 +196,24 @@ def _finalize(gm: fx.GraphModule, names: Sequence[str], tensors: Sequence[torch.
         if node.op == "call_function" and node.target in (aten.detach.default, aten.alias.default):
             node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+    # constants that decompositions built (pooling matrices...) become buffers too, so
+    # that GradCAMModel.to(device) and torch.jit.load(map_location=...) move them
+    buffers = dict(gm.named_buffers())
+    for node in graph.nodes:
+        if node.op == "get_attr" and node.target not in buffers:
+            value = getattr(gm, node.target)
+            if isinstance(value, torch.Tensor):
+                delattr(gm, node.target)
+                gm.register_buffer(node.target, value)
+                buffers[node.target] = value
+    # factory ops (zeros, arange, scalar_tensor...) were traced with device=<trace device>;
+    # take the image's device instead so the graph runs wherever its input lives
+    image = next(n for n in graph.nodes if n.op == "placeholder")
+    with graph.inserting_after(image):
+        device = graph.call_function(torch.ops.prim.device, (image,))
+    for node in graph.nodes:
+        if node.op == "call_function" and node is not device and "device" in node.kwargs:
+            node.kwargs = {**node.kwargs, "device": device}
     output = next(n for n in graph.nodes if n.op == "output")
     output.args = (tuple(output.args[0]),)
     graph._codegen = fx.graph.CodeGen()

@@ -471,23 +471,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = _load_model(args, args.num_classes)
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
     _status(f"building the Grad-CAM graph at {args.target_layer!r}")
-    try:
-        wrapper = GradCAMModel(
-            model,
-            args.target_layer,
-            method=method,
-            example_input=example,
-            top_k=args.top_k,
-            class_input=args.class_input,
-            class_names=class_names,
-            mean=args.mean or IMAGENET_MEAN,
-            std=args.std or IMAGENET_STD,
-            architecture=args.arch,
-        )
-    except GradCAMError:
-        raise
-    except ValueError as exc:  # the wrapper's argument checks (class names count, mean/std, top-k)
-        raise GradCAMError(f"cannot build the Grad-CAM model: {exc}") from exc
+    wrapper = GradCAMModel(
+        model,
+        args.target_layer,
+        method=method,
+        example_input=example,
+        top_k=args.top_k,
+        class_input=args.class_input,
+        class_names=class_names,
+        mean=args.mean or IMAGENET_MEAN,
+        std=args.std or IMAGENET_STD,
+        architecture=args.arch,
+    )
     explains = "class input" if wrapper.class_input else f"top-{wrapper.top_k}"
     size = "dynamic" if wrapper.dynamic_spatial else "fixed {}x{}".format(*wrapper.input_size)
     print(

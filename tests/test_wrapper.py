@@ -388,3 +388,17 @@ def _class_input_wrapper(model):
     if "w" not in _CLASS_INPUT:
         _CLASS_INPUT["w"] = GradCAMModel(model, "layer4", example_input=torch.randn(1, 3, 64, 64), class_input=True)
     return _CLASS_INPUT["w"]
+
+
+def test_graph_takes_device_from_its_input():
+    """No factory op keeps the trace's device, and constants are buffers that .to() moves:
+    the same graph (and its TorchScript export) runs on whatever device the image is on."""
+    wrapper = GradCAMModel(zoo_model("vgg16"), "features.16", example_input=torch.randn(1, 3, 64, 64))
+    nodes = list(wrapper.graph.graph.nodes)
+    devices = [n.kwargs["device"] for n in nodes if n.op == "call_function" and "device" in n.kwargs]
+    assert devices, "expected factory ops in the backward (zeros for max-pool scatter)"
+    assert all(getattr(d, "target", None) is torch.ops.prim.device for d in devices)
+    buffers = {name for name, _ in wrapper.graph.named_buffers()}
+    constants = [n.target for n in nodes if n.op == "get_attr"]
+    assert any(c.startswith("_tensor_constant") for c in constants)  # adaptive-pool matrices
+    assert set(constants) <= buffers

@@ -30,19 +30,16 @@ def scriptable(graph_module: fx.GraphModule) -> fx.GraphModule:
     """A copy of a traced graph that ``torch.jit.script`` compiles with every size dynamic.
 
     ``torch.jit.trace`` would bake the sizes the graph reads through ``aten.sym_size``
-    (the batch becomes a constant), so we script instead, after four rewrites:
+    (the batch becomes a constant), so we script instead, after three rewrites:
     ``sym_size`` becomes ``Tensor.size(dim)``; op overloads (``aten.add.Tensor``), which
     TorchScript cannot call, become their packets (``aten.add``); ``torch.sym_max`` and
-    kin become the builtins ``max``...; and constants'
-    ``device=cpu`` becomes the device of the input image, so the module also runs
-    after ``torch.jit.load(..., map_location="cuda")``. Parameters are shared, not copied.
+    kin become the builtins ``max``... The traced graph already takes constants' device
+    from the input image (see ``capture``), so the module also runs after
+    ``torch.jit.load(..., map_location="cuda")``. Parameters are shared, not copied.
     """
     graph = copy.deepcopy(graph_module.graph)
-    image = next(n for n in graph.nodes if n.op == "placeholder")
-    with graph.inserting_after(image):
-        device = graph.call_function(torch.ops.prim.device, (image,))
     for node in list(graph.nodes):
-        if node.op != "call_function" or node is device:
+        if node.op != "call_function":
             continue
         if node.target is torch.ops.aten.sym_size.int:
             with graph.inserting_before(node):
@@ -53,8 +50,6 @@ def scriptable(graph_module: fx.GraphModule) -> fx.GraphModule:
         if isinstance(node.target, torch._ops.OpOverload):
             node.target = node.target.overloadpacket
         node.target = _SYM_BUILTINS.get(node.target, node.target)
-        if "device" in node.kwargs:
-            node.kwargs = {**node.kwargs, "device": device}
     graph.eliminate_dead_code()
     return fx.GraphModule(graph_module, graph, class_name="GradCAMArtifact")
 
