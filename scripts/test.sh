@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q "$@"
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # see tests/conftest.py
+# two workers: tracing and exporting are single-threaded Python, the suite is mostly that
+exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup "$@"

@@ -433,7 +433,7 @@ def test_verbose_shows_the_traceback_and_info_logs(capsys):
     code = main(["-v", "layers", "--arch", "resnt18"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("Traceback") and "GradCAMError" in err
+    assert err.startswith("Traceback") and "ArchitectureError" in err
     assert err.strip().splitlines()[-1].startswith("gradcam: error: unknown architecture")
     code = main(["layers", "--arch", "resnet18", "--num-classes", "2", "--input-size", "32", "32", "--verbose"])
     err = capsys.readouterr().err
