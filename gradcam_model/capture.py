@@ -20,10 +20,12 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch.overrides import TorchFunctionMode
 
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
@@ -66,14 +68,36 @@ def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, name
 
     def explain(tensors, image, class_index):
         state = dict(zip(names, tensors, strict=True))
-        logits, activations = _forward_with_leaf(
-            lambda x: torch.func.functional_call(model, state, (x,), strict=False), layer, spec.layer_name, image
-        )
+        with _ExportableForward():
+            logits, activations = _forward_with_leaf(
+                lambda x: torch.func.functional_call(model, state, (x,), strict=False), layer, spec.layer_name, image
+            )
         return cam_outputs(logits, activations, image, spec, class_index)
 
     if spec.class_input:
         return explain
     return lambda tensors, image: explain(tensors, image, None)
+
+
+class _ExportableForward(TorchFunctionMode):
+    """Forward-side substitutions, applied before autograd sees the op.
+
+    ``adaptive_avg_pool2d(x, 1)`` restrides its output with ``as_strided_`` when ``x``
+    is channels-last (ConvNeXt's permutes make it so); autograd then records
+    ``AsStridedBackward``, which functionalizes to ``as_strided_scatter``, an op
+    torch.onnx cannot translate. The same mean without the restride has a plain
+    backward. (Backward-side decompositions run after autograd and cannot help here.)
+    """
+
+    _POOLS = (torch._C._nn.adaptive_avg_pool2d, F.adaptive_avg_pool2d)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._POOLS:
+            size = args[1] if len(args) > 1 else kwargs.get("output_size")
+            if size in (1, (1, 1), [1, 1]):
+                return args[0].mean((-2, -1), keepdim=True)
+        return func(*args, **kwargs)
 
 
 def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image: torch.Tensor):

@@ -167,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (default: ImageNet)")
     p.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (default: ImageNet)")
     p.add_argument("--cam-atol", type=_non_negative_float, metavar="X", help="parity tolerance on the maps")
+    p.add_argument(
+        "--noise-factor",
+        type=_non_negative_float,
+        metavar="F",
+        help="also accept differences up to F times eager float32's own error vs float64 (default 2; 0: off)",
+    )
     p.add_argument("--logits-rtol", type=_non_negative_float, metavar="X", help="parity tolerance on the logits")
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_export)
@@ -179,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
     _add_model_arguments(p, arch_required=False)
     p.add_argument("--cam-atol", type=_non_negative_float, metavar="X", help="tolerance on the maps")
+    p.add_argument(
+        "--noise-factor",
+        type=_non_negative_float,
+        metavar="F",
+        help="also accept differences up to F times eager float32's own error vs float64 (default 2; 0: off)",
+    )
     p.add_argument("--logits-rtol", type=_non_negative_float, metavar="X", help="tolerance on the logits")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
     _add_verbose(p, top=False)
@@ -497,7 +509,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         exporters[fmt](wrapper, path, overwrite=args.overwrite)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
         _status(f"validating {path.name}")
-        tolerance = tolerance_for(fmt, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol)
+        tolerance = tolerance_for(
+            fmt, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor
+        )
         report = validate(path, model, tolerance=tolerance)
         reports.append(report)
         print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
@@ -544,7 +558,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             "check --arch, --num-classes and --weights"
         )
     _status(f"validating {args.artifact}")
-    tolerance = tolerance_for(meta.format, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol)
+    tolerance = tolerance_for(
+        meta.format, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor
+    )
     report = validate(explainer, model, tolerance=tolerance)
     print(f"parity of {args.artifact} ({meta.format}, {meta.architecture} {meta.method} at {meta.target_layer!r}):")
     print(_indent(report.table()))

@@ -59,7 +59,7 @@ def ws(tmp_path_factory):
     onnx_run = run(["export", *common, "--top-k", "2", "--format", "onnx", "--name", "top2", "--out", root / "onnx"])
     ts_run = run(
         ["export", *common, "--class-input", "--format", "torchscript", "--name", "classin", "--out", root / "ts"]
-        + ["--cam-atol", "0"]
+        + ["--cam-atol", "0", "--noise-factor", "0"]
     )
     import skimage.data
 
@@ -160,7 +160,20 @@ def test_validate_class_input_torchscript_artifact(ws, capsys):
 
 
 def test_validate_exits_1_beyond_tolerance(ws, capsys):
-    code = main(["validate", str(ws.onnx), "--weights", str(ws.ckpt), "--cam-atol", "0", "--logits-rtol", "0"])
+    code = main(
+        [
+            "validate",
+            str(ws.onnx),
+            "--weights",
+            str(ws.ckpt),
+            "--cam-atol",
+            "0",
+            "--logits-rtol",
+            "0",
+            "--noise-factor",
+            "0",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert "FAILED: logits: max_rel" in out  # ONNX Runtime's kernels never match eager bit for bit

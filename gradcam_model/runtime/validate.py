@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -21,17 +22,27 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Tolerance:
-    """How far an artifact may stray from the eager reference."""
+    """How far an artifact may stray from the eager reference.
+
+    Each output passes when its difference is within the absolute tolerance *or*
+    within ``noise_factor`` times the eager model's own float32 error (eager float32
+    vs the same model in float64, measured on the same inputs). Random or
+    badly conditioned models amplify rounding: on a calibrated random resnet50 at
+    ``layer3`` eager float32 torch itself is 6.7e-3 off in raw maps, and torch with
+    1 thread vs 2 threads differs as much; an artifact cannot be held tighter than that.
+    """
 
     logits_rtol: float = 1e-4  # max |a - b| / max |b|
     probabilities_atol: float = 1e-5
     score_atol: float = 1e-5
     cam_atol: float = 1e-4
+    noise_factor: float = 2.0  # 0 disables the allowance for the eager float32 error
     min_class_agreement: float = 1.0
 
 
 # The one place tolerances live. Both runtimes reorder float32 reductions (ORT's
-# NCHWc convolutions, libtorch's oneDNN paths): measured diffs are ~1e-6 on cams.
+# NCHWc convolutions, libtorch's oneDNN paths): measured diffs are ~1e-6 on cams
+# of well-conditioned models.
 TOLERANCES: dict[str, Tolerance] = {"onnx": Tolerance(), "torchscript": Tolerance()}
 
 
@@ -47,7 +58,9 @@ class OutputDiff:
     max_abs: float
     max_rel: float
     tolerance: float
-    measure: str  # which of max_abs / max_rel is held to the tolerance
+    measure: str  # which of max_abs / max_rel is held to the limit
+    noise: float  # the same measure for eager float32 vs float64
+    limit: float  # max(tolerance, noise_factor * noise)
     ok: bool
 
 
@@ -62,6 +75,8 @@ class ParityReport:
     class_agreement: float = 1.0
     tolerance: Tolerance = field(default_factory=Tolerance)
     cam_signal: float = 0.0  # max reference cam value: a flat (all-zero) map would prove nothing
+    structured_maps: float = 0.0  # fraction of compared reference maps that are not flat
+    near_ties: int = 0  # samples left out because eager float32 and float64 pick different classes
 
     @property
     def ok(self) -> bool:
@@ -69,7 +84,12 @@ class ParityReport:
 
     def failures(self) -> list[str]:
         lines = [
-            f"{d.name}: {d.measure} {getattr(d, d.measure):.3g} > tolerance {d.tolerance:.3g}"
+            f"{d.name}: {d.measure} {getattr(d, d.measure):.3g} > limit {d.limit:.3g}"
+            + (
+                f" (eager float32 itself is off by {d.noise:.3g})"
+                if d.noise * self.tolerance.noise_factor > d.tolerance
+                else ""
+            )
             for d in self.outputs.values()
             if not d.ok
         ]
@@ -86,16 +106,19 @@ class ParityReport:
             "ok": self.ok,
             "batches": [list(b) for b in self.batches],
             "class_agreement": self.class_agreement,
+            "near_ties": self.near_ties,
             "cam_signal": self.cam_signal,
+            "structured_maps": self.structured_maps,
             "outputs": {k: asdict(v) for k, v in self.outputs.items()},
             "tolerance": asdict(self.tolerance),
         }
 
     def table(self) -> str:
-        rows = [f"{'output':<14}{'max abs':>12}{'max rel':>12}{'tolerance':>12}  result"]
+        rows = [f"{'output':<14}{'max abs':>12}{'max rel':>12}{'fp32 noise':>12}{'limit':>12}  result"]
         for d in self.outputs.values():
             rows.append(
-                f"{d.name:<14}{d.max_abs:>12.3g}{d.max_rel:>12.3g}{d.tolerance:>12.3g}  {'ok' if d.ok else 'FAIL'}"
+                f"{d.name:<14}{d.max_abs:>12.3g}{d.max_rel:>12.3g}{d.noise:>12.3g}{d.limit:>12.3g}  "
+                f"{'ok' if d.ok else 'FAIL'}"
             )
         rows.append(f"{'class agreement':<26}{self.class_agreement:>12.3f}")
         return "\n".join(rows)
@@ -116,13 +139,17 @@ def validate(
     the export example's batch of 2; for artifacts with dynamic height/width the last
     batch also uses another spatial size), plus the caller's ``inputs`` if given
     (``[N, C, H, W]`` array or tensor). Artifacts with a class input get random
-    classes, ``-1`` included. Never raises on mismatch: see :func:`assert_parity`.
+    classes, ``-1`` included. The reference runs in float32 (what the artifact is
+    compared with) and in float64 on a copy of the model (to measure how much float32
+    rounding alone moves each output; see :class:`Tolerance`). Never raises on
+    mismatch: see :func:`assert_parity`.
     """
     explainer = artifact if isinstance(artifact, Explainer) else load_explainer(artifact, device="cpu")
     meta = explainer.metadata
     tol = tolerance or tolerance_for(meta.format)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
+    model64 = copy.deepcopy(model).double() if tol.noise_factor > 0 else None
     batches = []
     for i, n in enumerate(batch_sizes):
         h, w = meta.input_size or meta.example_size
@@ -132,41 +159,37 @@ def validate(
     if inputs is not None:
         batches.append(torch.as_tensor(np.asarray(inputs, dtype=np.float32)))
     worst = {name: [0.0, 0.0] for name in OUTPUT_NAMES}
-    agree = total = 0
+    noise = {name: [0.0, 0.0] for name in OUTPUT_NAMES}
+    agree = total = ties = 0
     signal = 0.0
+    maps = structured = 0
     for image in batches:
         classes = None
         if meta.class_input:
             classes = torch.randint(-1, meta.num_classes, (image.shape[0],), generator=gen)
             classes[0] = -1
         got = explainer(image, None if classes is None else classes.numpy()).outputs()
-        want = reference_cam(
-            model,
-            meta.target_layer,
-            image.to(device),
-            None if classes is None else classes.to(device),
-            meta.method,
-            top_k=meta.top_k,
-            upsample=meta.upsample,
-            normalize=meta.normalize,
-            return_all=True,
-        )
-        want = [w.cpu().numpy() for w in want]
-        same = (got[2] == want[2]).all(axis=1)
+
+        want = _reference(model, meta, image, classes, device, torch.float32)
+        want64 = _reference(model64, meta, image, classes, device, torch.float64) if model64 is not None else want
+        stable = (want[2] == want64[2]).all(axis=1)  # near ties flip between float32 and float64
+        same = (got[2] == want[2]).all(axis=1) & stable
+        ties += int((~stable).sum())
         agree += int(same.sum())
-        total += len(same)
+        total += int(stable.sum())
         signal = max(signal, float(want[4].max()))
-        for name, a, b in zip(OUTPUT_NAMES, got, want, strict=True):
+        compared = want[4][same].reshape(-1, *want[4].shape[2:])
+        maps += len(compared)
+        structured += int((compared.max(axis=(1, 2)) > compared.min(axis=(1, 2))).sum())
+        for name, a, b, c in zip(OUTPUT_NAMES, got, want, want64, strict=True):
             if name == "class_index":
                 continue
-            if name == "cam":  # maps of different classes are not comparable
-                a, b = a[same], b[same]
+            if name in ("cam", "score"):  # maps and scores of different classes are not comparable
+                a, b, c = a[same], b[same], c[same]
             if a.size == 0:
                 continue
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-            scale = float(np.abs(b).max())
-            worst[name][0] = max(worst[name][0], float(diff.max()))
-            worst[name][1] = max(worst[name][1], float(diff.max()) / scale if scale > 0 else float(diff.max()))
+            _accumulate(worst[name], a, b)
+            _accumulate(noise[name], b, c)
     report = ParityReport(
         artifact=str(explainer.path),
         format=meta.format,
@@ -174,19 +197,46 @@ def validate(
         class_agreement=agree / total if total else 1.0,
         tolerance=tol,
         cam_signal=signal,
+        near_ties=ties,
+        structured_maps=structured / maps if maps else 0.0,
     )
     limits = {
-        "logits": (tol.logits_rtol, "max_rel"),
-        "probabilities": (tol.probabilities_atol, "max_abs"),
-        "score": (tol.score_atol, "max_abs"),
-        "cam": (tol.cam_atol, "max_abs"),
+        "logits": (tol.logits_rtol, 1),
+        "probabilities": (tol.probabilities_atol, 0),
+        "score": (tol.score_atol, 0),
+        "cam": (tol.cam_atol, 0),
     }
-    for name, (limit, measure) in limits.items():
-        max_abs, max_rel = worst[name]
-        value = max_abs if measure == "max_abs" else max_rel
-        report.outputs[name] = OutputDiff(name, max_abs, max_rel, limit, measure, value <= limit)
+    for name, (limit, which) in limits.items():
+        value, floor = worst[name][which], noise[name][which]
+        effective = max(limit, tol.noise_factor * floor)
+        report.outputs[name] = OutputDiff(
+            name, *worst[name], limit, ("max_abs", "max_rel")[which], floor, effective, value <= effective
+        )
     log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
     return report
+
+
+def _reference(net, meta, image, classes, device, dtype) -> list[np.ndarray]:
+    outputs = reference_cam(
+        net,
+        meta.target_layer,
+        image.to(device, dtype),
+        None if classes is None else classes.to(device),
+        meta.method,
+        top_k=meta.top_k,
+        upsample=meta.upsample,
+        normalize=meta.normalize,
+        return_all=True,
+    )
+    return [o.cpu().numpy() for o in outputs]
+
+
+def _accumulate(slot: list[float], a: np.ndarray, b: np.ndarray) -> None:
+    """Fold max |a - b| and max |a - b| / max |b| into ``slot``."""
+    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    scale = float(np.abs(b).max())
+    slot[0] = max(slot[0], diff)
+    slot[1] = max(slot[1], diff / scale if scale > 0 else diff)
 
 
 def assert_parity(report: ParityReport) -> ParityReport:
