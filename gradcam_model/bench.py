@@ -747,6 +747,8 @@ def run_benchmark(
         "threads": threads,
         "memory_runs": memory_runs,
         "ort_spinning": ort_spinning,
+        # libgomp's idle-thread policy shapes the eager torch contestants; recorded, not changed
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)"),
         "configs": [c.name for c in configs],
     }
     machine = machine_info(threads)
@@ -829,7 +831,8 @@ def _markdown(result: BenchResult) -> str:
         "(`relu_attributions=True`) and upsampled with `LayerAttribution.interpolate(..., 'bilinear')`.",
         "- ONNX Runtime: CPU provider, `inter_op_num_threads=1`, idle-thread spinning "
         + ("on" if s["ort_spinning"] else "off (interleaved sessions would otherwise steal each other's cores)")
-        + ", graph optimizations at their default (all).",
+        + ", graph optimizations at their default (all). torch runs with `OMP_WAIT_POLICY` "
+        + f"{s['omp_wait_policy']}.",
         "- Memory: each ONNX Runtime artifact in a fresh interpreter that imports only numpy and "
         "onnxruntime (not torch). *Peak* is the growth of the process's resident high-water mark (`VmHWM`) "
         f"over session creation and {s['memory_runs']} run(s) at the benchmark batch: the model file, "
@@ -921,6 +924,19 @@ def _markdown(result: BenchResult) -> str:
 # ---------------------------------------------------------------- CLI
 
 
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gradcam bench`` options."""
     names = ", ".join(c.name for c in (*CONFIGS, *QUICK_CONFIGS))
@@ -933,13 +949,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: 64 px, batch 2, 1 repetition (resnet18 unless --config)"
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed interleaved rounds (default 15, quick 1)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 3, quick 1)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="threads for torch and ONNX Runtime (default: usable cores)"
+        "--repeats", type=_int_at_least(1), default=None, help="timed interleaved rounds (default 15, quick 1)"
     )
     parser.add_argument(
-        "--memory-runs", type=int, default=None, help="runs per ORT memory probe; 0 skips them (default 3, quick 1)"
+        "--warmup", type=_int_at_least(0), default=None, help="untimed rounds first (default 3, quick 1)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=None,
+        help="threads for torch and ONNX Runtime (default: usable cores)",
+    )
+    parser.add_argument(
+        "--memory-runs",
+        type=_int_at_least(0),
+        default=None,
+        help="runs per ORT memory probe; 0 skips them (default 3, quick 1)",
     )
     parser.add_argument(
         "--ort-spinning", action="store_true", help="let ONNX Runtime's idle threads spin (off: fairer interleaving)"

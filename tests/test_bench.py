@@ -229,3 +229,13 @@ def test_cli_defaults():
     assert args.config is None and not args.quick and not args.ort_spinning and not args.check_targets
     assert args.repeats is None and args.threads is None and args.json is None and args.markdown is None
     assert _parse(["--config", "a", "--config", "b"]).config == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "argv", [["--repeats", "0"], ["--threads", "0"], ["--warmup", "-1"], ["--memory-runs", "x"], ["--repeats", "1.5"]]
+)
+def test_cli_rejects_bad_numbers_before_running(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parse(argv)
+    assert info.value.code == 2
+    assert "expected an integer" in capsys.readouterr().err
