@@ -106,18 +106,22 @@ def test_zoo_every_method(arch, which):
     with torch.inference_mode():
         logits, _, classes, _, raw = wrapper(images)
     width = raw.shape[-1] // len(ORACLE)
+    scales = {}
     for i, method in enumerate(ORACLE):
         ours = raw[..., i * width : (i + 1) * width]
         want = reference_cam(model, layer, images, method=method, upsample=False, normalize=False)
-        scale = float(want.abs().max())
-        assert scale > 1e-3, f"{method}: raw maps too faint to compare ({scale:.3g})"
-        torch.testing.assert_close(ours, want, rtol=1e-4, atol=CAM_ATOL * scale)
-        if (arch, which) in ORACLE_INPLACE_BUG:
+        scales[method] = scale = float(want.abs().max())
+        torch.testing.assert_close(ours, want, rtol=1e-4, atol=CAM_ATOL * max(scale, 1e-3))
+        if (arch, which) in ORACLE_INPLACE_BUG or scale <= 1e-3:
+            # a (near-)zero map (e.g. HiResCAM on convnext_tiny features.5: 2e-6) matched above;
+            # pytorch-grad-cam's 1e-7 eps would decide its normalization, so no oracle there
             continue
         mapped = postprocess(ours, images.shape[-2:], normalize=True)
         _not_flat(mapped, min_fraction=0.5)
         oracle = oracle_cam(model, layer, images, classes[:, 0], method)
         np.testing.assert_allclose(mapped[:, 0].numpy(), oracle, rtol=0, atol=CAM_ATOL, err_msg=method)
+    faint = [m for m, v in scales.items() if v <= 1e-3]
+    assert len(faint) <= 2, f"too many methods with faint maps to prove anything: {faint}"
 
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"cam"}))
