@@ -142,10 +142,10 @@ def convolution_backward(
     grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
 ):
     if transposed or weight.dim() != 4:
-        raise NotImplementedError  # leaves the op in the graph; the builder names it
+        return NotImplemented  # leaves the op in the graph; the builder names it
     if output_mask[1] or output_mask[2]:
         # parameters never require grad while we trace; a weight gradient means misuse
-        raise NotImplementedError
+        return NotImplemented
     grad_input = None
     if output_mask[0]:
         grad_input = _transpose_to_input(
@@ -157,7 +157,7 @@ def convolution_backward(
 def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
     # indices are flat positions in each (n, c) plane: scatter-add the gradient there
     if self.dim() != 4:
-        raise NotImplementedError
+        return NotImplemented
     flat = torch.zeros_like(self).flatten(2)
     return flat.scatter_add(2, indices.flatten(2), grad_output.flatten(2)).view_as(self)
 
@@ -199,7 +199,7 @@ def avg_pool2d_backward(
     grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override
 ):
     if self.dim() != 4:
-        raise NotImplementedError
+        return NotImplemented
     k = _pair(kernel_size)
     s = _pair(stride) if stride else k
     p = _pair(padding)

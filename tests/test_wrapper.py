@@ -333,9 +333,23 @@ class _GridSampleHead(nn.Module):
         return self.head(F.grid_sample(a, grid, align_corners=False).mean((2, 3)))
 
 
+class _TransposedConvHead(nn.Module):
+    """A ConvTranspose2d between layer and logits: its input gradient is not lowered (yet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.up(self.body(x)).mean((2, 3)))
+
+
 @pytest.mark.parametrize(
     ("model", "layer", "error", "match"),
     [
+        (_TransposedConvHead(), "body", UnsupportedOperatorError, "'body' uses operator aten.convolution_backward"),
         (_Branchy(), "side", LayerError, "no gradient path"),
         (_Branchy(), "pair", LayerError, "returns a tuple"),
         (_Branchy(), "shared", LayerError, "ran 2 times"),
