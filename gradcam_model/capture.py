@@ -238,6 +238,17 @@ def _finalize(gm: fx.GraphModule, names: Sequence[str], tensors: Sequence[torch.
     for node in graph.nodes:
         if node.op == "call_function" and node is not device and "device" in node.kwargs:
             node.kwargs = {**node.kwargs, "device": device}
+    # torch.onnx's default decompositions expand upsample_bilinear2d.default into index
+    # arithmetic and gathers, but keep the .vec overload, which it lowers to one Resize
+    for node in graph.nodes:
+        if (
+            node.op == "call_function"
+            and node.target is aten.upsample_bilinear2d.default
+            and len(node.args) == 3  # no explicit scales: the two overloads agree
+            and not node.kwargs
+        ):
+            node.target = aten.upsample_bilinear2d.vec
+            node.args = (*node.args, None)
     output = next(n for n in graph.nodes if n.op == "output")
     output.args = (tuple(output.args[0]),)
     graph._codegen = fx.graph.CodeGen()

@@ -163,7 +163,11 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
     if size is not None:
         # the explicit op, not F.interpolate: its composite form decomposes into index
         # arithmetic with device-bound aranges; this one maps to ONNX Resize and to libtorch
-        cam = torch.ops.aten.upsample_bilinear2d.default(cam, list(size), False)
+        # below autograd: torch registers a Python decomposition of this op at the
+        # Autograd key, which make_fx would otherwise trace into ~20 gather/index ops;
+        # the maps are never differentiated, so nothing is lost
+        with torch._C._AutoDispatchBelowAutograd():
+            cam = torch.ops.aten.upsample_bilinear2d.default(cam, list(size), False)
     if normalize:
         lo = cam.amin(dim=_SPATIAL, keepdim=True)
         hi = cam.amax(dim=_SPATIAL, keepdim=True)

@@ -105,6 +105,12 @@ def test_onnx_contract(artifacts):
             assert dims(image) == ["batch", 3, 64, 64]
             assert dims(outputs["cam"]) == ["batch", 1, 64, 64]
         assert dims(outputs["logits"]) == ["batch", 10]
+        # the upsampling of the maps is one bilinear Resize (align_corners=False), not
+        # the index arithmetic torch.onnx's decomposition of upsample_bilinear2d makes
+        resize = [n for n in proto.graph.node if n.op_type == "Resize"]
+        assert len(resize) == 1
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in resize[0].attribute}
+        assert (attrs["mode"], attrs["coordinate_transformation_mode"]) == (b"linear", b"half_pixel")
         props = {p.key: p.value for p in proto.metadata_props}
         assert json.loads(props["target_layer"]) in ("layer4", "layer2")
         assert json.loads(props["gradcam.json"])["schema_version"] == 1
