@@ -309,7 +309,7 @@ class BenchResult:
             for t in checks:
                 op = "<=" if t.kind == "max" else ">="
                 lines.append(
-                    f"  {'met   ' if t.met else 'MISSED'} {t.config}: {t.description} = {t.value:.2f} ({op} {t.bound})"
+                    f"  {'met   ' if t.met else 'MISSED'} {t.config}: {t.description} = {t.value:.3f} ({op} {t.bound})"
                 )
         return "\n".join(lines)
 
@@ -869,7 +869,7 @@ def _markdown(result: BenchResult) -> str:
         for t in checks:
             op = "<=" if t.kind == "max" else ">="
             out.append(
-                f"| {t.config} | {t.description} | {t.value:.2f} | {op} {t.bound} "
+                f"| {t.config} | {t.description} | {t.value:.3f} | {op} {t.bound} "
                 f"| {'met' if t.met else '**missed**'} |"
             )
     out += ["", "## All contestants", ""]

@@ -161,11 +161,11 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
     elsewhere: no additive eps, which would distort faint maps.
     """
     if size is not None:
-        # the explicit op, not F.interpolate: its composite form decomposes into index
-        # arithmetic with device-bound aranges; this one maps to ONNX Resize and to libtorch
-        # below autograd: torch registers a Python decomposition of this op at the
-        # Autograd key, which make_fx would otherwise trace into ~20 gather/index ops;
-        # the maps are never differentiated, so nothing is lost
+        # the explicit op, not F.interpolate, whose composite form is index arithmetic
+        # with device-bound aranges; and below autograd, because torch registers a Python
+        # decomposition of this op at the Autograd key that make_fx would trace into
+        # gathers (the maps are never differentiated). capture._finalize keeps it one
+        # op through torch.onnx, which exports it as a single Resize.
         with torch._C._AutoDispatchBelowAutograd():
             cam = torch.ops.aten.upsample_bilinear2d.default(cam, list(size), False)
     if normalize:
