@@ -158,7 +158,8 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
     """Upsample ``[N, K, h, w]`` maps bilinearly to ``size`` and min-max normalize each map.
 
     Normalization is ``(cam - min) / (max - min)`` where ``max > min`` and zeros
-    elsewhere: no additive eps, which would distort faint maps.
+    elsewhere: no additive eps, which would distort faint maps (only spans below the
+    smallest normal float, ~1e-38, are rounded up to it).
     """
     if size is not None:
         # the explicit op, not F.interpolate, whose composite form is index arithmetic
@@ -171,7 +172,7 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
     if normalize:
         lo = cam.amin(dim=_SPATIAL, keepdim=True)
         hi = cam.amax(dim=_SPATIAL, keepdim=True)
-        span = hi - lo
-        ok = span > 0
-        cam = torch.where(ok, (cam - lo) / torch.where(ok, span, torch.ones_like(span)), torch.zeros_like(cam))
+        # a flat map has cam - lo == 0 everywhere, so clamping its zero span to the
+        # smallest normal float gives exact zeros with no select over the full maps
+        cam = (cam - lo) / (hi - lo).clamp_min(torch.finfo(cam.dtype).tiny)
     return cam
