@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -389,7 +390,7 @@ def _export_logits_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> 
     path.write_bytes(program.model_proto.SerializeToString())
 
 
-def _ort_session(path: Path, threads: int, spinning: bool):
+def _ort_session(path: Path, threads: int, spinning: bool, device: torch.device):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -397,7 +398,43 @@ def _ort_session(path: Path, threads: int, spinning: bool):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    if device.type == "cuda":
+        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if device.type == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+        # ONNX Runtime falls back to the CPU silently; CPU figures must not pass for GPU ones
+        raise GradCAMError(
+            f"ONNX Runtime could not start its CUDA provider for {path.name} "
+            f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+            "matching this CUDA, or run the benchmark with --device cpu"
+        )
+    return session
+
+
+def _ort_runner(session, image: torch.Tensor, output: int) -> Callable[[], object]:
+    """One ORT run on ``image`` returning output ``output``.
+
+    On the CPU the input is the numpy view of the tensor. On a GPU the input stays in
+    device memory (bound by pointer, like the torch contestants' input) and outputs
+    are allocated there: the timed call includes no host-device copy. The returned
+    OrtValue is copied to the host only for the parity check, after timing.
+    """
+    if image.device.type != "cuda":
+        array = image.numpy()
+        return lambda: session.run(None, {"image": array})[output]
+    binding = session.io_binding()
+    binding.bind_input("image", "cuda", image.device.index or 0, np.float32, list(image.shape), image.data_ptr())
+    for out in session.get_outputs():
+        binding.bind_output(out.name, "cuda", image.device.index or 0)
+
+    def run():
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return binding.get_outputs()[output]
+
+    return run
 
 
 # ---------------------------------------------------------------- memory
@@ -498,10 +535,10 @@ def _contestants(
             f"the benchmark compares against pytorch-grad-cam and Captum; pip install 'gradcam_model[bench]' ({exc})"
         ) from exc
 
-    array = image.numpy()
-    ort_logits = _ort_session(paths["onnx_logits"], threads, spinning)
-    ort_gradcam = _ort_session(paths["onnx"], threads, spinning)
-    scripted = TorchScriptExplainer(paths["torchscript"], device="cpu").module
+    device = image.device
+    ort_logits = _ort_session(paths["onnx_logits"], threads, spinning, device)
+    ort_gradcam = _ort_session(paths["onnx"], threads, spinning, device)
+    scripted = TorchScriptExplainer(paths["torchscript"], device=str(device)).module
     size = tuple(image.shape[2:])
 
     def torch_logits():
@@ -538,8 +575,8 @@ def _contestants(
         "torch_logits": torch_logits,
         "reference_cam": lambda: reference_cam(model, config.layer, image)[:, 0],
         "gradcam_eager": gradcam_eager,
-        "ort_logits": lambda: ort_logits.run(None, {"image": array})[0],
-        "ort_gradcam": lambda: ort_gradcam.run(None, {"image": array})[4][:, 0],
+        "ort_logits": _ort_runner(ort_logits, image, 0),
+        "ort_gradcam": _ort_runner(ort_gradcam, image, 4),
         "torchscript": torchscript,
         "pytorch_grad_cam": lambda: pgc(input_tensor=image, targets=None),
         "captum": captum_run,
@@ -553,7 +590,14 @@ def _layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def _as_map(value) -> np.ndarray:
-    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if isinstance(value, torch.Tensor):
+        array = value.detach().cpu().numpy()
+    elif hasattr(value, "numpy"):  # an OrtValue in device memory
+        array = value.numpy()
+    else:
+        array = np.asarray(value)
+    if array.ndim == 4:  # [N, 1, H, W] from ONNX Runtime
+        array = array[:, 0]
     return array.astype(np.float64)
 
 
@@ -566,13 +610,19 @@ def _normalized(maps: np.ndarray) -> np.ndarray:
 
 
 def _time_interleaved(
-    runners: dict[str, Callable[[], object]], *, warmup: int, repeats: int
+    runners: dict[str, Callable[[], object]],
+    *,
+    warmup: int,
+    repeats: int,
+    synchronize: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, list[float]], dict[str, object]]:
+    """Median-ready samples per contestant; ``synchronize`` ends each timed call (a GPU's queue)."""
     keys = list(runners)
     outputs: dict[str, object] = {}
     for _ in range(warmup):
         for key in keys:
             outputs[key] = runners[key]()
+        synchronize()
     samples: dict[str, list[float]] = {k: [] for k in keys}
     for round_ in range(repeats):
         # rotate the order so no contestant always follows the same one (caches, idle threads)
@@ -580,6 +630,7 @@ def _time_interleaved(
         for key in keys[shift:] + keys[:shift]:
             started = time.perf_counter()
             outputs[key] = runners[key]()
+            synchronize()
             samples[key].append(time.perf_counter() - started)
     return samples, outputs
 
@@ -593,6 +644,7 @@ def _bench_config(
     repeats: int,
     memory_runs: int,
     spinning: bool,
+    device: torch.device,
 ) -> ConfigResult:
     from .export import export_onnx, export_torchscript
     from .wrapper import GradCAMModel
@@ -623,9 +675,12 @@ def _bench_config(
     sizes = {k: p.stat().st_size for k, p in paths.items()}
     log.info("%s: built in %.1f s, exports %s", config.name, build_s, {k: round(v, 1) for k, v in export_s.items()})
 
+    # traced and exported on the CPU (artifacts are device-neutral), timed on `device`
+    model, wrapper, image = model.to(device), wrapper.to(device), image.to(device)
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with contextlib.ExitStack() as stack:
         runners = _contestants(config, model, wrapper, paths, image, threads=threads, spinning=spinning, stack=stack)
-        samples, outputs = _time_interleaved(runners, warmup=warmup, repeats=repeats)
+        samples, outputs = _time_interleaved(runners, warmup=warmup, repeats=repeats, synchronize=synchronize)
     timings = {k: Timing.from_seconds(samples[k]) for k in CONTESTANTS}
 
     reference = _as_map(outputs["reference_cam"])
@@ -637,7 +692,7 @@ def _bench_config(
         parity[key] = float(np.abs(got - reference).max())
 
     memory = {}
-    if memory_runs > 0:
+    if memory_runs > 0 and device.type == "cpu":  # the probe measures host memory of CPU sessions
         shape = [config.batch, 3, config.size, config.size]
         for key, path_key in ((OURS, "onnx"), (FLOOR, "onnx_logits")):
             memory[key] = _measure_memory(paths[path_key], shape, threads, spinning, memory_runs)
@@ -647,7 +702,7 @@ def _bench_config(
 # ---------------------------------------------------------------- library entry
 
 
-def machine_info(threads: int) -> dict:
+def machine_info(threads: int, device: torch.device | None = None) -> dict:
     """The machine and library versions a result was measured with."""
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -684,9 +739,32 @@ def machine_info(threads: int) -> dict:
         "python": platform.python_version(),
         "versions": versions,
     }
+    if device is not None and device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
     with contextlib.suppress(OSError, AttributeError):
         info["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
     return info
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/None: the first CUDA GPU when torch sees one, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise GradCAMError(f"device {device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        index = resolved.index or 0
+        if index >= torch.cuda.device_count():
+            raise GradCAMError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+        resolved = torch.device("cuda", index)
+    return resolved
 
 
 def _default_threads() -> int:
@@ -707,6 +785,7 @@ def run_benchmark(
     ort_spinning: bool = False,
     workdir: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
+    device: str | torch.device | None = "auto",
 ) -> BenchResult:
     """Run every contestant on each configuration and return the measurements.
 
@@ -724,6 +803,11 @@ def run_benchmark(
             2-core machine).
         workdir: keep the artifacts there (default: a temporary directory, removed).
         progress: called with a line after each configuration.
+        device: ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"``. On a GPU the torch contestants run there, ONNX
+            Runtime uses its CUDA provider with the input and outputs in device memory,
+            and each timed call ends with ``torch.cuda.synchronize()``; the host-memory
+            probes are skipped.
     """
     configs = list(configs) if configs is not None else select_configs(None, quick=quick)
     repeats = repeats if repeats is not None else (1 if quick else 15)
@@ -740,6 +824,7 @@ def run_benchmark(
             raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
     if not configs:
         raise ValueError("no configuration to run")
+    device = resolve_device(device)
     settings = {
         "quick": quick,
         "repeats": repeats,
@@ -747,11 +832,12 @@ def run_benchmark(
         "threads": threads,
         "memory_runs": memory_runs,
         "ort_spinning": ort_spinning,
+        "device": str(device),
         # libgomp's idle-thread policy shapes the eager torch contestants; recorded, not changed
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)"),
         "configs": [c.name for c in configs],
     }
-    machine = machine_info(threads)
+    machine = machine_info(threads, device)
     previous_threads = torch.get_num_threads()
     results = []
     with contextlib.ExitStack() as stack:
@@ -773,6 +859,7 @@ def run_benchmark(
                 repeats=repeats,
                 memory_runs=memory_runs,
                 spinning=ort_spinning,
+                device=device,
             )
             results.append(result)
             if progress is not None:
@@ -806,6 +893,7 @@ def _markdown(result: BenchResult) -> str:
         "",
         "## Machine",
         "",
+        *([f"- GPU: {m['gpu']} (CUDA {m['cuda']}); contestants run on {s['device']}"] if "gpu" in m else []),
         f"- CPU: {m['cpu']}; {m['logical_cores']} logical cores, {m['usable_cores']} usable",
         f"- threads: {m['threads']} (torch `set_num_threads` and ONNX Runtime `intra_op_num_threads` alike)",
         f"- {m['platform']}, Python {m['python']}",
@@ -831,18 +919,29 @@ def _markdown(result: BenchResult) -> str:
         "- pytorch-grad-cam gets its own copy of the model (its hooks stay registered). Captum is handed the "
         "top class computed outside the timed region, which can only flatter it; its maps are ReLU'd "
         "(`relu_attributions=True`) and upsampled with `LayerAttribution.interpolate(..., 'bilinear')`.",
-        "- ONNX Runtime: CPU provider, `inter_op_num_threads=1`, idle-thread spinning "
+        "- ONNX Runtime: "
+        + (
+            "CUDA provider, input and outputs bound in device memory (no host copies in the timed call), "
+            "every timed call ends with `torch.cuda.synchronize()`; "
+            if s.get("device", "cpu").startswith("cuda")
+            else "CPU provider, "
+        )
+        + "`inter_op_num_threads=1`, idle-thread spinning "
         + ("on" if s["ort_spinning"] else "off (interleaved sessions would otherwise steal each other's cores)")
         + ", graph optimizations at their default (all). torch runs with `OMP_WAIT_POLICY` "
         + f"{s['omp_wait_policy']}.",
-        "- Memory: each ONNX Runtime artifact in a fresh interpreter that imports only numpy and "
-        "onnxruntime (not torch). *Peak* is the growth of the process's resident high-water mark (`VmHWM`) "
-        f"over session creation and {s['memory_runs']} run(s) at the benchmark batch: the model file, "
-        "weights, graph optimization and pre-packed kernels (transient copies included), or the run's "
-        "working set with the arena for intermediate tensors, whichever is higher; *load* is the same "
-        "mark right after session creation; *resident* is what stays resident after the runs. It is "
-        "memory as the OS sees it, not ONNX Runtime's own accounting. (`getrusage`'s `ru_maxrss` cannot "
-        "be used: Linux carries the parent's mark across the fork/exec that starts the probe.)",
+        (
+            "- Memory: each ONNX Runtime artifact in a fresh interpreter that imports only numpy and "
+            "onnxruntime (not torch). *Peak* is the growth of the process's resident high-water mark (`VmHWM`) "
+            f"over session creation and {s['memory_runs']} run(s) at the benchmark batch: the model file, "
+            "weights, graph optimization and pre-packed kernels (transient copies included), or the run's "
+            "working set with the arena for intermediate tensors, whichever is higher; *load* is the same "
+            "mark right after session creation; *resident* is what stays resident after the runs. It is "
+            "memory as the OS sees it, not ONNX Runtime's own accounting. (`getrusage`'s `ru_maxrss` cannot "
+            "be used: Linux carries the parent's mark across the fork/exec that starts the probe.)"
+            if not s.get("device", "cpu").startswith("cuda")
+            else "- Memory: not measured on the GPU (the probe reads the host memory of CPU sessions)."
+        ),
         "- Parity: max |map - reference_cam| over the batch (maps min-max normalized to [0, 1]), from the "
         "last timed call of each contestant.",
         "- Reading the comparisons: pytorch-grad-cam calls `loss.backward()`, a full backward pass with every "
@@ -944,6 +1043,12 @@ def _int_at_least(low: int):
     return parse
 
 
+def _device_name(text: str) -> str:
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text.strip()) is None:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text.strip()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gradcam bench`` options."""
     names = ", ".join(c.name for c in (*CONFIGS, *QUICK_CONFIGS))
@@ -977,6 +1082,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ort-spinning", action="store_true", help="let ONNX Runtime's idle threads spin (off: fairer interleaving)"
     )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=_device_name,
+        metavar="D",
+        help="auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N",
+    )
     parser.add_argument("--workdir", metavar="DIR", help="keep the exported artifacts in DIR")
     parser.add_argument("--json", metavar="FILE", help="write the full results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the report as Markdown (docs/benchmarks.md)")
@@ -988,6 +1100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``gradcam bench``; print the tables; return the exit status."""
     configs = select_configs(args.config, quick=args.quick)
+    device = resolve_device(args.device)
     print(f"benchmarking {len(configs)} configuration(s): {', '.join(c.name for c in configs)}", flush=True)
     result = run_benchmark(
         configs,
@@ -999,6 +1112,7 @@ def run(args: argparse.Namespace) -> int:
         ort_spinning=args.ort_spinning,
         workdir=args.workdir,
         progress=lambda line: print(line, flush=True),
+        device=device,
     )
     print()
     print(result.to_table())

@@ -9,7 +9,9 @@ import argparse
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from gradcam_model import bench
 from gradcam_model.bench import (
@@ -38,7 +40,8 @@ def quick_run(tmp_path_factory):
     """``gradcam bench --quick --json ... --markdown ...`` once: resnet18 at 64 px, batch 2, one round."""
     out = tmp_path_factory.mktemp("bench")
     json_path, md_path = out / "bench.json", out / "docs" / "benchmarks.md"
-    args = _parse(["--quick", "--json", str(json_path), "--markdown", str(md_path), "--workdir", str(out / "art")])
+    args = _parse(["--quick", "--json", str(json_path), "--markdown", str(md_path), "--workdir", str(out / "art")]
+                  + ["--device", "cpu"])  # fmt: skip
     return {"rc": bench.run(args), "json": json.loads(json_path.read_text()), "md": md_path.read_text(), "dir": out}
 
 
@@ -47,6 +50,7 @@ def test_quick_run_exits_cleanly_and_writes_both_reports(quick_run):
     data = quick_run["json"]
     assert [c["name"] for c in data["configs"]] == [c.name for c in QUICK_CONFIGS] == ["resnet18-layer4-64-b2"]
     assert data["settings"]["quick"] is True and data["settings"]["repeats"] == 1
+    assert data["settings"]["device"] == "cpu" and "gpu" not in data["machine"]
     # the artifacts were kept in --workdir: our two, and the logits-only floor
     kept = sorted(p.name for p in (quick_run["dir"] / "art").iterdir())
     assert kept == ["resnet18-layer4-64-b2.logits.onnx", "resnet18-layer4-64-b2.onnx", "resnet18-layer4-64-b2.pt"]
@@ -239,3 +243,60 @@ def test_cli_rejects_bad_numbers_before_running(argv, capsys):
         _parse(argv)
     assert info.value.code == 2
     assert "expected an integer" in capsys.readouterr().err
+
+
+def test_each_timed_call_ends_with_synchronize():
+    events = []
+    runners = {"a": lambda: events.append("a") or 1, "b": lambda: events.append("b") or 2}
+    samples, outputs = bench._time_interleaved(runners, warmup=1, repeats=3, synchronize=lambda: events.append("sync"))
+    assert outputs == {"a": 1, "b": 2} and [len(v) for v in samples.values()] == [3, 3]
+    # warm-up: both, one sync; then every timed call is followed by its own sync
+    assert events[:3] == ["a", "b", "sync"]
+    timed = events[3:]
+    assert timed[1::2] == ["sync"] * 6 and sorted(timed[0::2]) == ["a"] * 3 + ["b"] * 3
+
+
+def test_maps_from_ort_values_are_squeezed():
+    class FakeOrtValue:  # what ONNX Runtime returns from an IO binding
+        def numpy(self):
+            return np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)
+
+    got = bench._as_map(FakeOrtValue())
+    assert got.shape == (2, 2, 2) and got.dtype == np.float64 and got[1, 1, 1] == 7
+
+
+def test_device_resolution(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench.resolve_device("auto") == bench.resolve_device(None) == torch.device("cpu")
+    assert bench.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(GradCAMError, match="torch sees no CUDA GPU; use --device cpu"):
+        bench.resolve_device("cuda")
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'mps'"):
+        bench.resolve_device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert bench.resolve_device("auto") == torch.device("cuda", 0)
+    assert bench.resolve_device("cuda") == torch.device("cuda", 0)
+    with pytest.raises(GradCAMError, match="sees 1 GPU"):
+        bench.resolve_device("cuda:3")
+
+
+def test_cli_device_errors(monkeypatch, capsys):
+    from gradcam_model.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        _parse(["--device", "tpu"])
+    assert info.value.code == 2 and "expected auto, cpu, cuda or cuda:N, got 'tpu'" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["bench", "--quick", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "gradcam: error: device 'cuda' asked for, but torch sees no CUDA GPU; use --device cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal of a CPU fallback on a machine with no GPU")
+def test_ort_cuda_session_refuses_a_silent_cpu_fallback(quick_run):
+    """onnxruntime-gpu lists its CUDA provider even where it cannot start; CPU figures
+    must not be reported as GPU ones."""
+    path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.onnx"
+    with pytest.raises(GradCAMError, match="could not start its CUDA provider for resnet18-layer4-64-b2.onnx"):
+        bench._ort_session(path, 1, False, torch.device("cuda", 0))
