@@ -413,21 +413,24 @@ def _ort_session(path: Path, threads: int, spinning: bool, device: torch.device)
     return session
 
 
-def _ort_runner(session, image: torch.Tensor, output: int) -> Callable[[], object]:
+def _ort_runner(session, image: torch.Tensor, output: int, *, bind: bool | None = None) -> Callable[[], object]:
     """One ORT run on ``image`` returning output ``output``.
 
-    On the CPU the input is the numpy view of the tensor. On a GPU the input stays in
-    device memory (bound by pointer, like the torch contestants' input) and outputs
-    are allocated there: the timed call includes no host-device copy. The returned
-    OrtValue is copied to the host only for the parity check, after timing.
+    On the CPU the input is the numpy view of the tensor (``session.run``, what a
+    service does). On a GPU (``bind``, the default there) the input stays in device
+    memory, bound by pointer like the torch contestants' input, and the outputs are
+    allocated on the same device: the timed call includes no host-device copy. The
+    returned OrtValue is copied to the host only for the parity check, after timing.
     """
-    if image.device.type != "cuda":
+    if not (image.is_cuda if bind is None else bind):
         array = image.numpy()
         return lambda: session.run(None, {"image": array})[output]
+    kind, index = image.device.type, image.device.index or 0
+    image = image.contiguous()
     binding = session.io_binding()
-    binding.bind_input("image", "cuda", image.device.index or 0, np.float32, list(image.shape), image.data_ptr())
+    binding.bind_input("image", kind, index, np.float32, list(image.shape), image.data_ptr())
     for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda", image.device.index or 0)
+        binding.bind_output(out.name, kind, index)
 
     def run():
         session.run_with_iobinding(binding)

@@ -300,3 +300,16 @@ def test_ort_cuda_session_refuses_a_silent_cpu_fallback(quick_run):
     path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.onnx"
     with pytest.raises(GradCAMError, match="could not start its CUDA provider for resnet18-layer4-64-b2.onnx"):
         bench._ort_session(path, 1, False, torch.device("cuda", 0))
+
+
+def test_bound_ort_runner_matches_a_plain_run(quick_run):
+    """The IO-binding path the GPU run takes, exercised on the CPU: same outputs as ``run``."""
+    path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.onnx"
+    session = bench._ort_session(path, 1, False, torch.device("cpu"))
+    image = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    plain = bench._ort_runner(session, image, 4)()
+    bound = bench._ort_runner(session, image, 4, bind=True)()
+    assert plain.shape == (3, 1, 64, 64) and plain.max() == 1.0
+    np.testing.assert_array_equal(bench._as_map(bound), bench._as_map(plain))
+    logits = bench._ort_runner(session, image, 0, bind=True)().numpy()
+    np.testing.assert_array_equal(logits, session.run(None, {"image": image.numpy()})[0])
