@@ -432,7 +432,7 @@ def _ort_runner(session, image: torch.Tensor, output: int, *, bind: bool | None 
     for out in session.get_outputs():
         binding.bind_output(out.name, kind, index)
 
-    def run():
+    def run(_bound=image):  # holds the tensor whose memory the binding points into
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         return binding.get_outputs()[output]
