@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
-from .layers import _logits_of
+from .layers import _logits_of, grid_problem
 from .methods import CAMMethod, postprocess
 
 __all__ = ["CaptureSpec", "explain_function", "trace_explainer"]
@@ -110,6 +110,11 @@ def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image:
                 f"layer {layer_name!r} returns a {kind}; a target layer must return one [N, C, h, w] tensor. "
                 "Pick a layer from `gradcam layers`."
             )
+        sizes = (*output.shape[1:], *image.shape[2:])
+        if all(isinstance(s, int) for s in sizes):  # eager runs (symbolic sizes while tracing: checked before)
+            problem = grid_problem(tuple(output.shape), tuple(image.shape[2:]))
+            if problem is not None:
+                raise LayerError(f"layer {layer_name!r} cannot be explained: {problem}.")
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf.clone()  # in-place ops after the layer (ReLU(inplace=True)) act on the clone

@@ -443,12 +443,18 @@ def _cmd_layers(args: argparse.Namespace) -> int:
         return 0
     width = max(len("name"), *(len(i.name) for i in infos)) + 2
     type_width = max(len("type"), *(len(i.type) for i in infos)) + 2
-    print(f"  {'name':<{width}}{'type':<{type_width}}{'output (C x h x w)':<20}{'calls':>5}  reaches logits")
+    print(f"  {'name':<{width}}{'type':<{type_width}}{'output (C x h x w)':<20}{'calls':>5}  reaches logits  note")
     for info in infos:
         mark = "*" if info.auto else " "
+        note = "NOT a [C, h, w] map: refused" if info.grid else "returns its input" if info.passthrough else ""
         print(
             f"{mark} {info.name:<{width}}{info.type:<{type_width}}{_shape_text(info.output_shape):<20}"
-            f"{info.calls:>5}  {'yes' if info.influences_logits else 'no'}"
+            f"{info.calls:>5}  {'yes' if info.influences_logits else 'no':<14}  {note}".rstrip()
+        )
+    if any(info.grid for info in infos):
+        print(
+            "layers marked NOT a [C, h, w] map are channels-last or token tensors (transformers): "
+            "they cannot be explained yet"
         )
     auto = next((i.name for i in infos if i.auto), None)
     if auto:
@@ -542,6 +548,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     meta = explainer.metadata
     args.arch = args.arch or meta.architecture
     factory = ":" in args.arch and not args.arch.startswith("timm:")
+    if not args.weights and not factory:
+        # torchvision and timm models are built with random weights here (nothing is downloaded):
+        # without the trained weights there is no reference to compare the artifact with
+        raise GradCAMError(
+            f"validate needs the trained weights {args.artifact} was exported from: pass --weights FILE "
+            "(a random-weight model is no reference)"
+        )
     # torchvision and timm heads get the artifact's class count; a factory builds its own unless told
     num_classes = args.num_classes or (None if factory else meta.num_classes)
     try:

@@ -23,6 +23,7 @@ from torch import nn
 from .errors import ArchitectureError, WeightsError
 
 __all__ = [
+    "architecture_name",
     "load_model",
     "load_weights",
     "torchvision_architectures",
@@ -85,6 +86,73 @@ def load_model(arch: str, *, num_classes: int | None = None, weights: str | os.P
         load_weights(model, weights, drop_prefixes=_AUX_PREFIXES.get(arch.lower(), ()))
     log.info("built %s (%s classes)%s", arch, num_classes or "default", f" with weights {weights}" if weights else "")
     return model.eval()
+
+
+def architecture_name(model: nn.Module, num_classes: int | None = None) -> str:
+    """The name :func:`load_model` rebuilds ``model`` from, when it can be recognized.
+
+    timm models record their factory (``pretrained_cfg["architecture"]``): ``"timm:NAME"``.
+    A torchvision model is matched against the builders of its module (``resnet18``,
+    ``resnet50``... for a ``ResNet``) by parameter names and shapes, built on the meta
+    device (no memory, no weights). Anything else gets its class name, which
+    ``gradcam validate`` cannot rebuild: it then asks for ``--arch``.
+    """
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping) and isinstance(cfg.get("architecture"), str):
+        return f"timm:{cfg['architecture']}"
+    if type(model).__module__.startswith("torchvision.models."):
+        match = _torchvision_match(model, num_classes)
+        if match:
+            return match
+    return type(model).__name__
+
+
+def _torchvision_match(model: nn.Module, num_classes: int | None) -> str | None:
+    import torchvision
+
+    def shapes(module: nn.Module, drop: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in module.state_dict().items() if not k.startswith(drop)}
+
+    for name in torchvision_architectures():
+        builder = torchvision.models.get_model_builder(name)
+        if builder.__module__ != type(model).__module__:
+            continue
+        drop = _AUX_PREFIXES.get(name, ())
+        kwargs: dict = {"weights": None, **({"num_classes": num_classes} if num_classes else {})}
+        if drop:
+            kwargs.update(aux_logits=False, init_weights=False)
+        candidate = _probe_build(name, builder, kwargs)
+        if candidate is None:
+            continue
+        if type(candidate) is type(model) and shapes(candidate, drop) == shapes(model, drop):
+            return name
+    return None
+
+
+_PROBE_ON_CPU_MAX_PARAMS = 60e6  # a builder that cannot run on the meta device is built for real up to this size
+
+
+def _probe_build(name: str, builder, kwargs: dict) -> nn.Module | None:
+    """Build ``name`` without weights on the meta device; on the CPU where meta fails (RegNet
+    computes its widths with tensors) and the model is small; None if neither works."""
+    import torchvision
+
+    try:
+        with torch.device("meta"):
+            return builder(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - a builder that cannot be probed is simply not a match
+        log.debug("cannot build torchvision %s on the meta device: %s", name, exc)
+    try:
+        params = torchvision.models.get_model_weights(name).DEFAULT.meta["num_params"]
+    except Exception:  # noqa: BLE001 - no size on record: do not risk a large build
+        return None
+    if params > _PROBE_ON_CPU_MAX_PARAMS:
+        return None
+    try:
+        return builder(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        log.debug("cannot build torchvision %s: %s", name, exc)
+        return None
 
 
 def _torchvision_model(arch: str, num_classes: int | None) -> nn.Module:

@@ -12,9 +12,10 @@ from torch import nn
 from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
 from .decompositions import StaticShapesRequired
-from .errors import InputError, MethodError
-from .layers import _logits_of, auto_layer, resolve_layer
+from .errors import InputError, LayerError, MethodError
+from .layers import auto_layer, check_target, layout_problem, resolve_layer, run_model
 from .methods import CAMMethod, get_method
+from .models import architecture_name
 
 __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -52,6 +53,8 @@ class GradCAMModel(nn.Module):
         class_names, mean, std, architecture: recorded in exported artifacts so a
             runtime can preprocess images and label results without other flags.
             ``mean``/``std`` describe how pixels in ``[0, 1]`` were normalized.
+            ``architecture`` defaults to the torchvision/timm factory name when it can
+            be recognized (what ``gradcam validate`` rebuilds), else the class name.
     """
 
     def __init__(
@@ -88,9 +91,13 @@ class GradCAMModel(nn.Module):
         # building needs autograd even when the caller sits in inference_mode / no_grad
         with torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
-            layer_name = auto_layer(model, example_input) if target_layer == "auto" else target_layer
+            if target_layer == "auto":
+                layer_name = auto_layer(model, example_input[:1])
+            else:  # refuses layers that are not [N, C, h, w] maps of the image, before any tracing
+                check_target(model, target_layer, example_input[:1])
+                layer_name = target_layer
             layer = resolve_layer(model, layer_name)
-            num_classes = int(_logits_of(model(example_input[:1])).shape[-1])
+            num_classes = int(run_model(model, example_input[:1]).shape[-1])
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
@@ -113,7 +120,7 @@ class GradCAMModel(nn.Module):
         self.in_channels = int(example_input.shape[1])
         self.input_size = None if dynamic_spatial else (int(example_input.shape[2]), int(example_input.shape[3]))
         self.example_size = (int(example_input.shape[2]), int(example_input.shape[3]))
-        self.architecture = architecture or type(model).__name__
+        self.architecture = architecture or architecture_name(model, num_classes)
         self.class_names = class_names
         self.mean = mean
         self.std = std
@@ -284,9 +291,12 @@ def reference_cam(
     with torch.inference_mode(False), eval_state(model):
         image = image.clone() if image.is_inference() else image
         layer = resolve_layer(model, target_layer)
+        problem = layout_problem(model, target_layer, image)
+        if problem is not None:
+            raise LayerError(f"layer {target_layer!r} cannot be explained: {problem}.")
         if class_index is not None:
             with torch.no_grad():
-                num_classes = int(model(image[:1]).shape[-1])
+                num_classes = int(run_model(model, image[:1]).shape[-1])
             class_index = check_class_index(class_index, image.shape[0], num_classes).to(image.device)
         spec = CaptureSpec(
             target_layer,

@@ -184,11 +184,13 @@ def test_validate_exits_1_beyond_tolerance(ws, capsys):
     assert err == ""
 
 
-def test_validate_against_other_weights(ws, capsys):
-    code = main(["validate", str(ws.onnx)])  # random resnet18 weights: same shapes, other outputs
+def test_validate_against_other_weights(ws, capsys, tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save(build("resnet18", num_classes=3, seed=5).state_dict(), other)  # same shapes, other outputs
+    code = main(["validate", str(ws.onnx), "--weights", str(other)])
     out, _ = capsys.readouterr()
     assert code == 1 and "FAILED" in out
-    code = main(["validate", str(ws.onnx), "--num-classes", "5"])
+    code = main(["validate", str(ws.onnx), "--weights", str(ws.ckpt), "--num-classes", "5"])
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == (
@@ -424,6 +426,38 @@ USER_ERRORS = [
             + ["--out", w.root / "never"]
         ),
         r"class_names has 3 entries but the model has 1000 classes",
+    ),
+    (
+        "validate-without-weights",  # a random-weight resnet18 is no reference: refused, not "FAILED"
+        lambda w: ["validate", w.onnx],
+        r"validate needs the trained weights .*top2\.onnx was exported from: pass --weights FILE",
+    ),
+    (
+        "input-too-small-layers",
+        lambda w: ["layers", "--arch", "vgg19", "--num-classes", "3", "--input-size", "16", "16"],
+        r"input 16x16 is too small for this model: the feature map reaching 'features\.36' \(MaxPool2d\) is only "
+        r"512x1x1; the smallest input of this aspect ratio that works is about 32x32",
+    ),
+    (
+        "input-too-small-export",
+        lambda w: ["export", "--arch", "inception_v3", "--num-classes", "3", *SIZE, "--out", w.root / "never"],
+        r"input 64x64 is too small for this model: .* is only 192x2x2; .* about 75x75: use a larger input size",
+    ),
+    (
+        "channels-last-layer",
+        lambda w: [
+            "export",
+            "--arch",
+            "swin_t",
+            "--num-classes",
+            "3",
+            *SIZE,
+            "--target-layer",
+            "features",
+            "--out",
+            w.root / "never",
+        ],  # fmt: skip
+        r"layer 'features' cannot be explained: its output 2x2x768 is not a \[C, h, w\] map of the 64x64 input",
     ),
     (
         "missing-class-names",

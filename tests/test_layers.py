@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from conftest import zoo_images, zoo_model
 from test_wrapper import _Branchy
+from torch import nn
 
-from gradcam_model import GradCAMModel, LayerNotFoundError, list_layers
-from gradcam_model.errors import GradCAMError, LayerError
+from gradcam_model import GradCAMModel, LayerNotFoundError, list_layers, reference_cam
+from gradcam_model.errors import GradCAMError, InputError, LayerError
 from gradcam_model.layers import auto_layer
+from gradcam_model.models import architecture_name
 
 
 @pytest.mark.parametrize(
@@ -58,3 +61,116 @@ def test_no_candidate_layer():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     with pytest.raises(LayerError, match="no layer of the model produces a 4-D"):
         GradCAMModel(model, "auto", example_input=torch.randn(1, 3, 2, 2))
+
+
+# ---------------------------------------------------------------------------- layers that are not image maps
+
+
+class _Permute(nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+class _ChannelsLastNet(nn.Module):
+    """A conv whose map is handed on channels-last: ``perm`` returns ``[N, h, w, C]``."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3, stride=8, padding=1)
+        self.perm = _Permute()
+        self.fc = nn.Linear(channels, 4)
+
+    def forward(self, x):
+        return self.fc(self.perm(torch.relu(self.conv(x))).mean((1, 2)))
+
+
+@pytest.mark.parametrize("size", [64, 48])  # 64: [N, 8, 8, 8], square as NCHW too; 48: [N, 6, 6, 8]
+def test_a_channels_last_layer_is_refused(size):
+    model = _ChannelsLastNet().eval()
+    x = torch.randn(1, 3, size, size)
+    layers = {info.name: info for info in list_layers(model, x)}
+    assert layers["perm"].grid is not None and not layers["perm"].auto
+    assert layers["conv"].grid is None and layers["conv"].auto
+    with pytest.raises(LayerError, match=r"layer 'perm' cannot be explained: .*not (laid out )?.*\[N, C, h, w\]"):
+        GradCAMModel(model, "perm", example_input=x)
+    with pytest.raises(LayerError, match="layer 'perm' cannot be explained"):
+        reference_cam(model, "perm", x)  # the eager reference refuses too: parity cannot hide a wrong map
+    assert reference_cam(model, "conv", x).shape == (1, 1, size, size)
+
+
+@pytest.fixture(scope="module")
+def timm_models():
+    timm = pytest.importorskip("timm")  # a [dev] dependency: installed by scripts/setup.sh
+    torch.manual_seed(0)
+    return {
+        name: timm.create_model(name, pretrained=False, num_classes=5).eval()
+        for name in ("swin_tiny_patch4_window7_224", "vit_tiny_patch16_224", "convnext_atto")
+    }
+
+
+def test_swin_channels_last_stages_are_refused(timm_models):
+    """timm's Swin hands [N, 7, 7, 768] from stage to stage; read as NCHW its maps were stripes."""
+    model = timm_models["swin_tiny_patch4_window7_224"]
+    x = torch.randn(1, 3, 224, 224)
+    layers = {info.name: info for info in list_layers(model, x)}
+    assert layers["norm"].output_shape == (1, 7, 7, 768) and layers["norm"].grid is not None
+    attention = [info for name, info in layers.items() if ".attn." in name]
+    assert attention and all(info.grid is not None for info in attention)  # [N*windows, heads, 49, 49]
+    assert [name for name, info in layers.items() if info.grid is None] == ["patch_embed.proj"]
+    with pytest.raises(LayerError, match=r"layer 'norm' cannot be explained: its output 7x7x768 is not a \[C, h, w\]"):
+        GradCAMModel(model, "norm", example_input=x)
+    with pytest.raises(LayerError, match="layer 'layers.3.blocks.1.attn.softmax' cannot be explained: it is computed"):
+        GradCAMModel(model, "layers.3.blocks.1.attn.softmax", example_input=x)
+
+
+def test_torchvision_swin_is_refused():
+    model = torchvision.models.swin_t(num_classes=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    layers = {info.name: info for info in list_layers(model, x)}
+    assert layers["features"].output_shape == (1, 2, 2, 768) and layers["features"].grid is not None
+    assert all(info.grid is not None for name, info in layers.items() if name.startswith("features.1"))
+    with pytest.raises(LayerError, match="layer 'features' cannot be explained"):
+        GradCAMModel(model, "features", example_input=x)
+
+
+def test_vit_auto_never_picks_an_attention_internal_layer(timm_models):
+    model = timm_models["vit_tiny_patch16_224"]
+    x = torch.randn(1, 3, 224, 224)
+    layers = list_layers(model, x)
+    assert [info.name for info in layers if info.auto] == ["patch_embed.proj"]  # the only real image map
+    assert all(info.grid is not None for info in layers if info.name.startswith("blocks."))
+    with pytest.raises(LayerError, match=r"computed inside 'blocks' \(Sequential\), which takes a 3-D input 197x192"):
+        GradCAMModel(model, "blocks.11.attn.k_norm", example_input=x)
+
+
+def test_auto_skips_modules_that_return_their_input(timm_models):
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Identity(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+    layers = {info.name: info for info in list_layers(model, torch.randn(1, 3, 16, 16))}
+    assert layers["2"].passthrough and not layers["2"].auto
+    assert layers["1"].auto and not layers["1"].passthrough
+    # timm ConvNeXt ends its stages with norm_pre = nn.Identity
+    layers = {info.name: info for info in list_layers(timm_models["convnext_atto"], torch.randn(1, 3, 64, 64))}
+    assert layers["norm_pre"].passthrough
+    assert [name for name, info in layers.items() if info.auto] == ["stages"]
+
+
+def test_an_input_too_small_for_the_model_is_an_input_error():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 5), nn.MaxPool2d(4), nn.Conv2d(4, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    ).eval()
+    with pytest.raises(InputError) as info:
+        GradCAMModel(model, "2", example_input=torch.randn(1, 3, 8, 8))
+    assert str(info.value) == (
+        "input 8x8 is too small for this model: the feature map reaching '2' (Conv2d) is only 4x1x1; "
+        "the smallest input of this aspect ratio that works is about 16x16: use a larger input size"
+    )
+    assert GradCAMModel(model, "2", example_input=torch.randn(1, 3, 16, 16)).target_layer == "2"
+
+
+def test_the_recorded_architecture_is_the_factory_name(resnet18_layer4, timm_models):
+    assert resnet18_layer4.architecture == "resnet18"  # built from Python without architecture=
+    assert architecture_name(timm_models["convnext_atto"]) == "timm:convnext_atto"
+    assert architecture_name(torchvision.models.regnet_y_400mf(num_classes=3), 3) == "regnet_y_400mf"
+    assert architecture_name(_ChannelsLastNet()) == "_ChannelsLastNet"  # unknown: validate asks for --arch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -84,7 +85,9 @@ class ParityReport:
 
     def failures(self) -> list[str]:
         lines = [
-            f"{d.name}: {d.measure} {getattr(d, d.measure):.3g} > limit {d.limit:.3g}"
+            f"{d.name}: not compared (no image's explained classes agree with the reference)"
+            if math.isnan(d.max_abs)
+            else f"{d.name}: {d.measure} {getattr(d, d.measure):.3g} > limit {d.limit:.3g}"
             + (
                 f" (eager float32 itself is off by {d.noise:.3g})"
                 if d.noise * self.tolerance.noise_factor > d.tolerance
@@ -109,19 +112,27 @@ class ParityReport:
             "near_ties": self.near_ties,
             "cam_signal": self.cam_signal,
             "structured_maps": self.structured_maps,
-            "outputs": {k: asdict(v) for k, v in self.outputs.items()},
+            "outputs": {k: _json_safe(asdict(v)) for k, v in self.outputs.items()},
             "tolerance": asdict(self.tolerance),
         }
 
     def table(self) -> str:
         rows = [f"{'output':<14}{'max abs':>12}{'max rel':>12}{'fp32 noise':>12}{'limit':>12}  result"]
         for d in self.outputs.values():
+            if math.isnan(d.max_abs):
+                rows.append(f"{d.name:<14}{'-':>12}{'-':>12}{'-':>12}{d.limit:>12.3g}  not compared")
+                continue
             rows.append(
                 f"{d.name:<14}{d.max_abs:>12.3g}{d.max_rel:>12.3g}{d.noise:>12.3g}{d.limit:>12.3g}  "
                 f"{'ok' if d.ok else 'FAIL'}"
             )
         rows.append(f"{'class agreement':<26}{self.class_agreement:>12.3f}")
         return "\n".join(rows)
+
+
+def _json_safe(record: dict) -> dict:
+    """NaN (an output that was not compared) becomes null: JSON has no NaN."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
 def validate(
@@ -209,9 +220,13 @@ def validate(
     for name, (limit, which) in limits.items():
         value, floor = worst[name][which], noise[name][which]
         effective = max(limit, tol.noise_factor * floor)
+        # maps and scores are only comparable where the classes agree; none agreeing proves nothing
+        compared = maps > 0 or name not in ("cam", "score")
         report.outputs[name] = OutputDiff(
-            name, *worst[name], limit, ("max_abs", "max_rel")[which], floor, effective, value <= effective
+            name, *worst[name], limit, ("max_abs", "max_rel")[which], floor, effective, compared and value <= effective
         )
+        if not compared:
+            report.outputs[name] = OutputDiff(name, math.nan, math.nan, limit, "max_abs", math.nan, limit, False)
     log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
     return report
 
