@@ -207,6 +207,20 @@ def test_validate_catches_a_different_model(artifacts, resnet18):
     assert message.count("\n") == len(report.failures())
 
 
+def test_validate_does_not_call_uncompared_maps_ok(artifacts, resnet18):
+    """A reference that never explains the artifact's classes proves nothing about the maps."""
+    other = copy.deepcopy(resnet18)
+    with torch.no_grad():  # negated logits: the reference's top class is the artifact's least likely one
+        other.fc.weight.neg_()
+        other.fc.bias.neg_()
+    report = validate(artifacts["static.pt"], other)
+    assert report.class_agreement == 0.0 and not report.ok
+    assert not report.outputs["cam"].ok and not report.outputs["score"].ok
+    assert "cam: not compared (no image's explained classes agree with the reference)" in report.failures()
+    assert any(line.startswith("cam") and line.endswith("not compared") for line in report.table().splitlines())
+    assert json.loads(json.dumps(report.to_dict(), allow_nan=False))["outputs"]["cam"]["max_abs"] is None
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_deterministic(artifacts, fmt):
     explainer = _load(artifacts, "dynamic", fmt)
