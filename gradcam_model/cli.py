@@ -541,7 +541,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     import torch
 
     from ._state import eval_state
-    from .errors import GradCAMError
+    from .errors import ArchitectureError, GradCAMError
     from .runtime import load_explainer, tolerance_for, validate
 
     explainer = load_explainer(args.artifact, device="cpu")
@@ -559,7 +559,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     num_classes = args.num_classes or (None if factory else meta.num_classes)
     try:
         model = _load_model(args, num_classes=num_classes)
-    except GradCAMError as exc:
+    except ArchitectureError as exc:
         if args.arch == meta.architecture:
             raise GradCAMError(f"{exc} (the architecture recorded in {args.artifact}; pass --arch)") from exc
         raise

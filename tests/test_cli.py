@@ -194,8 +194,9 @@ def test_validate_against_other_weights(ws, capsys, tmp_path):
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip() == (
-        f"gradcam: error: the model has 5 classes but {ws.onnx} was exported with 3; "
-        "check --arch, --num-classes and --weights"
+        f"gradcam: error: weights {ws.ckpt} do not fit ResNet: 2 shape mismatches, checkpoint vs model "
+        "(fc.weight (3, 512) vs (5, 512), fc.bias (3,) vs (5,)); check the architecture and the number of "
+        "classes (CLI: --arch, --num-classes)"
     )
 
 
@@ -227,6 +228,13 @@ def test_factory_from_the_current_folder_round_trip(capsys, tmp_path, monkeypatc
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "(torchscript, cli_factory_net:build gradcam at '2')" in out
+    # a factory may load its own weights, so --weights is optional; its head must still fit
+    code = main(["validate", "art/build.pt", "--num-classes", "5"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        "gradcam: error: the model has 5 classes but art/build.pt was exported with 4; "
+        "check --arch, --num-classes and --weights"
+    )
 
 
 # ---------------------------------------------------------------------------- explain
