@@ -240,15 +240,18 @@ def hardswish_backward(grad_output, self):
     # 3 up (the eager kernel's values at the boundaries too). The indicator/6 is a
     # clamp of (3 - |x|) * 2^100, exact: 3 - |x| is computed exactly near 3, and the
     # smallest nonzero gap there, 2^-22, times 2^100 is far above 1/6. Clamping x to
-    # [-3, 3] keeps an infinite activation from turning 0 * inf into NaN.
+    # [-3, 3] keeps an infinite activation from turning 0 * inf into NaN. Unlike the
+    # kernel, a NaN activation gives NaN (the kernel passes the gradient) and an infinite
+    # gradient below -3 gives NaN (the kernel gives 0).
     inside_sixth = torch.clamp((3.0 - self.abs()) * _SATURATE, 0.0, 1.0 / 6.0)
     return grad_output * (F.hardsigmoid(self) + torch.clamp(self, -3.0, 3.0) * inside_sixth)
 
 
 def threshold_backward(grad_output, self, threshold):
     # ReLU's backward: the gradient where the input (or output) is above the threshold.
-    # A product with the mask instead of torch's Where (see above); the one difference
-    # is that a NaN or infinite gradient at a blocked position stays NaN.
+    # A product with the mask instead of torch's Where (see above); the differences: a
+    # NaN or infinite gradient at a blocked position stays NaN, and a NaN input blocks
+    # the gradient (the kernel passes it).
     return grad_output * (self > threshold).to(grad_output.dtype)
 
 
