@@ -66,10 +66,7 @@ def _transpose_to_input(
     k = [int(s) for s in weight.shape[2:]]
     if all(s == 1 for s in stride):
         # full correlation with the flipped kernel, then crop the original padding
-        w = weight.flip(2, 3)
-        out_c, in_c_per_group = w.shape[0], w.shape[1]
-        w = w.reshape(groups, out_c // groups, in_c_per_group, *k).transpose(1, 2)
-        w = w.reshape(groups * in_c_per_group, out_c // groups, *k)
+        w = _flipped_transpose(weight, groups)
         pad = [dilation[i] * (k[i] - 1) - padding[i] for i in range(2)]
         if min(pad) >= 0:
             return F.conv2d(grad, w, None, 1, pad, dilation, groups)
@@ -93,6 +90,14 @@ def _transpose_to_input(
     need = [padding[i] + n_in[i] - full.shape[2 + i] for i in range(2)]
     full = F.pad(full, (0, max(need[1], 0), 0, max(need[0], 0)))
     return full[:, :, padding[0] : padding[0] + n_in[0], padding[1] : padding[1] + n_in[1]]
+
+
+def _flipped_transpose(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """The kernel of the transposed window as a forward one: flipped, in/out channels swapped per group."""
+    k = [int(s) for s in weight.shape[2:]]
+    out_c, in_c_per_group = weight.shape[0], weight.shape[1]
+    w = weight.flip(2, 3).reshape(groups, out_c // groups, in_c_per_group, *k).transpose(1, 2)
+    return w.reshape(groups * in_c_per_group, out_c // groups, *k)
 
 
 def _spread_matrix(n_grad: int, stride: int, before: int, total: int) -> np.ndarray:
@@ -135,7 +140,10 @@ def _depthwise_strided_to_input(grad, weight, in_size, stride, padding, dilation
     top, bottom = before[0], total[0] - before[0] - h * stride[0]
     rows = F.pad(rows, (0, 0, max(top, 0), max(bottom, 0)))
     spread = rows[:, :, max(-top, 0) : rows.shape[2] - max(-bottom, 0)]
-    return F.conv2d(spread, weight.flip(2, 3), None, 1, 0, dilation, groups)
+    # swap in/out channels too: with a channel multiplier m > 1 (out = m * in) the weight
+    # is [m*groups, 1, kh, kw] and the spread gradient has m*groups channels; a bare
+    # flip was only right for m == 1 (found by tests/test_decompositions.py)
+    return F.conv2d(spread, _flipped_transpose(weight, groups), None, 1, 0, dilation, groups)
 
 
 def convolution_backward(
@@ -162,8 +170,11 @@ def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, pad
     return flat.scatter_add(2, indices.flatten(2), grad_output.flatten(2)).view_as(self)
 
 
+# Weights and divisors are built in float64 and cast to the gradient's dtype: a float32
+# 1/3 left float64 graphs off by ~3e-8 (found by tests/test_decompositions.py); for
+# float32 graphs the cast rounds to the same values as before.
 def _adaptive_matrix(n_in: int, n_out: int) -> np.ndarray:
-    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m = np.zeros((n_out, n_in), dtype=np.float64)
     for i in range(n_out):
         start = (i * n_in) // n_out
         end = -((-(i + 1) * n_in) // n_out)
@@ -211,7 +222,7 @@ def avg_pool2d_backward(
         dh = _avg_pool_divisors(n_in[0], k[0], s[0], p[0], n_out[0], count_include_pad)
         dw = _avg_pool_divisors(n_in[1], k[1], s[1], p[1], n_out[1], count_include_pad)
         div = np.outer(dh, dw)
-    inv = torch.tensor((1.0 / div).astype(np.float32), dtype=grad_output.dtype, device=grad_output.device)
+    inv = torch.tensor(1.0 / div, dtype=grad_output.dtype, device=grad_output.device)
     channels = self.shape[1]
     ones = torch.ones((channels, 1, k[0], k[1]), dtype=grad_output.dtype, device=grad_output.device)
     return _transpose_to_input(grad_output * inv, ones, self.shape[-2:], s, p, [1, 1], channels)
@@ -229,15 +240,18 @@ def hardswish_backward(grad_output, self):
     # 3 up (the eager kernel's values at the boundaries too). The indicator/6 is a
     # clamp of (3 - |x|) * 2^100, exact: 3 - |x| is computed exactly near 3, and the
     # smallest nonzero gap there, 2^-22, times 2^100 is far above 1/6. Clamping x to
-    # [-3, 3] keeps an infinite activation from turning 0 * inf into NaN.
+    # [-3, 3] keeps an infinite activation from turning 0 * inf into NaN. Unlike the
+    # kernel, a NaN activation gives NaN (the kernel passes the gradient) and an infinite
+    # gradient below -3 gives NaN (the kernel gives 0).
     inside_sixth = torch.clamp((3.0 - self.abs()) * _SATURATE, 0.0, 1.0 / 6.0)
     return grad_output * (F.hardsigmoid(self) + torch.clamp(self, -3.0, 3.0) * inside_sixth)
 
 
 def threshold_backward(grad_output, self, threshold):
     # ReLU's backward: the gradient where the input (or output) is above the threshold.
-    # A product with the mask instead of torch's Where (see above); the one difference
-    # is that a NaN or infinite gradient at a blocked position stays NaN.
+    # A product with the mask instead of torch's Where (see above); the differences: a
+    # NaN or infinite gradient at a blocked position stays NaN, and a NaN input blocks
+    # the gradient (the kernel passes it).
     return grad_output * (self > threshold).to(grad_output.dtype)
 
 
