@@ -25,11 +25,13 @@ from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
-from .layers import _logits_of, grid_problem
+from .layers import _logits_of
+from .layouts import grid_problem
 from .methods import CAMMethod, postprocess
 
 __all__ = ["CaptureSpec", "explain_function", "trace_explainer"]
@@ -50,8 +52,11 @@ class CaptureSpec:
         class_input: bool,
         upsample: bool,
         normalize: bool,
+        reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.layer_name = layer_name
+        # the layer's output (and its gradient) to [N, C, h, w]: channels-last, tokens; None: already
+        self.reshape = reshape
         self.method = method
         self.top_k = top_k
         self.class_input = class_input
@@ -70,7 +75,11 @@ def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, name
         state = dict(zip(names, tensors, strict=True))
         with _ExportableForward():
             logits, activations = _forward_with_leaf(
-                lambda x: torch.func.functional_call(model, state, (x,), strict=False), layer, spec.layer_name, image
+                lambda x: torch.func.functional_call(model, state, (x,), strict=False),
+                layer,
+                spec.layer_name,
+                image,
+                spec.reshape,
             )
         return cam_outputs(logits, activations, image, spec, class_index)
 
@@ -100,19 +109,25 @@ class _ExportableForward(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image: torch.Tensor):
+def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image: torch.Tensor, reshape=None):
+    """Run ``call(image)`` with ``layer``'s output swapped for a leaf; return the logits and that leaf.
+
+    The leaf keeps the layer's own layout; ``reshape`` (checked here on eager runs) makes
+    it ``[N, C, h, w]``, and is applied to activations and gradients alike.
+    """
     captured: list[torch.Tensor] = []
 
     def hook(_module, _inputs, output):
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
-            kind = type(output).__name__ if not isinstance(output, torch.Tensor) else f"{output.dim()}-D tensor"
+        mapped = reshape(output) if reshape is not None and isinstance(output, torch.Tensor) else output
+        if not isinstance(mapped, torch.Tensor) or mapped.dim() != 4:
+            kind = type(mapped).__name__ if not isinstance(mapped, torch.Tensor) else f"{mapped.dim()}-D tensor"
             raise LayerError(
-                f"layer {layer_name!r} returns a {kind}; a target layer must return one [N, C, h, w] tensor. "
-                "Pick a layer from `gradcam layers`."
+                f"layer {layer_name!r} gives a {kind}; a target layer must give one [N, C, h, w] map "
+                "(channels-last and token layers are reshaped with reshape='auto'). Pick a layer from `gradcam layers`."
             )
-        sizes = (*output.shape[1:], *image.shape[2:])
+        sizes = (*mapped.shape[1:], *image.shape[2:])
         if all(isinstance(s, int) for s in sizes):  # eager runs (symbolic sizes while tracing: checked before)
-            problem = grid_problem(tuple(output.shape), tuple(image.shape[2:]))
+            problem = grid_problem(tuple(mapped.shape), tuple(image.shape[2:]))
             if problem is not None:
                 raise LayerError(f"layer {layer_name!r} cannot be explained: {problem}.")
         leaf = output.detach().requires_grad_(True)
@@ -159,7 +174,10 @@ def cam_outputs(
                 "the target layer has no gradient path to the logits (the logits do not depend on it); "
                 "pick a layer on the path to the classifier, see `gradcam layers`."
             ) from exc
-        maps.append(spec.method(activations.detach(), grad))
+        if spec.reshape is not None:  # pytorch-grad-cam's reshape_transform: activations and gradients alike
+            maps.append(spec.method(spec.reshape(activations.detach()), spec.reshape(grad)))
+        else:
+            maps.append(spec.method(activations.detach(), grad))
     cam = torch.stack(maps, dim=1)
     cam = postprocess(cam, image.shape[-2:] if spec.upsample else None, spec.normalize)
     return logits.detach(), probabilities, chosen, probabilities.gather(1, chosen), cam
@@ -197,7 +215,10 @@ def trace_explainer(
     mode = FakeTensorMode(shape_env=ShapeEnv())
     args = _fake_inputs(mode, tensors, image, class_index, dynamic_spatial)
     fn = explain_function(model, layer, spec, names)
-    gm = make_fx(fn, decomposition_table=backward_decompositions(), tracing_mode="symbolic")(*args)
+    # the math kernel of scaled-dot-product attention differentiates into plain matmuls and
+    # softmax; the fused flash/efficient kernels leave backward ops with no lowering
+    with sdpa_kernel(SDPBackend.MATH):
+        gm = make_fx(fn, decomposition_table=backward_decompositions(), tracing_mode="symbolic")(*args)
     _finalize(gm, names, tensors, spec)
     return gm
 

@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ._state import eval_state
 from .errors import InputError, LayerError, LayerNotFoundError, ModelOutputError
+from .layouts import NCHW, Layout, axis_problem, classify
 
-__all__ = [
-    "LayerInfo",
-    "list_layers",
-    "resolve_layer",
-    "auto_layer",
-    "check_target",
-    "grid_problem",
-    "layout_problem",
-    "run_model",
-]
+__all__ = ["LayerInfo", "list_layers", "resolve_layer", "auto_layer", "select_layer", "describe_layer", "run_model"]
 
 
 @dataclass(frozen=True)
 class LayerInfo:
     """One candidate target layer.
 
-    ``grid`` is None when the output is a real ``[N, C, h, w]`` map of the input, else
-    the reason it is not one (channels-last, heads x tokens x dims...): such a layer is
-    never explained, since its maps would be read along the wrong axes.
-    ``passthrough`` marks modules that return their input unchanged (``nn.Identity``).
+    ``layout`` says how its output covers the image (``[N, C, h, w]``, channels-last,
+    or transformer tokens) and reshapes it; ``problem`` is None for a layer that can be
+    explained, else the reason it cannot (an attention matrix, windowed tokens, no
+    gradient reaching the patch tokens...). ``passthrough`` marks modules that return
+    their input unchanged (``nn.Identity``).
     """
 
     name: str
@@ -40,8 +33,16 @@ class LayerInfo:
     influences_logits: bool
     calls: int = 1
     auto: bool = False
-    grid: str | None = None
+    layout: Layout | None = NCHW
+    problem: str | None = None
     passthrough: bool = False
+
+    @property
+    def map_shape(self) -> tuple[int, ...]:
+        """``(C, h, w)`` of the map this layer gives, after its layout's reshape."""
+        if self.layout is None:
+            return tuple(self.output_shape[1:])
+        return tuple(self.layout(torch.empty(self.output_shape, device="meta")).shape[1:])
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -63,47 +64,9 @@ def _logits_of(output: object) -> torch.Tensor:
     )
 
 
-def grid_problem(output_shape: tuple[int, ...], input_size: tuple[int, int]) -> str | None:
-    """Why a 4-D output cannot be the ``[N, C, h, w]`` map of an ``H x W`` input, or None.
-
-    A feature map of a CNN covers the image with one stride ``s`` along both axes:
-    ``h ~ H / s`` and ``w ~ W / s`` (give or take one row for padding and rounding).
-    A channels-last ``[N, h, w, C]`` tensor (Swin) read as NCHW has ``w = C``, and a
-    ``[N, heads, tokens, dims]`` tensor (ViT attention) has sizes unrelated to the image:
-    no single stride fits both axes, and their "maps" would be stripes.
-    """
-    h, w = int(output_shape[2]), int(output_shape[3])
-    height, width = input_size
-
-    def strides(size: int, n: int) -> tuple[float, float]:
-        return size / (n + 1), (size / (n - 1) if n > 1 else math.inf)
-
-    (lo_h, hi_h), (lo_w, hi_w) = strides(height, h), strides(width, w)
-    if max(lo_h, lo_w) <= min(hi_h, hi_w):
-        return None
-    c = int(output_shape[1])
-    return (
-        f"its output {c}x{h}x{w} is not a [C, h, w] map of the {height}x{width} input: no single stride "
-        f"turns {height}x{width} into {h}x{w} (a channels-last [N, h, w, C] tensor, or tokens, read as NCHW "
-        "would give striped maps)"
-    )
-
-
 def _probe_size(size: tuple[int, int]) -> tuple[int, int]:
-    """A taller input than ``size`` (same width): a real map grows along dim 2 only."""
+    """A taller input than ``size`` (same width): only the height axis of a real map grows."""
     return size[0] + max(size[0] // 2, 1), size[1]
-
-
-def _axis_problem(shape: tuple[int, ...], taller: tuple[int, ...]) -> str | None:
-    """Why a layer's output, seen at the example size and at a taller input, is not NCHW, or None."""
-    if shape[1] != taller[1] or shape[3] != taller[3]:
-        changed = [str(d) for d in (1, 3) if shape[d] != taller[d]]
-        return (
-            f"a taller input changes its dimension {' and '.join(changed)} "
-            f"({'x'.join(map(str, shape[1:]))} -> {'x'.join(map(str, taller[1:]))}), not the height (dimension 2): "
-            "it is not laid out [N, C, h, w] (channels-last [N, h, w, C]?)"
-        )
-    return None
 
 
 def run_model(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -182,61 +145,56 @@ def _failing_module(model: nn.Module, image: torch.Tensor) -> str:
 
 
 def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
-    """Candidate target layers: modules whose output is a 4-D tensor.
+    """Candidate target layers: modules whose output is a 4-D map or a token sequence.
 
     Runs the model once on ``example_input`` (in eval mode, without changing the
     caller's flags) and once on a taller input, and reports each module's output shape
-    in call order, whether it has a gradient path to the logits, whether the output
-    really is an ``[N, C, h, w]`` map of the image (``grid``), and which one
-    ``target_layer="auto"`` picks: the last real map on the path to the logits.
+    in call order, how it covers the image (``layout``: ``[N, C, h, w]``, channels-last
+    or tokens), whether its gradient reaches the logits, why it cannot be explained
+    (``problem``), and which one ``target_layer="auto"`` picks: the last map on the
+    path to the logits (for token layers: the last normalization layer whose patch
+    tokens still reach the logits, the literature's choice for ViT).
     """
-    size = (int(example_input.shape[2]), int(example_input.shape[3]))
     with eval_state(model):
         with torch.enable_grad():
             seen = _observe(model, example_input, leaves=True)
-        taller = _probe_shapes(model, example_input, set(seen))
+        taller = _probe_shapes(model, example_input, {n for n, s in seen.items() if len(s.shape) == 4})
     infos = []
     for name, layer in seen.items():
-        problem = layer.context or grid_problem(layer.shape, size)
-        if problem is None and name in taller:
-            problem = _axis_problem(layer.shape, taller[name])
-        infos.append(
-            LayerInfo(
-                name,
-                layer.type,
-                layer.shape,
-                layer.reaches_logits,
-                layer.calls,
-                grid=problem,
-                passthrough=layer.passthrough,
-            )
-        )
-    # auto: the last real map on the path to the logits, called once, more than one pixel,
-    # not a pass-through (nn.Identity) and not the head's adaptive pooling (VGG's avgpool
-    # only resamples `features`)
-    eligible = [
-        i
-        for i, info in enumerate(infos)
-        if info.influences_logits
-        and info.calls == 1
-        and info.grid is None
-        and not info.passthrough
-        and info.output_shape[2] * info.output_shape[3] > 1
-        and not info.type.startswith("Adaptive")
-    ]
+        info = LayerInfo(name, layer.type, layer.shape, layer.reaches_logits, layer.calls, layout=layer.layout)
+        problem = layer.problem
+        if problem is None and name in taller and layer.layout is not None and len(layer.shape) == 4:
+            layout, problem = axis_problem(layer.layout, layer.shape, taller[name])
+            info = replace(info, layout=layout)
+        infos.append(replace(info, problem=problem, passthrough=layer.passthrough))
+    eligible = [i for i, info in enumerate(infos) if _auto_eligible(info)]
     if eligible:
-        pick = infos[eligible[-1]]
-        infos[eligible[-1]] = LayerInfo(**{**pick.__dict__, "auto": True})
+        infos[eligible[-1]] = replace(infos[eligible[-1]], auto=True)
     return infos
+
+
+def _auto_eligible(info: LayerInfo) -> bool:
+    # the last map on the path to the logits, called once, more than one position, not a
+    # pass-through (nn.Identity) and not the head's adaptive pooling (VGG's avgpool only
+    # resamples `features`); among token layers only normalizations (the last block's norm1)
+    if not info.influences_logits or info.calls != 1 or info.problem is not None or info.passthrough:
+        return False
+    if info.type.startswith("Adaptive"):
+        return False
+    if info.layout.kind == "tokens" and "Norm" not in info.type:
+        return False
+    _, h, w = info.map_shape
+    return h * w > 1
 
 
 @dataclass
 class _Seen:
-    """What one forward pass showed of a module with a 4-D output (its first call)."""
+    """What one forward pass showed of a module with a 4-D or token output (its first call)."""
 
     type: str
     shape: tuple[int, ...]
-    context: str | None  # why an enclosing module's input is not an image map (tokens...), or None
+    layout: Layout | None
+    problem: str | None
     passthrough: bool
     node: torch.Tensor | None = None
     calls: int = 1
@@ -244,39 +202,54 @@ class _Seen:
 
 
 def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> dict[str, _Seen]:
-    """Run ``model(image)`` and record every named module with a 4-D output, in call order.
+    """Run ``model(image)`` and record every named module with a 4-D or token output, in call order.
 
-    A 4-D tensor computed inside a module whose input is not an image map (a transformer
-    block taking ``[N, T, D]`` tokens: its attention matrices are ``[N, heads, T, T]``)
-    gets ``context``: such a tensor is never a map of the image, however square it looks.
-    With ``leaves``, each first output becomes a leaf of the autograd graph and one
-    backward from the logits tells which layers reach them.
+    Each module's input is classified as an image map, a token sequence or something
+    else; a 4-D tensor computed inside a module that takes tokens (attention matrices
+    ``[N, heads, T, T]``) or anything computed inside a module taking something else
+    (windowed tokens) is never a map of the image, however square it looks. With
+    ``leaves``, each first output joins the autograd graph as a leaf (or a node) and one
+    backward from the logits tells which layers, and which patch tokens, reach them.
     """
     size = (int(image.shape[2]), int(image.shape[3]))
+    batch = int(image.shape[0])
     names = {id(m): n for n, m in model.named_modules() if n}
     seen: dict[str, _Seen] = {}
-    stack: list[str | None] = []  # per active module: why its input is not an image map, or None
-    handles = []
+    stack: list[tuple[str, str | None]] = []  # per active module: its input's kind, and a description
+    patch_grid: list[tuple[int, int]] = []  # h x w of the last image map seen: a ViT's patch grid
+
+    def kind_of(tensor) -> tuple[str, str | None]:
+        if not isinstance(tensor, torch.Tensor) or tensor.dim() not in (3, 4):
+            return "unknown", None
+        layout, _ = classify(tuple(tensor.shape), size, batch, patch_grid[-1] if patch_grid else None)
+        text = "x".join(map(str, tensor.shape[1:]))
+        if layout is None:
+            return "other", f"a {text} input that is not an image map"
+        return ("tokens", f"{text} tokens") if layout.kind == "tokens" else ("map", None)
 
     def enter(module, inputs):
-        first = inputs[0] if inputs else None
-        why = None
-        if isinstance(first, torch.Tensor) and first.dim() != 4:
-            why = f"a {first.dim()}-D input {'x'.join(map(str, first.shape[1:]))} (tokens, not an image map)"
-        elif isinstance(first, torch.Tensor) and grid_problem(tuple(first.shape), size) is not None:
-            why = f"a {'x'.join(map(str, first.shape[1:]))} input that is not an image map (channels-last?)"
-        stack.append(f"{names[id(module)]!r} ({type(module).__name__}), which takes {why}" if why else None)
+        kind, text = kind_of(inputs[0] if inputs else None)
+        stack.append((kind, f"{names[id(module)]!r} ({type(module).__name__}), which takes {text}" if text else None))
 
     def leave(module, inputs, output):
         stack.pop()
-        if not isinstance(output, torch.Tensor) or output.dim() != 4:
+        if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
             return None
         name = names[id(module)]
         if name in seen:
             seen[name].calls += 1
             return None
-        context = next((f"it is computed inside {why}" for why in stack if why), None)
-        layer = _Seen(type(module).__name__, tuple(output.shape), context, any(output is i for i in inputs))
+        shape = tuple(output.shape)
+        layout, problem = classify(shape, size, batch, patch_grid[-1] if patch_grid else None)
+        if output.dim() == 3 and layout is None:
+            return None  # a 3-D tensor that is not the image's tokens is no candidate at all
+        bad = ("tokens", "other") if output.dim() == 4 else ("other",)
+        inside = next((f"it is computed inside {why}" for kind, why in stack if kind in bad), None)
+        if inside:
+            layout, problem = None, inside
+        if layout is NCHW:
+            patch_grid.append(shape[2:])
+        layer = _Seen(type(module).__name__, shape, layout, problem, any(output is i for i in inputs))
         seen[name] = layer
         if not leaves:
             return None
@@ -284,6 +257,7 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
         layer.node = output if output.requires_grad else output.detach().requires_grad_(True)
         return layer.node.clone()  # downstream in-place ops act on the clone
 
+    handles = []
     for module in model.modules():
         if id(module) in names:
             handles.append(module.register_forward_pre_hook(enter))
@@ -291,14 +265,26 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
     try:
         logits = run_model(model, image)
         if leaves and seen:
-            nodes = [layer.node for layer in seen.values()]
-            grads = torch.autograd.grad(logits.sum(), nodes, allow_unused=True)
+            grads = torch.autograd.grad(logits.sum(), [s.node for s in seen.values()], allow_unused=True)
             for layer, grad in zip(seen.values(), grads, strict=True):
-                layer.reaches_logits = grad is not None
+                _note_gradient(layer, grad)
     finally:
         for h in handles:
             h.remove()
     return seen
+
+
+def _note_gradient(layer: _Seen, grad: torch.Tensor | None) -> None:
+    layer.reaches_logits = grad is not None
+    if grad is None or layer.layout is None or layer.layout.kind != "tokens" or layer.problem is not None:
+        return
+    if not bool(grad[:, layer.layout.prefix :].any()):
+        # after the last block's attention only the class token reaches the head: the
+        # patch tokens' gradient is exactly zero, and so would every map be
+        layer.problem = (
+            "its patch tokens do not reach the logits (the gradient is exactly zero: after the last attention "
+            "only the prefix tokens feed the head); pick an earlier layer such as the last block's norm1"
+        )
 
 
 def _probe_shapes(model: nn.Module, example_input: torch.Tensor, wanted: set[str]) -> dict[str, tuple[int, ...]]:
@@ -326,45 +312,35 @@ def _probe_shapes(model: nn.Module, example_input: torch.Tensor, wanted: set[str
     return shapes
 
 
-def layout_problem(model: nn.Module, layer_name: str, image: torch.Tensor) -> str | None:
-    """Why ``layer_name``'s 4-D output is not an ``[N, C, h, w]`` map of ``image``, or None.
-
-    Two forward passes at batch 1 (the image's size and a taller one).
-    """
-    with torch.no_grad():
-        layer = _observe(model, image[:1]).get(layer_name)
-    if layer is None:
-        return None  # not a 4-D output: the capture names what it returns
-    problem = layer.context or grid_problem(layer.shape, tuple(image.shape[2:]))
-    taller = _probe_shapes(model, image[:1], {layer_name}).get(layer_name)
-    if problem is None and taller is not None and len(taller) == 4:
-        problem = _axis_problem(layer.shape, taller)
-    return problem
-
-
-def check_target(model: nn.Module, layer_name: str, example_input: torch.Tensor) -> LayerInfo | None:
-    """The candidate ``layer_name`` (None when its output is not 4-D: the capture names what it returns),
-    or a ``LayerError`` saying why it cannot be explained."""
+def describe_layer(model: nn.Module, layer_name: str, example_input: torch.Tensor) -> LayerInfo | None:
+    """The ``LayerInfo`` of one layer (None when its output is neither a 4-D map nor tokens)."""
     resolve_layer(model, layer_name)
-    infos = {info.name: info for info in list_layers(model, example_input)}
-    info = infos.get(layer_name)
-    if info is None:
-        return None
-    if info.grid is not None:
-        raise LayerError(
-            f"layer {layer_name!r} cannot be explained: {info.grid}. Transformer token and channels-last layers "
-            "are not supported yet; pick a convolutional [N, C, h, w] layer from `gradcam layers`."
-        )
-    return info
+    return next((info for info in list_layers(model, example_input) if info.name == layer_name), None)
+
+
+def select_layer(model: nn.Module, target_layer: str, example_input: torch.Tensor) -> LayerInfo | None:
+    """The layer to explain: ``target_layer`` or the ``"auto"`` choice, checked.
+
+    Raises ``LayerNotFoundError`` for an unknown name and ``LayerError`` saying why a
+    layer cannot be explained. None when the layer's output is neither a 4-D map nor
+    tokens (the capture then names what it returns).
+    """
+    if target_layer != "auto":
+        info = describe_layer(model, target_layer, example_input)
+        if info is not None and info.problem is not None:
+            raise LayerError(
+                f"layer {target_layer!r} cannot be explained: {info.problem}. Pick a layer from `gradcam layers`."
+            )
+        return info
+    for info in list_layers(model, example_input):
+        if info.auto:
+            return info
+    raise LayerError(
+        "no layer of the model produces a map of the image ([N, C, h, w], channels-last or patch tokens) with "
+        "more than one position on the path to the logits; use a larger example input or pass target_layer"
+    )
 
 
 def auto_layer(model: nn.Module, example_input: torch.Tensor) -> str:
-    """The layer ``target_layer="auto"`` picks: the last real ``[N, C, h, w]`` map on the path to the logits."""
-    for info in list_layers(model, example_input):
-        if info.auto:
-            return info.name
-    raise LayerError(
-        "no layer of the model produces a 4-D [N, C, h, w] map of the image (h*w > 1) on the path to the "
-        "logits; use a larger example input or pass target_layer explicitly (transformer token layers are "
-        "not supported yet)."
-    )
+    """The layer ``target_layer="auto"`` picks."""
+    return select_layer(model, "auto", example_input).name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError
-from .layers import auto_layer, check_target, layout_problem, resolve_layer, run_model
+from .layers import resolve_layer, run_model, select_layer
 from .methods import CAMMethod, get_method
 from .models import architecture_name
 
@@ -55,6 +55,13 @@ class GradCAMModel(nn.Module):
             ``mean``/``std`` describe how pixels in ``[0, 1]`` were normalized.
             ``architecture`` defaults to the torchvision/timm factory name when it can
             be recognized (what ``gradcam validate`` rebuilds), else the class name.
+        reshape: how the layer's output becomes ``[N, C, h, w]``. ``"auto"`` reads it
+            off the model: channels-last ``[N, h, w, C]`` (Swin) is permuted, a token
+            sequence ``[N, T, D]`` (ViT, DeiT) loses its prefix tokens (class,
+            distillation) and its patch tokens are laid on the patch grid. ``None``
+            accepts ``[N, C, h, w]`` layers only. A callable (pytorch-grad-cam's
+            ``reshape_transform``) is applied to activations and gradients alike; it
+            must be pure torch, since it is traced into the graph.
     """
 
     def __init__(
@@ -72,6 +79,7 @@ class GradCAMModel(nn.Module):
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         architecture: str | None = None,
+        reshape: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -91,26 +99,29 @@ class GradCAMModel(nn.Module):
         # building needs autograd even when the caller sits in inference_mode / no_grad
         with torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
-            if target_layer == "auto":
-                layer_name = auto_layer(model, example_input[:1])
-            else:  # refuses layers that are not [N, C, h, w] maps of the image, before any tracing
-                check_target(model, target_layer, example_input[:1])
-                layer_name = target_layer
+            layer_name, layout = _layer_and_layout(model, target_layer, example_input[:1], reshape)
             layer = resolve_layer(model, layer_name)
             num_classes = int(run_model(model, example_input[:1]).shape[-1])
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
-                _check_gap_linear_head(model, layer, layer_name, example_input[:2])
+                _check_gap_linear_head(model, layer, layer_name, example_input[:2], layout)
             spec = CaptureSpec(
-                layer_name, cam_method, top_k=top_k, class_input=class_input, upsample=upsample, normalize=normalize
+                layer_name,
+                cam_method,
+                top_k=top_k,
+                class_input=class_input,
+                upsample=upsample,
+                normalize=normalize,
+                reshape=layout,
             )
             # symbolic tracing specializes a batch of 1: trace with at least 2
             trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
             graph, dynamic_spatial = _trace(model, layer, spec, trace_input.contiguous())
         self.graph = graph
         self.target_layer = layer_name
+        self.layout = getattr(layout, "kind", "custom" if layout is not None else "NCHW")
         self.method = cam_method.name
         self.top_k = top_k
         self.class_input = class_input
@@ -176,7 +187,7 @@ def _trace(model, layer, spec, image):
     return trace_explainer(model, layer, spec, image, dynamic_spatial=False), False
 
 
-def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, image: torch.Tensor) -> None:
+def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, image: torch.Tensor, layout) -> None:
     linears: list[tuple[nn.Linear, torch.Tensor]] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, out: linears.append((mod, out)))
@@ -184,7 +195,8 @@ def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, 
         if isinstance(m, nn.Linear)
     ]
     try:
-        logits, activations = _forward_with_leaf(model, layer, layer_name, image)
+        logits, activations = _forward_with_leaf(model, layer, layer_name, image, layout)
+        activations = layout(activations) if layout is not None else activations
     finally:
         for h in hooks:
             h.remove()
@@ -262,8 +274,30 @@ def check_class_index(class_index, batch: int, num_classes: int) -> torch.Tensor
     return class_index
 
 
+def _layer_and_layout(model, target_layer, example, reshape):
+    """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
+    if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
+        if target_layer == "auto":
+            raise InputError("a custom reshape needs an explicit target_layer")
+        resolve_layer(model, target_layer)
+        return target_layer, reshape
+    if reshape not in ("auto", None):
+        raise InputError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
+    info = select_layer(model, target_layer, example)  # refuses what cannot be explained, before tracing
+    if info is None:
+        return target_layer, None  # not a map at all: the capture hook says what the layer returns
+    if info.layout.kind == "NCHW":
+        return info.name, None
+    if reshape is None:
+        raise LayerError(
+            f"layer {info.name!r} is laid out {info.layout.describe(info.output_shape)}, not [N, C, h, w]; "
+            "pass reshape='auto' to explain it"
+        )
+    return info.name, info.layout
+
+
 def _reference(model, layer, spec, image, class_index=None):
-    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image)
+    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
     return cam_outputs(logits, activations, image, spec, class_index)
 
 
@@ -278,6 +312,7 @@ def reference_cam(
     upsample: bool = True,
     normalize: bool = True,
     return_all: bool = False,
+    reshape: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
 ):
     """Grad-CAM computed the independent way: hooks and a live backward pass, no tracing.
 
@@ -290,10 +325,8 @@ def reference_cam(
     cam_method = get_method(method)
     with torch.inference_mode(False), eval_state(model):
         image = image.clone() if image.is_inference() else image
+        _, layout = _layer_and_layout(model, target_layer, image[:1], reshape)
         layer = resolve_layer(model, target_layer)
-        problem = layout_problem(model, target_layer, image)
-        if problem is not None:
-            raise LayerError(f"layer {target_layer!r} cannot be explained: {problem}.")
         if class_index is not None:
             with torch.no_grad():
                 num_classes = int(run_model(model, image[:1]).shape[-1])
@@ -305,6 +338,7 @@ def reference_cam(
             class_input=class_index is not None,
             upsample=upsample,
             normalize=normalize,
+            reshape=layout,
         )
         outputs = _reference(model, layer, spec, image, class_index)
     outputs = tuple(o.detach() for o in outputs)
