@@ -49,8 +49,6 @@ const char* kUsageText =
     "exit codes: 0 ok, 2 usage, 3 missing file, 4 bad artifact, 5 some image unreadable (others explained),\n"
     "            6 run failed, 7 write failed\n";
 
-constexpr const char* kOutputNames[] = {"logits", "probabilities", "class_index", "score", "cam"};
-
 long long parse_int(const std::string& flag, const std::string& text, long long lo, long long hi) {
   char* end = nullptr;
   const long long n = std::strtoll(text.c_str(), &end, 10);
@@ -265,8 +263,124 @@ void append(std::vector<T>& to, const std::vector<T>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
 
-struct Row {
-  std::vector<std::string> fields;  // the columns of `gradcam explain`'s predictions.csv
+// One run over the images: batches in, overlays and CSV rows out.
+class Run {
+ public:
+  Run(const Options& opt, const char* program, Engine& engine, OutputFolder& out, std::optional<int64_t> target)
+      : opt_(opt), program_(program), engine_(engine), meta_(engine.metadata()), out_(out), target_(target),
+        keys_(image_keys(opt.images)), rows_(opt.images.size()) {}
+
+  // Decodes and preprocesses images[start, stop), runs them as one batch, records the results.
+  void batch(std::size_t start, std::size_t stop) {
+    const auto [h, w] = meta_.target_size();
+    const std::size_t size = static_cast<std::size_t>(3 * h * w);
+    Batch batch;
+    batch.h = h, batch.w = w;
+    std::vector<std::size_t> members;
+    std::vector<cv::Mat> pictures;
+    for (std::size_t i = start; i < stop; ++i) {
+      cv::Mat bgr = load_image(opt_.images[i]);
+      if (bgr.empty()) {
+        skip(i);
+        continue;
+      }
+      batch.image.resize(batch.image.size() + size);
+      preprocess(bgr, meta_, batch.image.data() + batch.image.size() - size);
+      members.push_back(i);
+      pictures.push_back(std::move(bgr));
+    }
+    if (members.empty()) return;
+    batch.n = static_cast<int64_t>(members.size());
+    if (meta_.class_input) batch.target_class.assign(members.size(), target_.value_or(-1));
+    const Outputs result = engine_.run(batch);
+    for (std::size_t j = 0; j < members.size(); ++j) record(result, static_cast<int64_t>(j), members[j], pictures[j]);
+    if (opt_.save_tensors) keep(batch, result);
+  }
+
+  // predictions.csv (and the tensors) into the staging folder.
+  void finish() {
+    std::string csv = "path,true_label,predicted_index,predicted_label,probability,explained_index,explained_label,"
+                      "explained_score,overlay,error\n";
+    for (const std::vector<std::string>& row : rows_) {
+      for (std::size_t i = 0; i < row.size(); ++i) csv += (i ? "," : "") + csv_field(row[i]);
+      csv += "\n";
+    }
+    out_.write("predictions.csv", csv.data(), csv.size());
+    if (!opt_.save_tensors) return;
+    const auto [h, w] = meta_.target_size();
+    const Outputs& t = saved_;
+    const std::pair<const char*, std::string> files[] = {
+        {"image", npy(saved_images_, {t.n, 3, h, w})},
+        {"logits", npy(t.logits, {t.n, t.num_classes})},
+        {"probabilities", npy(t.probabilities, {t.n, t.num_classes})},
+        {"class_index", npy(t.class_index, {t.n, t.k})},
+        {"score", npy(t.score, {t.n, t.k})},
+        {"cam", npy(t.cam, {t.n, t.k, t.h, t.w})},
+    };
+    for (const auto& [name, data] : files) out_.write("tensors/" + std::string(name) + ".npy", data.data(), data.size());
+  }
+
+  int failures() const { return failures_; }
+  int explained() const { return explained_; }
+
+ private:
+  void skip(std::size_t i) {
+    const std::string error = opt_.images[i] + ": not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)";
+    std::fprintf(stderr, "%s: skipped: %s\n", program_, error.c_str());
+    rows_[i] = {opt_.images[i], "", "", "", "", "", "", "", "", error};
+    ++failures_;
+  }
+
+  // Sample n of the batch, image i: its overlays and its CSV row.
+  void record(const Outputs& result, int64_t n, std::size_t i, const cv::Mat& picture) {
+    const float* probabilities = result.probabilities.data() + n * result.num_classes;
+    const int64_t top = std::max_element(probabilities, probabilities + result.num_classes) - probabilities;
+    std::string indices, labels, scores, overlays;
+    for (int64_t k = 0; k < result.k; ++k) {
+      const std::size_t nk = static_cast<std::size_t>(n * result.k + k);
+      const std::string sep = k ? ";" : "";
+      indices += sep + std::to_string(result.class_index[nk]);
+      labels += sep + meta_.label(result.class_index[nk]);
+      scores += sep + fixed6(result.score[nk]);
+      const cv::Mat image = overlay(picture, result.cam.data() + nk * result.h * result.w, result.h, result.w, opt_.alpha);
+      std::vector<uint8_t> png;
+      if (!cv::imencode(".png", image, png)) throw Failure{kInternal, "OpenCV could not encode an overlay as PNG"};
+      const std::string name = "overlays/" + keys_[i] + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
+      out_.write(name, png.data(), png.size());
+      overlays += sep + (fs::path(opt_.out) / name).string();
+    }
+    const std::string& path = opt_.images[i];
+    rows_[i] = {path, "", std::to_string(top), meta_.label(top), fixed6(probabilities[top]), indices, labels, scores, overlays, ""};
+    if (!opt_.quiet) {
+      std::printf("%s: %s %.4f", path.c_str(), meta_.label(top).c_str(), probabilities[top]);
+      if (indices != std::to_string(top)) std::printf(", explained %s", labels.c_str());
+      std::printf("\n");
+    }
+    ++explained_;
+  }
+
+  void keep(const Batch& batch, const Outputs& result) {
+    append(saved_images_, batch.image);
+    append(saved_.logits, result.logits);
+    append(saved_.probabilities, result.probabilities);
+    append(saved_.class_index, result.class_index);
+    append(saved_.score, result.score);
+    append(saved_.cam, result.cam);
+    saved_.n += result.n;
+    saved_.num_classes = result.num_classes, saved_.k = result.k, saved_.h = result.h, saved_.w = result.w;
+  }
+
+  const Options& opt_;
+  const char* program_;
+  Engine& engine_;
+  const Metadata& meta_;
+  OutputFolder& out_;
+  const std::optional<int64_t> target_;
+  const std::vector<std::string> keys_;
+  std::vector<std::vector<std::string>> rows_;  // the columns of `gradcam explain`'s predictions.csv
+  Outputs saved_;                               // every batch's outputs, for --save-tensors
+  std::vector<float> saved_images_;
+  int failures_ = 0, explained_ = 0;
 };
 
 int explain(const Options& opt, const char* program, EngineFactory load) {
@@ -280,107 +394,24 @@ int explain(const Options& opt, const char* program, EngineFactory load) {
   if (!opt.quiet) std::printf("metadata: %s\n", meta.summary().c_str());
 
   OutputFolder out(opt.out);
-  const std::vector<std::string> keys = image_keys(opt.images);
-  const auto [h, w] = meta.target_size();
-  std::vector<Row> rows(opt.images.size());
-  Outputs all;  // every batch's outputs, for --save-tensors
-  std::vector<float> all_images;
-  int failures = 0, explained = 0;
+  Run run(opt, program, *engine, out, target);
   const auto t1 = std::chrono::steady_clock::now();
-
-  for (std::size_t start = 0; start < opt.images.size(); start += static_cast<std::size_t>(opt.batch_size)) {
-    const std::size_t stop = std::min(opt.images.size(), start + static_cast<std::size_t>(opt.batch_size));
-    Batch batch;
-    batch.h = h;
-    batch.w = w;
-    std::vector<std::size_t> members;
-    std::vector<cv::Mat> pictures;
-    for (std::size_t i = start; i < stop; ++i) {
-      cv::Mat bgr = load_image(opt.images[i]);
-      if (bgr.empty()) {
-        const std::string error = opt.images[i] + ": not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)";
-        std::fprintf(stderr, "%s: skipped: %s\n", program, error.c_str());
-        rows[i].fields = {opt.images[i], "", "", "", "", "", "", "", "", error};
-        ++failures;
-        continue;
-      }
-      batch.image.resize(batch.image.size() + static_cast<std::size_t>(3 * h * w));
-      preprocess(bgr, meta, batch.image.data() + batch.image.size() - static_cast<std::size_t>(3 * h * w));
-      members.push_back(i);
-      pictures.push_back(std::move(bgr));
-    }
-    if (members.empty()) continue;
-    batch.n = static_cast<int64_t>(members.size());
-    if (meta.class_input) batch.target_class.assign(members.size(), target.value_or(-1));
-    const Outputs result = engine->run(batch);
-
-    for (std::size_t j = 0; j < members.size(); ++j) {
-      const int64_t n = static_cast<int64_t>(j);
-      const float* probabilities = result.probabilities.data() + n * result.num_classes;
-      const int64_t top = std::max_element(probabilities, probabilities + result.num_classes) - probabilities;
-      std::string indices, labels, scores, overlays;
-      for (int64_t k = 0; k < result.k; ++k) {
-        const int64_t c = result.class_index[static_cast<std::size_t>(n * result.k + k)];
-        const std::string sep = k ? ";" : "";
-        indices += sep + std::to_string(c);
-        labels += sep + meta.label(c);
-        scores += sep + fixed6(result.score[static_cast<std::size_t>(n * result.k + k)]);
-        const cv::Mat picture = overlay(pictures[j], result.cam.data() + (n * result.k + k) * result.h * result.w,
-                                        result.h, result.w, opt.alpha);
-        std::vector<uint8_t> png;
-        if (!cv::imencode(".png", picture, png)) throw Failure{kInternal, "OpenCV could not encode an overlay as PNG"};
-        const std::string name = "overlays/" + keys[members[j]] + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
-        out.write(name, png.data(), png.size());
-        overlays += sep + (fs::path(opt.out) / name).string();
-      }
-      const std::string& path = opt.images[members[j]];
-      rows[members[j]].fields = {path, "", std::to_string(top), meta.label(top), fixed6(probabilities[top]),
-                                 indices, labels, scores, overlays, ""};
-      if (!opt.quiet) {
-        std::printf("%s: %s %.4f", path.c_str(), meta.label(top).c_str(), probabilities[top]);
-        if (indices != std::to_string(top)) std::printf(", explained %s", labels.c_str());
-        std::printf("\n");
-      }
-      ++explained;
-    }
-    if (opt.save_tensors) {
-      append(all_images, batch.image);
-      append(all.logits, result.logits);
-      append(all.probabilities, result.probabilities);
-      append(all.class_index, result.class_index);
-      append(all.score, result.score);
-      append(all.cam, result.cam);
-      all.n += result.n;
-      all.num_classes = result.num_classes, all.k = result.k, all.h = result.h, all.w = result.w;
-    }
+  const std::size_t step = static_cast<std::size_t>(opt.batch_size);
+  for (std::size_t start = 0; start < opt.images.size(); start += step) {
+    run.batch(start, std::min(opt.images.size(), start + step));
   }
-
-  std::string csv = "path,true_label,predicted_index,predicted_label,probability,explained_index,explained_label,"
-                    "explained_score,overlay,error\n";
-  for (const Row& row : rows) {
-    for (std::size_t i = 0; i < row.fields.size(); ++i) csv += (i ? "," : "") + csv_field(row.fields[i]);
-    csv += "\n";
-  }
-  out.write("predictions.csv", csv.data(), csv.size());
-  if (opt.save_tensors) {
-    const std::string image = npy(all_images, {all.n, 3, h, w});
-    out.write("tensors/image.npy", image.data(), image.size());
-    const std::string files[] = {npy(all.logits, {all.n, all.num_classes}), npy(all.probabilities, {all.n, all.num_classes}),
-                                 npy(all.class_index, {all.n, all.k}), npy(all.score, {all.n, all.k}),
-                                 npy(all.cam, {all.n, all.k, all.h, all.w})};
-    for (std::size_t i = 0; i < 5; ++i) out.write("tensors/" + std::string(kOutputNames[i]) + ".npy", files[i].data(), files[i].size());
-  }
+  run.finish();
   out.commit();
 
   if (!opt.quiet) {
     using ms = std::chrono::duration<double, std::milli>;
     const auto t2 = std::chrono::steady_clock::now();
-    std::printf("explained %d of %zu images on %s (load %.0f ms, explain %.0f ms): overlays in %s, %s\n", explained,
+    std::printf("explained %d of %zu images on %s (load %.0f ms, explain %.0f ms): overlays in %s, %s\n", run.explained(),
                 opt.images.size(), engine->device().c_str(), ms(t1 - t0).count(), ms(t2 - t1).count(),
                 (fs::path(opt.out) / "overlays").string().c_str(), (fs::path(opt.out) / "predictions.csv").string().c_str());
   }
   // each unreadable image already printed its one line
-  return failures ? kBadImage : kOk;
+  return run.failures() ? kBadImage : kOk;
 }
 
 }  // namespace

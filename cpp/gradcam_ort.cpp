@@ -60,6 +60,14 @@ std::vector<int64_t> copy_output(const Ort::Value& value, std::size_t index, std
   return shape;
 }
 
+// ONNX Runtime's log goes here instead of to stderr: failures reach the user as one line from
+// the exception, with the last logged error as the cause where it says more (e.g. which CUDA
+// library is missing).
+void keep_last_error(void* param, OrtLoggingLevel severity, const char* /*category*/, const char* /*logid*/,
+                     const char* /*code_location*/, const char* message) {
+  if (severity >= ORT_LOGGING_LEVEL_ERROR) *static_cast<std::string*>(param) = message;
+}
+
 class OrtEngine final : public gradcam::Engine {
  public:
   explicit OrtEngine(const gradcam::Options& opt) {
@@ -102,16 +110,18 @@ class OrtEngine final : public gradcam::Engine {
   }
 
  private:
-  static Ort::SessionOptions session_options(const gradcam::Options& opt) {
+  Ort::SessionOptions session_options(const gradcam::Options& opt) const {
+    // [docs:options]
     Ort::SessionOptions options;
     if (opt.threads > 0) options.SetIntraOpNumThreads(opt.threads);
     if (opt.cuda) {
       try {
         options.AppendExecutionProvider_CUDA(OrtCUDAProviderOptions{});  // the onnxruntime-gpu library
       } catch (const Ort::Exception& e) {
-        throw Failure{gradcam::kRunFailed, "CUDA is not available: " + gradcam::first_line(e.what()) + "; drop --cuda"};
+        throw Failure{gradcam::kRunFailed, "CUDA is not available: " + cause(e) + "; drop --cuda"};
       }
     }
+    // [docs:end]
     return options;
   }
 
@@ -149,8 +159,16 @@ class OrtEngine final : public gradcam::Engine {
     return out;
   }
 
-  // Warnings (e.g. about unused initializers) would break the one-line error contract.
-  Ort::Env env_{ORT_LOGGING_LEVEL_ERROR, "gradcam_ort"};
+  // The logged error's own text after ORT's "[ONNXRuntimeError] : 1 : FAIL : " prefix, else the exception's.
+  std::string cause(const Ort::Exception& e) const {
+    if (last_error_.empty()) return gradcam::first_line(e.what());
+    const std::size_t prefix = last_error_.rfind(" : ");
+    return gradcam::first_line(prefix == std::string::npos ? last_error_ : last_error_.substr(prefix + 3));
+  }
+
+  std::string last_error_;  // before env_, which writes to it
+  // Errors only: warnings (e.g. about unused initializers) are not for the user.
+  Ort::Env env_{ORT_LOGGING_LEVEL_ERROR, "gradcam_ort", keep_last_error, &last_error_};
   Ort::Session session_{nullptr};
   Metadata meta_;
   std::string device_;

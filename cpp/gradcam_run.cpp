@@ -51,13 +51,15 @@ class TorchEngine final : public gradcam::Engine {
       }
       device_ = torch::Device(torch::kCUDA, 0);
     }
-    torch::jit::ExtraFilesMap extra{{gradcam::kMetadataKey, ""}};
+    // [docs:load]
+    torch::jit::ExtraFilesMap extra{{"gradcam.json", ""}};  // filled with the metadata record by load
     try {
       module_ = torch::jit::load(opt.artifact, device_, extra);
     } catch (const std::exception& e) {
       throw Failure{gradcam::kBadArtifact, opt.artifact + " is not a loadable TorchScript file: " + message(e)};
     }
-    const std::string& text = extra[gradcam::kMetadataKey];
+    const std::string& text = extra["gradcam.json"];  // JSON: mean, std, input_size, class_names, top_k...
+    // [docs:end]
     if (text.empty()) {
       throw Failure{gradcam::kBadArtifact, opt.artifact + " is a TorchScript file without gradcam_model metadata "
                                                           "(gradcam.json); export it with gradcam_model.export_torchscript"};
@@ -82,7 +84,9 @@ class TorchEngine final : public gradcam::Engine {
   std::string device() const override { return device_.str(); }
 
   Outputs run(const Batch& batch) override {
-    // from_blob borrows the batch's memory; .to() copies it only for a GPU.
+    // [docs:forward]
+    // float32 [N, 3, H, W] normalized pixels (+ int64 [N] classes for a class-input artifact, -1 = top class);
+    // from_blob borrows the batch's memory, .to() copies it only for a GPU.
     std::vector<c10::IValue> inputs{
         torch::from_blob(const_cast<float*>(batch.image.data()), {batch.n, 3, batch.h, batch.w}).to(device_)};
     if (!batch.target_class.empty()) {
@@ -100,6 +104,8 @@ class TorchEngine final : public gradcam::Engine {
     }
     // a copy: indexing the tuple's inline storage directly trips g++'s -Warray-bounds in ivalue_inl.h
     const std::vector<c10::IValue> elements = result.toTupleRef().elements().vec();
+    // elements[0..4]: logits, probabilities, class_index (int64), score, cam [N, K, H, W] in [0, 1]
+    // [docs:end]
     Outputs out;
     out.num_classes = copy_output(elements[0], 0, 2, out.logits)[1];
     copy_output(elements[1], 1, 2, out.probabilities);

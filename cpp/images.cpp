@@ -8,12 +8,47 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 namespace gradcam {
+namespace {
+
+// libjpeg prints warnings such as "Premature end of JPEG file" straight to stderr, which
+// would break the one-line error contract; fd 2 points to /dev/null while an image decodes.
+// (The programs decode on one thread, while the engine is idle.)
+class SilencedStderr {
+ public:
+  SilencedStderr() {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, 2);
+      ::close(null);
+    }
+  }
+  SilencedStderr(const SilencedStderr&) = delete;
+  SilencedStderr& operator=(const SilencedStderr&) = delete;
+  ~SilencedStderr() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+  }
+
+ private:
+  int saved_ = -1;
+};
+
+}  // namespace
 
 cv::Mat load_image(const std::string& path) {
+  const SilencedStderr quiet;
   try {
     return cv::imread(path, cv::IMREAD_COLOR);
   } catch (const cv::Exception&) {
