@@ -3,18 +3,18 @@
 #include "explain.h"
 
 #include <opencv2/imgcodecs.hpp>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <map>
-#include <sstream>
-#include <unistd.h>
+#include <type_traits>
 
 #include "images.h"
+#include "output.h"
 
 namespace fs = std::filesystem;
 
@@ -176,86 +176,6 @@ std::string fixed6(double value) {
   char buffer[64];
   std::snprintf(buffer, sizeof buffer, "%.6f", value);
   return buffer;
-}
-
-// The output folder, written through a staging folder inside it: files appear in DIR only
-// when the whole run succeeded (each by an atomic rename), and the destructor removes the
-// staging folder, and DIR itself if this run created it, on any failure.
-class OutputFolder {
- public:
-  explicit OutputFolder(const fs::path& root) : root_(root) {
-    std::error_code ec;
-    created_ = fs::create_directories(root_, ec);
-    if (ec || !fs::is_directory(root_)) {
-      throw Failure{kWriteFailed, "cannot create output folder " + root_.string() + (ec ? ": " + ec.message() : ": not a folder")};
-    }
-    staging_ = root_ / (".staging-" + std::to_string(::getpid()));
-    fs::create_directory(staging_, ec);
-    if (ec) {
-      cleanup();
-      throw Failure{kWriteFailed, "cannot write to output folder " + root_.string() + ": " + ec.message()};
-    }
-  }
-  OutputFolder(const OutputFolder&) = delete;
-  OutputFolder& operator=(const OutputFolder&) = delete;
-  ~OutputFolder() {
-    if (!committed_) cleanup();
-  }
-
-  // Writes `relative` into the staging folder; it moves into place on commit().
-  void write(const std::string& relative, const void* data, std::size_t size) {
-    const fs::path path = staging_ / relative;
-    std::error_code ec;
-    fs::create_directories(path.parent_path(), ec);
-    std::ofstream file(path, std::ios::binary);
-    file.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
-    file.close();
-    if (ec || !file) throw Failure{kWriteFailed, "cannot write " + (root_ / relative).string()};
-    files_.push_back(relative);
-  }
-
-  void commit() {
-    for (const std::string& relative : files_) {
-      const fs::path target = root_ / relative;
-      std::error_code ec;
-      fs::create_directories(target.parent_path(), ec);
-      fs::rename(staging_ / relative, target, ec);
-      if (ec) throw Failure{kWriteFailed, "cannot write " + target.string() + ": " + ec.message()};
-    }
-    committed_ = true;
-    std::error_code ec;
-    fs::remove_all(staging_, ec);
-  }
-
- private:
-  void cleanup() noexcept {
-    std::error_code ec;
-    fs::remove_all(staging_, ec);
-    if (created_) fs::remove_all(root_, ec);
-  }
-
-  fs::path root_, staging_;
-  bool created_ = false, committed_ = false;
-  std::vector<std::string> files_;
-};
-
-// A little-endian .npy file (format 1.0) holding a C-order array.
-template <typename T>
-std::string npy(const std::vector<T>& data, const std::vector<int64_t>& shape) {
-  std::string dims;
-  for (const int64_t d : shape) dims += std::to_string(d) + ", ";
-  if (shape.size() > 1) dims.resize(dims.size() - 2);  // (4,) but (4, 3)
-  std::string header = std::string("{'descr': '") + (std::is_same_v<T, float> ? "<f4" : "<i8") +
-                       "', 'fortran_order': False, 'shape': (" + dims + "), }";
-  header.append(63 - (10 + header.size()) % 64, ' ');  // pad so that the data starts 64-byte aligned
-  header += '\n';
-  std::string out = "\x93NUMPY\x01";
-  out += '\0';
-  out += static_cast<char>(header.size() & 0xff);
-  out += static_cast<char>(header.size() >> 8);
-  out += header;
-  out.append(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(T));
-  return out;
 }
 
 template <typename T>

@@ -3,6 +3,7 @@
 
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <type_traits>
 
 namespace gradcam {
 namespace {
