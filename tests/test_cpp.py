@@ -260,13 +260,36 @@ def test_matches_python_runtime(programs, artifacts, pictures, tmp_path, program
 def test_class_input(programs, artifacts, pictures, tmp_path, program):
     """--class by name explains that class for every picture, as the Python runtime with class_index."""
     path = artifacts[program, "classes"]
-    run_ok(programs[program], path, *pictures[:3], "--out", tmp_path / "out", "--class", "label3", "--save-tensors", "--quiet")
-    tensors = read_tensors(tmp_path / "out")
+    out = tmp_path / "out"
+    run_ok(
+        programs[program], path, *pictures[:3], "--out", out, "--class", "label3", "--alpha", 0.7, "--threads", 1,
+        "--save-tensors", "--quiet",
+    )  # fmt: skip
+    tensors = read_tensors(out)
     expected = explainer_for(program, path)(tensors["image"], class_index=3)
     np.testing.assert_array_equal(tensors["class_index"], np.full((3, 1), 3))
     np.testing.assert_allclose(tensors["cam"], expected.cam, rtol=0, atol=CAM_ATOL)
-    _, rows = read_csv(tmp_path / "out" / "predictions.csv")
+    _, rows = read_csv(out / "predictions.csv")
     assert [row["explained_label"] for row in rows] == ["label3"] * 3
+    with plain_opencv():
+        for i, row in enumerate(rows):
+            got = cv2.cvtColor(cv2.imread(row["overlay"]), cv2.COLOR_BGR2RGB).astype(int)
+            expected_overlay = overlay(load_image(pictures[i]), tensors["cam"][i, 0], alpha=0.7)
+            assert np.abs(got - expected_overlay).max() <= OVERLAY_LEVELS
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_failed_commit_keeps_an_existing_folder_as_it_was(programs, artifacts, pictures, tmp_path, program):
+    """Files move into DIR only at the end; a failure there leaves DIR's older files untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("an older run\n")
+    (out / "overlays").write_text("a file where the overlays folder goes\n")
+    result = run(programs[program], artifacts[program, "top2"], pictures[1], "--out", out, "--quiet")
+    assert result.returncode == WRITE_FAILED, result.stderr
+    assert result.stderr.startswith(f"{program}: error: cannot write ") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["overlays", "predictions.csv"]  # no staging folder left
+    assert (out / "predictions.csv").read_text() == "an older run\n"
 
 
 @pytest.mark.parametrize("program", PROGRAMS)
