@@ -151,7 +151,7 @@ def artifacts(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def pictures(tmp_path_factory) -> list[Path]:
-    """Image files as a service gets them: photos shrunk and a small one enlarged, grey and RGBA ones, a repeated name."""
+    """Image files as a service gets them: photos shrunk, a small one enlarged, grey, RGBA, a repeated name."""
     from skimage import data
 
     folder = tmp_path_factory.mktemp("pictures")
@@ -203,7 +203,9 @@ def explainer_for(program: str, path: Path):
 @pytest.mark.parametrize("program", PROGRAMS)
 def test_matches_python_runtime(programs, artifacts, pictures, tmp_path, program):
     out = tmp_path / "out"
-    result = run_ok(programs[program], artifacts[program, "top2"], *pictures, "--out", out, "--batch-size", BATCH, "--save-tensors")
+    result = run_ok(
+        programs[program], artifacts[program, "top2"], *pictures, "--out", out, "--batch-size", BATCH, "--save-tensors"
+    )
     explainer = explainer_for(program, artifacts[program, "top2"])
     rgbs = [load_image(p) for p in pictures]
     x = np.stack([preprocess(rgb, explainer.metadata) for rgb in rgbs])
@@ -300,7 +302,10 @@ def test_unreadable_image_is_reported_and_skipped(programs, artifacts, pictures,
     out = tmp_path / "out"
     result = run(programs[program], artifacts[program, "top2"], corrupt, pictures[1], "--out", out, "--quiet")
     assert result.returncode == BAD_IMAGE, result.stderr
-    assert result.stderr == f"{program}: skipped: {corrupt}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)\n"
+    assert (
+        result.stderr
+        == f"{program}: skipped: {corrupt}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)\n"
+    )
     _, rows = read_csv(out / "predictions.csv")
     assert rows[0]["error"].startswith(f"{corrupt}: not a readable image") and rows[0]["predicted_index"] == ""
     assert rows[1]["error"] == "" and rows[1]["predicted_label"] in NAMES
@@ -381,12 +386,17 @@ ERROR_CASES = [
     ("option-without-value", ["{top2}", "{image}", "--out", "{out}", "--class"], USAGE, r"--class needs a value"),
     ("bad-alpha", ["{top2}", "{image}", "--out", "{out}", "--alpha", "2"], USAGE, r"--alpha must be in \[0, 1\]"),
     ("bad-batch-size", ["{top2}", "{image}", "--out", "{out}", "--batch-size", "0"], USAGE, r"--batch-size must be"),
-    ("missing-artifact", ["{missing}", "{image}", "--out", "{out}"], MISSING_FILE, r"artifact .*missing\.png does not exist"),
+    ("missing-artifact", ["{missing}", "{image}", "--out", "{out}"], MISSING_FILE,
+     r"artifact .*missing\.png does not exist"),
     ("missing-image", ["{top2}", "{missing}", "--out", "{out}"], MISSING_FILE, r"image .*missing\.png does not exist"),
-    ("truncated-artifact", ["{truncated}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"truncated\.\w+ is not a loadable"),
-    ("no-metadata", ["{nometa}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"without gradcam_model metadata \(gradcam\.json\)"),
-    ("malformed-metadata", ["{malformed}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"the gradcam metadata is not valid JSON"),
-    ("incomplete-metadata", ["{incomplete}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"metadata lacks 'example_size'"),
+    ("truncated-artifact", ["{truncated}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"truncated\.\w+ is not a loadable"),
+    ("no-metadata", ["{nometa}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"without gradcam_model metadata \(gradcam\.json\)"),
+    ("malformed-metadata", ["{malformed}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"the gradcam metadata is not valid JSON"),
+    ("incomplete-metadata", ["{incomplete}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"metadata lacks 'example_size'"),
     ("newer-metadata", ["{newer}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"schema version 99 is newer"),
     ("class-out-of-range", ["{classes}", "{image}", "--out", "{out}", "--class", "10"], USAGE,
      r"--class 10 is out of range; expected 0\.\.9 or -1"),
@@ -394,9 +404,15 @@ ERROR_CASES = [
      r"--class 'zebra' is not a class of this artifact"),
     ("class-without-class-input", ["{top2}", "{image}", "--out", "{out}", "--class", "3"], USAGE,
      r"--class needs an artifact exported with --class-input; .* explains its top-2 classes"),
-    ("unwritable-output", ["{top2}", "{image}", "--out", "{unwritable}"], WRITE_FAILED, r"cannot create output folder .*file/out"),
+    ("unwritable-output", ["{top2}", "{image}", "--out", "{unwritable}"], WRITE_FAILED,
+     r"cannot create output folder .*file/out"),
 ]  # fmt: skip
-CUDA_CASE = ("cuda-unavailable", ["{top2}", "{image}", "--out", "{out}", "--cuda"], RUN_FAILED, r"CUDA is not available")
+CUDA_CASE = (
+    "cuda-unavailable",
+    ["{top2}", "{image}", "--out", "{out}", "--cuda"],
+    RUN_FAILED,
+    r"CUDA is not available",
+)
 
 
 def _error_cases():
