@@ -1,59 +1,64 @@
-// Validation of gradcam.json against the fields the runner relies on.
+// gradcam.json read with nlohmann-json and checked against the fields the programs rely on.
 #include "metadata.h"
 
+#include <nlohmann/json.hpp>
 #include <sstream>
-
-#include "json.h"
+#include <type_traits>
 
 namespace gradcam {
 namespace {
 
-using json::Value;
+using nlohmann::json;
 
 class Fields {
  public:
-  Fields(const Value& record, const std::string& source) : record_(record), source_(source) {}
+  Fields(const json& record, const std::string& source) : record_(record), source_(source) {}
 
   [[noreturn]] void fail(const std::string& why) const {
     throw MetadataError(source_ + ": the gradcam metadata " + why + "; re-export the artifact with gradcam_model");
   }
 
-  const Value& get(const std::string& key) const {
-    const Value* value = record_.find(key);
-    if (value == nullptr) fail("lacks '" + key + "'");
-    return *value;
+  // record[key] as T; a missing key or a value of another JSON type is a MetadataError.
+  template <typename T>
+  T get(const std::string& key) const {
+    const auto it = record_.find(key);
+    if (it == record_.end()) fail("lacks '" + key + "'");
+    try {
+      return it->get<T>();
+    } catch (const json::exception&) {
+      fail("has '" + key + "' = " + it->dump() + ", which is not " + expected<T>());
+    }
   }
 
-  const Value& typed(const std::string& key, Value::Type type, bool nullable = false) const {
-    const Value& value = get(key);
-    if (value.type != type && !(nullable && value.is_null())) {
-      fail("has '" + key + "' as " + json::type_name(value.type) + ", expected " + json::type_name(type));
-    }
+  // A JSON null as an empty optional.
+  template <typename T>
+  std::optional<T> nullable(const std::string& key) const {
+    if (record_.contains(key) && record_.at(key).is_null()) return std::nullopt;
+    return get<T>(key);
+  }
+
+  int64_t positive(const std::string& key) const {
+    const auto value = get<int64_t>(key);
+    if (value < 1) fail("has '" + key + "' = " + std::to_string(value) + ", expected >= 1");
     return value;
   }
 
-  int64_t integer(const std::string& key, int64_t min_value) const {
-    const Value& value = typed(key, Value::Type::Number);
-    if (!value.is_integer) fail("has a non-integer '" + key + "'");
-    if (value.integer < min_value) fail("has '" + key + "' = " + std::to_string(value.integer) + ", expected >= " + std::to_string(min_value));
-    return value.integer;
-  }
-
-  std::string string(const std::string& key) const { return typed(key, Value::Type::String).string; }
-
-  bool boolean(const std::string& key) const { return typed(key, Value::Type::Bool).boolean; }
-
-  std::vector<double> numbers(const std::string& key) const {
-    std::vector<double> out;
-    for (const Value& item : typed(key, Value::Type::Array).items) {
-      if (item.type != Value::Type::Number) fail("has a non-number in '" + key + "'");
-      out.push_back(item.number);
-    }
-    return out;
+  std::pair<int64_t, int64_t> size(const std::string& key, const std::vector<int64_t>& hw) const {
+    if (hw.size() != 2 || hw[0] < 1 || hw[1] < 1) fail("has a '" + key + "' that is not [height, width]");
+    return {hw[0], hw[1]};
   }
 
  private:
-  const Value& record_;
+  template <typename T>
+  static std::string expected() {
+    if constexpr (std::is_same_v<T, std::string>) return "a string";
+    else if constexpr (std::is_same_v<T, bool>) return "a boolean";
+    else if constexpr (std::is_integral_v<T>) return "an integer";
+    else if constexpr (std::is_same_v<T, std::vector<std::string>>) return "a list of strings";
+    else return "a list of numbers";
+  }
+
+  const json& record_;
   const std::string& source_;
 };
 
@@ -76,50 +81,46 @@ std::string Metadata::summary() const {
 }
 
 Metadata parse_metadata(const std::string& text, const std::string& source) {
-  Value record;
-  try {
-    record = json::parse(text);
-  } catch (const json::ParseError& e) {
-    throw MetadataError(source + ": the gradcam metadata is not valid JSON (" + e.what() + ")");
-  }
-  if (record.type != Value::Type::Object) {
+  // allow_exceptions=false: a parse failure becomes a discarded value and one message of ours,
+  // not nlohmann's multi-part text.
+  const json record = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (record.is_discarded()) throw MetadataError(source + ": the gradcam metadata is not valid JSON");
+  if (!record.is_object()) {
     throw MetadataError(source + ": the gradcam metadata is not a JSON object; re-export the artifact with gradcam_model");
   }
   const Fields f(record, source);
 
   Metadata meta;
-  meta.schema_version = f.integer("schema_version", 1);
+  meta.schema_version = f.positive("schema_version");
   if (meta.schema_version > kSchemaVersion) {
     throw MetadataError(source + ": metadata schema version " + std::to_string(meta.schema_version) +
                         " is newer than this program understands (up to " + std::to_string(kSchemaVersion) +
-                        "); rebuild gradcam_run from a newer gradcam_model");
+                        "); rebuild it from a newer gradcam_model");
   }
-  meta.method = f.string("method");
-  meta.target_layer = f.string("target_layer");
-  meta.architecture = f.string("architecture");
-  meta.format = f.string("format");
-  meta.num_classes = f.integer("num_classes", 1);
-  meta.in_channels = f.integer("in_channels", 1);
-  meta.top_k = f.integer("top_k", 1);
-  meta.class_input = f.boolean("class_input");
-  meta.mean = f.numbers("mean");
-  meta.std = f.numbers("std");
+  meta.method = f.get<std::string>("method");
+  meta.target_layer = f.get<std::string>("target_layer");
+  meta.architecture = f.get<std::string>("architecture");
+  meta.format = f.get<std::string>("format");
+  meta.num_classes = f.positive("num_classes");
+  meta.in_channels = f.positive("in_channels");
+  meta.top_k = f.positive("top_k");
+  meta.class_input = f.get<bool>("class_input");
+  meta.mean = f.get<std::vector<double>>("mean");
+  meta.std = f.get<std::vector<double>>("std");
+  if (const auto size = f.nullable<std::vector<int64_t>>("input_size")) meta.input_size = f.size("input_size", *size);
+  meta.example_size = f.size("example_size", f.get<std::vector<int64_t>>("example_size"));
+  meta.class_names = f.nullable<std::vector<std::string>>("class_names").value_or(std::vector<std::string>{});
 
-  const Value& size = f.typed("input_size", Value::Type::Array, /*nullable=*/true);
-  if (!size.is_null()) {
-    if (size.items.size() != 2 || !size.items[0].is_integer || !size.items[1].is_integer ||
-        size.items[0].integer < 1 || size.items[1].integer < 1) {
-      f.fail("has an 'input_size' that is not [height, width]");
-    }
-    meta.input_size = std::make_pair(size.items[0].integer, size.items[1].integer);
-  }
-  const Value& names = f.typed("class_names", Value::Type::Array, /*nullable=*/true);
-  for (const Value& name : names.items) {
-    if (name.type != Value::Type::String) f.fail("has a class name that is not a string");
-    meta.class_names.push_back(name.string);
-  }
   if (!meta.class_names.empty() && static_cast<int64_t>(meta.class_names.size()) != meta.num_classes) {
     f.fail("has " + std::to_string(meta.class_names.size()) + " class names for " + std::to_string(meta.num_classes) + " classes");
+  }
+  // The programs read images as 3-channel colour pictures, normalized per channel.
+  if (meta.in_channels != 3) f.fail("has in_channels = " + std::to_string(meta.in_channels) + "; these programs read RGB images (3)");
+  if (static_cast<int64_t>(meta.mean.size()) != meta.in_channels || static_cast<int64_t>(meta.std.size()) != meta.in_channels) {
+    f.fail("has mean/std of another length than in_channels");
+  }
+  for (const double s : meta.std) {
+    if (!(s > 0)) f.fail("has a std that is not positive");
   }
   if (meta.class_input && meta.top_k != 1) f.fail("combines a class input with top_k > 1");
   return meta;

@@ -1,4 +1,5 @@
-// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata).
+// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata), as both
+// programs read it: the TorchScript extra file or the ONNX metadata_props key of that name.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +11,7 @@
 
 namespace gradcam {
 
-constexpr int64_t kSchemaVersion = 1;  // the newest schema this program understands
+constexpr int64_t kSchemaVersion = 1;  // the newest schema these programs understand
 constexpr const char* kMetadataKey = "gradcam.json";
 
 // Metadata that is missing, malformed or too new.
@@ -19,7 +20,7 @@ class MetadataError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// The fields a runtime needs to check inputs, run the graph and label its outputs.
+// The fields a runtime needs to preprocess images, run the graph and label its outputs.
 struct Metadata {
   int64_t schema_version = 0;
   std::string method;
@@ -31,12 +32,15 @@ struct Metadata {
   int64_t top_k = 1;
   bool class_input = false;
   std::optional<std::pair<int64_t, int64_t>> input_size;  // empty: height and width are dynamic
+  std::pair<int64_t, int64_t> example_size{0, 0};         // the export size: the resize target when dynamic
   std::vector<std::string> class_names;                   // empty: unnamed classes
   std::vector<double> mean;
   std::vector<double> std;
 
   // class_names[index] when there are names, else the index as text.
   std::string label(int64_t index) const;
+  // The (height, width) images are resized to, as gradcam_model.runtime.target_size.
+  std::pair<int64_t, int64_t> target_size() const { return input_size ? *input_size : example_size; }
   // One line of key=value pairs, e.g. for logs.
   std::string summary() const;
 };

@@ -1,23 +1,29 @@
-"""The C++ embedding: ``cpp/gradcam_run`` built with CMake against the torch wheel's libtorch.
+"""The C++ programs: ``gradcam_ort`` (ONNX Runtime) and ``gradcam_run`` (libtorch), built with CMake.
 
-The program is built once per module in a temporary folder, then run on artifacts
-exported here; its ``.npy`` outputs must equal the Python runtime's
-(``load_explainer(path, device="cpu")``) and its failures must be one-line messages
-with the documented exit codes.
+Both are built once per module in a temporary folder and run on real image files
+(JPEG, PNG, a grayscale and an RGBA picture). Their labels, probabilities and maps must
+equal the Python runtime's, their overlays the Python ``overlay()``'s, and their failures
+must be one-line messages with the documented exit codes and no output files.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import torch
 from torch import nn
@@ -26,26 +32,59 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from zoo import build  # noqa: E402
 
-from gradcam_model import OUTPUT_NAMES, GradCAMModel, export_torchscript, load_explainer  # noqa: E402
+from gradcam_model import GradCAMModel, export_onnx, export_torchscript, load_explainer  # noqa: E402
+from gradcam_model.runtime import load_image, preprocess  # noqa: E402
+from gradcam_model.runtime.visualize import overlay  # noqa: E402
 
-CPP = Path(__file__).resolve().parents[1] / "cpp"
+ROOT = Path(__file__).resolve().parents[1]
+CPP = ROOT / "cpp"
+# where scripts/setup.sh unpacks Debian 13's libonnxruntime-dev on a Debian 12 machine
+ORT_HEADERS = ROOT / "build" / "cpp-deps" / "onnxruntime-dev" / "usr" / "include" / "onnxruntime"
 SIZE = 64
 NUM_CLASSES = 10
-# libtorch runs the same TorchScript graph with the same kernels as torch.jit.load in
-# Python; the outputs were bit-identical when measured. 1e-5 leaves room for a different
-# intra-op thread split changing the order of float reductions.
-ATOL = 1e-5
-# exit codes of gradcam_run (cpp/gradcam_run.cpp, ExitCode)
-USAGE, MISSING_FILE, BAD_ARTIFACT, BAD_INPUT, RUN_FAILED = 2, 3, 4, 5, 6
+NAMES = [f"label{i}" for i in range(NUM_CLASSES)]
+COLUMNS = [
+    "path", "true_label", "predicted_index", "predicted_label", "probability",
+    "explained_index", "explained_label", "explained_score", "overlay", "error",
+]  # fmt: skip
+OUTPUTS = ("logits", "probabilities", "class_index", "score", "cam")
+
+# Tolerances, C++ program vs Python runtime.
+# The pip OpenCV resizes float images bilinearly with Intel IPP; Debian's OpenCV (the C++
+# programs) has no IPP and uses OpenCV's own code, which the pip OpenCV runs too with IPP off
+# (`plain_opencv`): then the network input and the overlays are bit-identical. With IPP on, as
+# the Python runtime runs by default, enlarged images differ by IPP's rounding: <= 6e-7 in the
+# network input, and a map level rounded the other way now and then in an overlay, which jet
+# turns into a colour step of up to 4, blended at alpha 0.4: up to 2 grey levels.
+INPUT_ATOL = 1e-6
+IPP_OVERLAY_LEVELS = 2
+IPP_OVERLAY_PIXELS = 1e-3  # the fraction of overlay values IPP's rounding may move at all
+# Probabilities through the whole default Python pipeline (IPP on): that input difference
+# moved them by <= 3e-7.
+PROBABILITY_ATOL = 1e-6
+# Maps on the same input in the same batches: the same graph; ORT's threaded reductions alone
+# differ by ~7e-7 between runs of one session.
+CAM_ATOL = 1e-5
+# Overlays from the same map with the same OpenCV code: identical when measured.
+OVERLAY_LEVELS = 1
+
+# exit codes (cpp/explain.h, ExitCode)
+USAGE, MISSING_FILE, BAD_ARTIFACT, BAD_IMAGE, RUN_FAILED, WRITE_FAILED = 2, 3, 4, 5, 6, 7
+PROGRAMS = ("gradcam_ort", "gradcam_run")
+BATCH = 2  # over 5 pictures: three runs of one session, the last one short
 
 
 def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _ort_capi() -> Path:
+    return Path(onnxruntime.__file__).parent / "capi"
+
+
 @pytest.fixture(scope="module")
-def gradcam_run(tmp_path_factory) -> Path:
-    """The program, configured and compiled with CMake in this module's own build folder."""
+def programs(tmp_path_factory) -> dict[str, Path]:
+    """Both programs, configured and compiled with CMake in this module's own build folder."""
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     missing = [tool for tool in ("cmake", "make") if shutil.which(tool) is None] + ([] if compiler else ["g++"])
     if missing:
@@ -53,31 +92,34 @@ def gradcam_run(tmp_path_factory) -> Path:
             f"{', '.join(missing)} not found: tests/test_cpp.py builds cpp/ with CMake; "
             "run scripts/setup.sh, which installs cmake, g++ and make"
         )
+    if not ORT_HEADERS.is_dir() and not Path("/usr/include/onnxruntime").is_dir():
+        pytest.fail(
+            f"ONNX Runtime C++ headers not found in {ORT_HEADERS} or /usr/include/onnxruntime: "
+            "run scripts/setup.sh, which fetches them (Debian 13's libonnxruntime-dev)"
+        )
     build_dir = tmp_path_factory.mktemp("cpp-build")
     commands = [
         [
-            "cmake",
-            "-S",
-            str(CPP),
-            "-B",
-            str(build_dir),
-            "-DCMAKE_BUILD_TYPE=Release",
+            "cmake", "-S", str(CPP), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
+            f"-DONNXRUNTIME_LIBRARY_DIR={_ort_capi()}",
         ],
         ["cmake", "--build", str(build_dir), "-j", str(min(2, os.cpu_count() or 1))],
-    ]
+    ]  # fmt: skip
     start = time.perf_counter()
     for command in commands:
         result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
         if result.returncode != 0:
             pytest.fail(
-                f"`{' '.join(command)}` failed (exit {result.returncode}):\n{_tail(result.stdout + result.stderr)}"
+                f"`{' '.join(command)}` failed (exit {result.returncode}); scripts/setup.sh installs OpenCV, "
+                f"nlohmann-json and the ONNX Runtime headers:\n{_tail(result.stdout + result.stderr)}"
             )
-    print(f"built gradcam_run in {time.perf_counter() - start:.0f} s")
-    program = build_dir / "gradcam_run"
-    if not program.is_file():
-        pytest.fail(f"the CMake build succeeded but left no {program}")
-    return program
+    print(f"built gradcam_ort and gradcam_run in {time.perf_counter() - start:.0f} s")
+    paths = {name: build_dir / name for name in PROGRAMS}
+    for path in paths.values():
+        if not path.is_file():
+            pytest.fail(f"the CMake build succeeded but left no {path}")
+    return paths
 
 
 def run(program: Path, *args) -> subprocess.CompletedProcess:
@@ -86,183 +128,195 @@ def run(program: Path, *args) -> subprocess.CompletedProcess:
 
 def run_ok(program: Path, *args) -> subprocess.CompletedProcess:
     result = run(program, *args)
-    assert result.returncode == 0, f"gradcam_run exited {result.returncode}: {result.stderr}"
+    assert result.returncode == 0, f"{program.name} exited {result.returncode}: {result.stderr}"
     assert result.stderr == ""
     return result
 
 
-def read_outputs(folder: Path) -> dict[str, np.ndarray]:
-    return {name: np.load(folder / f"{name}.npy") for name in OUTPUT_NAMES}
-
-
-def max_diffs(outputs: dict[str, np.ndarray], explanation) -> dict[str, float]:
-    return {
-        name: float(np.abs(outputs[name].astype(np.float64) - getattr(explanation, name)).max())
-        for name in OUTPUT_NAMES
-    }
-
-
-def assert_same_as_python(outputs: dict[str, np.ndarray], explanation) -> None:
-    for name in OUTPUT_NAMES:
-        expected = getattr(explanation, name)
-        got = outputs[name]
-        assert got.dtype == expected.dtype, f"{name}: {got.dtype} != {expected.dtype}"
-        assert got.shape == expected.shape, f"{name}: {got.shape} != {expected.shape}"
-    np.testing.assert_array_equal(outputs["class_index"], explanation.class_index)
-    for name in ("logits", "probabilities", "score", "cam"):
-        np.testing.assert_allclose(outputs[name], getattr(explanation, name), rtol=0, atol=ATOL, err_msg=name)
-
-
-def assert_maps_have_signal(cam: np.ndarray) -> None:
-    """Normalized maps span [0, 1] and vary across the image: not flat, not all zeros."""
-    assert np.isfinite(cam).all()
-    assert cam.min() >= 0 and cam.max() <= 1
-    flat = cam.reshape(cam.shape[0] * cam.shape[1], -1)
-    assert (flat.max(axis=1) - flat.min(axis=1) > 0.99).all(), flat.max(axis=1) - flat.min(axis=1)
-    assert (flat.std(axis=1) > 0.05).all(), flat.std(axis=1)
-
-
-def metadata_line(stdout: str) -> dict[str, str]:
-    line = next(line for line in stdout.splitlines() if line.startswith("metadata: "))
-    return dict(item.split("=", 1) for item in line.removeprefix("metadata: ").split())
-
-
-def images(batch: int, seed: int, size: tuple[int, int] = (SIZE, SIZE)) -> np.ndarray:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, *size, generator=gen).numpy()
-
-
-def save(folder: Path, name: str, array: np.ndarray) -> Path:
-    path = folder / name
-    np.save(path, array)
-    return path
-
-
 @pytest.fixture(scope="module")
-def model() -> nn.Module:
-    return build("resnet18", num_classes=NUM_CLASSES)
-
-
-@pytest.fixture(scope="module")
-def artifacts(model, tmp_path_factory) -> dict[str, Path]:
-    """Three artifacts that cover the contract's variants.
-
-    top2: layer4 (dynamic H, W), top-2 classes, named classes;
-    classes: layer4 with a class input; fixed: layer2 (static 64x64, the gradient
-    crosses strided convolutions).
-    """
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """resnet18 layer4 (dynamic H, W) as ONNX and TorchScript: top-2 with class names, and with a class input."""
     folder = tmp_path_factory.mktemp("artifacts")
+    model = build("resnet18", num_classes=NUM_CLASSES)
     example = torch.randn(1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(7))
-    names = [f"label{i}" for i in range(NUM_CLASSES)]
-    wrappers = {
-        "top2": GradCAMModel(model, "layer4", example_input=example, top_k=2, class_names=names),
-        "classes": GradCAMModel(model, "layer4", example_input=example, class_input=True),
-        "fixed": GradCAMModel(model, "layer2", example_input=example),
+    top2 = GradCAMModel(model, "layer4", example_input=example, top_k=2, class_names=NAMES)
+    classes = GradCAMModel(model, "layer4", example_input=example, class_input=True, class_names=NAMES)
+    return {
+        ("gradcam_ort", "top2"): export_onnx(top2, folder / "top2.onnx", overwrite=True),
+        ("gradcam_ort", "classes"): export_onnx(classes, folder / "classes.onnx", overwrite=True),
+        ("gradcam_run", "top2"): export_torchscript(top2, folder / "top2.pt", overwrite=True),
+        ("gradcam_run", "classes"): export_torchscript(classes, folder / "classes.pt", overwrite=True),
     }
-    assert wrappers["top2"].input_size is None and wrappers["fixed"].input_size == (SIZE, SIZE)
-    return {name: export_torchscript(w, folder / f"{name}.pt", overwrite=True) for name, w in wrappers.items()}
 
 
-@pytest.mark.parametrize("batch", [1, 4])
-def test_matches_python_runtime(gradcam_run, artifacts, tmp_path, batch):
-    x = images(batch, seed=batch)
-    result = run_ok(gradcam_run, artifacts["top2"], save(tmp_path, "x.npy", x), tmp_path / "out")
-    outputs = read_outputs(tmp_path / "out")
-    expected = load_explainer(artifacts["top2"], device="cpu")(x)
-    assert_same_as_python(outputs, expected)
-    assert outputs["cam"].shape == (batch, 2, SIZE, SIZE)
-    assert_maps_have_signal(outputs["cam"])
-    # the program read and reported the same metadata as the Python runtime
-    meta = expected.metadata
-    assert metadata_line(result.stdout) == {
-        "architecture": meta.architecture,
-        "method": meta.method,
-        "target_layer": meta.target_layer,
-        "num_classes": str(meta.num_classes),
-        "in_channels": str(meta.in_channels),
-        "input_size": "dynamic",
-        "top_k": "2",
-        "class_input": "false",
-        "schema_version": str(meta.schema_version),
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory) -> list[Path]:
+    """Image files as a service gets them: photos shrunk, a small one enlarged, grey, RGBA, a repeated name."""
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("pictures")
+    chelsea, coffee = data.chelsea(), data.coffee()  # RGB uint8
+    alpha = np.linspace(0, 255, chelsea.shape[1], dtype=np.uint8)[None].repeat(chelsea.shape[0], 0)
+    files = {
+        "chelsea.jpg": cv2.cvtColor(chelsea, cv2.COLOR_RGB2BGR),
+        "coffee.png": cv2.cvtColor(coffee[100:150, 200:240], cv2.COLOR_RGB2BGR),  # 50x40: enlarged
+        "camera.png": data.camera(),  # grayscale
+        "rgba.png": np.dstack([cv2.cvtColor(chelsea, cv2.COLOR_RGB2BGR), alpha]),
+        "sub/chelsea.png": cv2.cvtColor(chelsea[:, 100:], cv2.COLOR_RGB2BGR),  # same stem as chelsea.jpg
     }
-    # one line per sample, labelled with the artifact's class names
-    for n, labels in enumerate(expected.labels()):
-        line = next(line for line in result.stdout.splitlines() if line.startswith(f"sample {n}:"))
-        assert [f"({label})" in line for label in labels] == [True, True], line
+    paths = []
+    for name, image in files.items():
+        path = folder / name
+        path.parent.mkdir(exist_ok=True)
+        assert cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
 
 
-def test_dynamic_spatial_size(gradcam_run, artifacts, tmp_path):
-    """An artifact with dynamic H, W runs at a size other than the export example's."""
-    x = images(2, seed=11, size=(48, 80))
-    run_ok(gradcam_run, artifacts["top2"], save(tmp_path, "x.npy", x), tmp_path / "out")
-    outputs = read_outputs(tmp_path / "out")
-    assert outputs["cam"].shape == (2, 2, 48, 80)
-    assert_same_as_python(outputs, load_explainer(artifacts["top2"], device="cpu")(x))
-    assert_maps_have_signal(outputs["cam"])
+@contextmanager
+def plain_opencv():
+    """The pip OpenCV without Intel IPP, computing what Debian's OpenCV computes; restored after."""
+    before = cv2.ipp.useIPP()
+    cv2.ipp.setUseIPP(False)
+    try:
+        yield
+    finally:
+        cv2.ipp.setUseIPP(before)
 
 
-def test_input_layouts(gradcam_run, artifacts, tmp_path):
-    """float64 Fortran-order batches and a single [C, H, W] image read like float32 C-order ones."""
-    x = images(2, seed=17)
-    explainer = load_explainer(artifacts["top2"], device="cpu")
-    fortran = np.asfortranarray(x.astype(np.float64))  # np.save records fortran_order: True
-    run_ok(gradcam_run, artifacts["top2"], save(tmp_path, "f.npy", fortran), tmp_path / "f", "--quiet")
-    assert_same_as_python(read_outputs(tmp_path / "f"), explainer(x))
-    run_ok(gradcam_run, artifacts["top2"], save(tmp_path, "one.npy", x[1]), tmp_path / "one", "--threads", "1")
-    assert_same_as_python(read_outputs(tmp_path / "one"), explainer(x[1:]))
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
 
 
-def test_fixed_size_artifact(gradcam_run, artifacts, tmp_path):
-    x = images(3, seed=12)
-    result = run_ok(gradcam_run, artifacts["fixed"], save(tmp_path, "x.npy", x), tmp_path / "out")
-    assert metadata_line(result.stdout)["input_size"] == f"{SIZE}x{SIZE}"
-    outputs = read_outputs(tmp_path / "out")
-    assert_same_as_python(outputs, load_explainer(artifacts["fixed"], device="cpu")(x))
-    assert_maps_have_signal(outputs["cam"])
+def read_tensors(folder: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(folder / "tensors" / f"{name}.npy") for name in ("image", *OUTPUTS)}
 
 
-def test_class_input_artifact(gradcam_run, artifacts, tmp_path):
-    x = images(4, seed=13)
-    classes = np.array([3, -1, 7, 0], dtype=np.int64)
+def explainer_for(program: str, path: Path):
+    if program == "gradcam_ort":
+        return load_explainer(path, providers=["CPUExecutionProvider"])
+    return load_explainer(path, device="cpu")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_matches_python_runtime(programs, artifacts, pictures, tmp_path, program):
+    out = tmp_path / "out"
     result = run_ok(
-        gradcam_run, artifacts["classes"], save(tmp_path, "x.npy", x), tmp_path / "out",
-        "--class-index", save(tmp_path, "classes.npy", classes),
-    )  # fmt: skip
-    assert metadata_line(result.stdout)["class_input"] == "true"
-    outputs = read_outputs(tmp_path / "out")
-    explainer = load_explainer(artifacts["classes"], device="cpu")
-    assert_same_as_python(outputs, explainer(x, class_index=classes))
-    top = outputs["logits"].argmax(axis=1)
-    np.testing.assert_array_equal(outputs["class_index"][:, 0], np.where(classes == -1, top, classes))
+        programs[program], artifacts[program, "top2"], *pictures, "--out", out, "--batch-size", BATCH, "--save-tensors"
+    )
+    explainer = explainer_for(program, artifacts[program, "top2"])
+    rgbs = [load_image(p) for p in pictures]
+    x = np.stack([preprocess(rgb, explainer.metadata) for rgb in rgbs])
+    tensors = read_tensors(out)
 
-    # without a class file every sample explains its top class
-    run_ok(gradcam_run, artifacts["classes"], tmp_path / "x.npy", tmp_path / "top", "--quiet")
-    top_outputs = read_outputs(tmp_path / "top")
-    assert_same_as_python(top_outputs, explainer(x))
-    np.testing.assert_array_equal(top_outputs["class_index"][:, 0], top)
-    assert_maps_have_signal(top_outputs["cam"])
-    # the given classes changed the maps; an unlikely class may have an all-zero map
-    # (every weighted activation negative before the ReLU), so only top maps must have signal
-    chosen = (classes != -1) & (classes != top)
-    assert chosen.any()
-    for n in np.flatnonzero(chosen):
-        assert np.abs(outputs["cam"][n] - top_outputs["cam"][n]).max() > 0.1, n
-    np.testing.assert_array_equal(outputs["cam"][classes == -1], top_outputs["cam"][classes == -1])
+    # the same network input as the Python runtime (grey expanded, alpha dropped, resized, normalized)
+    with plain_opencv():
+        np.testing.assert_array_equal(tensors["image"], np.stack([preprocess(rgb, explainer.metadata) for rgb in rgbs]))
+    np.testing.assert_allclose(tensors["image"], x, rtol=0, atol=INPUT_ATOL)
+    python = explainer(x)  # the whole Python pipeline, as deployed
+    np.testing.assert_array_equal(tensors["class_index"], python.class_index)
+    np.testing.assert_allclose(tensors["probabilities"], python.probabilities, rtol=0, atol=PROBABILITY_ATOL)
+    np.testing.assert_allclose(tensors["score"], python.score, rtol=0, atol=PROBABILITY_ATOL)
+    # the same input in the same batches: libtorch's convolutions pick other kernels for a
+    # batch of 1 than of 5, which moves maps by ~1e-5
+    chunks = [explainer(tensors["image"][i : i + BATCH]) for i in range(0, len(pictures), BATCH)]
+    same_input = {name: np.concatenate([getattr(c, name) for c in chunks]) for name in OUTPUTS}
+    for name in ("logits", "probabilities", "score", "cam"):
+        np.testing.assert_allclose(tensors[name], same_input[name], rtol=0, atol=CAM_ATOL, err_msg=name)
+    assert tensors["cam"].shape == (len(pictures), 2, SIZE, SIZE)
+    print(
+        f"{program}: input {np.abs(tensors['image'] - x).max():.1e} (IPP), probabilities "
+        f"{np.abs(tensors['probabilities'] - python.probabilities).max():.1e}, maps "
+        f"{np.abs(tensors['cam'] - same_input['cam']).max():.1e} (same input)"
+    )
 
-    # one int32 class for the whole batch, as numpy saves a Python int on some platforms
+    # predictions.csv: `gradcam explain`'s columns, one row per picture, in order
+    columns, rows = read_csv(out / "predictions.csv")
+    assert columns == COLUMNS
+    assert [row["path"] for row in rows] == [str(p) for p in pictures]
+    for i, row in enumerate(rows):
+        top = int(python.probabilities[i].argmax())
+        assert (row["predicted_index"], row["predicted_label"]) == (str(top), NAMES[top])
+        assert abs(float(row["probability"]) - python.probabilities[i, top]) <= PROBABILITY_ATOL
+        assert row["explained_index"] == ";".join(map(str, python.class_index[i]))
+        assert row["explained_label"] == ";".join(python.labels()[i])
+        assert row["true_label"] == "" and row["error"] == ""
+        overlays = row["overlay"].split(";")
+        stem = "chelsea-2" if i == 4 else pictures[i].stem
+        assert overlays == [str(out / "overlays" / f"{stem}.png"), str(out / "overlays" / f"{stem}-top2.png")]
+        for k, path in enumerate(overlays):
+            # the Python overlay() of the same picture and map
+            got = cv2.cvtColor(cv2.imread(path, cv2.IMREAD_UNCHANGED), cv2.COLOR_BGR2RGB).astype(int)
+            assert got.shape == rgbs[i].shape
+            with plain_opencv():
+                assert np.abs(got - overlay(rgbs[i], tensors["cam"][i, k])).max() <= OVERLAY_LEVELS, path
+            diff = np.abs(got - overlay(rgbs[i], tensors["cam"][i, k]))
+            assert diff.max() <= IPP_OVERLAY_LEVELS and (diff > 0).mean() <= IPP_OVERLAY_PIXELS, path
+    assert sorted(p.name for p in out.iterdir()) == ["overlays", "predictions.csv", "tensors"]  # no staging left
+    assert result.stdout.splitlines()[-1].startswith("explained 5 of 5 images on cpu")
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_class_input(programs, artifacts, pictures, tmp_path, program):
+    """--class by name explains that class for every picture, as the Python runtime with class_index."""
+    path = artifacts[program, "classes"]
+    out = tmp_path / "out"
     run_ok(
-        gradcam_run, artifacts["classes"], tmp_path / "x.npy", tmp_path / "one",
-        "--class-index", save(tmp_path, "one.npy", np.array(5, dtype=np.int32)), "--quiet",
+        programs[program], path, *pictures[:3], "--out", out, "--class", "label3", "--alpha", 0.7, "--threads", 1,
+        "--save-tensors", "--quiet",
     )  # fmt: skip
-    one_outputs = read_outputs(tmp_path / "one")
-    assert_same_as_python(one_outputs, explainer(x, class_index=5))
-    np.testing.assert_array_equal(one_outputs["class_index"], np.full((4, 1), 5))
+    tensors = read_tensors(out)
+    expected = explainer_for(program, path)(tensors["image"], class_index=3)
+    np.testing.assert_array_equal(tensors["class_index"], np.full((3, 1), 3))
+    np.testing.assert_allclose(tensors["cam"], expected.cam, rtol=0, atol=CAM_ATOL)
+    _, rows = read_csv(out / "predictions.csv")
+    assert [row["explained_label"] for row in rows] == ["label3"] * 3
+    with plain_opencv():
+        for i, row in enumerate(rows):
+            got = cv2.cvtColor(cv2.imread(row["overlay"]), cv2.COLOR_BGR2RGB).astype(int)
+            expected_overlay = overlay(load_image(pictures[i]), tensors["cam"][i, 0], alpha=0.7)
+            assert np.abs(got - expected_overlay).max() <= OVERLAY_LEVELS
 
 
-def test_help(gradcam_run):
-    result = run(gradcam_run, "--help")
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_failed_commit_keeps_an_existing_folder_as_it_was(programs, artifacts, pictures, tmp_path, program):
+    """Files move into DIR only at the end; a failure there leaves DIR's older files untouched."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").write_text("an older run\n")
+    (out / "overlays").write_text("a file where the overlays folder goes\n")
+    result = run(programs[program], artifacts[program, "top2"], pictures[1], "--out", out, "--quiet")
+    assert result.returncode == WRITE_FAILED, result.stderr
+    assert result.stderr.startswith(f"{program}: error: cannot write ") and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["overlays", "predictions.csv"]  # no staging folder left
+    assert (out / "predictions.csv").read_text() == "an older run\n"
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_unreadable_image_is_reported_and_skipped(programs, artifacts, pictures, tmp_path, program):
+    """As `gradcam explain`: the other pictures are explained, the CSV row holds the error; exit 5."""
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(pictures[0].read_bytes()[:200])  # a JPEG header and nothing else
+    out = tmp_path / "out"
+    result = run(programs[program], artifacts[program, "top2"], corrupt, pictures[1], "--out", out, "--quiet")
+    assert result.returncode == BAD_IMAGE, result.stderr
+    assert (
+        result.stderr
+        == f"{program}: skipped: {corrupt}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)\n"
+    )
+    _, rows = read_csv(out / "predictions.csv")
+    assert rows[0]["error"].startswith(f"{corrupt}: not a readable image") and rows[0]["predicted_index"] == ""
+    assert rows[1]["error"] == "" and rows[1]["predicted_label"] in NAMES
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["coffee-top2.png", "coffee.png"]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_help(programs, program):
+    result = run(programs[program], "--help")
     assert result.returncode == 0
-    assert result.stdout.startswith("usage: gradcam_run ARTIFACT.pt INPUT.npy OUTDIR")
+    assert result.stdout.startswith(f"usage: {program} ARTIFACT")
     assert "exit codes:" in result.stdout
 
 
@@ -271,77 +325,130 @@ class _Plain(nn.Module):
         return image * 2
 
 
+def _edit_metadata(program: str, source: Path, target: Path, text: str) -> Path:
+    """A copy of an artifact whose gradcam.json is ``text``."""
+    if program == "gradcam_ort":
+        model = onnx.load(str(source))
+        for prop in model.metadata_props:
+            if prop.key == "gradcam.json":
+                prop.value = text
+        onnx.save(model, str(target))
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            module = torch.jit.load(str(source))
+            torch.jit.save(module, str(target), _extra_files={"gradcam.json": text})
+    return target
+
+
 @pytest.fixture(scope="module")
-def bad_files(artifacts, tmp_path_factory) -> dict[str, Path]:
+def bad_files(artifacts, pictures, tmp_path_factory) -> dict[tuple[str, str], Path]:
     folder = tmp_path_factory.mktemp("bad")
+    files = dict(artifacts)
+    record = load_explainer(artifacts["gradcam_ort", "top2"], providers=["CPUExecutionProvider"]).metadata.to_json()
+    for program, suffix in (("gradcam_ort", ".onnx"), ("gradcam_run", ".pt")):
+        source = artifacts[program, "top2"]
+        truncated = folder / f"truncated{suffix}"
+        data = source.read_bytes()
+        truncated.write_bytes(data[: len(data) // 2])
+        files[program, "truncated"] = truncated
+        files[program, "malformed"] = _edit_metadata(program, source, folder / f"malformed{suffix}", record[:-20])
+        files[program, "incomplete"] = _edit_metadata(
+            program, source, folder / f"incomplete{suffix}", record.replace('"example_size"', '"example_sizes"')
+        )
+        files[program, "newer"] = _edit_metadata(
+            program, source, folder / f"newer{suffix}", record.replace('"schema_version": 1', '"schema_version": 99')
+        )
     plain = folder / "plain.pt"
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
-        torch.jit.save(torch.jit.script(_Plain()), str(plain))  # no gradcam.json
-    garbage = folder / "garbage.pt"
-    garbage.write_bytes(b"not a zip archive\n" * 10)
-    text = folder / "text.npy"
-    text.write_text("1 2 3\n")
-    nan = images(3, seed=14)
-    nan[1, 0, 5, 5] = np.nan
-    return {
-        **artifacts,
-        "plain": plain,
-        "garbage": garbage,
-        "text": text,
-        "good": save(folder, "good.npy", images(2, seed=15)),
-        "rank2": save(folder, "rank2.npy", np.zeros((2, SIZE), dtype=np.float32)),
-        "channels": save(folder, "channels.npy", np.zeros((2, 1, SIZE, SIZE), dtype=np.float32)),
-        "small": save(folder, "small.npy", images(1, seed=16, size=(48, 48))),
-        "int": save(folder, "int.npy", np.zeros((2, 3, SIZE, SIZE), dtype=np.int64)),
-        "nan": save(folder, "nan.npy", nan),
-        "class10": save(folder, "class10.npy", np.array([0, 10], dtype=np.int64)),
-        "class3": save(folder, "class3.npy", np.array([0, 1, 2], dtype=np.int64)),
-        "float_class": save(folder, "float_class.npy", np.array([0.0, 1.0])),
-        "missing": folder / "missing.pt",
-    }
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(_Plain()), str(plain))
+    files["gradcam_run", "nometa"] = plain
+    plain_onnx = onnx.load(str(artifacts["gradcam_ort", "top2"]))
+    del plain_onnx.metadata_props[:]
+    onnx.save(plain_onnx, str(folder / "plain.onnx"))
+    files["gradcam_ort", "nometa"] = folder / "plain.onnx"
+    not_a_folder = folder / "file"
+    not_a_folder.write_text("a file, so no folder can be made under it\n")
+    for program in PROGRAMS:
+        files[program, "image"] = pictures[0]
+        files[program, "missing"] = folder / "missing.png"
+        files[program, "unwritable"] = not_a_folder / "out"
+    return files
 
 
-# (id, arguments with {name} standing for a bad_files path, exit code, message pattern)
+# (id, arguments: {name} stands for a bad_files entry of the program, {out} for the output folder;
+#  exit code, message pattern). Every case fails before anything is written.
 ERROR_CASES = [
-    ("no-arguments", [], USAGE, r"expected ARTIFACT INPUT\.npy OUTDIR, got 0"),
-    ("unknown-option", ["{top2}", "{good}", "{out}", "--bogus"], USAGE, r"unknown option '--bogus'"),
-    ("option-without-value", ["{top2}", "{good}", "{out}", "--class-index"], USAGE, r"--class-index needs a value"),
-    ("bad-threads", ["{top2}", "{good}", "{out}", "--threads", "zero"], USAGE, r"--threads must be a positive integer"),
-    ("bad-device", ["{top2}", "{good}", "{out}", "--device", "tpu:x"], USAGE, r"--device must be cpu, cuda"),
-    ("missing-artifact", ["{missing}", "{good}", "{out}"], MISSING_FILE, r"artifact .*missing\.pt does not exist"),
-    ("missing-input", ["{top2}", "{missing}", "{out}"], MISSING_FILE, r"input .*missing\.pt does not exist"),
-    ("missing-class-file", ["{classes}", "{good}", "{out}", "--class-index", "{missing}"], MISSING_FILE,
-     r"class index file .* does not exist"),
-    ("not-torchscript", ["{garbage}", "{good}", "{out}"], BAD_ARTIFACT, r"is not a loadable TorchScript file"),
-    ("no-metadata", ["{plain}", "{good}", "{out}"], BAD_ARTIFACT, r"without gradcam_model metadata \(gradcam\.json\)"),
-    ("not-npy", ["{top2}", "{text}", "{out}"], BAD_INPUT, r"is not a \.npy file"),
-    ("wrong-rank", ["{top2}", "{rank2}", "{out}"], BAD_INPUT, r"images must be \[N, 3, H, W\] .*got shape \(2, 64\)"),
-    ("wrong-channels", ["{top2}", "{channels}", "{out}"], BAD_INPUT, r"must have 3 channels .*\(2, 1, 64, 64\)"),
-    ("wrong-spatial-size", ["{fixed}", "{small}", "{out}"], BAD_INPUT,
-     r"takes 64x64 images \(fixed spatial size\), got 48x48"),
-    ("integer-images", ["{top2}", "{int}", "{out}"], BAD_INPUT, r"images must be float16/32/64 .*got int64"),
-    ("non-finite", ["{top2}", "{nan}", "{out}"], BAD_INPUT, r"NaN or Inf in sample\(s\) \[1\]"),
-    ("class-without-class-input", ["{top2}", "{good}", "{out}", "--class-index", "{class10}"], BAD_INPUT,
-     r"explains its top-2 classes and takes no class"),
-    ("class-out-of-range", ["{classes}", "{good}", "{out}", "--class-index", "{class10}"], BAD_INPUT,
-     r"class_index\[1\] = 10 is out of range; expected 0\.\.9"),
-    ("class-wrong-length", ["{classes}", "{good}", "{out}", "--class-index", "{class3}"], BAD_INPUT,
-     r"one int or \[2\] ints .*got shape \(3,\)"),
-    ("float-classes", ["{classes}", "{good}", "{out}", "--class-index", "{float_class}"], BAD_INPUT,
-     r"class_index must hold integers, got float64"),
-    ("cuda-unavailable", ["{top2}", "{good}", "{out}", "--device", "cuda"], RUN_FAILED,
-     r"CUDA is not available"),
+    ("no-arguments", [], USAGE, r"expected ARTIFACT and at least one IMAGE"),
+    ("no-out", ["{top2}", "{image}"], USAGE, r"--out DIR is required"),
+    ("unknown-option", ["{top2}", "{image}", "--out", "{out}", "--bogus"], USAGE, r"unknown option '--bogus'"),
+    ("option-without-value", ["{top2}", "{image}", "--out", "{out}", "--class"], USAGE, r"--class needs a value"),
+    ("bad-alpha", ["{top2}", "{image}", "--out", "{out}", "--alpha", "2"], USAGE, r"--alpha must be in \[0, 1\]"),
+    ("bad-batch-size", ["{top2}", "{image}", "--out", "{out}", "--batch-size", "0"], USAGE, r"--batch-size must be"),
+    ("missing-artifact", ["{missing}", "{image}", "--out", "{out}"], MISSING_FILE,
+     r"artifact .*missing\.png does not exist"),
+    ("missing-image", ["{top2}", "{missing}", "--out", "{out}"], MISSING_FILE, r"image .*missing\.png does not exist"),
+    ("truncated-artifact", ["{truncated}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"truncated\.\w+ is not a loadable"),
+    ("no-metadata", ["{nometa}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"without gradcam_model metadata \(gradcam\.json\)"),
+    ("malformed-metadata", ["{malformed}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"the gradcam metadata is not valid JSON"),
+    ("incomplete-metadata", ["{incomplete}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"metadata lacks 'example_size'"),
+    ("newer-metadata", ["{newer}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"schema version 99 is newer"),
+    ("class-out-of-range", ["{classes}", "{image}", "--out", "{out}", "--class", "10"], USAGE,
+     r"--class 10 is out of range; expected 0\.\.9 or -1"),
+    ("unknown-class-name", ["{classes}", "{image}", "--out", "{out}", "--class", "zebra"], USAGE,
+     r"--class 'zebra' is not a class of this artifact"),
+    ("class-without-class-input", ["{top2}", "{image}", "--out", "{out}", "--class", "3"], USAGE,
+     r"--class needs an artifact exported with --class-input; .* explains its top-2 classes"),
+    ("unwritable-output", ["{top2}", "{image}", "--out", "{unwritable}"], WRITE_FAILED,
+     r"cannot create output folder .*file/out"),
 ]  # fmt: skip
+CUDA_CASE = (
+    "cuda-unavailable",
+    ["{top2}", "{image}", "--out", "{out}", "--cuda"],
+    RUN_FAILED,
+    r"CUDA is not available",
+)
 
 
-@pytest.mark.parametrize(("args", "code", "pattern"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
-def test_errors(gradcam_run, bad_files, tmp_path, args, code, pattern):
+def _error_cases():
+    for program in PROGRAMS:
+        cases = list(ERROR_CASES)
+        # gradcam_run is built without CUDA here; gradcam_ort only fails where no GPU is usable
+        if program == "gradcam_run" or not torch.cuda.is_available():
+            cases.append(CUDA_CASE)
+        for name, args, code, pattern in cases:
+            yield pytest.param(program, args, code, pattern, id=f"{program}-{name}")
+
+
+@pytest.mark.parametrize(("program", "args", "code", "pattern"), list(_error_cases()))
+def test_errors(programs, bad_files, tmp_path, program, args, code, pattern):
     out = tmp_path / "out"
-    paths = {**bad_files, "out": out}
-    result = run(gradcam_run, *(arg.format(**paths) for arg in args))
+    paths = {key: path for (prog, key), path in bad_files.items() if prog == program}
+    result = run(programs[program], *(arg.format(**paths, out=out) for arg in args))
     assert result.returncode == code, f"exit {result.returncode}, stderr: {result.stderr!r}"
     assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, f"not one line: {result.stderr!r}"
-    assert result.stderr.startswith("gradcam_run: error: ")
+    assert result.stderr.startswith(f"{program}: error: ")
     assert re.search(pattern, result.stderr), result.stderr
     assert not out.exists(), "a failed run must write nothing"
+
+
+def _marked_blocks(source: str) -> list[str]:
+    """The code between ``// [docs:NAME]`` and ``// [docs:end]`` markers, dedented."""
+    blocks = re.findall(r"// \[docs:(?!end)\w+\]\n(.*?)\n\s*// \[docs:end\]", source, flags=re.S)
+    return [textwrap.dedent(block) for block in blocks]
+
+
+@pytest.mark.parametrize(("source", "count"), [("gradcam_ort.cpp", 3), ("gradcam_run.cpp", 2)])
+def test_docs_show_the_compiled_code(source, count):
+    """docs/embedding.md shows the engine calls exactly as the programs make them."""
+    blocks = _marked_blocks((CPP / source).read_text())
+    assert len(blocks) == count
+    docs = (ROOT / "docs" / "embedding.md").read_text()
+    shown = re.findall(r"```cpp\n(.*?)```", docs, flags=re.S)
+    for block in blocks:
+        assert any(block.strip() in snippet for snippet in shown), f"docs/embedding.md lacks:\n{block}"
