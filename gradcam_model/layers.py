@@ -7,13 +7,24 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ._state import eval_state
 from .errors import InputError, LayerError, LayerNotFoundError, ModelOutputError
 from .layouts import NCHW, Layout, axis_problem, classify
 
-__all__ = ["LayerInfo", "list_layers", "resolve_layer", "auto_layer", "select_layer", "describe_layer", "run_model"]
+__all__ = [
+    "LayerInfo",
+    "list_layers",
+    "resolve_layer",
+    "auto_layer",
+    "select_layer",
+    "describe_layer",
+    "uses_attention",
+    "run_model",
+]
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,7 @@ class LayerInfo:
     layout: Layout | None = NCHW
     problem: str | None = None
     passthrough: bool = False
+    in_token_block: bool = False  # computed inside a module that takes tokens (attention internals)
 
     @property
     def map_shape(self) -> tuple[int, ...]:
@@ -166,7 +178,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
         if problem is None and name in taller and layer.layout is not None and len(layer.shape) == 4:
             layout, problem = axis_problem(layer.layout, layer.shape, taller[name])
             info = replace(info, layout=layout)
-        infos.append(replace(info, problem=problem, passthrough=layer.passthrough))
+        infos.append(replace(info, problem=problem, passthrough=layer.passthrough, in_token_block=layer.in_token_block))
     eligible = [i for i, info in enumerate(infos) if _auto_eligible(info)]
     if eligible:
         infos[eligible[-1]] = replace(infos[eligible[-1]], auto=True)
@@ -196,6 +208,7 @@ class _Seen:
     layout: Layout | None
     problem: str | None
     passthrough: bool
+    in_token_block: bool = False
     node: torch.Tensor | None = None
     calls: int = 1
     reaches_logits: bool = True
@@ -250,6 +263,7 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
         if layout is NCHW:
             patch_grid.append(shape[2:])
         layer = _Seen(type(module).__name__, shape, layout, problem, any(output is i for i in inputs))
+        layer.in_token_block = any(kind in ("tokens", "other") for kind, _ in stack)
         seen[name] = layer
         if not leaves:
             return None
@@ -318,21 +332,44 @@ def describe_layer(model: nn.Module, layer_name: str, example_input: torch.Tenso
     return next((info for info in list_layers(model, example_input) if info.name == layer_name), None)
 
 
-def select_layer(model: nn.Module, target_layer: str, example_input: torch.Tensor) -> LayerInfo | None:
-    """The layer to explain: ``target_layer`` or the ``"auto"`` choice, checked.
+class _AttentionSpy(TorchFunctionMode):
+    """Notes whether a forward pass computes attention (scaled dot products or a softmax before the end)."""
+
+    _OPS = {F.scaled_dot_product_attention, F.softmax, torch.softmax, torch.Tensor.softmax}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen = self.seen or func in self._OPS
+        return func(*args, **(kwargs or {}))
+
+
+def uses_attention(model: nn.Module, example_input: torch.Tensor) -> bool:
+    """Whether ``model`` computes attention (ViT, Swin...): one forward pass at batch 1, in eval mode."""
+    spy = _AttentionSpy()
+    with eval_state(model), torch.no_grad(), spy:
+        model(example_input[:1])
+    return spy.seen
+
+
+def select_layer(model: nn.Module, target_layer: str, infos: list[LayerInfo]) -> LayerInfo | None:
+    """The layer to explain among ``infos`` (from :func:`list_layers`): ``target_layer`` or the auto choice.
 
     Raises ``LayerNotFoundError`` for an unknown name and ``LayerError`` saying why a
     layer cannot be explained. None when the layer's output is neither a 4-D map nor
     tokens (the capture then names what it returns).
     """
     if target_layer != "auto":
-        info = describe_layer(model, target_layer, example_input)
+        resolve_layer(model, target_layer)
+        info = next((i for i in infos if i.name == target_layer), None)
         if info is not None and info.problem is not None:
             raise LayerError(
                 f"layer {target_layer!r} cannot be explained: {info.problem}. Pick a layer from `gradcam layers`."
             )
         return info
-    for info in list_layers(model, example_input):
+    for info in infos:
         if info.auto:
             return info
     raise LayerError(
@@ -343,4 +380,4 @@ def select_layer(model: nn.Module, target_layer: str, example_input: torch.Tenso
 
 def auto_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     """The layer ``target_layer="auto"`` picks."""
-    return select_layer(model, "auto", example_input).name
+    return select_layer(model, "auto", list_layers(model, example_input)).name

@@ -13,7 +13,7 @@ from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError
-from .layers import resolve_layer, run_model, select_layer
+from .layers import list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
 from .models import architecture_name
 
@@ -99,7 +99,8 @@ class GradCAMModel(nn.Module):
         # building needs autograd even when the caller sits in inference_mode / no_grad
         with torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
-            layer_name, layout = _layer_and_layout(model, target_layer, example_input[:1], reshape)
+            infos = list_layers(model, example_input[:1])
+            layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)
             layer = resolve_layer(model, layer_name)
             num_classes = int(run_model(model, example_input[:1]).shape[-1])
             if top_k > num_classes:
@@ -118,7 +119,11 @@ class GradCAMModel(nn.Module):
             )
             # symbolic tracing specializes a batch of 1: trace with at least 2
             trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
-            graph, dynamic_spatial = _trace(model, layer, spec, trace_input.contiguous())
+            # transformer blocks: window padding and patch grids make a symbolic height/width
+            # cost minutes of shape reasoning (torchvision swin_t: 306 s) for little gain
+            graph, dynamic_spatial = _trace(
+                model, layer, spec, trace_input.contiguous(), not uses_attention(model, example_input)
+            )
         self.graph = graph
         self.target_layer = layer_name
         self.layout = getattr(layout, "kind", "custom" if layout is not None else "NCHW")
@@ -161,8 +166,10 @@ class GradCAMModel(nn.Module):
         return self.graph(image)
 
 
-def _trace(model, layer, spec, image):
+def _trace(model, layer, spec, image, try_dynamic: bool = True):
     """Trace with dynamic height/width if the graph allows, verified at another size; else static."""
+    if not try_dynamic:
+        return trace_explainer(model, layer, spec, image, dynamic_spatial=False), False
     try:
         graph = trace_explainer(model, layer, spec, image, dynamic_spatial=True)
     except StaticShapesRequired as why:
@@ -274,7 +281,7 @@ def check_class_index(class_index, batch: int, num_classes: int) -> torch.Tensor
     return class_index
 
 
-def _layer_and_layout(model, target_layer, example, reshape):
+def _layer_and_layout(model, target_layer, infos, reshape):
     """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
     if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
         if target_layer == "auto":
@@ -283,7 +290,7 @@ def _layer_and_layout(model, target_layer, example, reshape):
         return target_layer, reshape
     if reshape not in ("auto", None):
         raise InputError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
-    info = select_layer(model, target_layer, example)  # refuses what cannot be explained, before tracing
+    info = select_layer(model, target_layer, infos)  # refuses what cannot be explained, before tracing
     if info is None:
         return target_layer, None  # not a map at all: the capture hook says what the layer returns
     if info.layout.kind == "NCHW":
@@ -325,7 +332,8 @@ def reference_cam(
     cam_method = get_method(method)
     with torch.inference_mode(False), eval_state(model):
         image = image.clone() if image.is_inference() else image
-        _, layout = _layer_and_layout(model, target_layer, image[:1], reshape)
+        infos = list_layers(model, image[:1]) if not callable(reshape) else []
+        _, layout = _layer_and_layout(model, target_layer, infos, reshape)
         layer = resolve_layer(model, target_layer)
         if class_index is not None:
             with torch.no_grad():
