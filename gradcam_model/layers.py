@@ -47,7 +47,6 @@ class LayerInfo:
     layout: Layout | None = NCHW
     problem: str | None = None
     passthrough: bool = False
-    in_token_block: bool = False  # computed inside a module that takes tokens (attention internals)
 
     @property
     def map_shape(self) -> tuple[int, ...]:
@@ -178,7 +177,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
         if problem is None and name in taller and layer.layout is not None and len(layer.shape) == 4:
             layout, problem = axis_problem(layer.layout, layer.shape, taller[name])
             info = replace(info, layout=layout)
-        infos.append(replace(info, problem=problem, passthrough=layer.passthrough, in_token_block=layer.in_token_block))
+        infos.append(replace(info, problem=problem, passthrough=layer.passthrough))
     eligible = [i for i, info in enumerate(infos) if _auto_eligible(info)]
     if eligible:
         infos[eligible[-1]] = replace(infos[eligible[-1]], auto=True)
@@ -208,7 +207,6 @@ class _Seen:
     layout: Layout | None
     problem: str | None
     passthrough: bool
-    in_token_block: bool = False
     node: torch.Tensor | None = None
     calls: int = 1
     reaches_logits: bool = True
@@ -263,7 +261,6 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
         if layout is NCHW:
             patch_grid.append(shape[2:])
         layer = _Seen(type(module).__name__, shape, layout, problem, any(output is i for i in inputs))
-        layer.in_token_block = any(kind in ("tokens", "other") for kind, _ in stack)
         seen[name] = layer
         if not leaves:
             return None
