@@ -275,19 +275,24 @@ def explain_files(
     opts = _Options(out, colormap, float(alpha), overlay_format, int(tile_size), True)
     overlay(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), colormap=colormap)  # bad colormap: now
     state = _Run(explainer, target, opts, target_size(meta), on_skip)
-    with ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io") as pool, _Bar(len(items), progress) as bar:
-        batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-        decoding: deque[list[Future]] = deque()
-        for batch in batches[:2]:
-            decoding.append([pool.submit(_decode, item, meta, max_side) for item in batch])
-        for index, batch in enumerate(batches):
-            decoded = [f.result() for f in decoding.popleft()]
-            if index + 2 < len(batches):  # keep the next batch decoding while this one runs
-                decoding.append([pool.submit(_decode, item, meta, max_side) for item in batches[index + 2]])
-            state.run(pool, batch, decoded)
-            state.drain(keep=2)
-            bar.update(len(batch))
-        state.drain(keep=0)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io")
+    try:
+        with _Bar(len(items), progress) as bar:
+            batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+            decoding: deque[list[Future]] = deque()
+            for batch in batches[:2]:
+                decoding.append([pool.submit(_decode, item, meta, max_side) for item in batch])
+            for index, batch in enumerate(batches):
+                decoded = [f.result() for f in decoding.popleft()]
+                if index + 2 < len(batches):  # keep the next batch decoding while this one runs
+                    decoding.append([pool.submit(_decode, item, meta, max_side) for item in batches[index + 2]])
+                state.run(pool, batch, decoded)
+                state.drain(keep=2)
+                bar.update(len(batch))
+            state.drain(keep=0)
+    finally:
+        # on an error, Ctrl-C or SIGTERM: drop queued work; files being written are finished or removed
+        pool.shutdown(wait=True, cancel_futures=True)
     return state.finish(time.perf_counter() - started)
 
 
