@@ -10,7 +10,6 @@ this package or the runtime never imports torch.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 
 from .contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
 from .errors import (
@@ -27,11 +26,6 @@ from .errors import (
     UnsupportedOperatorError,
     WeightsError,
 )
-
-try:
-    __version__ = version("gradcam_model")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 # name -> module that defines it, imported on first access (module __getattr__, PEP 562)
 _LAZY = {
@@ -62,7 +56,19 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~0.1 s: only when asked
+
+    try:
+        return version("gradcam_model")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

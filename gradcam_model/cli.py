@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export PyTorch classifiers as Grad-CAM artifacts (ONNX, TorchScript) that return "
         "the logits and the maps from one graph; validate and run them.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     _add_verbose(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -345,10 +345,17 @@ def _run_bench(argv: list[str], verbose: int) -> int:
     return int(module.run(args))
 
 
-def _version() -> str:
-    from . import __version__
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read only when asked (importlib.metadata is slow to import)."""
 
-    return __version__
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"{PROG} {__version__}")
+        parser.exit()
 
 
 def _require_build_side(command: str) -> None:

@@ -1,0 +1,152 @@
+"""A fresh venv with only ``pip install .`` (no torch anywhere): the serve side works and matches the dev venv.
+
+The venv is built once per dependency set under the temp folder and reused (pip's
+cache makes the first build cheap); the package itself is reinstalled every session
+from a copy of this tree, so the test always runs the current code.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from gradcam_model.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pip(python: Path, *args: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def serve_venv(tmp_path_factory) -> Path:
+    """``bin/`` of a venv holding ``pip install .`` of this tree and nothing else."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + sys.version.encode()).hexdigest()[:12]
+    venv = Path(tempfile.gettempdir()) / f"gradcam-serve-venv-{key}"
+    python = venv / "bin" / "python"
+    source = tmp_path_factory.mktemp("source")  # a copy: building in place would litter the tree
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "gradcam_model", source / "gradcam_model", ignore=shutil.ignore_patterns("__pycache__"))
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+        _pip(python, str(source))
+        (venv / ".complete").write_text("pip install . done\n")
+    else:
+        _pip(python, "--no-deps", "--force-reinstall", str(source))
+    return venv / "bin"
+
+
+def _run(command, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed copy, not this tree
+    return subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=600, env=env, **kwargs)
+
+
+def test_no_torch_anywhere_and_the_runtime_does_not_import_it(serve_venv):
+    code = (
+        "import importlib.util, sys; import gradcam_model.runtime, gradcam_model; "
+        "print(importlib.util.find_spec('torch') is None, 'torch' in sys.modules, gradcam_model.__version__)"
+    )
+    done = _run([serve_venv / "python", "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:2] == ["True", "False"]
+
+
+def _photos(folder: Path) -> Path:
+    rng = np.random.default_rng(5)
+    for i, size in enumerate([(96, 72), (64, 64), (50, 80)]):
+        sub = folder / ("cat" if i % 2 else "dog")
+        sub.mkdir(parents=True, exist_ok=True)
+        image = cv2.resize(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), size, interpolation=cv2.INTER_CUBIC)
+        cv2.imwrite(str(sub / f"p{i}.jpg"), image)
+    (folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    return folder
+
+
+_MAPS = """
+import sys, numpy as np
+from gradcam_model.runtime import load_explainer, load_image, preprocess
+e = load_explainer(sys.argv[1])
+paths = sys.argv[3:]
+x = np.stack([preprocess(load_image(p), e.metadata) for p in paths])
+np.save(sys.argv[2], e(x).cam)
+"""
+
+
+def test_explain_matches_the_dev_venv(serve_venv, artifacts, tmp_path, monkeypatch, capsys):
+    photos = _photos(tmp_path / "photos")
+    artifact = artifacts["static.onnx"]  # exported by this (dev) venv
+    for side in ("dev", "serve"):
+        (tmp_path / side).mkdir()
+    monkeypatch.chdir(tmp_path / "dev")
+    assert main(["explain", str(artifact), str(photos), "--out", "out"]) == 1  # broken.png
+    capsys.readouterr()
+    done = _run([serve_venv / "gradcam", "explain", artifact, photos, "--out", "out"], cwd=tmp_path / "serve")
+    assert done.returncode == 1, done.stderr
+    assert "libpng" not in done.stderr and "Traceback" not in done.stderr
+    dev_csv = (tmp_path / "dev" / "out" / "predictions.csv").read_text()
+    serve_csv = (tmp_path / "serve" / "out" / "predictions.csv").read_text()
+    assert serve_csv == dev_csv
+    rows = list(csv.DictReader(serve_csv.splitlines()))
+    assert sum(1 for r in rows if r["error"]) == 1 and len(rows) == 4
+
+    good = sorted(str(p) for p in photos.rglob("*.jpg"))
+    done = _run([serve_venv / "python", "-c", _MAPS, artifact, tmp_path / "serve.npy", *good])
+    assert done.returncode == 0, done.stderr
+    from gradcam_model.runtime import load_explainer, load_image, preprocess
+
+    explainer = load_explainer(artifact)
+    want = explainer(np.stack([preprocess(load_image(p), explainer.metadata) for p in good])).cam
+    np.testing.assert_allclose(np.load(tmp_path / "serve.npy"), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra"),
+    [
+        (["export", "--arch", "resnet18", "--out", "never"], "[export]"),
+        (["layers", "--arch", "resnet18"], "[export]"),
+        (["validate", "model.onnx"], "[export]"),
+        (["demo", "--out", "never"], "[export,demo]"),
+        (["bench", "--quick"], "[export,bench]"),
+    ],
+)
+def test_build_commands_name_the_extra(serve_venv, tmp_path, argv, extra):
+    done = _run([serve_venv / "gradcam", *argv], cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"gradcam: error: gradcam {argv[0]} needs torch")
+    assert lines[0].endswith(f'pip install "gradcam_model{extra}"')
+    assert not list(tmp_path.iterdir())
+
+
+def test_torchscript_artifact_needs_torch(serve_venv, artifacts, tmp_path):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    done = _run([serve_venv / "gradcam", "explain", artifacts["static.pt"], image, "--out", tmp_path / "out"])
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"gradcam: error: {artifacts['static.pt']} is a TorchScript artifact, which needs torch: "
+        'pip install "gradcam_model[export]", or use the .onnx artifact (ONNX Runtime only)'
+    ]
+    assert not (tmp_path / "out").exists()
