@@ -482,26 +482,29 @@ def _native_stderr_captured():
     File descriptor 2 goes to a temporary file for the duration; Python's ``sys.stderr``
     keeps writing where it did, so our messages, warnings and progress bar still show.
     """
-    try:
-        sys.stderr.flush()
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (e.g. captured): nothing to protect
-        yield
-        return
-    if fd != 2:
-        yield
-        return
-    saved = os.dup(2)
     stream = sys.stderr
+    try:
+        stream.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no file descriptor 2 to protect
+        yield
+        return
+    try:
+        python_on_fd2 = stream.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # sys.stderr is not a file (captured): it stays as it is
+        python_on_fd2 = False
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
-        sys.stderr = open(os.dup(saved), "w", encoding=stream.encoding, errors="backslashreplace", buffering=1)
+        if python_on_fd2:
+            encoding = getattr(stream, "encoding", None) or "utf-8"
+            sys.stderr = open(os.dup(saved), "w", encoding=encoding, errors="backslashreplace", buffering=1)
         try:
             yield
         finally:
-            sys.stderr.flush()
-            sys.stderr.close()
-            sys.stderr = stream
+            if python_on_fd2:
+                sys.stderr.flush()
+                sys.stderr.close()
+                sys.stderr = stream
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
