@@ -757,7 +757,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
                 f"--class needs an artifact exported with --class-input; {args.artifact} explains its "
                 f"top-{meta.top_k} classes"
             )
-        from .runtime.pipeline import collect_images
+        from .runtime.inputs import collect_images
 
         items = collect_images(args.inputs)
         out = _output_dir(args.out)

@@ -7,7 +7,8 @@ build side: :func:`gradcam_model.validate`.
 
 from .explainer import Explainer, Explanation, OnnxExplainer, TorchScriptExplainer, default_providers, load_explainer
 from .images import decode_image, load_image, preprocess
-from .pipeline import CSV_FIELDS, ExplainSummary, ImageInput, Prediction, collect_images, explain_files
+from .inputs import ImageInput, collect_images, resolve_class
+from .pipeline import CSV_FIELDS, ExplainSummary, Prediction, explain_files
 from .visualize import COLORMAPS, OVERLAY_FORMATS, caption, grid, heatmap, overlay, save_image, save_png
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "load_image",
     "overlay",
     "preprocess",
+    "resolve_class",
     "save_image",
     "save_png",
 ]

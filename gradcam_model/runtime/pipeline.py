@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,18 +26,11 @@ import numpy as np
 from .._atomic import write_bytes_atomic
 from ..errors import InputError
 from .explainer import Explainer, load_explainer
-from .images import DEFAULT_MAX_SIDE, IMAGE_SUFFIXES, load_image, preprocess, target_size
+from .images import DEFAULT_MAX_SIDE, load_image, preprocess, target_size
+from .inputs import ImageInput, collect_images, resolve_class
 from .visualize import OVERLAY_FORMATS, caption, encode_image, grid, overlay, save_png, thumbnail
 
-__all__ = [
-    "CSV_FIELDS",
-    "ExplainSummary",
-    "ImageInput",
-    "Prediction",
-    "collect_images",
-    "explain_files",
-    "resolve_class",
-]
+__all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files"]
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +42,6 @@ CSV_FIELDS = (
 GRID_LIMIT = 64  # tiles in grid.png; predictions.csv and the overlays cover every image
 DEFAULT_TILE_SIZE = 256
 _SMALL = 0.5  # pictures under half the model's input size on a side get a warning (once)
-
-
-@dataclass(frozen=True)
-class ImageInput:
-    """One image to explain: its file, a unique relative name for its outputs, its true label if known."""
-
-    path: Path
-    key: str
-    label: str | None = None
 
 
 @dataclass(frozen=True)
@@ -114,58 +98,6 @@ class ExplainSummary:
     @property
     def explained(self) -> int:
         return self.total - len(self.failures)
-
-
-def collect_images(inputs: Iterable[str | os.PathLike]) -> list[ImageInput]:
-    """Image files as given, and the images in folders (recursively, sorted).
-
-    In a folder laid out as ``root/<class>/.../image`` the true label is ``<class>``.
-    Each input gets a unique ``key`` (relative path without suffix) naming its outputs.
-    """
-    found: list[ImageInput] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            for file in files:
-                rel = file.relative_to(path)
-                label = rel.parts[0] if len(rel.parts) >= 2 else None
-                found.append(ImageInput(file, str(Path(path.name or "input") / rel.with_suffix("")), label))
-        elif path.exists():
-            found.append(ImageInput(path, path.stem, None))
-        else:
-            raise InputError(f"input {path} does not exist")
-    seen: dict[str, int] = {}
-    unique = []
-    for item in found:
-        seen[item.key] = seen.get(item.key, 0) + 1
-        n = seen[item.key]
-        unique.append(item if n == 1 else ImageInput(item.path, f"{item.key}-{n}", item.label))
-    return unique
-
-
-def resolve_class(value: int | str, metadata) -> int:
-    """A class index from an index or a class name (case-insensitive); ``-1`` is the top prediction."""
-    import difflib
-
-    if isinstance(value, str):
-        try:
-            value = int(value)
-        except ValueError:
-            names = list(metadata.class_names or ())
-            lowered = [n.lower() for n in names]
-            if value.lower() in lowered:
-                return names.index(value) if value in names else lowered.index(value.lower())
-            if not names:
-                raise InputError(f"class {value!r}: this artifact has no class names; give a class index") from None
-            close = difflib.get_close_matches(value, names, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-            raise InputError(f"class {value!r} is not a class of this artifact{hint}") from None
-    if not -1 <= value < metadata.num_classes:
-        raise InputError(f"class {value} is out of range; expected 0..{metadata.num_classes - 1} or -1 (top class)")
-    return value
 
 
 def _same_label(a: str, b: str) -> bool:
@@ -309,6 +241,7 @@ class _Run:
         self.predictions: list[Prediction] = []
         self.pending: deque[tuple[list, list[Future]]] = deque()
         self.tiles: list[tuple[np.ndarray, str, tuple[int, int, int] | None]] = []
+        self.thumbnails = 0  # thumbnails asked for so far
         self.small = 0
 
     def run(self, pool: ThreadPoolExecutor, batch: list[ImageInput], decoded: list) -> None:
@@ -326,11 +259,12 @@ class _Run:
             images = np.stack([d[1] for _, d in ok])
             classes = None if self.target is None else np.full(len(ok), self.target, np.int64)
             result = self.explainer(images, classes)
-            keep = len(self.tiles) + len(ok) <= GRID_LIMIT
-            opts = self.opts if keep else _Options(**{**self.opts.__dict__, "keep_tile": False})
+            no_tile = _Options(**{**self.opts.__dict__, "keep_tile": False})
             slots = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
             for j, (slot, (item, (rgb, _))) in enumerate(zip(slots, ok, strict=True)):
                 rows[slot] = self._prediction(item, result, j)
+                opts = self.opts if self.thumbnails < GRID_LIMIT else no_tile  # the grid's first 64 only
+                self.thumbnails += 1
                 futures.append(pool.submit(_encode, item, rgb, result.cam[j], opts))
         self.pending.append((rows, futures))
 
