@@ -42,6 +42,8 @@ class PipelineResult:
     pipeline_s: float
     cli_s: float | None
     help_s: float | None
+    serve_help_s: float | None
+    venv_sizes: dict[str, str]
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     machine: str
@@ -116,6 +118,7 @@ def run_pipeline_bench(
     overlay_format: str = "jpg",
     cli: bool = True,
     size: tuple[int, int] = (640, 480),
+    serve_venv: Path | None = None,
 ) -> PipelineResult:
     """Time the three ways on the same images, in one process (and the CLI in a subprocess)."""
     from .runtime import explain_files, load_explainer, load_image, preprocess
@@ -148,6 +151,15 @@ def run_pipeline_bench(
             _timed(lambda: subprocess.run([*command, "explain", "--help"], check=True, capture_output=True))
             for _ in range(3)
         )
+    serve_help_s = None
+    sizes = {}
+    if serve_venv is not None:
+        gradcam = Path(serve_venv) / "bin" / "gradcam"
+        serve_help_s = min(
+            _timed(lambda: subprocess.run([str(gradcam), "explain", "--help"], check=True, capture_output=True))
+            for _ in range(3)
+        )
+        sizes = {"serve (pip install .)": _du(Path(serve_venv)), f"this one ({sys.prefix})": _du(Path(sys.prefix))}
     return PipelineResult(
         images=len(images),
         size=size,
@@ -161,10 +173,17 @@ def run_pipeline_bench(
         pipeline_s=pipeline_s,
         cli_s=cli_s,
         help_s=help_s,
+        serve_help_s=serve_help_s,
+        venv_sizes=sizes,
         load_before=tuple(round(x, 2) for x in load_before),
         load_after=tuple(round(x, 2) for x in os.getloadavg()),
         machine=f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}",
     )
+
+
+def _du(path: Path) -> str:
+    done = subprocess.run(["du", "-sh", "--dereference-args", str(path)], capture_output=True, text=True)
+    return done.stdout.split()[0] if done.returncode == 0 and done.stdout else "?"
 
 
 def markdown(result: PipelineResult) -> str:
@@ -186,8 +205,12 @@ def markdown(result: PipelineResult) -> str:
         "",
     ]
     if r.help_s is not None:
-        lines.append(f"`gradcam explain --help`: {r.help_s:.2f} s (best of 3, this interpreter).")
-        lines.append("")
+        help_line = f"`gradcam explain --help` (best of 3): {r.help_s:.2f} s in this venv"
+        if r.serve_help_s is not None:
+            help_line += f", {r.serve_help_s:.2f} s in the serve-only venv"
+        lines += [help_line + ".", ""]
+    if r.venv_sizes:
+        lines += ["Venv sizes (`du -sh`): " + "; ".join(f"{k}: {v}" for k, v in r.venv_sizes.items()) + ".", ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -212,6 +235,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="decode/encode threads (default: 2)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg", help="(default: jpg)")
     parser.add_argument("--no-cli", action="store_true", help="skip the `gradcam explain` subprocess timings")
+    parser.add_argument(
+        "--serve-venv", metavar="DIR", help="a venv with `pip install .` only: time --help there, compare venv sizes"
+    )
     parser.add_argument("--workdir", metavar="DIR", help="keep images, artifact and outputs in DIR")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the section into FILE (docs/benchmarks.md)")
@@ -233,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
             overlay_format=args.overlay_format,
             cli=not args.no_cli,
             size=tuple(args.size),
+            serve_venv=Path(args.serve_venv) if args.serve_venv else None,
         )
     print(result.table())
     if result.help_s is not None:
