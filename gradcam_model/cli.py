@@ -24,16 +24,14 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import sys
-import tempfile
-import threading
 import time
 import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._process import Terminated, logging_to_stderr, native_stderr_captured, sigterm_unwinds
 from .tolerances import Tolerance
 
 __all__ = ["main", "build_parser"]
@@ -53,10 +51,6 @@ _NEEDS = {
     "demo": ("[export,demo]", ("torch", "torchvision", "onnx", "onnxscript", "timm")),
     "bench": ("[export,bench]", ("torch", "torchvision", "onnx", "onnxscript")),
 }
-
-
-class _Terminated(BaseException):
-    """SIGTERM (``docker stop``, a CI timeout): unwinds like Ctrl-C so every temporary file is removed."""
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -410,7 +404,7 @@ def _guarded(run, verbose: int) -> int:
     """Run a command: logging for this call, SIGTERM unwinding, user errors as one line."""
     from .errors import GradCAMError
 
-    with _logging(verbose), warnings.catch_warnings(), _sigterm_unwinds():
+    with logging_to_stderr(verbose), warnings.catch_warnings(), sigterm_unwinds():
         if not verbose:
             warnings.simplefilter("ignore")  # torch/onnx deprecation chatter; -v shows it
         try:
@@ -420,26 +414,9 @@ def _guarded(run, verbose: int) -> int:
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
-        except _Terminated:
+        except Terminated:
             print(f"{PROG}: terminated", file=sys.stderr)
             return 143
-
-
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """SIGTERM raises :class:`_Terminated` (main thread only), so ``finally`` blocks remove temporaries."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(exc: BaseException, verbose: int) -> int:
@@ -448,69 +425,6 @@ def _fail(exc: BaseException, verbose: int) -> int:
     message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
-
-
-@contextlib.contextmanager
-def _logging(verbose: int):
-    """Send the package's log records to stderr at WARNING, INFO (-v) or DEBUG (-vv), for this call only."""
-    logger = logging.getLogger(__package__)
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
-class _StderrHandler(logging.StreamHandler):
-    """A handler that writes to whatever ``sys.stderr`` is now (it moves while native output is captured)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
-        super().emit(record)
-
-
-@contextlib.contextmanager
-def _native_stderr_captured():
-    """Keep C libraries' own lines (libpng, OpenCV, ONNX Runtime) off the terminal; log them at debug level.
-
-    File descriptor 2 goes to a temporary file for the duration; Python's ``sys.stderr``
-    keeps writing where it did, so our messages, warnings and progress bar still show.
-    """
-    stream = sys.stderr
-    try:
-        stream.flush()
-        saved = os.dup(2)
-    except (AttributeError, OSError, ValueError):  # no file descriptor 2 to protect
-        yield
-        return
-    try:
-        python_on_fd2 = stream.fileno() == 2
-    except (AttributeError, OSError, ValueError):  # sys.stderr is not a file (captured): it stays as it is
-        python_on_fd2 = False
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        if python_on_fd2:
-            encoding = getattr(stream, "encoding", None) or "utf-8"
-            sys.stderr = open(os.dup(saved), "w", encoding=encoding, errors="backslashreplace", buffering=1)
-        try:
-            yield
-        finally:
-            if python_on_fd2:
-                sys.stderr.flush()
-                sys.stderr.close()
-                sys.stderr = stream
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            native = sink.read().decode("utf-8", "replace").strip()
-            if native:
-                log.debug("native libraries wrote to stderr:\n%s", native)
 
 
 def _status(message: str) -> None:
@@ -749,7 +663,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    with _native_stderr_captured():
+    with native_stderr_captured():
         explainer = load_explainer(args.artifact)
         meta = explainer.metadata
         if args.class_ is not None and not meta.class_input:

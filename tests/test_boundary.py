@@ -8,7 +8,14 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gradcam_model"
-SERVE_SIDE = ["gradcam_model", "gradcam_model.contract", "gradcam_model.errors", "gradcam_model._atomic"] + [
+SERVE_SIDE = [
+    "gradcam_model",
+    "gradcam_model.contract",
+    "gradcam_model.errors",
+    "gradcam_model._atomic",
+    "gradcam_model._process",
+    "gradcam_model.tolerances",
+] + [
     f"gradcam_model.runtime.{p.stem}" if p.stem != "__init__" else "gradcam_model.runtime"
     for p in sorted((PACKAGE / "runtime").glob("*.py"))
 ]
