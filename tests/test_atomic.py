@@ -71,8 +71,11 @@ def _run_child(call: str, sig: int, cwd: Path, stall: float = 60) -> subprocess.
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd
     )
     try:
-        line = proc.stdout.readline().strip()
-        assert line == "writing", proc.stderr.read()
+        lines = []
+        while not lines or lines[-1] != "writing":  # the CLI prints its own lines first
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line.strip())
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)
     finally:
@@ -129,3 +132,15 @@ def test_sigkill_leaves_a_temporary_that_the_next_write_removes(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", live.name, other.name])
     assert target.read_bytes() == b"new artifact"
     assert remove_stale_temporaries(target) == []
+
+
+def test_sigterm_during_gradcam_export_exits_143_without_temporaries(tmp_path):
+    """The issue's case: `docker stop` while `gradcam export` writes the artifact."""
+    out = tmp_path / "artifacts"
+    argv = ["export", "--arch", "resnet18", "--num-classes", "3", "--input-size", "32", "32"]
+    argv += ["--target-layer", "layer4", "--format", "onnx", "--out", str(out)]
+    call = f"from gradcam_model.cli import main; sys.exit(main({argv!r}))"
+    done = _run_child(call, signal.SIGTERM, tmp_path)
+    assert done.returncode == 143, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "gradcam: terminated"
+    assert list(out.iterdir()) == []  # neither the half-written temporary nor a partial artifact
