@@ -574,3 +574,10 @@ def test_installed_script_smoke():
     )
     assert done.returncode == 2
     assert done.stderr.startswith("gradcam: error: unknown architecture 'resnt18'") and done.stderr.count("\n") == 1
+
+
+def test_verbose_names_the_execution_provider(ws, capsys, tmp_path):
+    code = main(["explain", "-v", str(ws.onnx), str(ws.photos / "dog"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "INFO gradcam_model.runtime.explainer: top2.onnx runs on CPUExecutionProvider" in err

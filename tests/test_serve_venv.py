@@ -1,19 +1,23 @@
 """A fresh venv with only ``pip install .`` (no torch anywhere): the serve side works and matches the dev venv.
 
-The venv is built once per dependency set under the temp folder and reused (pip's
-cache makes the first build cheap); the package itself is reinstalled every session
-from a copy of this tree, so the test always runs the current code.
+The venv is built under the temp folder once per version of the code and
+pyproject.toml (their hash names it), so a rerun reuses it and pip's cache makes a
+new one cheap; it is never shared between different code, so concurrent sessions
+on other branches cannot change what this one tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -23,6 +27,18 @@ import pytest
 from gradcam_model.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.xdist_group("serve_venv")  # one xdist worker builds and uses the venv
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """Serialize builds of the same venv (another session may run this test at the same time)."""
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _pip(python: Path, *args: str) -> None:
@@ -37,23 +53,33 @@ def _pip(python: Path, *args: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _remove_old_venvs(folder: Path, days: float = 1.0) -> None:
+    """Venvs of older code, untouched for a day (~600 MB each), go."""
+    cutoff = time.time() - days * 86400
+    for old in folder.glob("gradcam-serve-venv-*"):
+        if old.is_dir() and old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def serve_venv(tmp_path_factory) -> Path:
     """``bin/`` of a venv holding ``pip install .`` of this tree and nothing else."""
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + sys.version.encode()).hexdigest()[:12]
-    venv = Path(tempfile.gettempdir()) / f"gradcam-serve-venv-{key}"
-    python = venv / "bin" / "python"
-    source = tmp_path_factory.mktemp("source")  # a copy: building in place would litter the tree
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "gradcam_model", source / "gradcam_model", ignore=shutil.ignore_patterns("__pycache__"))
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-        _pip(python, str(source))
-        (venv / ".complete").write_text("pip install . done\n")
-    else:
-        _pip(python, "--no-deps", "--force-reinstall", str(source))
+    files = [ROOT / "pyproject.toml", ROOT / "README.md", *sorted((ROOT / "gradcam_model").rglob("*.py"))]
+    digest = hashlib.sha256(sys.version.encode())
+    for file in files:
+        digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
+    venv = Path(tempfile.gettempdir()) / f"gradcam-serve-venv-{digest.hexdigest()[:12]}"
+    with _locked(venv.with_name(venv.name + ".lock")):
+        if not (venv / ".complete").exists():
+            source = tmp_path_factory.mktemp("source")  # a copy: building in place would litter the tree
+            for file in files:
+                (source / file.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(file, source / file.relative_to(ROOT))
+            shutil.rmtree(venv, ignore_errors=True)
+            _remove_old_venvs(venv.parent)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+            _pip(venv / "bin" / "python", str(source))
+            (venv / ".complete").write_text("pip install . done\n")
     return venv / "bin"
 
 
