@@ -54,7 +54,7 @@ def _pip(python: Path, *args: str) -> None:
 
 
 def _remove_old_venvs(folder: Path, days: float = 1.0) -> None:
-    """Venvs of older code, untouched for a day (~600 MB each), go."""
+    """Venvs of other code built over a day ago (~600 MB each) go."""
     cutoff = time.time() - days * 86400
     for old in folder.glob("gradcam-serve-venv-*"):
         if old.is_dir() and old.stat().st_mtime < cutoff:
