@@ -1,7 +1,17 @@
-"""gradcam_model: deployable Grad-CAM artifacts with the gradient inside the graph."""
+"""gradcam_model: deployable Grad-CAM artifacts with the gradient inside the graph.
 
-from importlib.metadata import PackageNotFoundError, version
+Two wings. The serve side (:mod:`gradcam_model.runtime`, :mod:`gradcam_model.contract`)
+needs numpy, onnxruntime and OpenCV only and is what ``pip install gradcam_model``
+gives. The build side (``GradCAMModel``, the exporters, ``validate``) needs torch
+(``pip install "gradcam_model[export]"``); its names load on first use, so importing
+this package or the runtime never imports torch.
+"""
 
+from __future__ import annotations
+
+import importlib
+
+from .contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
 from .errors import (
     ArchitectureError,
     ArtifactError,
@@ -16,43 +26,72 @@ from .errors import (
     UnsupportedOperatorError,
     WeightsError,
 )
-from .export import ArtifactMetadata, export_onnx, export_torchscript
-from .layers import LayerInfo, list_layers
-from .methods import METHODS, CAMMethod
-from .models import efficientnet_lite0_imagenet, imagenet_class_names, load_model, load_weights
-from .runtime import (
-    Explainer,
-    Explanation,
-    ParityReport,
-    assert_parity,
-    load_explainer,
-    validate,
-)
-from .wrapper import INPUT_NAMES, OUTPUT_NAMES, GradCAMModel, reference_cam
 
-try:
-    __version__ = version("gradcam_model")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+# name -> module that defines it, imported on first access (module __getattr__, PEP 562)
+_LAZY = {
+    # serve side: numpy, onnxruntime, OpenCV
+    "Explainer": ".runtime",
+    "Explanation": ".runtime",
+    "load_explainer": ".runtime",
+    "explain_files": ".runtime",
+    "load_image": ".runtime",
+    "preprocess": ".runtime",
+    # build side: torch
+    "GradCAMModel": ".wrapper",
+    "reference_cam": ".wrapper",
+    "export_onnx": ".export",
+    "export_torchscript": ".export",
+    "LayerInfo": ".layers",
+    "list_layers": ".layers",
+    "METHODS": ".methods",
+    "CAMMethod": ".methods",
+    "efficientnet_lite0_imagenet": ".models",
+    "imagenet_class_names": ".models",
+    "load_model": ".models",
+    "load_weights": ".models",
+    "ParityReport": ".parity",
+    "assert_parity": ".parity",
+    "tolerance_for": ".parity",
+    "validate": ".parity",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # ~0.1 s: only when asked
+
+    try:
+        return version("gradcam_model")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ArchitectureError",
     "ArtifactError",
     "ArtifactMetadata",
+    "CAMMethod",
     "Explainer",
     "Explanation",
-    "INPUT_NAMES",
-    "ParityReport",
-    "assert_parity",
-    "efficientnet_lite0_imagenet",
-    "export_onnx",
-    "export_torchscript",
-    "load_explainer",
-    "validate",
-    "CAMMethod",
     "ExportError",
     "GradCAMError",
     "GradCAMModel",
+    "INPUT_NAMES",
     "InputError",
     "LayerError",
     "LayerInfo",
@@ -62,11 +101,22 @@ __all__ = [
     "ModelOutputError",
     "OUTPUT_NAMES",
     "ParityError",
+    "ParityReport",
     "UnsupportedOperatorError",
     "WeightsError",
+    "assert_parity",
+    "efficientnet_lite0_imagenet",
+    "explain_files",
+    "export_onnx",
+    "export_torchscript",
     "imagenet_class_names",
     "list_layers",
+    "load_explainer",
+    "load_image",
     "load_model",
     "load_weights",
+    "preprocess",
     "reference_cam",
+    "tolerance_for",
+    "validate",
 ]

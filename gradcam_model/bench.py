@@ -1123,7 +1123,22 @@ def run(args: argparse.Namespace) -> int:
         if option:
             path = Path(option)
             path.parent.mkdir(parents=True, exist_ok=True)
+            kept = _pipeline_section(path) if option == args.markdown else None
             path.write_text(text + ("\n" if not text.endswith("\n") else ""))
+            if kept:  # `gradcam bench --pipeline` owns that section of the same file
+                from .bench_pipeline import update_markdown
+
+                update_markdown(path, kept)
             print(f"wrote {path}")
     missed = [t for t in result.targets() if not t.met]
     return 1 if args.check_targets and missed else 0
+
+
+def _pipeline_section(path: Path) -> str | None:
+    """The ``gradcam bench --pipeline`` section already in ``path``, if any."""
+    from .bench_pipeline import BEGIN, END
+
+    text = path.read_text() if path.exists() else ""
+    if BEGIN in text and END in text:
+        return BEGIN + text.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    return None

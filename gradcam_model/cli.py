@@ -9,17 +9,18 @@ script and ``python -m gradcam_model``.
 Exit codes: 0 success; 1 the command ran but a check failed (parity) or some
 inputs could not be explained; 2 a user error (bad flag, unknown architecture or
 layer, unreadable file...), reported as one line on stderr (``--verbose`` adds the
-traceback); 130 interrupted.
+traceback); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Temporary files are
+removed on every one of these exits.
+
+The build commands (``layers``, ``export``, ``validate``, ``demo``, ``bench``) need torch
+(``pip install "gradcam_model[export]"``); ``explain`` and ``--help`` never import it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import difflib
 import importlib.util
-import io
 import json
 import logging
 import os
@@ -30,14 +31,26 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._process import Terminated, logging_to_stderr, native_stderr_captured, sigterm_unwinds
+from .tolerances import Tolerance
+
 __all__ = ["main", "build_parser"]
 
 PROG = "gradcam"
+_DEFAULTS = Tolerance()  # shown in --help
+_CAM_ATOL, _LOGITS_RTOL, _NOISE_FACTOR = _DEFAULTS.cam_atol, _DEFAULTS.logits_rtol, _DEFAULTS.noise_factor
 log = logging.getLogger(__name__)
 
 _FORMATS = {"onnx": ("onnx", ".onnx"), "torchscript": ("torchscript", ".pt"), "ts": ("torchscript", ".pt")}
-_GRID_LIMIT = 64  # tiles in grid.png; predictions.csv and the overlays cover every image
 _TABLE_ROWS = 20  # predictions printed to the terminal
+# build commands and the extras they need beyond the base (serve-side) install
+_NEEDS = {
+    "layers": ("[export]", ("torch", "torchvision")),
+    "export": ("[export]", ("torch", "torchvision", "onnx", "onnxscript")),
+    "validate": ("[export]", ("torch", "torchvision")),
+    "demo": ("[export,demo]", ("torch", "torchvision", "onnx", "onnxscript", "timm")),
+    "bench": ("[export,bench]", ("torch", "torchvision", "onnx", "onnxscript")),
+}
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -110,13 +123,16 @@ def _add_verbose(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gradcam`` argument parser (subcommands and their flags)."""
-    from .runtime.visualize import COLORMAPS
+    from .runtime.images import DEFAULT_MAX_SIDE
+    from .runtime.pipeline import DEFAULT_TILE_SIZE
+    from .runtime.visualize import COLORMAPS, OVERLAY_FORMATS
 
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Export PyTorch classifiers as Grad-CAM artifacts (ONNX, TorchScript) that return "
         "the logits and the maps from one graph; validate and run them.",
     )
+    parser.add_argument("--version", action=_VersionAction)
     _add_verbose(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -152,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("H", "W"),
         help="example input size (default: 224 224)",
     )
-    p.add_argument("--top-k", type=_positive_int, default=1, metavar="K", help="explain the K most likely classes")
+    p.add_argument(
+        "--top-k", type=_positive_int, default=1, metavar="K", help="explain the K most likely classes (default: 1)"
+    )
     p.add_argument("--class-input", action="store_true", help="take the class to explain as an input (-1: top class)")
     p.add_argument(
         "--format",
@@ -166,14 +184,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
     p.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (default: ImageNet)")
     p.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (default: ImageNet)")
-    p.add_argument("--cam-atol", type=_non_negative_float, metavar="X", help="parity tolerance on the maps")
+    p.add_argument(
+        "--cam-atol",
+        type=_non_negative_float,
+        metavar="X",
+        help=f"parity tolerance on the maps (default: {_CAM_ATOL:g})",
+    )
     p.add_argument(
         "--noise-factor",
         type=_non_negative_float,
         metavar="F",
-        help="also accept differences up to F times eager float32's own error vs float64 (default 2; 0: off)",
+        help="also accept differences up to F times eager float32's own error vs float64 "
+        f"(default: {_NOISE_FACTOR:g}; 0: off)",
     )
-    p.add_argument("--logits-rtol", type=_non_negative_float, metavar="X", help="parity tolerance on the logits")
+    p.add_argument(
+        "--logits-rtol",
+        type=_non_negative_float,
+        metavar="X",
+        help=f"parity tolerance on the logits (default: {_LOGITS_RTOL:g})",
+    )
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_export)
 
@@ -184,14 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
     _add_model_arguments(p, arch_required=False)
-    p.add_argument("--cam-atol", type=_non_negative_float, metavar="X", help="tolerance on the maps")
+    p.add_argument(
+        "--cam-atol", type=_non_negative_float, metavar="X", help=f"tolerance on the maps (default: {_CAM_ATOL:g})"
+    )
     p.add_argument(
         "--noise-factor",
         type=_non_negative_float,
         metavar="F",
-        help="also accept differences up to F times eager float32's own error vs float64 (default 2; 0: off)",
+        help="also accept differences up to F times eager float32's own error vs float64 "
+        f"(default: {_NOISE_FACTOR:g}; 0: off)",
     )
-    p.add_argument("--logits-rtol", type=_non_negative_float, metavar="X", help="tolerance on the logits")
+    p.add_argument(
+        "--logits-rtol",
+        type=_non_negative_float,
+        metavar="X",
+        help=f"tolerance on the logits (default: {_LOGITS_RTOL:g})",
+    )
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_validate)
@@ -199,9 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "explain",
         help="explain images with an artifact",
-        description="Run an artifact on image files and folders (recursively): an overlay PNG per image, "
-        "grid.png and predictions.csv in --out. Preprocessing comes from the artifact. In folders laid out "
-        "as ROOT/<class>/<image> the class folder is the true label. Exit 1 when some images failed.",
+        description="Run an artifact on image files and folders (recursively): an overlay per image "
+        "(JPEG by default), grid.png and predictions.csv in --out. Preprocessing comes from the artifact. In "
+        "folders laid out as ROOT/<class>/<image> the class folder is the true label. Needs no torch for .onnx "
+        "artifacts. Exit 1 when some images failed.",
     )
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders")
@@ -213,8 +251,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="class to explain (artifacts exported with --class-input; default: the top prediction)",
     )
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B", help="images per run (default: 8)")
-    p.add_argument("--colormap", default="jet", choices=COLORMAPS, metavar="NAME", help="OpenCV colormap (jet)")
-    p.add_argument("--alpha", type=_non_negative_float, default=0.4, metavar="A", help="heat-map weight in [0, 1]")
+    p.add_argument(
+        "--colormap", default="jet", choices=COLORMAPS, metavar="NAME", help="OpenCV colormap (default: jet)"
+    )
+    p.add_argument(
+        "--alpha", type=_non_negative_float, default=0.4, metavar="A", help="heat-map weight in [0, 1] (default: 0.4)"
+    )
+    p.add_argument(
+        "--overlay-format",
+        default="jpg",
+        choices=OVERLAY_FORMATS,
+        help="overlay files: jpg (default, fast) or png (lossless, ~10x slower to encode)",
+    )
+    p.add_argument(
+        "--max-size",
+        type=_positive_int,
+        default=DEFAULT_MAX_SIDE,
+        metavar="PX",
+        help=f"decode larger pictures reduced to this long side; also the overlays' largest side "
+        f"(default: {DEFAULT_MAX_SIDE})",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        default=DEFAULT_TILE_SIZE,
+        metavar="PX",
+        help=f"width of a grid.png cell (default: {DEFAULT_TILE_SIZE})",
+    )
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="decode/encode threads (default: 2)")
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_explain)
 
@@ -225,8 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
         "explain scikit-image's photos and a cat|coffee picture through the ONNX artifact.",
     )
     p.add_argument("--out", default="gradcam-demo", metavar="DIR", help="output folder (default: gradcam-demo)")
-    p.add_argument("--colormap", default="jet", choices=COLORMAPS, metavar="NAME")
-    p.add_argument("--alpha", type=_non_negative_float, default=0.4, metavar="A")
+    p.add_argument(
+        "--colormap", default="jet", choices=COLORMAPS, metavar="NAME", help="OpenCV colormap (default: jet)"
+    )
+    p.add_argument(
+        "--alpha", type=_non_negative_float, default=0.4, metavar="A", help="heat-map weight in [0, 1] (default: 0.4)"
+    )
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_demo)
 
@@ -235,56 +303,120 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_bench(sub) -> None:
-    """Register ``bench`` from :mod:`gradcam_model.bench` when that module is present."""
+    """List ``bench`` (its module imports torch, so its own parser is built only when it runs)."""
     if importlib.util.find_spec(f"{__package__}.bench") is None:
         return
-    help_text = "time artifacts against pytorch-grad-cam and Captum"
-    try:
-        from . import bench
-    except Exception as exc:  # a broken optional module must not take the other commands down
-        p = sub.add_parser("bench", help=help_text, add_help=False)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(handler=_unavailable(f"the bench command cannot be loaded: {type(exc).__name__}: {exc}"))
-        return
-    p = sub.add_parser("bench", help=help_text, description=(bench.__doc__ or help_text).strip().splitlines()[0])
-    bench.add_arguments(p)
+    p = sub.add_parser(
+        "bench",
+        help="time artifacts against pytorch-grad-cam and Captum; --pipeline: the explain pipeline",
+        add_help=False,
+    )
+    p.set_defaults(handler=None)
+
+
+def _run_bench(argv: list[str], verbose: int) -> int:
+    """``gradcam bench ...``: parsed by the bench modules' own parsers."""
+    if "--pipeline" in argv:
+        from . import bench_pipeline as module
+
+        argv = [a for a in argv if a != "--pipeline"]
+        prog = f"{PROG} bench --pipeline"
+    else:
+        _require_build_side("bench")
+        from . import bench as module
+
+        prog = f"{PROG} bench"
+    doc = (module.__doc__ or "").strip().splitlines()[0]
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    module.add_arguments(parser)
     with contextlib.suppress(argparse.ArgumentError):  # bench may define its own --verbose
-        _add_verbose(p, top=False)
-    p.set_defaults(handler=bench.run)
+        _add_verbose(parser, top=False)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.verbose = max(verbose, getattr(args, "verbose", 0) or 0)
+    return int(module.run(args))
 
 
-def _unavailable(message: str):
-    def handler(_args: argparse.Namespace) -> int:
-        from .errors import GradCAMError
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read only when asked (importlib.metadata is slow to import)."""
 
-        raise GradCAMError(message)
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help="show the version and exit")
 
-    return handler
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"{PROG} {__version__}")
+        parser.exit()
+
+
+def _require_build_side(command: str) -> None:
+    """One line naming the extra when a build command runs on a serve-only install."""
+    from .errors import GradCAMError
+
+    extra, modules = _NEEDS[command]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise GradCAMError(
+            f"gradcam {command} needs {', '.join(missing)}, which this install lacks (the base install runs "
+            f'artifacts only): pip install "gradcam_model{extra}"'
+        )
 
 
 # ---------------------------------------------------------------------------- main
 
 
+def _command_of(argv: Sequence[str]) -> tuple[str | None, int]:
+    """The subcommand named in ``argv`` (the first word after the global flags) and its position."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return arg, i
+        if arg == "--":
+            break
+    return None, -1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``gradcam`` command line and return its exit code."""
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+    command, position = _command_of(argv)
     parser = build_parser()
+    if command == "bench" and "bench" in parser._subparsers._group_actions[0].choices:
+        verbose = sum(a.count("v") for a in argv[:position] if a.startswith("-v")) + argv[:position].count("--verbose")
+        return _guarded(lambda: _run_bench(argv[position + 1 :], verbose), verbose)
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help and usage errors: keep argparse's output, return its code
+    except SystemExit as exc:  # --help, --version and usage errors: keep argparse's output, return its code
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     verbose = getattr(args, "verbose", 0) or 0
+
+    def run() -> int:
+        if args.command in _NEEDS:
+            _require_build_side(args.command)
+        return int(args.handler(args))
+
+    return _guarded(run, verbose)
+
+
+def _guarded(run, verbose: int) -> int:
+    """Run a command: logging for this call, SIGTERM unwinding, user errors as one line."""
     from .errors import GradCAMError
 
-    with _logging(verbose), warnings.catch_warnings():
+    with logging_to_stderr(verbose), warnings.catch_warnings(), sigterm_unwinds():
         if not verbose:
             warnings.simplefilter("ignore")  # torch/onnx deprecation chatter; -v shows it
         try:
-            return int(args.handler(args))
+            return run()
         except GradCAMError as exc:
             return _fail(exc, verbose)
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
+        except Terminated:
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 143
 
 
 def _fail(exc: BaseException, verbose: int) -> int:
@@ -295,62 +427,10 @@ def _fail(exc: BaseException, verbose: int) -> int:
     return 2
 
 
-@contextlib.contextmanager
-def _logging(verbose: int):
-    """Send the package's log records to stderr at WARNING, INFO (-v) or DEBUG (-vv), for this call only."""
-    logger = logging.getLogger(__package__)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-
-
 def _status(message: str) -> None:
     """A progress line for slow steps, on an interactive terminal only (stderr stays clean in pipes)."""
     if sys.stderr.isatty():
         print(f"{PROG}: {message}...", file=sys.stderr, flush=True)
-
-
-class _Progress:
-    """A one-line stderr progress bar, drawn only on a terminal and only for more than one item."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total = total
-        self.label = label
-        self.done = 0
-        self.started = time.perf_counter()
-        self.enabled = total > 1 and sys.stderr.isatty()
-
-    def __enter__(self) -> _Progress:
-        self._draw()
-        return self
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        self._draw()
-
-    def _draw(self) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        filled = width * self.done // max(self.total, 1)
-        elapsed = time.perf_counter() - self.started
-        rate = f" {self.done / elapsed:.1f}/s" if elapsed > 0 and self.done else ""
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r{self.label} [{bar}] {self.done}/{self.total}{rate}")
-        sys.stderr.flush()
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -376,7 +456,7 @@ def _output_dir(path: str | os.PathLike) -> Path:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    from .export._atomic import write_bytes_atomic
+    from ._atomic import write_bytes_atomic
 
     write_bytes_atomic(path, text.encode("utf-8"), overwrite=True)
     return path
@@ -470,11 +550,11 @@ def _cmd_layers(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
+    from ._atomic import check_target
     from .errors import GradCAMError
     from .export import export_onnx, export_torchscript
-    from .export._atomic import check_target
     from .methods import get_method
-    from .runtime import tolerance_for, validate
+    from .parity import tolerance_for, validate
     from .wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
 
     method = get_method(args.method).name  # fail fast, before building anything
@@ -542,7 +622,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     from ._state import eval_state
     from .errors import ArchitectureError, GradCAMError
-    from .runtime import load_explainer, tolerance_for, validate
+    from .parity import tolerance_for, validate
+    from .runtime import load_explainer
 
     explainer = load_explainer(args.artifact, device="cpu")
     meta = explainer.metadata
@@ -589,169 +670,55 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- explain
 
 
-def _collect_images(inputs: Sequence[str]) -> list[tuple[Path, str, str | None]]:
-    """``(path, key, true label)`` per image: files as given, folders searched recursively.
-
-    ``key`` names the outputs (unique, relative); in a folder laid out as
-    ``root/<class>/.../image`` the true label is ``<class>``.
-    """
-    from .errors import InputError
-    from .runtime.images import IMAGE_SUFFIXES
-
-    found: list[tuple[Path, str, str | None]] = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise InputError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            for file in files:
-                rel = file.relative_to(path)
-                label = rel.parts[0] if len(rel.parts) >= 2 else None
-                found.append((file, str(Path(path.name or "input") / rel.with_suffix("")), label))
-        elif path.exists():
-            found.append((path, path.stem, None))
-        else:
-            raise InputError(f"input {path} does not exist")
-    keys: dict[str, int] = {}
-    unique = []
-    for file, key, label in found:
-        keys[key] = keys.get(key, 0) + 1
-        unique.append((file, key if keys[key] == 1 else f"{key}-{keys[key]}", label))
-    return unique
-
-
-def _resolve_class(text: str, meta) -> int:
-    from .errors import InputError
-
-    try:
-        index = int(text)
-    except ValueError:
-        names = list(meta.class_names or ())
-        if text in names:
-            return names.index(text)
-        lowered = [n.lower() for n in names]
-        if text.lower() in lowered:
-            return lowered.index(text.lower())
-        if not names:
-            raise InputError(f"--class {text!r}: this artifact has no class names; give a class index") from None
-        close = difflib.get_close_matches(text, names, n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise InputError(f"--class {text!r} is not a class of this artifact{hint}") from None
-    if not -1 <= index < meta.num_classes:
-        raise InputError(f"--class {index} is out of range; expected 0..{meta.num_classes - 1} or -1 (top class)")
-    return index
-
-
-def _same_label(a: str, b: str) -> bool:
-    def norm(s: str) -> str:
-        return " ".join(s.lower().replace("_", " ").replace("-", " ").split())
-
-    return norm(a) == norm(b)
-
-
 def _cmd_explain(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .errors import InputError
-    from .runtime import load_explainer, load_image, preprocess
-    from .runtime.visualize import caption, grid, overlay, save_png
+    from .runtime import explain_files, load_explainer
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    explainer = load_explainer(args.artifact)
-    meta = explainer.metadata
-    target = None
-    if args.class_ is not None:
-        if not meta.class_input:
+    with native_stderr_captured():
+        explainer = load_explainer(args.artifact)
+        meta = explainer.metadata
+        if args.class_ is not None and not meta.class_input:
             raise InputError(
                 f"--class needs an artifact exported with --class-input; {args.artifact} explains its "
                 f"top-{meta.top_k} classes"
             )
-        target = _resolve_class(args.class_, meta)
-    images = _collect_images(args.inputs)
-    out = _output_dir(args.out)
+        from .runtime.inputs import collect_images
 
-    rows: list[dict] = []
-    tiles, titles, colors = [], [], []
-    failures = 0
-    with _Progress(len(images), "explain") as progress:
-        for start in range(0, len(images), args.batch_size):
-            chunk = images[start : start + args.batch_size]
-            loaded = []
-            for path, key, label in chunk:
-                try:
-                    rgb = load_image(path)
-                    loaded.append((path, key, label, rgb, preprocess(rgb, meta)))
-                except InputError as exc:
-                    failures += 1
-                    print(f"{PROG}: skipped: {exc}", file=sys.stderr)
-                    rows.append({"path": str(path), "true_label": label or "", "error": str(exc)})
-            if loaded:
-                batch = np.stack([item[4] for item in loaded])
-                result = explainer(batch, None if target is None else np.full(len(loaded), target, np.int64))
-                for i, (path, key, label, rgb, _) in enumerate(loaded):
-                    top = int(result.probabilities[i].argmax())
-                    overlays = []
-                    for k in range(result.cam.shape[1]):
-                        picture = overlay(rgb, result.cam[i, k], colormap=args.colormap, alpha=args.alpha)
-                        name = f"{key}.png" if k == 0 else f"{key}-top{k + 1}.png"
-                        overlays.append(save_png(out / "overlays" / name, picture))
-                        if k == 0 and len(tiles) < _GRID_LIMIT:
-                            tiles.append(picture)
-                    explained = [int(c) for c in result.class_index[i]]
-                    rows.append(
-                        {
-                            "path": str(path),
-                            "true_label": label or "",
-                            "predicted_index": top,
-                            "predicted_label": meta.label(top),
-                            "probability": f"{float(result.probabilities[i, top]):.6f}",
-                            "explained_index": ";".join(map(str, explained)),
-                            "explained_label": ";".join(meta.label(c) for c in explained),
-                            "explained_score": ";".join(f"{float(s):.6f}" for s in result.score[i]),
-                            "overlay": ";".join(str(p) for p in overlays),
-                            "error": "",
-                        }
-                    )
-                    if len(titles) < len(tiles):
-                        title = caption(meta.label(explained[0]), float(result.score[i, 0]), true_label=label)
-                        if explained[0] != top:
-                            title += f"\ntop-1: {meta.label(top)} {float(result.probabilities[i, top]):.2f}"
-                        titles.append(f"{path.name}\n{title}")
-                        colors.append(
-                            None
-                            if label is None
-                            else (0, 140, 0)
-                            if _same_label(meta.label(top), label)
-                            else (200, 0, 0)
-                        )
-            progress.update(len(chunk))
-
-    fields = [
-        "path", "true_label", "predicted_index", "predicted_label", "probability",
-        "explained_index", "explained_label", "explained_score", "overlay", "error",
-    ]  # fmt: skip
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\n")
-    writer.writeheader()
-    order = {str(path): i for i, (path, _, _) in enumerate(images)}
-    writer.writerows(sorted(rows, key=lambda r: order[r["path"]]))
-    csv_path = _write_text(out / "predictions.csv", buffer.getvalue())
-    done = [r for r in rows if not r["error"]]
-    if tiles:
-        aspect = float(np.median([t.shape[0] / t.shape[1] for t in tiles]))  # cells shaped like most pictures
-        tile_size = (int(np.clip(round(256 * aspect), 128, 384)), 256)
-        picture = grid(tiles, titles, cols=min(4, len(tiles)), tile_size=tile_size, colors=colors)
-        grid_path = save_png(out / "grid.png", picture)
+        items = collect_images(args.inputs)
+        out = _output_dir(args.out)
+        try:
+            summary = explain_files(
+                explainer,
+                items,
+                out,
+                batch_size=args.batch_size,
+                class_=args.class_,
+                colormap=args.colormap,
+                alpha=args.alpha,
+                overlay_format=args.overlay_format,
+                workers=args.workers,
+                max_side=args.max_size,
+                tile_size=args.tile_size,
+                on_skip=lambda item, reason: print(f"{PROG}: skipped: {reason}", file=sys.stderr),
+            )
+        except InputError as exc:
+            if args.class_ is not None and str(exc).startswith("class "):
+                raise InputError(f"--{exc}") from exc  # name the flag the user typed
+            raise
+    done = [p.row() for p in summary.predictions if not p.error]
     _print_predictions(done)
+    wrote = [str(p) for p in (summary.overlays_dir, summary.grid) if p is not None] + [str(summary.csv)]
     print(
-        f"explained {len(done)} of {len(images)} images with {meta.architecture} {meta.method} at "
-        f"{meta.target_layer!r}: overlays in {out / 'overlays'}" + (f", {grid_path}" if tiles else "") + f", {csv_path}"
+        f"explained {summary.explained} of {summary.total} images with {meta.architecture} {meta.method} at "
+        f"{meta.target_layer!r} on {summary.provider} in {summary.seconds:.1f} s: "
+        + ("overlays in " if summary.overlays_dir else "")
+        + ", ".join(wrote)
     )
-    if failures:
-        print(f"{PROG}: {failures} of {len(images)} inputs could not be explained", file=sys.stderr)
-    return 1 if failures else 0
+    if summary.failures:
+        print(f"{PROG}: {len(summary.failures)} of {summary.total} inputs could not be explained", file=sys.stderr)
+    return 1 if summary.failures else 0
 
 
 def _print_predictions(rows: list[dict]) -> None:

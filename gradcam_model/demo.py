@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import write_bytes_atomic
 from .errors import ExportError
 from .export import export_onnx, export_torchscript
-from .export._atomic import write_bytes_atomic
 from .models import efficientnet_lite0_imagenet, imagenet_class_names
-from .runtime import ParityReport, load_explainer, preprocess, validate
+from .parity import ParityReport, validate
+from .runtime import load_explainer, preprocess
 from .runtime.visualize import caption, grid, overlay, save_png
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
+from .contract import INPUT_NAMES, OUTPUT_NAMES
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError
 from .layers import list_layers, resolve_layer, run_model, select_layer, uses_attention
@@ -21,10 +22,6 @@ __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAG
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("logits", "probabilities", "class_index", "score", "cam")
-# ONNX names must be unique across inputs and outputs, so the optional class input
-# cannot also be called "class_index"; it is "target_class" in every format.
-INPUT_NAMES = ("image", "target_class")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

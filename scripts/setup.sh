@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv on a fresh machine: torch/torchvision (taken from this machine's disk
-# where it has them), the package with its dev extras, and a C++ toolchain for the
-# libtorch embedding test. Safe to re-run: pip skips what is already there.
+# Set up .venv for the TESTS on a fresh machine: torch/torchvision (taken from this
+# machine's disk where it has them), the package with every extra ([dev]), and a C++
+# toolchain for tests/test_cpp.py. Safe to re-run: pip skips what is already there.
+# The demo needs less: scripts/demo.sh installs [export,demo] only, with no compiler.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

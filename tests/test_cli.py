@@ -74,6 +74,8 @@ def ws(tmp_path_factory):
     not_a_dir.write_text("x")
     garbage = root / "garbage.onnx"
     garbage.write_bytes(b"\x00\x01 not a protobuf")
+    legacy_ckpt = root / "legacy.pt"  # torch.save's pre-zip format
+    torch.save(model.state_dict(), legacy_ckpt, _use_new_zipfile_serialization=False)
     garbage_pt = root / "garbage.pt"
     garbage_pt.write_bytes(b"PK not a zip")
     return SimpleNamespace(
@@ -89,6 +91,7 @@ def ws(tmp_path_factory):
         not_a_dir=not_a_dir,
         garbage=garbage,
         garbage_pt=garbage_pt,
+        legacy_ckpt=legacy_ckpt,
     )
 
 
@@ -271,9 +274,9 @@ def test_explain_a_folder_with_a_corrupt_image(ws, capsys, tmp_path):
         assert row["explained_label"].count(";") == 1  # top-2
 
         overlays = [Path(p) for p in row["overlay"].split(";")]
-        assert len(overlays) == 2 and overlays[1].name.endswith("-top2.png")
-        for png in overlays:
-            picture = cv2.imread(str(png))
+        assert len(overlays) == 2 and overlays[1].name.endswith("-top2.jpg")  # JPEG by default
+        for picture_path in overlays:
+            picture = cv2.imread(str(picture_path))
             assert picture is not None and picture.shape == (72, 96, 3)  # the input's own size
         assert overlays[0].is_relative_to(out_dir / "overlays")
 
@@ -293,7 +296,73 @@ def test_explain_files_with_a_class_by_name_and_by_index(ws, capsys, tmp_path):
             rows = list(csv.DictReader(f))
         assert [r["explained_index"] for r in rows] == [str(index)] * 2
         assert [r["true_label"] for r in rows] == ["", ""]  # single files: no folder layout
-        assert sorted(p.name for p in (out_dir / "overlays").iterdir()) == ["chelsea.png", "coffee.png"]
+        assert sorted(p.name for p in (out_dir / "overlays").iterdir()) == ["chelsea.jpg", "coffee.jpg"]
+
+
+def _crc_broken_png(path: Path) -> Path:
+    """A PNG whose image data fails its CRC: libpng prints its own error line for it."""
+    ok, data = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    raw = bytearray(data.tobytes())
+    raw[60:80] = b"x" * 20
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_native_library_lines_stay_off_stderr(ws, capfd, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _save_rgb(photos / "good.png", np.full((40, 40, 3), 100, np.uint8))
+    _crc_broken_png(photos / "crc.png")
+    code = main(["explain", str(ws.onnx), str(photos), "--out", str(tmp_path / "out")])
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "libpng" not in err and "WARN" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("gradcam: skipped:") and "crc.png" in lines[0]
+    assert lines[1] == "gradcam: 1 of 2 inputs could not be explained"
+
+
+def test_summary_names_no_overlay_folder_when_nothing_succeeded(ws, capsys, tmp_path):
+    out_dir = tmp_path / "out"
+    code = main(["explain", str(ws.onnx), str(ws.photos / "cat" / "broken.png"), "--out", str(out_dir)])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "explained 0 of 1 images" in out and "overlays" not in out
+    assert f"{out_dir / 'predictions.csv'}" in out
+    assert not (out_dir / "overlays").exists()
+
+
+def test_explain_png_overlays_and_the_provider(ws, capsys, tmp_path):
+    code = main(["explain", str(ws.onnx), str(ws.photos / "dog"), "--out", str(tmp_path), "--overlay-format", "png"])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    assert [p.suffix for p in (tmp_path / "overlays").rglob("*") if p.is_file()] == [".png", ".png"]  # top-2
+    assert "on CPUExecutionProvider" in out
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"gradcam {version('gradcam_model')}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "default"),
+    [
+        ("export", "--top-k", "(default: 1)"),
+        ("export", "--cam-atol", "(default: 0.0001)"),
+        ("validate", "--cam-atol", "(default: 0.0001)"),
+        ("explain", "--alpha", "(default: 0.4)"),
+        ("explain", "--overlay-format", "(default, fast)"),
+        ("demo", "--alpha", "(default: 0.4)"),
+    ],
+)
+def test_help_shows_defaults(capsys, command, flag, default):
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    entry = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+    assert default in entry, entry
 
 
 def test_explain_top_class_by_default_with_a_class_input_artifact(ws, capsys, tmp_path):
@@ -380,6 +449,16 @@ USER_ERRORS = [
         "unreadable-onnx",
         lambda w: ["validate", w.garbage, "--arch", "resnet18"],
         r"garbage\.onnx is not a loadable ONNX model",
+    ),
+    (
+        "checkpoint-as-artifact-explain",
+        lambda w: ["explain", w.ckpt, w.photos, "--out", w.root / "never"],
+        r"ckpt\.pth is a PyTorch checkpoint, not an exported artifact; export it with gradcam export",
+    ),
+    (
+        "checkpoint-as-artifact-validate",
+        lambda w: ["validate", w.legacy_ckpt, "--arch", "resnet18"],
+        r"legacy\.pt is a PyTorch checkpoint, not an exported artifact; export it with gradcam export",
     ),
     (
         "unreadable-torchscript",
@@ -537,3 +616,10 @@ def test_installed_script_smoke():
     )
     assert done.returncode == 2
     assert done.stderr.startswith("gradcam: error: unknown architecture 'resnt18'") and done.stderr.count("\n") == 1
+
+
+def test_verbose_names_the_execution_provider(ws, capsys, tmp_path):
+    code = main(["explain", "-v", str(ws.onnx), str(ws.photos / "dog"), "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "INFO gradcam_model.runtime.explainer: top2.onnx runs on CPUExecutionProvider" in err

@@ -178,7 +178,7 @@ def test_failed_export_leaves_older_artifact_intact(artifacts, tmp_path, monkeyp
 def test_full_disk_leaves_older_artifact_intact(artifacts, tmp_path, monkeypatch, fmt):
     import errno
 
-    from gradcam_model.export import _atomic
+    from gradcam_model import _atomic
 
     path = tmp_path / f"model.{fmt}"
     old = Path(artifacts[f"static.{fmt}"]).read_bytes()

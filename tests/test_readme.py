@@ -33,3 +33,25 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci
     assert "bash scripts/test.sh" in README.read_text()
+
+
+def test_demo_setup_installs_export_and_demo_only_and_no_toolchain():
+    demo = (README.parent / "scripts" / "demo.sh").read_text()
+    assert '-e ".[export,demo]"' in demo
+    assert "apt-get" not in demo and "setup.sh" not in demo and "[dev]" not in demo
+    setup = (README.parent / "scripts" / "setup.sh").read_text()  # the test setup: everything
+    assert '-e ".[dev]"' in setup and "cmake g++ make" in setup
+
+
+def test_base_install_is_the_serve_side():
+    import tomllib
+
+    project = tomllib.loads((README.parent / "pyproject.toml").read_text())["project"]
+    base = {re.split(r"[<>=;\[ ]", d)[0] for d in project["dependencies"]}
+    assert base == {"numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "tqdm"}
+    extras = project["optional-dependencies"]
+    assert {re.split(r"[<>=;\[ ]", d)[0] for d in extras["export"]} == {"torch", "torchvision", "onnx", "onnxscript"}
+    assert "gradcam_model[export,demo,bench]" in extras["dev"]
+    text = README.read_text()
+    for line in ("pip install gradcam_model", 'pip install "gradcam_model[export]"', 'pip install -e ".[dev]"'):
+        assert line in text

@@ -305,3 +305,37 @@ def test_property_onnx_matches_reference(artifacts, resnet18, batch, scale, seed
     scale_logits = float(want[0].abs().max())
     assert np.abs(got.logits - want[0].numpy()).max() <= 1e-4 * scale_logits
     np.testing.assert_allclose(got.cam, want[4].numpy(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".onnx"])
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_pytorch_checkpoint_is_named_as_such(resnet18, tmp_path, suffix, zipped):
+    path = tmp_path / f"weights{suffix}"
+    torch.save({"state_dict": resnet18.state_dict()}, path, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(ArtifactError, match="is a PyTorch checkpoint, not an exported artifact; export it with"):
+        load_explainer(path, device="cpu")
+
+
+def test_providers_without_a_cuda_driver_are_cpu_only(monkeypatch):
+    """onnxruntime-gpu lists CUDA everywhere; without libcuda.so.1 we never ask for it (no error noise)."""
+    import ctypes
+
+    import onnxruntime as ort
+
+    from gradcam_model.runtime import explainer as explainer_module
+
+    def no_driver(name, *args, **kwargs):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_driver)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    explainer_module.cuda_device_count.cache_clear()
+    try:
+        assert explainer_module.default_providers() == ["CPUExecutionProvider"]
+    finally:
+        explainer_module.cuda_device_count.cache_clear()
+
+
+def test_the_provider_that_ran_is_reported(artifacts):
+    explainer = load_explainer(artifacts["static.onnx"], providers=["CPUExecutionProvider"])
+    assert explainer.provider == "CPUExecutionProvider"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
+from .._atomic import check_target, write_bytes_atomic
+from ..contract import INPUT_NAMES, OUTPUT_NAMES
 from ..errors import ExportError
-from ..wrapper import INPUT_NAMES, OUTPUT_NAMES, GradCAMModel
-from ._atomic import check_target, write_bytes_atomic
+from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 
 __all__ = ["export_onnx", "DEFAULT_OPSET"]

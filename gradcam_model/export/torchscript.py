@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import fx
 
+from .._atomic import check_target, write_bytes_atomic
 from ..errors import ExportError
 from ..wrapper import GradCAMModel
-from ._atomic import check_target, write_bytes_atomic
 from .metadata import METADATA_KEY, metadata_for
 
 __all__ = ["export_torchscript", "scriptable"]

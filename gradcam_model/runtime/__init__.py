@@ -1,28 +1,39 @@
-"""Run artifacts (ONNX Runtime, libtorch), check their parity, prepare images."""
+"""The serve side: run artifacts and explain images with numpy, ONNX Runtime and OpenCV only (never torch).
 
-from .explainer import Explainer, Explanation, OnnxExplainer, TorchScriptExplainer, load_explainer
-from .images import load_image, preprocess
-from .validate import TOLERANCES, ParityReport, Tolerance, assert_parity, tolerance_for, validate
-from .visualize import COLORMAPS, caption, grid, heatmap, overlay, save_png
+``.onnx`` artifacts run under ONNX Runtime; ``.pt`` (TorchScript) artifacts need torch,
+which is imported only when one is loaded. Parity checks against the eager model are
+build side: :func:`gradcam_model.validate`.
+"""
+
+from .explainer import Explainer, Explanation, OnnxExplainer, TorchScriptExplainer, default_providers, load_explainer
+from .images import decode_image, load_image, preprocess
+from .inputs import ImageInput, collect_images, resolve_class
+from .pipeline import CSV_FIELDS, ExplainSummary, Prediction, explain_files
+from .visualize import COLORMAPS, OVERLAY_FORMATS, caption, grid, heatmap, overlay, save_image, save_png
 
 __all__ = [
     "COLORMAPS",
+    "CSV_FIELDS",
     "Explainer",
+    "ExplainSummary",
     "Explanation",
+    "ImageInput",
+    "OVERLAY_FORMATS",
     "OnnxExplainer",
-    "ParityReport",
-    "TOLERANCES",
-    "Tolerance",
+    "Prediction",
     "TorchScriptExplainer",
-    "assert_parity",
     "caption",
+    "collect_images",
+    "decode_image",
+    "default_providers",
+    "explain_files",
     "grid",
     "heatmap",
-    "overlay",
-    "save_png",
     "load_explainer",
     "load_image",
+    "overlay",
     "preprocess",
-    "tolerance_for",
-    "validate",
+    "resolve_class",
+    "save_image",
+    "save_png",
 ]

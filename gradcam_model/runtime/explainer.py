@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
+import sys
 import warnings
+import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..contract import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
 from ..errors import ArtifactError, InputError
-from ..export.metadata import METADATA_KEY, ArtifactMetadata
-from ..wrapper import INPUT_NAMES, OUTPUT_NAMES
 
-__all__ = ["Explanation", "Explainer", "OnnxExplainer", "TorchScriptExplainer", "load_explainer"]
+__all__ = [
+    "Explanation",
+    "Explainer",
+    "OnnxExplainer",
+    "TorchScriptExplainer",
+    "default_providers",
+    "load_explainer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +146,9 @@ class Explainer(ABC):
 def _to_numpy(value, what: str) -> np.ndarray:
     if isinstance(value, np.ndarray):
         return value
-    try:
-        import torch
-
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    torch = sys.modules.get("torch")  # a tensor implies torch is loaded; never import it here
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
     if isinstance(value, (int, float, list, tuple, np.generic)):
         return np.asarray(value)
     raise InputError(f"{what} must be a numpy array or torch tensor, got {type(value).__name__}")
@@ -155,6 +161,32 @@ def _check_file(path: Path) -> None:
         raise ArtifactError(f"artifact {path} is not a file")
     if not os.access(path, os.R_OK):
         raise ArtifactError(f"artifact {path} is not readable")
+    if _is_pytorch_checkpoint(path):
+        raise ArtifactError(
+            f"{path} is a PyTorch checkpoint, not an exported artifact; export it with gradcam export "
+            "(--arch NAME --weights FILE)"
+        )
+
+
+# torch.save's legacy (non-zip) format starts with this pickled magic number
+_LEGACY_TORCH_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+
+
+def _is_pytorch_checkpoint(path: Path) -> bool:
+    """A ``torch.save`` file (state dict, checkpoint) rather than TorchScript or ONNX."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_MAGIC))
+        if head == _LEGACY_TORCH_MAGIC:
+            return True
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    # TorchScript archives hold code/ and constants.pkl next to data.pkl; torch.save archives only data.pkl
+    return any(n.endswith("/data.pkl") for n in names) and not any(n.endswith("/constants.pkl") for n in names)
 
 
 class OnnxExplainer(Explainer):
@@ -186,6 +218,12 @@ class OnnxExplainer(Explainer):
         super().__init__(path, metadata)
         self.session = session
         self.providers = session.get_providers()
+        log.info("%s runs on %s", path.name, self.provider)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that runs the graph (the first one the session kept)."""
+        return self.providers[0]
 
     def _run(self, image, target_class):
         feeds = {"image": image}
@@ -195,34 +233,51 @@ class OnnxExplainer(Explainer):
 
 
 def default_providers() -> list[str]:
-    """CUDA when ORT has it and a GPU is usable, then CPU."""
+    """CUDA when ORT has it and a GPU is usable, then CPU.
+
+    onnxruntime-gpu lists the CUDA provider even on machines without a GPU or CUDA
+    driver, and a session asked to use it there prints error lines before falling
+    back; so ask the CUDA driver first (no torch needed).
+    """
     import onnxruntime as ort
 
     available = ort.get_available_providers()
     providers = []
-    if "CUDAExecutionProvider" in available and _cuda_usable():
+    if "CUDAExecutionProvider" in available and cuda_device_count() > 0:
         providers.append("CUDAExecutionProvider")
     providers.append("CPUExecutionProvider")
     return providers
 
 
-def _cuda_usable() -> bool:
+@functools.cache
+def cuda_device_count() -> int:
+    """GPUs the CUDA driver (``libcuda.so.1``) reports; 0 when there is no driver or no device."""
     try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    try:
+        if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+    except AttributeError:  # pragma: no cover - not a CUDA driver
+        return 0
+    return int(count.value)
 
 
 class TorchScriptExplainer(Explainer):
     """A TorchScript artifact under libtorch."""
 
     def __init__(self, path: str | os.PathLike, *, device: str | None = None) -> None:
-        import torch
-
         path = Path(path)
         _check_file(path)
+        try:
+            import torch
+        except ImportError:
+            raise ArtifactError(
+                f'{path} is a TorchScript artifact, which needs torch: pip install "gradcam_model[export]", '
+                "or use the .onnx artifact (ONNX Runtime only)"
+            ) from None
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         extra = {METADATA_KEY: ""}
         try:

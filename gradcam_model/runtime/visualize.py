@@ -16,7 +16,18 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["COLORMAPS", "overlay", "heatmap", "caption", "grid", "save_png"]
+__all__ = [
+    "COLORMAPS",
+    "OVERLAY_FORMATS",
+    "overlay",
+    "heatmap",
+    "caption",
+    "grid",
+    "encode_image",
+    "save_image",
+    "save_png",
+    "thumbnail",
+]
 
 # OpenCV's colormaps by lower-case name: "jet", "turbo", "viridis", "inferno"...
 COLORMAPS: tuple[str, ...] = (
@@ -158,6 +169,21 @@ def _fit(tile: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return canvas
 
 
+def thumbnail(rgb: np.ndarray, width: int, *, max_aspect: float = 1.5) -> np.ndarray:
+    """A copy of ``rgb`` at most ``width`` wide and ``max_aspect * width`` tall (aspect kept, never enlarged).
+
+    What a grid keeps per picture, so that its memory does not depend on the pictures' sizes.
+    """
+    import cv2
+
+    image = _check_rgb(rgb)
+    scale = min(1.0, width / image.shape[1], max_aspect * width / image.shape[0])
+    if scale >= 1.0:
+        return image.copy()
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
 def grid(
     tiles: Sequence[np.ndarray],
     titles: Sequence[str],
@@ -227,6 +253,44 @@ def grid(
     return canvas
 
 
+OVERLAY_FORMATS = ("jpg", "png")
+JPEG_QUALITY = 90
+PNG_COMPRESSION = 1  # zlib level: 640x480 overlays encode in ~14 ms at 1 vs ~60 ms at OpenCV's default
+
+
+def encode_image(rgb: np.ndarray, fmt: str) -> bytes:
+    """Encode an RGB ``uint8`` image as ``"jpg"`` (quality 90) or ``"png"`` (fast compression)."""
+    import cv2
+
+    image = _check_rgb(rgb)
+    key = fmt.lower().lstrip(".")
+    if key in ("jpg", "jpeg"):
+        params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        key = "jpg"
+    elif key == "png":
+        params = [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]
+    else:
+        raise InputError(f"unknown image format {fmt!r}; expected one of: {', '.join(OVERLAY_FORMATS)}")
+    ok, encoded = cv2.imencode(f".{key}", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:  # pragma: no cover - OpenCV encodes any valid uint8 image
+        raise InputError(f"OpenCV could not encode a {image.shape} image as {key}")
+    return encoded.tobytes()
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = True) -> Path:
+    """Write an RGB ``uint8`` image atomically as JPEG or PNG (from the suffix); return the path.
+
+    Raises:
+        InputError: ``rgb`` is not an RGB ``uint8`` image, or the suffix is not .jpg/.jpeg/.png.
+        ExportError: the file cannot be written (an older file stays as it was).
+    """
+    from .._atomic import write_bytes_atomic
+
+    path = Path(path)
+    write_bytes_atomic(path, encode_image(rgb, path.suffix), overwrite=overwrite)
+    return path
+
+
 def save_png(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = True) -> Path:
     """Write an RGB ``uint8`` image as PNG atomically (temp file, then rename); return the path.
 
@@ -234,14 +298,8 @@ def save_png(path: str | os.PathLike, rgb: np.ndarray, *, overwrite: bool = True
         InputError: ``rgb`` is not an RGB ``uint8`` image.
         ExportError: the file cannot be written (an older file stays as it was).
     """
-    import cv2
+    from .._atomic import write_bytes_atomic
 
-    from ..export._atomic import write_bytes_atomic
-
-    image = _check_rgb(rgb)
-    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:  # pragma: no cover - OpenCV encodes any valid uint8 image
-        raise InputError(f"OpenCV could not encode a {image.shape} image as PNG")
     path = Path(path)
-    write_bytes_atomic(path, encoded.tobytes(), overwrite=overwrite)
+    write_bytes_atomic(path, encode_image(rgb, "png"), overwrite=overwrite)
     return path

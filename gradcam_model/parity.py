@@ -1,4 +1,4 @@
-"""Parity of an artifact with the eager reference: a report, and a check that raises."""
+"""Parity of an artifact with the eager reference (build side: needs torch and the trained model)."""
 
 from __future__ import annotations
 
@@ -12,45 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ParityError
-from ..wrapper import OUTPUT_NAMES, reference_cam
-from .explainer import Explainer, load_explainer
+from .contract import OUTPUT_NAMES
+from .errors import ParityError
+from .runtime.explainer import Explainer, load_explainer
+from .tolerances import TOLERANCES, Tolerance, tolerance_for
+from .wrapper import reference_cam
 
 __all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "OutputDiff", "ParityReport", "validate", "assert_parity"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How far an artifact may stray from the eager reference.
-
-    Each output passes when its difference is within the absolute tolerance *or*
-    within ``noise_factor`` times the eager model's own float32 error (eager float32
-    vs the same model in float64, measured on the same inputs). Random or
-    badly conditioned models amplify rounding: on a calibrated random resnet50 at
-    ``layer3`` eager float32 torch itself is 6.7e-3 off in raw maps, and torch with
-    1 thread vs 2 threads differs as much; an artifact cannot be held tighter than that.
-    """
-
-    logits_rtol: float = 1e-4  # max |a - b| / max |b|
-    probabilities_atol: float = 1e-5
-    score_atol: float = 1e-5
-    cam_atol: float = 1e-4
-    noise_factor: float = 2.0  # 0 disables the allowance for the eager float32 error
-    min_class_agreement: float = 1.0
-
-
-# The one place tolerances live. Both runtimes reorder float32 reductions (ORT's
-# NCHWc convolutions, libtorch's oneDNN paths): measured diffs are ~1e-6 on cams
-# of well-conditioned models.
-TOLERANCES: dict[str, Tolerance] = {"onnx": Tolerance(), "torchscript": Tolerance()}
-
-
-def tolerance_for(fmt: str, **overrides: float) -> Tolerance:
-    """The tolerance for artifact format ``fmt``, with any field overridden (CLI: --cam-atol ...)."""
-    base = TOLERANCES.get(fmt, Tolerance())
-    return Tolerance(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None}})
 
 
 @dataclass(frozen=True)
