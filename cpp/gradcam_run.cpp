@@ -5,6 +5,7 @@
 // The module is loaded once with its gradcam.json metadata and called under
 // c10::InferenceMode for every batch; the preprocessing, overlays, predictions.csv and
 // exit codes are shared with gradcam_ort (explain.cpp, images.cpp).
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
 #include <torch/script.h>
@@ -51,6 +52,9 @@ class TorchEngine final : public gradcam::Engine {
                                            "-DGRADCAM_WITH_CUDA=ON or the machine has no usable GPU; drop --cuda"};
       }
       device_ = torch::Device(torch::kCUDA, 0);
+      // cuDNN runs float32 convolutions in TF32 by default on Ampere and later: measured on an
+      // H200, maps then differed from float32 by up to 1.0 (normalized) and classes flipped
+      at::globalContext().setAllowTF32CuDNN(false);
     }
     // [docs:load]
     torch::jit::ExtraFilesMap extra{{"gradcam.json", ""}};  // filled with the metadata record by load
