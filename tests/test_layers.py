@@ -59,7 +59,7 @@ def test_unknown_layer_suggests_close_matches():
 
 def test_no_candidate_layer():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    with pytest.raises(LayerError, match="no layer of the model produces a 4-D"):
+    with pytest.raises(LayerError, match=r"no layer of the model produces a map of the image \(\[N, C, h, w\]"):
         GradCAMModel(model, "auto", example_input=torch.randn(1, 3, 2, 2))
 
 
@@ -72,30 +72,37 @@ class _Permute(nn.Module):
 
 
 class _ChannelsLastNet(nn.Module):
-    """A conv whose map is handed on channels-last: ``perm`` returns ``[N, h, w, C]``."""
+    """A conv whose map is handed on channels-last: ``perm`` returns ``[N, h, w, C]`` of ``act``'s map."""
 
     def __init__(self, channels: int = 8) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, channels, 3, stride=8, padding=1)
+        self.act = nn.ReLU()
         self.perm = _Permute()
         self.fc = nn.Linear(channels, 4)
 
     def forward(self, x):
-        return self.fc(self.perm(torch.relu(self.conv(x))).mean((1, 2)))
+        return self.fc(self.perm(self.act(self.conv(x))).mean((1, 2)))
 
 
 @pytest.mark.parametrize("size", [64, 48])  # 64: [N, 8, 8, 8], square as NCHW too; 48: [N, 6, 6, 8]
-def test_a_channels_last_layer_is_refused(size):
+def test_a_channels_last_layer_is_read_as_channels_last(size):
+    """Never explained as NCHW: permuted back (reshape='auto') or refused (reshape=None)."""
     model = _ChannelsLastNet().eval()
-    x = torch.randn(1, 3, size, size)
-    layers = {info.name: info for info in list_layers(model, x)}
-    assert layers["perm"].grid is not None and not layers["perm"].auto
-    assert layers["conv"].grid is None and layers["conv"].auto
-    with pytest.raises(LayerError, match=r"layer 'perm' cannot be explained: .*not (laid out )?.*\[N, C, h, w\]"):
-        GradCAMModel(model, "perm", example_input=x)
-    with pytest.raises(LayerError, match="layer 'perm' cannot be explained"):
-        reference_cam(model, "perm", x)  # the eager reference refuses too: parity cannot hide a wrong map
-    assert reference_cam(model, "conv", x).shape == (1, 1, size, size)
+    x = torch.randn(2, 3, size, size)
+    layers = {info.name: info for info in list_layers(model, x[:1])}
+    assert layers["perm"].layout.kind == "NHWC" and layers["perm"].problem is None
+    assert layers["perm"].map_shape == (8, size // 8, size // 8)
+    # the same activations and gradients as `act`, laid out differently: the same maps
+    torch.testing.assert_close(reference_cam(model, "perm", x), reference_cam(model, "act", x), rtol=0, atol=0)
+    wrapper = GradCAMModel(model, "perm", example_input=x)
+    torch.testing.assert_close(wrapper(x)[4], reference_cam(model, "act", x), rtol=0, atol=1e-6)
+    with pytest.raises(
+        LayerError, match=r"layer 'perm' is laid out channels-last 8x8x8 -> 8x8x8|laid out channels-last"
+    ):
+        GradCAMModel(model, "perm", example_input=x, reshape=None)
+    with pytest.raises(LayerError, match="laid out channels-last"):
+        reference_cam(model, "perm", x, reshape=None)  # the eager reference refuses too
 
 
 @pytest.fixture(scope="module")
@@ -108,39 +115,43 @@ def timm_models():
     }
 
 
-def test_swin_channels_last_stages_are_refused(timm_models):
+def test_swin_stages_are_channels_last_and_attention_is_refused(timm_models):
     """timm's Swin hands [N, 7, 7, 768] from stage to stage; read as NCHW its maps were stripes."""
     model = timm_models["swin_tiny_patch4_window7_224"]
     x = torch.randn(1, 3, 224, 224)
     layers = {info.name: info for info in list_layers(model, x)}
-    assert layers["norm"].output_shape == (1, 7, 7, 768) and layers["norm"].grid is not None
+    assert layers["norm"].output_shape == (1, 7, 7, 768) and layers["norm"].layout.kind == "NHWC"
+    assert layers["norm"].map_shape == (768, 7, 7) and layers["norm"].auto
     attention = [info for name, info in layers.items() if ".attn." in name]
-    assert attention and all(info.grid is not None for info in attention)  # [N*windows, heads, 49, 49]
-    assert [name for name, info in layers.items() if info.grid is None] == ["patch_embed.proj"]
-    with pytest.raises(LayerError, match=r"layer 'norm' cannot be explained: its output 7x7x768 is not a \[C, h, w\]"):
-        GradCAMModel(model, "norm", example_input=x)
+    assert attention and all(info.problem is not None and info.layout is None for info in attention)
+    with pytest.raises(LayerError, match=r"layer 'norm' is laid out channels-last 7x7x768 -> 768x7x7"):
+        GradCAMModel(model, "norm", example_input=x, reshape=None)
     with pytest.raises(LayerError, match="layer 'layers.3.blocks.1.attn.softmax' cannot be explained: it is computed"):
         GradCAMModel(model, "layers.3.blocks.1.attn.softmax", example_input=x)
 
 
-def test_torchvision_swin_is_refused():
+def test_torchvision_swin_channels_last_without_reshape_is_refused():
     model = torchvision.models.swin_t(num_classes=3).eval()
     x = torch.randn(1, 3, 64, 64)
     layers = {info.name: info for info in list_layers(model, x)}
-    assert layers["features"].output_shape == (1, 2, 2, 768) and layers["features"].grid is not None
-    assert all(info.grid is not None for name, info in layers.items() if name.startswith("features.1"))
-    with pytest.raises(LayerError, match="layer 'features' cannot be explained"):
-        GradCAMModel(model, "features", example_input=x)
+    assert layers["features"].output_shape == (1, 2, 2, 768) and layers["features"].layout.kind == "NHWC"
+    with pytest.raises(LayerError, match="layer 'features' is laid out channels-last"):
+        GradCAMModel(model, "features", example_input=x, reshape=None)
 
 
-def test_vit_auto_never_picks_an_attention_internal_layer(timm_models):
+def test_vit_auto_picks_the_last_norm1_never_an_attention_internal(timm_models):
     model = timm_models["vit_tiny_patch16_224"]
     x = torch.randn(1, 3, 224, 224)
-    layers = list_layers(model, x)
-    assert [info.name for info in layers if info.auto] == ["patch_embed.proj"]  # the only real image map
-    assert all(info.grid is not None for info in layers if info.name.startswith("blocks."))
-    with pytest.raises(LayerError, match=r"computed inside 'blocks' \(Sequential\), which takes a 3-D input 197x192"):
+    layers = {info.name: info for info in list_layers(model, x)}
+    assert [name for name, info in layers.items() if info.auto] == ["blocks.11.norm1"]
+    assert layers["blocks.11.norm1"].layout.kind == "tokens" and layers["blocks.11.norm1"].map_shape == (192, 14, 14)
+    assert all(layers[f"blocks.{i}.attn.{q}_norm"].problem is not None for i in range(12) for q in "qk")
+    with pytest.raises(LayerError, match=r"computed inside 'blocks' \(Sequential\), which takes 197x192 tokens"):
         GradCAMModel(model, "blocks.11.attn.k_norm", example_input=x)
+    # after the last attention only the class token reaches the head: zero patch gradient, refused
+    assert "do not reach the logits" in layers["blocks.11.norm2"].problem
+    with pytest.raises(LayerError, match="its patch tokens do not reach the logits"):
+        GradCAMModel(model, "blocks.11", example_input=x)
 
 
 def test_auto_skips_modules_that_return_their_input(timm_models):
