@@ -23,6 +23,18 @@ def test_supported_architectures_table_equals_tested_zoo():
     assert rows == [(c.arch, c.last, c.inner, str(c.size)) for c in ZOO]
 
 
+def test_transformer_table_equals_tested_transformers():
+    from test_transformers import TRANSFORMERS
+
+    table = README.read_text().split("<!-- transformer-table")[1].split("<!-- /transformer-table -->")[0]
+    rows = [
+        tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
+        for line in table.splitlines()
+        if line.startswith("| ") and not line.startswith("| architecture")
+    ]
+    assert rows == [(c.arch, c.layer, str(c.size), c.layout) for c in TRANSFORMERS]
+
+
 def test_documented_methods_equal_implemented_methods():
     text = README.read_text().split("## Methods")[1].split("## Supported architectures")[0]
     documented = re.findall(r"^\| `([a-z+-]+)` \|", text, flags=re.M)
