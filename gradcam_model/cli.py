@@ -519,32 +519,38 @@ def _cmd_layers(args: argparse.Namespace) -> int:
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
     infos = list_layers(model, example)
     if not infos:
-        print(f"{args.arch} has no layer with a 4-D [N, C, h, w] output at {args.input_size[0]}x{args.input_size[1]}")
+        print(f"{args.arch} has no layer with an image map at {args.input_size[0]}x{args.input_size[1]}")
         return 0
     width = max(len("name"), *(len(i.name) for i in infos)) + 2
     type_width = max(len("type"), *(len(i.type) for i in infos)) + 2
-    print(f"  {'name':<{width}}{'type':<{type_width}}{'output (C x h x w)':<20}{'calls':>5}  reaches logits  note")
+    print(f"  {'name':<{width}}{'type':<{type_width}}{'map (C x h x w)':<18}{'calls':>5}  reaches logits  note")
     for info in infos:
         mark = "*" if info.auto else " "
-        note = "NOT a [C, h, w] map: refused" if info.grid else "returns its input" if info.passthrough else ""
         print(
-            f"{mark} {info.name:<{width}}{info.type:<{type_width}}{_shape_text(info.output_shape):<20}"
-            f"{info.calls:>5}  {'yes' if info.influences_logits else 'no':<14}  {note}".rstrip()
+            f"{mark} {info.name:<{width}}{info.type:<{type_width}}{_shape_text((0, *info.map_shape)):<18}"
+            f"{info.calls:>5}  {'yes' if info.influences_logits else 'no':<14}  {_layer_note(info)}".rstrip()
         )
-    if any(info.grid for info in infos):
-        print(
-            "layers marked NOT a [C, h, w] map are channels-last or token tensors (transformers): "
-            "they cannot be explained yet"
-        )
+    if any(info.problem for info in infos):
+        print("layers marked 'refused' cannot be explained; `gradcam export --target-layer NAME` says why")
     auto = next((i.name for i in infos if i.auto), None)
     if auto:
-        print(f"* auto: --target-layer auto picks {auto!r} (the last spatial map on the path to the logits)")
+        print(f"* auto: --target-layer auto picks {auto!r} (the last map of the image on the path to the logits)")
     else:
         print("no automatic choice at this input size; pass --target-layer NAME")
     return 0
 
 
 # ---------------------------------------------------------------------------- export
+
+
+def _layer_note(info) -> str:
+    if info.problem:
+        return "refused"
+    if info.passthrough:
+        return "returns its input"
+    if info.layout.kind != "NCHW":
+        return info.layout.describe(info.output_shape)
+    return ""
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
