@@ -531,20 +531,13 @@ USER_ERRORS = [
         r"input 64x64 is too small for this model: .* is only 192x2x2; .* about 75x75: use a larger input size",
     ),
     (
-        "channels-last-layer",
+        "attention-internal-layer",
         lambda w: [
-            "export",
-            "--arch",
-            "swin_t",
-            "--num-classes",
-            "3",
-            *SIZE,
-            "--target-layer",
-            "features",
-            "--out",
-            w.root / "never",
+            "export", "--arch", "timm:vit_tiny_patch16_224", "--num-classes", "3", "--input-size", "224", "224",
+            "--target-layer", "blocks.11.attn.k_norm", "--out", w.root / "never",
         ],  # fmt: skip
-        r"layer 'features' cannot be explained: its output 2x2x768 is not a \[C, h, w\] map of the 64x64 input",
+        r"layer 'blocks\.11\.attn\.k_norm' cannot be explained: it is computed inside 'blocks' \(Sequential\), "
+        r"which takes 197x192 tokens",
     ),
     (
         "missing-class-names",
