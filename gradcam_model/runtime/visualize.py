@@ -7,13 +7,13 @@ artifact's ``cam`` output holds); OpenCV does the drawing.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .._suggest import did_you_mean
 from ..errors import InputError
 
 __all__ = [
@@ -50,8 +50,7 @@ def _colormap_code(name: str) -> int:
     key = str(name).strip().lower()
     code = getattr(cv2, f"COLORMAP_{key.upper()}", None) if key in COLORMAPS else None
     if code is None:
-        close = difflib.get_close_matches(key, COLORMAPS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(key, COLORMAPS, quote=False)
         raise InputError(f"unknown colormap {name!r}{hint}; expected one of: {', '.join(COLORMAPS)}")
     return code
 
