@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from gradcam_model.calibration import random_model
+from gradcam_model.calibration import calibrate, random_model
+
+__all__ = ["CASES", "Case", "ZOO", "build", "calibrate"]
 
 
 @dataclass(frozen=True)
