@@ -105,9 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbose = getattr(args, "verbose", 0) or 0
 
     def run() -> int:
-        if getattr(args, "needs", None):
-            require_build_side(args.command, *args.needs)
-        return int(args.handler(args))
+        if not getattr(args, "needs", None):
+            return int(args.handler(args))
+        require_build_side(args.command, *args.needs)
+        from .._torch_logs import torch_logs_at_debug
+
+        with torch_logs_at_debug():  # torch's tracing chatter: -vv shows it
+            return int(args.handler(args))
 
     return _guarded(run, verbose)
 

@@ -58,7 +58,8 @@ def parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, object, list[s
 
 def run(argv: list[str], verbose: int) -> int:
     """``gradcam bench ...`` with everything after ``bench``; ``verbose`` counts the -v given before it."""
-    if _section(argv)[0] == SECTIONS[0][1]:
+    builds = _section(argv)[0] == SECTIONS[0][1]
+    if builds:
         common.require_build_side("bench", *_NEEDS)
     parser, module, argv = parser_for(argv)
     try:
@@ -66,4 +67,9 @@ def run(argv: list[str], verbose: int) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.verbose = max(verbose, getattr(args, "verbose", 0) or 0)
-    return int(module.run(args))
+    if not builds:
+        return int(module.run(args))
+    from .._torch_logs import torch_logs_at_debug
+
+    with torch_logs_at_debug():  # torch's tracing chatter: -vv shows it
+        return int(module.run(args))
