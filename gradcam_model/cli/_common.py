@@ -192,11 +192,14 @@ def require_build_side(command: str, extra: str, modules: Sequence[str]) -> None
 
 
 def check_alpha(alpha: float) -> None:
-    """``--alpha`` is a weight in [0, 1]."""
+    """``--alpha`` is a weight in [0, 1] (the library's check, the message naming the flag)."""
     from ..errors import InputError
+    from ..runtime.visualize import check_alpha as check
 
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"--alpha must be in [0, 1], got {alpha}")
+    try:
+        check(alpha)
+    except InputError as exc:
+        raise InputError(f"--{exc}") from exc
 
 
 def output_dir(path: str | os.PathLike) -> Path:
