@@ -102,19 +102,10 @@ def contestants(
     from ..runtime.explainer import TorchScriptExplainer
     from ..wrapper import reference_cam
 
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-        from pytorch_grad_cam import GradCAM
-    except ImportError as exc:
-        raise GradCAMError(
-            f"the benchmark compares against pytorch-grad-cam and Captum; pip install 'gradcam_model[bench]' ({exc})"
-        ) from exc
-
     device = image.device
     ort_logits = ort_session(paths["onnx_logits"], threads, spinning, device)
     ort_gradcam = ort_session(paths["onnx"], threads, spinning, device)
     scripted = TorchScriptExplainer(paths["torchscript"], device=str(device)).module
-    size = tuple(image.shape[2:])
 
     def torch_logits():
         with torch.inference_mode():
@@ -127,6 +118,27 @@ def contestants(
     def torchscript():
         with torch.inference_mode():
             return scripted(image)[4][:, 0]
+
+    return {
+        "torch_logits": torch_logits,
+        "reference_cam": lambda: reference_cam(model, config.layer, image)[:, 0],
+        "gradcam_eager": gradcam_eager,
+        "ort_logits": ort_runner(ort_logits, image, 0),
+        "ort_gradcam": ort_runner(ort_gradcam, image, 4),
+        "torchscript": torchscript,
+        **_libraries(config, model, image, stack),
+    }
+
+
+def _libraries(config: BenchConfig, model: nn.Module, image: torch.Tensor, stack: contextlib.ExitStack) -> dict:
+    """The pytorch-grad-cam and Captum contestants, each on its own copy of the model."""
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+        from pytorch_grad_cam import GradCAM
+    except ImportError as exc:
+        raise GradCAMError(
+            f"the benchmark compares against pytorch-grad-cam and Captum; pip install 'gradcam_model[bench]' ({exc})"
+        ) from exc
 
     # pytorch-grad-cam keeps its hooks on the model it is given: a copy of its own,
     # so they never run inside the other contestants' forward passes
@@ -144,18 +156,9 @@ def contestants(
 
     def captum_run():
         maps = captum.attribute(image, target=top, relu_attributions=True)
-        return LayerAttribution.interpolate(maps, size, interpolate_mode="bilinear")[:, 0]
+        return LayerAttribution.interpolate(maps, tuple(image.shape[2:]), interpolate_mode="bilinear")[:, 0]
 
-    return {
-        "torch_logits": torch_logits,
-        "reference_cam": lambda: reference_cam(model, config.layer, image)[:, 0],
-        "gradcam_eager": gradcam_eager,
-        "ort_logits": ort_runner(ort_logits, image, 0),
-        "ort_gradcam": ort_runner(ort_gradcam, image, 4),
-        "torchscript": torchscript,
-        "pytorch_grad_cam": lambda: pgc(input_tensor=image, targets=None),
-        "captum": captum_run,
-    }
+    return {"pytorch_grad_cam": lambda: pgc(input_tensor=image, targets=None), "captum": captum_run}
 
 
 def as_map(value) -> np.ndarray:

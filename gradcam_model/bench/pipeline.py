@@ -140,26 +140,10 @@ def run_pipeline_bench(
             progress=False,
         )
     )  # fmt: skip
-    cli_s = help_s = None
-    if cli:
-        command = [sys.executable, "-m", "gradcam_model"]
-        folder = images[0].parent
-        argv = ["explain", str(artifact), str(folder), "--out", str(workdir / "out-cli")]
-        argv += ["--batch-size", str(batch_size), "--workers", str(workers), "--overlay-format", overlay_format]
-        cli_s = _timed(lambda: subprocess.run([*command, *argv], check=True, capture_output=True))
-        help_s = min(
-            _timed(lambda: subprocess.run([*command, "explain", "--help"], check=True, capture_output=True))
-            for _ in range(3)
-        )
-    serve_help_s = None
-    sizes = {}
-    if serve_venv is not None:
-        gradcam = Path(serve_venv) / "bin" / "gradcam"
-        serve_help_s = min(
-            _timed(lambda: subprocess.run([str(gradcam), "explain", "--help"], check=True, capture_output=True))
-            for _ in range(3)
-        )
-        sizes = {"serve (pip install .)": _du(Path(serve_venv)), f"this one ({sys.prefix})": _du(Path(sys.prefix))}
+    cli_s, help_s = (
+        _cli_timings(artifact, images[0].parent, workdir, batch_size, workers, overlay_format) if cli else (None, None)
+    )
+    serve_help_s, sizes = _serve_venv_figures(Path(serve_venv)) if serve_venv is not None else (None, {})
     return PipelineResult(
         images=len(images),
         size=size,
@@ -179,6 +163,29 @@ def run_pipeline_bench(
         load_after=tuple(round(x, 2) for x in os.getloadavg()),
         machine=f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}",
     )
+
+
+def _cli_timings(artifact, folder, workdir, batch_size, workers, overlay_format) -> tuple[float, float]:
+    """Seconds of one `gradcam explain` subprocess on ``folder``, and of `gradcam explain --help` (best of 3)."""
+    command = [sys.executable, "-m", "gradcam_model"]
+    argv = ["explain", str(artifact), str(folder), "--out", str(workdir / "out-cli")]
+    argv += ["--batch-size", str(batch_size), "--workers", str(workers), "--overlay-format", overlay_format]
+    cli_s = _timed(lambda: subprocess.run([*command, *argv], check=True, capture_output=True))
+    help_s = min(
+        _timed(lambda: subprocess.run([*command, "explain", "--help"], check=True, capture_output=True))
+        for _ in range(3)
+    )
+    return cli_s, help_s
+
+
+def _serve_venv_figures(serve_venv: Path) -> tuple[float, dict[str, str]]:
+    """`gradcam explain --help` seconds in a serve-only venv (best of 3), and both venvs' sizes."""
+    gradcam = serve_venv / "bin" / "gradcam"
+    help_s = min(
+        _timed(lambda: subprocess.run([str(gradcam), "explain", "--help"], check=True, capture_output=True))
+        for _ in range(3)
+    )
+    return help_s, {"serve (pip install .)": _du(serve_venv), f"this one ({sys.prefix})": _du(Path(sys.prefix))}
 
 
 def _du(path: Path) -> str:

@@ -63,6 +63,45 @@ def time_interleaved(
     return samples, outputs
 
 
+def _build_and_export(config: BenchConfig, model: nn.Module, example: torch.Tensor, workdir: Path):
+    """The wrapper, its build time, the three artifacts' paths and their export times."""
+    from ..export import export_onnx, export_torchscript
+    from ..wrapper import GradCAMModel
+
+    started = time.perf_counter()
+    wrapper = GradCAMModel(model, config.layer, example_input=example, architecture=config.arch)
+    build_s = time.perf_counter() - started
+    paths = {
+        "onnx": workdir / f"{config.name}.onnx",
+        "torchscript": workdir / f"{config.name}.pt",
+        "onnx_logits": workdir / f"{config.name}.logits.onnx",
+    }
+    writers = {
+        "onnx": lambda: export_onnx(wrapper, paths["onnx"], overwrite=True),
+        "torchscript": lambda: export_torchscript(wrapper, paths["torchscript"], overwrite=True),
+        "onnx_logits": lambda: export_logits_onnx(model, example, paths["onnx_logits"]),
+    }
+    export_s = {}
+    for key, write in writers.items():
+        started = time.perf_counter()
+        write()
+        export_s[key] = time.perf_counter() - started
+    log.info("%s: built in %.1f s, exports %s", config.name, build_s, {k: round(v, 1) for k, v in export_s.items()})
+    return wrapper, build_s, paths, export_s
+
+
+def _parity(outputs: dict[str, object]) -> dict[str, float]:
+    """Max |map - reference_cam| of each contestant that gives maps (Captum's min-max normalized first)."""
+    reference = as_map(outputs["reference_cam"])
+    parity = {}
+    for key in MAP_CONTESTANTS:
+        got = as_map(outputs[key])
+        if key == "captum":
+            got = normalized(got)
+        parity[key] = float(np.abs(got - reference).max())
+    return parity
+
+
 def bench_config(
     config: BenchConfig,
     workdir: Path,
@@ -74,34 +113,12 @@ def bench_config(
     spinning: bool,
     device: torch.device,
 ) -> ConfigResult:
-    from ..export import export_onnx, export_torchscript
-    from ..wrapper import GradCAMModel
-
     model = _build_model(config)
     gen = torch.Generator().manual_seed(1)
     image = torch.randn(config.batch, 3, config.size, config.size, generator=gen)
     example = torch.randn(2, 3, config.size, config.size, generator=gen)
-
-    started = time.perf_counter()
-    wrapper = GradCAMModel(model, config.layer, example_input=example, architecture=config.arch)
-    build_s = time.perf_counter() - started
-    paths = {
-        "onnx": workdir / f"{config.name}.onnx",
-        "torchscript": workdir / f"{config.name}.pt",
-        "onnx_logits": workdir / f"{config.name}.logits.onnx",
-    }
-    export_s = {}
-    started = time.perf_counter()
-    export_onnx(wrapper, paths["onnx"], overwrite=True)
-    export_s["onnx"] = time.perf_counter() - started
-    started = time.perf_counter()
-    export_torchscript(wrapper, paths["torchscript"], overwrite=True)
-    export_s["torchscript"] = time.perf_counter() - started
-    started = time.perf_counter()
-    export_logits_onnx(model, example, paths["onnx_logits"])
-    export_s["onnx_logits"] = time.perf_counter() - started
+    wrapper, build_s, paths, export_s = _build_and_export(config, model, example, workdir)
     sizes = {k: p.stat().st_size for k, p in paths.items()}
-    log.info("%s: built in %.1f s, exports %s", config.name, build_s, {k: round(v, 1) for k, v in export_s.items()})
 
     # traced and exported on the CPU (artifacts are device-neutral), timed on `device`
     model, wrapper, image = model.to(device), wrapper.to(device), image.to(device)
@@ -111,20 +128,43 @@ def bench_config(
         samples, outputs = time_interleaved(runners, warmup=warmup, repeats=repeats, synchronize=synchronize)
     timings = {k: Timing.from_seconds(samples[k]) for k in CONTESTANTS}
 
-    reference = as_map(outputs["reference_cam"])
-    parity = {}
-    for key in MAP_CONTESTANTS:
-        got = as_map(outputs[key])
-        if key == "captum":
-            got = normalized(got)
-        parity[key] = float(np.abs(got - reference).max())
-
+    parity = _parity(outputs)
     memory = {}
     if memory_runs > 0 and device.type == "cpu":  # the probe measures host memory of CPU sessions
         shape = [config.batch, 3, config.size, config.size]
         for key, path_key in ((OURS, "onnx"), (FLOOR, "onnx_logits")):
             memory[key] = measure(paths[path_key], shape, threads, spinning, memory_runs)
     return ConfigResult(config, timings, build_s, export_s, sizes, memory, parity)
+
+
+def _settings(configs, quick, repeats, warmup, threads, memory_runs, ort_spinning, device: torch.device) -> dict:
+    """The run's settings with their defaults filled in, checked; recorded with the results."""
+    repeats = repeats if repeats is not None else (1 if quick else 15)
+    warmup = warmup if warmup is not None else (1 if quick else 3)
+    memory_runs = memory_runs if memory_runs is not None else (1 if quick else 3)
+    threads = threads if threads is not None else default_threads()
+    for what, value, low in (
+        ("repeats", repeats, 1),
+        ("warmup", warmup, 0),
+        ("threads", threads, 1),
+        ("memory_runs", memory_runs, 0),
+    ):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
+    if not configs:
+        raise ValueError("no configuration to run")
+    return {
+        "quick": quick,
+        "repeats": repeats,
+        "warmup": warmup,
+        "threads": threads,
+        "memory_runs": memory_runs,
+        "ort_spinning": ort_spinning,
+        "device": str(device),
+        # libgomp's idle-thread policy shapes the eager torch contestants; recorded, not changed
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)"),
+        "configs": [c.name for c in configs],
+    }
 
 
 def run_benchmark(
@@ -163,33 +203,8 @@ def run_benchmark(
             probes are skipped.
     """
     configs = list(configs) if configs is not None else select_configs(None, quick=quick)
-    repeats = repeats if repeats is not None else (1 if quick else 15)
-    warmup = warmup if warmup is not None else (1 if quick else 3)
-    memory_runs = memory_runs if memory_runs is not None else (1 if quick else 3)
-    threads = threads if threads is not None else default_threads()
-    for what, value, low in (
-        ("repeats", repeats, 1),
-        ("warmup", warmup, 0),
-        ("threads", threads, 1),
-        ("memory_runs", memory_runs, 0),
-    ):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{what} must be an int >= {low}, got {value!r}")
-    if not configs:
-        raise ValueError("no configuration to run")
-    device = resolve_device(device)
-    settings = {
-        "quick": quick,
-        "repeats": repeats,
-        "warmup": warmup,
-        "threads": threads,
-        "memory_runs": memory_runs,
-        "ort_spinning": ort_spinning,
-        "device": str(device),
-        # libgomp's idle-thread policy shapes the eager torch contestants; recorded, not changed
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (libgomp default)"),
-        "configs": [c.name for c in configs],
-    }
+    settings = _settings(configs, quick, repeats, warmup, threads, memory_runs, ort_spinning, resolve_device(device))
+    device, threads = torch.device(settings["device"]), settings["threads"]
     machine = machine_info(threads, device)
     previous_threads = torch.get_num_threads()
     results = []
@@ -208,9 +223,9 @@ def run_benchmark(
                 config,
                 directory,
                 threads=threads,
-                warmup=warmup,
-                repeats=repeats,
-                memory_runs=memory_runs,
+                warmup=settings["warmup"],
+                repeats=settings["repeats"],
+                memory_runs=settings["memory_runs"],
                 spinning=ort_spinning,
                 device=device,
             )
