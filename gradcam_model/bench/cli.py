@@ -48,22 +48,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--quick", action="store_true", help="smoke run: 64 px, batch 2, 1 repetition (resnet18 unless --config)"
     )
     parser.add_argument(
-        "--repeats", type=_int_at_least(1), default=None, help="timed interleaved rounds (default 15, quick 1)"
+        "--repeats",
+        type=_int_at_least(1),
+        default=None,
+        metavar="N",
+        help="timed interleaved rounds (default 15, quick 1)",
     )
     parser.add_argument(
-        "--warmup", type=_int_at_least(0), default=None, help="untimed rounds first (default 3, quick 1)"
+        "--warmup", type=_int_at_least(0), default=None, metavar="N", help="untimed rounds first (default 3, quick 1)"
     )
     parser.add_argument(
         "--threads",
         type=_int_at_least(1),
         default=None,
+        metavar="N",
         help="threads for torch and ONNX Runtime (default: usable cores)",
     )
     parser.add_argument(
         "--memory-runs",
         type=_int_at_least(0),
         default=None,
-        help="runs per ORT memory probe; 0 skips them (default 3, quick 1)",
+        metavar="N",
+        help="runs per ONNX Runtime memory measurement; 0 skips them (default 3, quick 1)",
     )
     parser.add_argument(
         "--ort-spinning", action="store_true", help="let ONNX Runtime's idle threads spin (off: fairer interleaving)"
