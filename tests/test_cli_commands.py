@@ -49,4 +49,3 @@ def test_an_extra_bench_section_is_one_registry_line(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.startswith("usage: gradcam bench --else") and "Time something else." in out
     assert "--else: something else" in build_parser().format_help()
-
