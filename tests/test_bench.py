@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +95,22 @@ def test_exports_sizes_and_memory_are_recorded(quick_run):
     for figures in memory.values():
         # the session holds the weights, so the high-water mark grows by at least their size
         assert figures["peak_mb"] >= figures["load_mb"] > 40
+
+
+def test_memory_probe_runs_as_a_module_without_torch(quick_run):
+    """``python -m gradcam_model.bench.memory`` in a fresh interpreter: figures as JSON, torch never imported."""
+    path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.logits.onnx"
+    argument = json.dumps([str(path), [1, 3, 64, 64], 1, False, 1])
+    code = (
+        "import runpy, sys; sys.argv = ['memory', sys.argv[1]]; "
+        "runpy.run_module('gradcam_model.bench.memory', run_name='__main__'); print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code, argument], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures, torch_loaded = done.stdout.strip().splitlines()
+    assert torch_loaded == "False"
+    assert json.loads(figures)["peak_mb"] >= json.loads(figures)["load_mb"] > 40
 
 
 def test_markdown_has_machine_and_one_row_per_contestant(quick_run):
