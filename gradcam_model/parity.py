@@ -18,7 +18,16 @@ from .runtime.explainer import Explainer, load_explainer
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
 from .wrapper import reference_cam
 
-__all__ = ["Tolerance", "TOLERANCES", "tolerance_for", "OutputDiff", "ParityReport", "validate", "assert_parity"]
+__all__ = [
+    "Tolerance",
+    "TOLERANCES",
+    "tolerance_for",
+    "OutputDiff",
+    "ParityReport",
+    "validate",
+    "assert_parity",
+    "parity_document",
+]
 
 log = logging.getLogger(__name__)
 
@@ -230,3 +239,11 @@ def assert_parity(report: ParityReport) -> ParityReport:
         lines = "\n".join(f"  {line}" for line in report.failures())
         raise ParityError(f"{report.artifact} differs from the eager reference:\n{lines}")
     return report
+
+
+def parity_document(reports) -> str:
+    """The ``parity.json`` document for several reports: overall ``ok`` and one record per artifact."""
+    import json
+
+    reports = list(reports)
+    return json.dumps({"ok": all(r.ok for r in reports), "artifacts": [r.to_dict() for r in reports]}, indent=2) + "\n"

@@ -8,30 +8,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from gradcam_model import bench
-from gradcam_model.bench import (
-    CONFIGS,
-    CONTESTANTS,
-    QUICK_CONFIGS,
-    BenchConfig,
-    ConfigResult,
-    TargetCheck,
-    Timing,
-    UnknownConfigError,
-    run_benchmark,
-    select_configs,
-)
+from gradcam_model.bench import cli, contestants, machine, timing
+from gradcam_model.bench.configs import CONFIGS, QUICK_CONFIGS, BenchConfig, UnknownConfigError, select_configs
+from gradcam_model.bench.results import CONTESTANTS, BenchResult, ConfigResult, TargetCheck, Timing
+from gradcam_model.bench.timing import run_benchmark
 from gradcam_model.errors import GradCAMError
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
 def _parse(argv):
     parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+    cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -42,7 +39,7 @@ def quick_run(tmp_path_factory):
     json_path, md_path = out / "bench.json", out / "docs" / "benchmarks.md"
     args = _parse(["--quick", "--json", str(json_path), "--markdown", str(md_path), "--workdir", str(out / "art")]
                   + ["--device", "cpu"])  # fmt: skip
-    return {"rc": bench.run(args), "json": json.loads(json_path.read_text()), "md": md_path.read_text(), "dir": out}
+    return {"rc": cli.run(args), "json": json.loads(json_path.read_text()), "md": md_path.read_text(), "dir": out}
 
 
 def test_quick_run_exits_cleanly_and_writes_both_reports(quick_run):
@@ -59,10 +56,10 @@ def test_quick_run_exits_cleanly_and_writes_both_reports(quick_run):
 def test_every_contestant_has_a_finite_median(quick_run):
     (config,) = quick_run["json"]["configs"]
     assert set(config["timings_ms"]) == set(CONTESTANTS)
-    for key, timing in config["timings_ms"].items():
-        assert math.isfinite(timing["median_ms"]) and timing["median_ms"] > 0, key
-        assert timing["runs"] == 1, key
-        assert timing["min_ms"] <= timing["median_ms"], key
+    for key, t in config["timings_ms"].items():
+        assert math.isfinite(t["median_ms"]) and t["median_ms"] > 0, key
+        assert t["runs"] == 1, key
+        assert t["min_ms"] <= t["median_ms"], key
 
 
 def test_ratios_are_medians_divided_side_by_side(quick_run):
@@ -100,6 +97,22 @@ def test_exports_sizes_and_memory_are_recorded(quick_run):
         assert figures["peak_mb"] >= figures["load_mb"] > 40
 
 
+def test_memory_probe_runs_as_a_module_without_torch(quick_run):
+    """``python -m gradcam_model.bench.memory`` in a fresh interpreter: figures as JSON, torch never imported."""
+    path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.logits.onnx"
+    argument = json.dumps([str(path), [1, 3, 64, 64], 1, False, 1])
+    code = (
+        "import runpy, sys; sys.argv = ['memory', sys.argv[1]]; "
+        "runpy.run_module('gradcam_model.bench.memory', run_name='__main__'); print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, "-c", code, argument], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures, torch_loaded = done.stdout.strip().splitlines()
+    assert torch_loaded == "False"
+    assert json.loads(figures)["peak_mb"] >= json.loads(figures)["load_mb"] > 40
+
+
 def test_markdown_has_machine_and_one_row_per_contestant(quick_run):
     md, machine = quick_run["md"], quick_run["json"]["machine"]
     assert md.startswith("# Benchmarks")
@@ -114,7 +127,7 @@ def test_markdown_has_machine_and_one_row_per_contestant(quick_run):
 def test_terminal_table_lists_every_contestant(quick_run):
     (config,) = quick_run["json"]["configs"]
     # the run printed before this test's capture started, so rebuild the table from a result
-    result = bench.BenchResult(
+    result = BenchResult(
         quick_run["json"]["machine"],
         quick_run["json"]["settings"],
         [_config_result(QUICK_CONFIGS[0], {k: t["median_ms"] for k, t in config["timings_ms"].items()})],
@@ -168,20 +181,12 @@ def test_timing_summarizes_samples_in_milliseconds():
 
 
 def test_configurations_are_the_documented_set():
-    assert [c.name for c in CONFIGS] == [
-        "resnet50-layer4-224-b1",
-        "resnet50-layer4-224-b8",
-        "vgg19-features-128-b8",
-        "resnet50-layer3-224-b8",
-        "mobilenet_v3_large-features-224-b8",
-        "mobilenet_v3_large-features.12-224-b8",
-        "efficientnet_lite0-bn2-224-b8",
-    ]
-    by_name = {c.name: c for c in CONFIGS}
-    assert by_name["vgg19-features-128-b8"].num_classes == 10
-    assert by_name["efficientnet_lite0-bn2-224-b8"].arch == "timm:efficientnet_lite0"
-    assert by_name["mobilenet_v3_large-features.12-224-b8"].max_overhead == 1.6
-    assert by_name["resnet50-layer3-224-b8"].max_overhead is None  # inner layer: reported, no target
+    """docs/benchmarks.md reports exactly the configurations a full run measures."""
+    names = [c.name for c in CONFIGS]
+    assert len(set(names)) == len(names)
+    summary = (DOCS / "benchmarks.md").read_text().split("## Summary", 1)[1].split("\n## ", 1)[0]
+    documented = [line.split("|")[1].strip() for line in summary.splitlines() if line.startswith("| ")][1:]
+    assert documented == names
 
 
 def test_select_configs_by_name_pattern_and_quick():
@@ -248,7 +253,7 @@ def test_cli_rejects_bad_numbers_before_running(argv, capsys):
 def test_each_timed_call_ends_with_synchronize():
     events = []
     runners = {"a": lambda: events.append("a") or 1, "b": lambda: events.append("b") or 2}
-    samples, outputs = bench._time_interleaved(runners, warmup=1, repeats=3, synchronize=lambda: events.append("sync"))
+    samples, outputs = timing.time_interleaved(runners, warmup=1, repeats=3, synchronize=lambda: events.append("sync"))
     assert outputs == {"a": 1, "b": 2} and [len(v) for v in samples.values()] == [3, 3]
     # warm-up: both, one sync; then every timed call is followed by its own sync
     assert events[:3] == ["a", "b", "sync"]
@@ -261,24 +266,24 @@ def test_maps_from_ort_values_are_squeezed():
         def numpy(self):
             return np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)
 
-    got = bench._as_map(FakeOrtValue())
+    got = contestants.as_map(FakeOrtValue())
     assert got.shape == (2, 2, 2) and got.dtype == np.float64 and got[1, 1, 1] == 7
 
 
 def test_device_resolution(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert bench.resolve_device("auto") == bench.resolve_device(None) == torch.device("cpu")
-    assert bench.resolve_device("cpu") == torch.device("cpu")
+    assert machine.resolve_device("auto") == machine.resolve_device(None) == torch.device("cpu")
+    assert machine.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(GradCAMError, match="torch sees no CUDA GPU; use --device cpu"):
-        bench.resolve_device("cuda")
+        machine.resolve_device("cuda")
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'mps'"):
-        bench.resolve_device("mps")
+        machine.resolve_device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    assert bench.resolve_device("auto") == torch.device("cuda", 0)
-    assert bench.resolve_device("cuda") == torch.device("cuda", 0)
+    assert machine.resolve_device("auto") == torch.device("cuda", 0)
+    assert machine.resolve_device("cuda") == torch.device("cuda", 0)
     with pytest.raises(GradCAMError, match="sees 1 GPU"):
-        bench.resolve_device("cuda:3")
+        machine.resolve_device("cuda:3")
 
 
 def test_cli_device_errors(monkeypatch, capsys):
@@ -299,17 +304,17 @@ def test_ort_cuda_session_refuses_a_silent_cpu_fallback(quick_run):
     must not be reported as GPU ones."""
     path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.onnx"
     with pytest.raises(GradCAMError, match="could not start its CUDA provider for resnet18-layer4-64-b2.onnx"):
-        bench._ort_session(path, 1, False, torch.device("cuda", 0))
+        contestants.ort_session(path, 1, False, torch.device("cuda", 0))
 
 
 def test_bound_ort_runner_matches_a_plain_run(quick_run):
     """The IO-binding path the GPU run takes, exercised on the CPU: same outputs as ``run``."""
     path = quick_run["dir"] / "art" / "resnet18-layer4-64-b2.onnx"
-    session = bench._ort_session(path, 1, False, torch.device("cpu"))
+    session = contestants.ort_session(path, 1, False, torch.device("cpu"))
     image = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(5))
-    plain = bench._ort_runner(session, image, 4)()
-    bound = bench._ort_runner(session, image, 4, bind=True)()
+    plain = contestants.ort_runner(session, image, 4)()
+    bound = contestants.ort_runner(session, image, 4, bind=True)()
     assert plain.shape == (3, 1, 64, 64) and plain.max() == 1.0
-    np.testing.assert_array_equal(bench._as_map(bound), bench._as_map(plain))
-    logits = bench._ort_runner(session, image, 0, bind=True)().numpy()
+    np.testing.assert_array_equal(contestants.as_map(bound), contestants.as_map(plain))
+    logits = contestants.ort_runner(session, image, 0, bind=True)().numpy()
     np.testing.assert_array_equal(logits, session.run(None, {"image": image.numpy()})[0])

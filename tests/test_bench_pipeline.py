@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradcam_model.bench_pipeline import BEGIN, END, generate_jpegs, markdown, run_pipeline_bench, update_markdown
+from gradcam_model.bench.pipeline import BEGIN, END, generate_jpegs, markdown, run_pipeline_bench, update_markdown
 from gradcam_model.cli import main
 
 

@@ -14,6 +14,8 @@ SERVE_SIDE = [
     "gradcam_model.errors",
     "gradcam_model._atomic",
     "gradcam_model._process",
+    "gradcam_model._suggest",
+    "gradcam_model.bench.memory",
     "gradcam_model.tolerances",
 ] + [
     f"gradcam_model.runtime.{p.stem}" if p.stem != "__init__" else "gradcam_model.runtime"

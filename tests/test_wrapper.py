@@ -91,9 +91,6 @@ class AllMethods(CAMMethod):
         return torch.cat([m.saliency(activations, gradients) for m in self.methods], dim=-1)
 
 
-_all_methods_cache: dict = {}
-
-
 @pytest.mark.parametrize(("arch", "which"), zoo_params())
 def test_zoo_every_method(arch, which):
     case = CASES[arch]

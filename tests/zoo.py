@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torchvision
 from torch import nn
+
+from gradcam_model.calibration import calibrate, random_model
+
+__all__ = ["CASES", "Case", "ZOO", "build", "calibrate"]
 
 
 @dataclass(frozen=True)
@@ -44,33 +46,4 @@ CASES = {c.arch: c for c in ZOO}
 
 def build(arch: str, num_classes: int = 10, seed: int = 0) -> nn.Module:
     """A randomly initialized torchvision model made fit for CAM comparisons (see ``calibrate``)."""
-    torch.manual_seed(seed)
-    kwargs = {"weights": None, "num_classes": num_classes}
-    if arch in ("googlenet", "inception_v3"):
-        kwargs.update(aux_logits=False, init_weights=True)
-    model = torchvision.models.get_model(arch, **kwargs)
-    return calibrate(model, CASES[arch].size if arch in CASES else 64, seed=seed)
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, size: int, seed: int = 0, batches: int = 3) -> nn.Module:
-    """Give a random model O(1) maps instead of ~1e-15 ones.
-
-    Randomly initialized heads and BatchNorm statistics make activations vanish
-    layer after layer; then any eps decides the maps and no comparison means
-    anything. Linear heads get a normal scale and BatchNorm running statistics are
-    calibrated on a few random batches. Returns the model in eval mode.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            m.weight.normal_(0, 1.0 / m.in_features**0.5, generator=gen)
-            if m.bias is not None:
-                m.bias.zero_()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    for _ in range(batches):
-        model(torch.randn(4, 3, size, size, generator=gen))
-    return model.eval()
+    return random_model(arch, size=CASES[arch].size if arch in CASES else 64, num_classes=num_classes, seed=seed)

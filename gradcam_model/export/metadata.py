@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from ..contract import METADATA_KEY, SCHEMA_VERSION, ArtifactMetadata
 
 __all__ = ["SCHEMA_VERSION", "METADATA_KEY", "ArtifactMetadata", "metadata_for"]
+
+# the fields an export adds; every other field is the wrapper's attribute of the same name
+_EXPORT_FIELDS = frozenset({"schema_version", "format", "package_version", "torch_version", "opset"})
 
 
 def metadata_for(wrapper, fmt: str, opset: int | None = None) -> ArtifactMetadata:
@@ -13,22 +18,10 @@ def metadata_for(wrapper, fmt: str, opset: int | None = None) -> ArtifactMetadat
 
     from .. import __version__
 
+    recorded = {f.name: getattr(wrapper, f.name) for f in fields(ArtifactMetadata) if f.name not in _EXPORT_FIELDS}
     return ArtifactMetadata(
+        **recorded,
         schema_version=SCHEMA_VERSION,
-        method=wrapper.method,
-        target_layer=wrapper.target_layer,
-        architecture=wrapper.architecture,
-        num_classes=wrapper.num_classes,
-        class_names=wrapper.class_names,
-        input_size=wrapper.input_size,
-        in_channels=wrapper.in_channels,
-        mean=wrapper.mean,
-        std=wrapper.std,
-        top_k=wrapper.top_k,
-        class_input=wrapper.class_input,
-        upsample=wrapper.upsample,
-        normalize=wrapper.normalize,
-        example_size=wrapper.example_size,
         format=fmt,
         package_version=__version__,
         torch_version=torch.__version__,

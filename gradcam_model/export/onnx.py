@@ -17,7 +17,7 @@ from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 
-__all__ = ["export_onnx", "DEFAULT_OPSET"]
+__all__ = ["export_onnx", "DEFAULT_OPSET", "quiet"]
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def dynamic_shapes(wrapper: GradCAMModel) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """torch.onnx prints progress to stdout and warns about deprecations; keep the library silent."""
     sink = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
@@ -74,7 +74,7 @@ def export_onnx(
     args = example_inputs(wrapper)
     input_names = list(INPUT_NAMES[: len(args)])
     try:
-        with _quiet() as printed, torch.inference_mode(False):
+        with quiet() as printed, torch.inference_mode(False):
             program = torch.onnx.export(
                 wrapper.graph,
                 args,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._suggest import did_you_mean
 from ..errors import InputError
 from .images import IMAGE_SUFFIXES
 
@@ -65,8 +65,7 @@ def resolve_class(value: int | str, metadata) -> int:
                 return names.index(value) if value in names else lowered.index(value.lower())
             if not names:
                 raise InputError(f"class {value!r}: this artifact has no class names; give a class index") from None
-            close = difflib.get_close_matches(value, names, n=3)
-            hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+            hint = did_you_mean(value, names)
             raise InputError(f"class {value!r} is not a class of this artifact{hint}") from None
     if not -1 <= value < metadata.num_classes:
         raise InputError(f"class {value} is out of range; expected 0..{metadata.num_classes - 1} or -1 (top class)")

@@ -28,7 +28,7 @@ from ..errors import InputError
 from .explainer import Explainer, load_explainer
 from .images import DEFAULT_MAX_SIDE, load_image, preprocess, target_size
 from .inputs import ImageInput, collect_images, resolve_class
-from .visualize import OVERLAY_FORMATS, caption, encode_image, grid, overlay, save_png, thumbnail
+from .visualize import OVERLAY_FORMATS, caption, check_alpha, encode_image, grid, overlay, save_png, thumbnail
 
 __all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files"]
 
@@ -141,8 +141,7 @@ def _encode(item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options)
 
 
 def _check_options(alpha, overlay_format, batch_size, workers, tile_size, max_side) -> None:
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    check_alpha(alpha)
     if overlay_format not in OVERLAY_FORMATS:
         raise InputError(f"overlay_format must be one of {', '.join(OVERLAY_FORMATS)}, got {overlay_format!r}")
     for name, value in (("batch_size", batch_size), ("workers", workers), ("tile_size", tile_size)):

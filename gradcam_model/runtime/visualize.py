@@ -7,18 +7,19 @@ artifact's ``cam`` output holds); OpenCV does the drawing.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .._suggest import did_you_mean
 from ..errors import InputError
 
 __all__ = [
     "COLORMAPS",
     "OVERLAY_FORMATS",
+    "check_alpha",
     "overlay",
     "heatmap",
     "caption",
@@ -50,10 +51,17 @@ def _colormap_code(name: str) -> int:
     key = str(name).strip().lower()
     code = getattr(cv2, f"COLORMAP_{key.upper()}", None) if key in COLORMAPS else None
     if code is None:
-        close = difflib.get_close_matches(key, COLORMAPS, n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        hint = did_you_mean(key, COLORMAPS, quote=False)
         raise InputError(f"unknown colormap {name!r}{hint}; expected one of: {', '.join(COLORMAPS)}")
     return code
+
+
+def check_alpha(alpha: float) -> float:
+    """``alpha`` as a float, or an ``InputError`` when it is not a heat-map weight in [0, 1]."""
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha
 
 
 def _check_rgb(image, what: str = "image") -> np.ndarray:
@@ -97,9 +105,7 @@ def overlay(rgb_uint8: np.ndarray, cam_2d: np.ndarray, *, colormap: str = "jet",
         RGB ``uint8 [H, W, 3]``, rounded to nearest.
     """
     image = _check_rgb(rgb_uint8)
-    alpha = float(alpha)
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha must be in [0, 1], got {alpha}")
+    alpha = check_alpha(alpha)
     heat = heatmap(cam_2d, colormap=colormap, size=image.shape[:2])
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -1,0 +1,159 @@
+"""``gradcam export``: build the Grad-CAM graph, write the artifacts, validate each, write parity.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import _common as common
+
+__all__ = ["register", "run"]
+
+
+def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
+    """Add ``export`` to the ``gradcam`` subcommands."""
+    p = sub.add_parser(
+        "export",
+        help="export a Grad-CAM artifact and check its parity",
+        description="Build the Grad-CAM graph, write ONNX and/or TorchScript artifacts to --out, validate "
+        "each against the eager model and write parity.json. Exit 1 when parity fails.",
+        parents=[common.model_options(), common.input_size_option(), common.tolerance_options(), *parents],
+    )
+    p.add_argument("--class-names", metavar="FILE", help="class names: one per line, or a JSON list")
+    p.add_argument("--target-layer", default="auto", metavar="NAME", help="dotted module name or 'auto' (default)")
+    p.add_argument("--method", default="gradcam", metavar="M", help="gradcam (default), gradcam++, xgradcam, ...")
+    p.add_argument(
+        "--top-k",
+        type=common.positive_int,
+        default=1,
+        metavar="K",
+        help="explain the K most likely classes (default: 1)",
+    )
+    p.add_argument("--class-input", action="store_true", help="take the class to explain as an input (-1: top class)")
+    p.add_argument(
+        "--format",
+        type=common.formats,
+        default=("onnx", "torchscript"),
+        metavar="F",
+        help="onnx, torchscript, or both comma-separated (default: onnx,torchscript)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--name", metavar="STEM", help="artifact file name without suffix (default: from --arch)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
+    p.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (default: ImageNet)")
+    p.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (default: ImageNet)")
+    p.set_defaults(handler=run, needs=("[export]", ("torch", "torchvision", "onnx", "onnxscript")))
+
+
+def _read_class_names(path: str) -> list[str]:
+    import json
+
+    from ..errors import InputError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise InputError(f"cannot read class names from {path}: {reason}") from exc
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{path} starts like a JSON list but is not valid JSON: {exc}") from exc
+        if not isinstance(names, list) or not all(isinstance(n, (str, int)) for n in names):
+            raise InputError(f"{path}: expected a JSON list of class names")
+        return [str(n) for n in names]
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise InputError(f"{path} holds no class names; expected one per line or a JSON list")
+    return names
+
+
+def _stem(arch: str) -> str:
+    name = arch.split(":", 1)[1] if ":" in arch else arch
+    name = name.rsplit(".", 1)[-1].rsplit("/", 1)[-1]
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "model"
+
+
+def _targets(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
+    """The output folder and one artifact path per format, checked before anything is built."""
+    from .._atomic import check_target
+
+    out = common.output_dir(args.out)
+    stem = args.name or _stem(args.arch)
+    targets = {fmt: out / f"{stem}{common.FORMATS[fmt][1]}" for fmt in args.format}
+    for path in targets.values():
+        check_target(path, overwrite=args.overwrite)
+    return out, targets
+
+
+def _build(args: argparse.Namespace, model, method: str, class_names):
+    """The ``GradCAMModel`` the flags describe; prints a one-line summary."""
+    import torch
+
+    from ..wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
+
+    example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
+    common.status(f"building the Grad-CAM graph at {args.target_layer!r}")
+    wrapper = GradCAMModel(
+        model,
+        args.target_layer,
+        method=method,
+        example_input=example,
+        top_k=args.top_k,
+        class_input=args.class_input,
+        class_names=class_names,
+        mean=args.mean or IMAGENET_MEAN,
+        std=args.std or IMAGENET_STD,
+        architecture=args.arch,
+    )
+    explains = "class input" if wrapper.class_input else f"top-{wrapper.top_k}"
+    size = "dynamic" if wrapper.dynamic_spatial else "fixed {}x{}".format(*wrapper.input_size)
+    print(
+        f"built {args.arch} {wrapper.method} at {wrapper.target_layer!r}: {wrapper.num_classes} classes, "
+        f"{explains}, {size} input size ({wrapper.build_seconds:.1f} s)"
+    )
+    return wrapper
+
+
+def _export_and_validate(args: argparse.Namespace, wrapper, model, fmt: str, path: Path):
+    """Write one artifact and return its parity report (printed as a table)."""
+    from ..export import export_onnx, export_torchscript
+    from ..parity import tolerance_for, validate
+
+    exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
+    common.status(f"exporting {fmt}")
+    started = time.perf_counter()
+    exporters[fmt](wrapper, path, overwrite=args.overwrite)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
+    common.status(f"validating {path.name}")
+    tolerance = tolerance_for(fmt, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor)
+    report = validate(path, model, tolerance=tolerance)
+    print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
+    print(common.indent(report.table()))
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export, validate, write parity.json; 1 when some artifact fails its parity check."""
+    from ..errors import GradCAMError
+    from ..methods import get_method
+    from ..parity import parity_document
+
+    method = get_method(args.method).name  # fail fast, before building anything
+    if args.class_input and args.top_k != 1:
+        raise GradCAMError("--class-input explains one given class; drop --top-k or use --top-k 1")
+    out, targets = _targets(args)
+    class_names = _read_class_names(args.class_names) if args.class_names else None
+    model = common.load_model(args, args.num_classes)
+    wrapper = _build(args, model, method, class_names)
+    reports = [_export_and_validate(args, wrapper, model, fmt, path) for fmt, path in targets.items()]
+    report_path = common.write_text(out / "parity.json", parity_document(reports))
+    print(f"wrote {report_path}")
+    failed = [r for r in reports if not r.ok]
+    for r in failed:
+        print(f"{common.PROG}: parity check failed for {r.artifact}: {'; '.join(r.failures())}", file=sys.stderr)
+    return 1 if failed else 0
