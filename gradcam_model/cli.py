@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_demo)
 
     _add_bench(sub)
+    from .serving.cli import add_parsers as _add_serving_parsers  # serve, triton (gradcam_model/serving/cli.py)
+
+    _add_serving_parsers(sub)
     return parser
 
 
