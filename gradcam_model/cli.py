@@ -42,6 +42,7 @@ _CAM_ATOL, _LOGITS_RTOL, _NOISE_FACTOR = _DEFAULTS.cam_atol, _DEFAULTS.logits_rt
 log = logging.getLogger(__name__)
 
 _FORMATS = {"onnx": ("onnx", ".onnx"), "torchscript": ("torchscript", ".pt"), "ts": ("torchscript", ".pt")}
+_FORMATS["triton"] = ("triton", ".onnx")  # OUT/NAME/1/model.onnx + OUT/NAME/config.pbtxt (serving/triton.py)
 _TABLE_ROWS = 20  # predictions printed to the terminal
 # build commands and the extras they need beyond the base (serve-side) install
 _NEEDS = {
@@ -81,7 +82,7 @@ def _formats(text: str) -> tuple[str, ...]:
     for part in text.split(","):
         key = part.strip().lower()
         if key not in _FORMATS:
-            raise argparse.ArgumentTypeError(f"unknown format {part.strip()!r}; expected onnx, torchscript or both")
+            raise argparse.ArgumentTypeError(f"unknown format {part.strip()!r}; expected onnx, torchscript, triton")
         if _FORMATS[key][0] not in chosen:
             chosen.append(_FORMATS[key][0])
     return tuple(chosen)
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_formats,
         default=("onnx", "torchscript"),
         metavar="F",
-        help="onnx, torchscript, or both comma-separated (default: onnx,torchscript)",
+        help="onnx, torchscript, triton (a Triton model repository), comma-separated (default: onnx,torchscript)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--name", metavar="STEM", help="artifact file name without suffix (default: from --arch)")
@@ -565,7 +566,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise GradCAMError("--class-input explains one given class; drop --top-k or use --top-k 1")
     out = _output_dir(args.out)
     stem = args.name or _stem(args.arch)
-    targets = {fmt: out / f"{stem}{_FORMATS[fmt][1]}" for fmt in args.format}
+    targets = {fmt: out / stem / "1" / "model.onnx" if fmt == "triton" else out / f"{stem}{_FORMATS[fmt][1]}"
+               for fmt in args.format}  # fmt: skip
     for path in targets.values():
         check_target(path, overwrite=args.overwrite)
     class_names = _read_class_names(args.class_names) if args.class_names else None
@@ -590,7 +592,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"built {args.arch} {wrapper.method} at {wrapper.target_layer!r}: {wrapper.num_classes} classes, "
         f"{explains}, {size} input size ({wrapper.build_seconds:.1f} s)"
     )
-    exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
+    exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "triton": export_onnx}
     reports = []
     for fmt, path in targets.items():
         _status(f"exporting {fmt}")
@@ -599,12 +601,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
         _status(f"validating {path.name}")
         tolerance = tolerance_for(
-            fmt, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor
+            "onnx" if fmt == "triton" else fmt,
+            cam_atol=args.cam_atol,
+            logits_rtol=args.logits_rtol,
+            noise_factor=args.noise_factor,
         )
         report = validate(path, model, tolerance=tolerance)
         reports.append(report)
         print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
         print(_indent(report.table()))
+        if fmt == "triton":
+            from .serving.triton import write_config
+
+            print(f"wrote {write_config(path)} (Triton model repository {out})")
     report_path = _write_text(out / "parity.json", _parity_document(reports))
     print(f"wrote {report_path}")
     failed = [r for r in reports if not r.ok]
