@@ -1124,11 +1124,16 @@ def run(args: argparse.Namespace) -> int:
             path = Path(option)
             path.parent.mkdir(parents=True, exist_ok=True)
             kept = _pipeline_section(path) if option == args.markdown else None
+            from . import bench_serve
+
+            kept_serve = bench_serve.section(path) if option == args.markdown else None
             path.write_text(text + ("\n" if not text.endswith("\n") else ""))
             if kept:  # `gradcam bench --pipeline` owns that section of the same file
                 from .bench_pipeline import update_markdown
 
                 update_markdown(path, kept)
+            if kept_serve:  # and `gradcam bench --serve` this one
+                bench_serve.update_markdown(path, kept_serve)
             print(f"wrote {path}")
     missed = [t for t in result.targets() if not t.met]
     return 1 if args.check_targets and missed else 0

@@ -312,7 +312,7 @@ def _add_bench(sub) -> None:
         return
     p = sub.add_parser(
         "bench",
-        help="time artifacts against pytorch-grad-cam and Captum; --pipeline: the explain pipeline",
+        help="time artifacts against pytorch-grad-cam and Captum; --pipeline, --serve: explain pipeline, server",
         add_help=False,
     )
     p.set_defaults(handler=None)
@@ -325,6 +325,10 @@ def _run_bench(argv: list[str], verbose: int) -> int:
 
         argv = [a for a in argv if a != "--pipeline"]
         prog = f"{PROG} bench --pipeline"
+    elif "--serve" in argv:  # gradcam_model/bench_serve.py
+        from . import bench_serve as module
+
+        argv, prog = [a for a in argv if a != "--serve"], f"{PROG} bench --serve"
     else:
         _require_build_side("bench")
         from . import bench as module
