@@ -4,7 +4,8 @@
 client threads (1, 4, 16 at once, each on its own keep-alive connection) post one
 224x224 JPEG per request. In the same run the same pictures go through the explainer in
 this process, as the bare call on a preprocessed image and as the whole request work
-(decode, preprocess, run, PNG overlay, JSON) without HTTP. Serve side only with
+(decode, preprocess, run, PNG overlay, JSON) without HTTP. The ways take turns in
+interleaved rounds, so each sees the same load from whatever else runs. Serve side only with
 ``--artifact``; without it EfficientNet-Lite0 is exported first (``[export,demo]``).
 Needs the ``[serve]`` extra.
 """
@@ -99,15 +100,14 @@ def _percentiles(latencies: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def _in_process(what: str, fn, items: list, repeats: int) -> Timing:
+def _in_process(fn, items: list, indices: list[int]) -> tuple[list[float], float]:
     latencies = []
     started = time.perf_counter()
-    for i in range(repeats):
+    for i in indices:
         t0 = time.perf_counter()
         fn(items[i % len(items)])
         latencies.append(time.perf_counter() - t0)
-    seconds = time.perf_counter() - started
-    return Timing(what, 1, repeats, seconds, *_percentiles(latencies))
+    return latencies, time.perf_counter() - started
 
 
 def _free_port() -> int:
@@ -125,14 +125,14 @@ def _post(connection: http.client.HTTPConnection, path: str, body: bytes) -> dic
     return json.loads(data)
 
 
-def _http(port: int, path: str, bodies: list[bytes], concurrency: int, requests: int) -> Timing:
-    per_thread = [list(range(i, requests, concurrency)) for i in range(concurrency)]
+def _http(port: int, path: str, bodies: list[bytes], concurrency: int, indices: list[int]):
+    per_thread = [indices[i::concurrency] for i in range(concurrency)]
 
-    def client(indices: list[int]) -> list[float]:
+    def client(part: list[int]) -> list[float]:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         latencies = []
         try:
-            for i in indices:
+            for i in part:
                 t0 = time.perf_counter()
                 _post(connection, path, bodies[i % len(bodies)])
                 latencies.append(time.perf_counter() - t0)
@@ -143,8 +143,7 @@ def _http(port: int, path: str, bodies: list[bytes], concurrency: int, requests:
     started = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         latencies = [x for part in pool.map(client, per_thread) for x in part]
-    seconds = time.perf_counter() - started
-    return Timing("HTTP :explain", concurrency, requests, seconds, *_percentiles(latencies))
+    return latencies, time.perf_counter() - started
 
 
 def _start_server(artifact: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
@@ -176,8 +175,12 @@ def run_serve_bench(
     levels: tuple[int, ...] = (1, 4, 16),
     output: str = "png",
     threads: int = 2,
+    rounds: int = 4,
 ) -> ServeResult:
-    """Time the in-process explainer, then the server at each concurrency level, on the same pictures."""
+    """Time the in-process explainer and the server at each concurrency level on the same pictures.
+
+    The ``requests`` of each way are split into ``rounds`` interleaved rounds.
+    """
     from .runtime import decode_image, load_explainer, preprocess
     from .serving.protocol import ServeLimits, parse_v1, v1_response
 
@@ -195,23 +198,34 @@ def run_serve_bench(
         batch = parse_v1(json.loads(body), meta, ServeLimits(), explain=True)
         return json.dumps(v1_response(explainer(batch.images, batch.classes), batch, explain=True)).encode()
 
-    timings = [
-        _in_process("in-process explainer (preprocessed, batch 1)", explainer, inputs, requests),
-        _in_process("in-process request work, no HTTP", request_work, bodies, requests),
-    ]
     port = _free_port()
     process = _start_server(artifact, port, threads, workdir / "server.log")
+    path = "/v1/models/bench:explain"
+    ways = [("in-process explainer (preprocessed, batch 1)", 1), ("in-process request work, no HTTP", 1)]
+    ways += [("HTTP :explain", level) for level in levels]
+    measured = {way: ([], 0.0) for way in ways}
     try:
-        path = "/v1/models/bench:explain"
-        _http(port, path, bodies, 2, 8)  # warm-up
-        for level in levels:
-            timings.append(_http(port, path, bodies, level, requests))
+        _http(port, path, bodies, 2, list(range(8)))  # warm-up
+        # interleaved rounds: every way sees the same load from whatever else runs on the machine
+        for chunk in np.array_split(np.arange(requests), rounds):
+            for way in ways:
+                indices = chunk.tolist()
+                if way[0].startswith("HTTP"):
+                    latencies, seconds = _http(port, path, bodies, way[1], indices)
+                elif way is ways[0]:
+                    latencies, seconds = _in_process(explainer, inputs, indices)
+                else:
+                    latencies, seconds = _in_process(request_work, bodies, indices)
+                measured[way][0].extend(latencies)
+                measured[way] = (measured[way][0], measured[way][1] + seconds)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
+    timings = [Timing(what, level, requests, seconds, *_percentiles(lat)) for (what, level), (lat, seconds) in
+               measured.items()]  # fmt: skip
     return ServeResult(
         timings=timings,
         artifact=f"{meta.architecture} {meta.method} at {meta.target_layer!r}",
@@ -233,7 +247,8 @@ def markdown(result: ServeResult, requests: int) -> str:
         "## Explanation server (`gradcam serve`)",
         "",
         f"Generated by `gradcam bench --serve --requests {requests} --markdown docs/benchmarks.md` "
-        "(`gradcam_model.bench_serve`); one run on a shared machine, so read the differences, not the absolutes.",
+        "(`gradcam_model.bench_serve`); one run on a shared machine, the ways interleaved in rounds so that they "
+        "share its load; read the differences, not the absolutes.",
         "",
         f'- {r.artifact}, {r.provider}; one {r.size[0]}x{r.size[1]} JPEG per request, `"output": "{r.output}"`; '
         f"server on 127.0.0.1 with {r.server_threads} compute threads; the HTTP clients run in the benchmark "
@@ -275,6 +290,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=200, metavar="N", help="requests per level (default: 200)")
     parser.add_argument("--output", choices=("png", "array"), default="png", help="maps as (default: png)")
     parser.add_argument("--threads", type=int, default=2, metavar="N", help="server compute threads (default: 2)")
+    parser.add_argument("--rounds", type=int, default=4, metavar="R", help="interleaved rounds (default: 4)")
     parser.add_argument("--workdir", metavar="DIR", help="keep images, artifact and the server log in DIR")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="write the section into FILE (docs/benchmarks.md)")
@@ -290,7 +306,13 @@ def run(args: argparse.Namespace) -> int:
         artifact = Path(args.artifact) if args.artifact else _default_artifact(workdir)
         images = generate_jpegs(workdir / "images", args.images, (224, 224))
         result = run_serve_bench(
-            artifact, images, workdir, requests=args.requests, output=args.output, threads=args.threads
+            artifact,
+            images,
+            workdir,
+            requests=args.requests,
+            output=args.output,
+            threads=args.threads,
+            rounds=args.rounds,
         )
     print(result.table())
     for line in result.targets():

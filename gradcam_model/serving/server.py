@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +145,8 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
                 out = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
                 out.set_data_from_numpy(array, binary_data=False)
                 outputs.append(out)
-            return InferResponse(response_id=request.id or "", model_name=self.name, infer_outputs=outputs)
+            rid = request.id or uuid.uuid4().hex  # the v2 protocol echoes a given id
+            return InferResponse(response_id=rid, model_name=self.name, infer_outputs=outputs)
 
     return ExplainerModel()
 
