@@ -83,7 +83,11 @@ class ServeResult:
     def targets(self) -> list[str]:
         base, by = self.timings[0], {(t.what, t.concurrency): t for t in self.timings}
         one, sixteen = by.get(("HTTP :explain", 1)), by.get(("HTTP :explain", 16))
+        work = by.get(("in-process request work, no HTTP", 1))
         lines = []
+        if one and work:
+            lines.append(f"HTTP and kserve add {one.p50_ms - work.p50_ms:.1f} ms at p50 to the same request work done "
+                         "in process (decode, resize, run, overlay PNG, JSON)")  # fmt: skip
         if one:
             gap = one.p50_ms - base.p50_ms
             lines.append(f"p50 at concurrency 1 is {gap:.1f} ms over the in-process call (target <= 15 ms): "
