@@ -39,6 +39,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["tench", "goldfish", "shark", "tiger shark", "hammerhead", "ray", "stingray", "cock", "hen", "ostrich"]
 MAX_INSTANCES = 8
+MAX_PIXELS = 1_000_000
 START_TIMEOUT = 90  # seconds: a cold start on a loaded 2-core machine
 
 
@@ -99,7 +100,7 @@ def server(artifact, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPROFILEIMPORTTIME": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     argv = [sys.executable, "-m", "gradcam_model", "serve", str(artifact), "--name", "fish", "--port", str(port)]
-    argv += ["--max-instances", str(MAX_INSTANCES), "--max-body-mb", "1"]
+    argv += ["--max-instances", str(MAX_INSTANCES), "--max-body-mb", "1", "--max-pixels", str(MAX_PIXELS)]
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     server = Server(process, port, log, artifact)
@@ -294,6 +295,7 @@ def test_64_concurrent_requests(server, explainer):
 
 
 _IMAGE = _b64(_jpeg(7))
+_BIG = _b64(cv2.imencode(".png", np.zeros((1001, 1000), np.uint8))[1].tobytes())  # 1001x1000 pixels, 3 kB
 _V2_OK = {"name": "image", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.5] * 192}
 BAD_REQUESTS = [
     # (path, body or raw bytes, message fragment)
@@ -303,6 +305,7 @@ BAD_REQUESTS = [
     (":predict", {"images": [_IMAGE]}, "unknown field"),
     (":predict", {"instances": [{"b64": "**not base64**"}]}, "not valid base64"),
     (":predict", {"instances": [{"image_bytes": {"b64": _b64(b"hello, world")}}]}, "not a readable image"),
+    (":predict", {"instances": [{"b64": _BIG}]}, f"more than {MAX_PIXELS} pixels"),
     (":predict", {"instances": [{"b64": _IMAGE, "class": "zebra"}]}, "not a class of this artifact"),
     (":predict", {"instances": [{"b64": _IMAGE, "class": 10}]}, "out of range"),
     (":predict", {"instances": [{"b64": _IMAGE}] * (MAX_INSTANCES + 1)}, f"at most {MAX_INSTANCES}"),

@@ -86,6 +86,13 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
         metavar="PX",
         help=f"decode larger pictures reduced to this long side (default: {DEFAULT_MAX_SIDE})",
     )
+    p.add_argument(
+        "--max-pixels",
+        type=_count,
+        default=limits.max_pixels,
+        metavar="N",
+        help=f"refuse pictures with more pixels, before decoding them (default: {limits.max_pixels})",
+    )
     p.add_argument("--colormap", default="jet", choices=COLORMAPS, metavar="NAME", help="overlay colormap (jet)")
     p.add_argument("--alpha", type=float, default=0.4, metavar="A", help="heat-map weight in [0, 1] (default: 0.4)")
     p.set_defaults(handler=cmd_serve)
@@ -100,7 +107,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
     limits = ServeLimits(
-        max_instances=args.max_instances, max_body_bytes=args.max_body_mb * 2**20, max_side=args.max_size
+        max_instances=args.max_instances,
+        max_body_bytes=args.max_body_mb * 2**20,
+        max_side=args.max_size,
+        max_pixels=args.max_pixels,
     )
     options = ServeOptions(
         name=args.name or default_name(args.artifact),

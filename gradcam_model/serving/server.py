@@ -154,6 +154,9 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
 def serve(artifact: str | os.PathLike, options: ServeOptions) -> None:
     """Serve ``artifact`` until SIGTERM or SIGINT (in-flight requests finish, up to ``grace_period`` s)."""
     sys.argv = sys.argv[:1]  # worker processes (spawned) import kserve, which parses the argv they inherit
+    if "cv2" in sys.modules:
+        log.warning("OpenCV is already loaded: its pixel limit stays %s", os.environ.get("OPENCV_IO_MAX_IMAGE_PIXELS"))
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"] = str(options.limits.max_pixels)  # read when OpenCV loads
     model = build_model(artifact, options)
     from ._kserve_app import ExplainServer
 
