@@ -178,7 +178,7 @@ def run_serve_bench(
     requests: int = 200,
     levels: tuple[int, ...] = (1, 4, 16),
     output: str = "png",
-    threads: int = 2,
+    threads: int = 4,
     rounds: int = 4,
 ) -> ServeResult:
     """Time the in-process explainer and the server at each concurrency level on the same pictures.
@@ -255,7 +255,8 @@ def markdown(result: ServeResult, requests: int) -> str:
         "share its load; read the differences, not the absolutes.",
         "",
         f'- {r.artifact}, {r.provider}; one {r.size[0]}x{r.size[1]} JPEG per request, `"output": "{r.output}"`; '
-        f"server on 127.0.0.1 with {r.server_threads} compute threads; the HTTP clients run in the benchmark "
+        f"server on 127.0.0.1 with {r.server_threads} request threads, batching up to 8 images; "
+        "the HTTP clients run in the benchmark "
         "process on the same cores",
         f"- {r.machine}; load average before {list(r.load_before)}, after {list(r.load_after)}",
         "",
@@ -293,7 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", type=int, default=32, metavar="N", help="distinct generated JPEGs (default: 32)")
     parser.add_argument("--requests", type=int, default=200, metavar="N", help="requests per level (default: 200)")
     parser.add_argument("--output", choices=("png", "array"), default="png", help="maps as (default: png)")
-    parser.add_argument("--threads", type=int, default=2, metavar="N", help="server compute threads (default: 2)")
+    parser.add_argument("--threads", type=int, default=4, metavar="N", help="server request threads (default: 4)")
     parser.add_argument("--rounds", type=int, default=4, metavar="R", help="interleaved rounds (default: 4)")
     parser.add_argument("--workdir", metavar="DIR", help="keep images, artifact and the server log in DIR")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON")

@@ -63,7 +63,18 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--port", type=_port, default=8080, help="HTTP port (default: 8080)")
     p.add_argument("--workers", type=_count, default=1, metavar="N", help="server processes (default: 1)")
     p.add_argument(
-        "--threads", type=_count, default=2, metavar="N", help="requests computed at once per process (default: 2)"
+        "--threads",
+        type=_count,
+        default=4,
+        metavar="N",
+        help="request threads (decode, encode) per process (default: 4)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=_count,
+        default=8,
+        metavar="N",
+        help="images per ONNX Runtime call: requests queued while one runs are batched together (default: 8)",
     )
     p.add_argument(
         "--max-instances",
@@ -118,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         threads=args.threads,
+        max_batch=args.max_batch,
         limits=limits,
         colormap=args.colormap,
         alpha=args.alpha,

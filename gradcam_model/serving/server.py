@@ -4,7 +4,8 @@
 here bound to 127.0.0.1 unless told otherwise (kserve itself binds 0.0.0.0 and opens a
 gRPC port on every interface; we open no gRPC port). User errors become HTTP 400 with
 ``{"error": "..."}``, including bodies over the size limit and malformed v2 requests
-(FastAPI's 422). Models run on a small thread pool so the event loop keeps answering.
+(FastAPI's 422). Requests run on a small thread pool so the event loop keeps answering;
+ONNX Runtime runs on one thread that batches the requests queued meanwhile (:mod:`.batcher`).
 Requires the ``[serve]`` extra (``pip install "gradcam_model[serve]"``).
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ArtifactError, GradCAMError, InputError
+from .batcher import Batcher
 from .protocol import ServeLimits, parse_v1, v1_response, v2_inputs, v2_metadata, v2_tensors
 
 __all__ = ["ServeOptions", "build_model", "serve"]
@@ -36,7 +38,8 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    threads: int = 2  # requests computed at once in each worker process
+    threads: int = 4  # request threads (decode, preprocess, encode) in each worker process
+    max_batch: int = 8  # images in one explainer call: requests queued while it runs go together
     limits: ServeLimits = ServeLimits()
     colormap: str = "jet"
     alpha: float = 0.4
@@ -81,6 +84,7 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
             from ..runtime import load_explainer
 
             self.explainer = load_explainer(self.artifact)
+            self.batcher = Batcher(self.explainer, options.max_batch)
             self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="gradcam-serve")
             self.ready = True
             return True
@@ -120,7 +124,7 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
                 except (ValueError, UnicodeDecodeError):
                     raise InputError('the body is not JSON; send {"instances": [...]}') from None
             batch = parse_v1(body, self.explainer.metadata, options.limits, explain=explain)
-            result = self.explainer(batch.images, batch.classes)
+            result = self.batcher.submit(batch.images, batch.classes)
             return v1_response(result, batch, explain=explain, colormap=options.colormap, alpha=options.alpha)
 
         def _v2(self, request) -> object:
@@ -138,7 +142,7 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
             image, target = v2_inputs(tensors, self.explainer.metadata)
             if image.shape[0] > options.limits.max_instances:
                 raise InputError(f"{image.shape[0]} images in one request; at most {options.limits.max_instances}")
-            result = self.explainer(image, target)
+            result = self.batcher.submit(image, target)
             requested = [o.name for o in request.request_outputs] if request.request_outputs else None
             outputs = []
             for name, datatype, array in v2_tensors(result, requested):
