@@ -37,6 +37,11 @@ def _model_name(text: str) -> str:
     return text
 
 
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    # as the other commands: -v after the command name too (main() reads args.verbose)
+    p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="INFO logs and tracebacks")
+
+
 def default_name(artifact: str) -> str:
     """The model name an artifact is served under when none is given: its file stem, made URL-safe."""
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(artifact).stem).lstrip("._-")
@@ -106,6 +111,7 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--colormap", default="jet", choices=COLORMAPS, metavar="NAME", help="overlay colormap (jet)")
     p.add_argument("--alpha", type=float, default=0.4, metavar="A", help="heat-map weight in [0, 1] (default: 0.4)")
+    _add_verbose(p)
     p.set_defaults(handler=cmd_serve)
     return p
 
@@ -153,6 +159,7 @@ def add_triton_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--name", type=_model_name, metavar="NAME", help="model name (default: file stem)")
     add_triton_options(p, defaults)
     p.add_argument("--overwrite", action="store_true", help="replace an existing model of that name")
+    _add_verbose(p)
     p.set_defaults(handler=cmd_triton)
     return p
 
