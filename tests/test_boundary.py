@@ -8,6 +8,16 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gradcam_model"
+
+
+def _modules(sub: str) -> list[str]:
+    """The modules of subpackage ``sub``."""
+    return [
+        f"gradcam_model.{sub}.{p.stem}" if p.stem != "__init__" else f"gradcam_model.{sub}"
+        for p in sorted((PACKAGE / sub).glob("*.py"))
+    ]
+
+
 SERVE_SIDE = [
     "gradcam_model",
     "gradcam_model.contract",
@@ -17,9 +27,8 @@ SERVE_SIDE = [
     "gradcam_model._suggest",
     "gradcam_model.bench.memory",
     "gradcam_model.tolerances",
-] + [
-    f"gradcam_model.runtime.{p.stem}" if p.stem != "__init__" else "gradcam_model.runtime"
-    for p in sorted((PACKAGE / "runtime").glob("*.py"))
+    *_modules("runtime"),
+    *_modules("serving"),  # gradcam serve and the Triton writer
 ]
 BUILD_SIDE = {
     "gradcam_model.wrapper",

@@ -40,7 +40,15 @@ __all__ = ["COMMANDS", "main", "build_parser"]
 log = logging.getLogger(__name__)
 
 # the subcommands, in --help order: modules relative to this package, or absolute names
-COMMANDS: tuple[str, ...] = (".layers", ".export", ".validate", ".explain", ".demo", ".bench")
+COMMANDS: tuple[str, ...] = (
+    ".layers",
+    ".export",
+    ".validate",
+    ".explain",
+    ".demo",
+    ".bench",
+    "gradcam_model.serving.cli",  # serve, triton
+)
 
 
 class _VersionAction(argparse.Action):

@@ -39,6 +39,7 @@ __all__ = [
 PROG = "gradcam"
 _DEFAULTS = Tolerance()  # shown in --help
 FORMATS = {"onnx": ("onnx", ".onnx"), "torchscript": ("torchscript", ".pt"), "ts": ("torchscript", ".pt")}
+FORMATS["triton"] = ("triton", ".onnx")  # OUT/NAME/1/model.onnx + OUT/NAME/config.pbtxt (serving/triton.py)
 
 
 # ---------------------------------------------------------------------------- argument types
@@ -72,7 +73,7 @@ def formats(text: str) -> tuple[str, ...]:
     for part in text.split(","):
         key = part.strip().lower()
         if key not in FORMATS:
-            raise argparse.ArgumentTypeError(f"unknown format {part.strip()!r}; expected onnx, torchscript or both")
+            raise argparse.ArgumentTypeError(f"unknown format {part.strip()!r}; expected onnx, torchscript, triton")
         if FORMATS[key][0] not in chosen:
             chosen.append(FORMATS[key][0])
     return tuple(chosen)

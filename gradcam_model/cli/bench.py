@@ -25,6 +25,7 @@ __all__ = ["SECTIONS", "parser_for", "register", "run"]
 SECTIONS: tuple[tuple[str | None, str, str], ...] = (
     (None, "gradcam_model.bench.cli", "time artifacts against pytorch-grad-cam and Captum"),
     ("--pipeline", "gradcam_model.bench.pipeline", "the explain pipeline"),
+    ("--serve", "gradcam_model.bench_serve", "the KServe server under load"),
 )
 _NEEDS = ("[export,bench]", ("torch", "torchvision", "onnx", "onnxscript"))  # the default section's
 

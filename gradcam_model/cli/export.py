@@ -38,7 +38,7 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         type=common.formats,
         default=("onnx", "torchscript"),
         metavar="F",
-        help="onnx, torchscript, or both comma-separated (default: onnx,torchscript)",
+        help="onnx, torchscript, triton (a Triton model repository), comma-separated (default: onnx,torchscript)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--name", metavar="STEM", help="artifact file name without suffix (default: from --arch)")
@@ -84,7 +84,10 @@ def _targets(args: argparse.Namespace) -> tuple[Path, dict[str, Path]]:
 
     out = common.output_dir(args.out)
     stem = args.name or _stem(args.arch)
-    targets = {fmt: out / f"{stem}{common.FORMATS[fmt][1]}" for fmt in args.format}
+    targets = {
+        fmt: out / stem / "1" / "model.onnx" if fmt == "triton" else out / f"{stem}{common.FORMATS[fmt][1]}"
+        for fmt in args.format
+    }
     for path in targets.values():
         check_target(path, overwrite=args.overwrite)
     return out, targets
@@ -124,16 +127,21 @@ def _export_and_validate(args: argparse.Namespace, wrapper, model, fmt: str, pat
     from ..export import export_onnx, export_torchscript
     from ..parity import tolerance_for, validate
 
-    exporters = {"onnx": export_onnx, "torchscript": export_torchscript}
+    exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "triton": export_onnx}
     common.status(f"exporting {fmt}")
     started = time.perf_counter()
     exporters[fmt](wrapper, path, overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
     common.status(f"validating {path.name}")
-    tolerance = tolerance_for(fmt, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor)
+    kind = "onnx" if fmt == "triton" else fmt
+    tolerance = tolerance_for(kind, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor)
     report = validate(path, model, tolerance=tolerance)
     print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
     print(common.indent(report.table()))
+    if fmt == "triton":
+        from ..serving.triton import write_config
+
+        print(f"wrote {write_config(path)} (Triton model repository {path.parents[2]})")
     return report
 
 

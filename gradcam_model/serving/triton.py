@@ -1,0 +1,146 @@
+"""A Triton Inference Server model repository for an ONNX artifact: config.pbtxt, labels, the model.
+
+Layout (``tritonserver --model-repository REPO``)::
+
+    REPO/NAME/config.pbtxt   platform onnxruntime_onnx, inputs/outputs, dynamic batching, metadata
+    REPO/NAME/labels.txt     one class name per line (class indices when the artifact has no names)
+    REPO/NAME/1/model.onnx   the artifact, byte for byte
+
+The configuration is written as protobuf text by hand (no tritonclient at run time: its
+protobuf messages clash with kserve's in one process). Dims leave out the batch axis;
+dynamic height and width are ``-1``. ``target_class`` is ``[N]`` in the graph, so Triton
+sees ``dims: [1]`` reshaped to ``[]``. Every file is written atomically; the
+configuration last, so Triton never sees a model without its file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .._atomic import check_target, write_bytes_atomic
+from ..contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
+from ..errors import ArtifactError
+
+__all__ = ["TritonOptions", "LABELS_FILE", "config_text", "model_dims", "write_config", "write_repository"]
+
+LABELS_FILE = "labels.txt"
+_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
+_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU", "auto": None}
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """Serving settings written into config.pbtxt."""
+
+    max_batch_size: int = 8
+    instance_kind: str = "cpu"  # cpu, gpu, or auto (Triton's choice)
+    instances: int = 1
+    max_queue_delay_us: int = 2000
+
+
+def model_dims(path: str | os.PathLike) -> tuple[ArtifactMetadata, list[tuple[str, str, list[int]]]]:
+    """The artifact's metadata and its (name, Triton type, dims without batch) per input, then per output."""
+    from ..runtime.explainer import OnnxExplainer
+
+    explainer = OnnxExplainer(path, providers=["CPUExecutionProvider"])
+    session = explainer.session
+    tensors = []
+    for node in (*session.get_inputs(), *session.get_outputs()):
+        if node.type not in _TYPES:
+            raise ArtifactError(f"{path}: {node.name} is {node.type}; expected float32 or int64")
+        dims = [d if isinstance(d, int) and d >= 0 else -1 for d in node.shape[1:]]
+        tensors.append((node.name, _TYPES[node.type], dims))
+    return explainer.metadata, tensors
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal (UTF-8 kept, quotes, backslashes and control bytes escaped)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _tensor(name: str, dtype: str, dims: list[int], extra: str = "") -> str:
+    shape = ", ".join(str(d) for d in dims)
+    return f"  {{\n    name: {_quote(name)}\n    data_type: {dtype}\n    dims: [ {shape} ]\n{extra}  }}"
+
+
+def config_text(name: str, metadata: ArtifactMetadata, tensors, options: TritonOptions = TritonOptions()) -> str:
+    """config.pbtxt for a model whose tensors are ``(name, type, dims)`` as :func:`model_dims` returns them."""
+    inputs, outputs = [], []
+    for tensor, dtype, dims in tensors:
+        if tensor in INPUT_NAMES:
+            extra = ""
+            if not dims:  # [N] in the graph: Triton wants a non-empty shape per sample
+                dims, extra = [1], "    reshape: { shape: [ ] }\n"
+            inputs.append(_tensor(tensor, dtype, dims, extra))
+        elif tensor in OUTPUT_NAMES:
+            extra = f"    label_filename: {_quote(LABELS_FILE)}\n" if tensor in ("logits", "probabilities") else ""
+            outputs.append(_tensor(tensor, dtype, dims, extra))
+    preferred = sorted({max(1, options.max_batch_size // 2), options.max_batch_size})
+    kind = _KINDS[options.instance_kind]
+    group = f"count: {options.instances}" + (f" kind: {kind}" if kind else "")
+    lines = [
+        f"name: {_quote(name)}",
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {options.max_batch_size}",
+        "input [\n" + ",\n".join(inputs) + "\n]",
+        "output [\n" + ",\n".join(outputs) + "\n]",
+        "dynamic_batching {\n"
+        f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+        f"  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}",
+        f"instance_group [ {{ {group} }} ]",
+    ]
+    for key, value in sorted(asdict(metadata).items()):
+        text = value if isinstance(value, str) else json.dumps(value)
+        lines.append(f"parameters {{ key: {_quote('gradcam.' + key)} value: {{ string_value: {_quote(text)} }} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _labels(metadata: ArtifactMetadata) -> str:
+    names = metadata.class_names or [str(i) for i in range(metadata.num_classes)]
+    return "".join(" ".join(str(n).split()) + "\n" for n in names)
+
+
+def write_config(model_onnx: str | os.PathLike, options: TritonOptions = TritonOptions()) -> Path:
+    """Write config.pbtxt and labels.txt for ``REPO/NAME/1/model.onnx`` (already in place); return the config."""
+    model_onnx = Path(model_onnx)
+    folder = model_onnx.parent.parent
+    metadata, tensors = model_dims(model_onnx)
+    write_bytes_atomic(folder / LABELS_FILE, _labels(metadata).encode("utf-8"), overwrite=True)
+    config = folder / "config.pbtxt"
+    write_bytes_atomic(config, config_text(folder.name, metadata, tensors, options).encode("utf-8"), overwrite=True)
+    return config
+
+
+def write_repository(
+    artifact: str | os.PathLike,
+    repo: str | os.PathLike,
+    name: str,
+    *,
+    options: TritonOptions = TritonOptions(),
+    overwrite: bool = False,
+) -> Path:
+    """Copy an ``.onnx`` artifact into ``repo/name/1/model.onnx`` and write its configuration; return it."""
+    artifact = Path(artifact)
+    if artifact.suffix.lower() != ".onnx":
+        raise ArtifactError(f"{artifact}: Triton's onnxruntime backend takes .onnx artifacts")
+    folder = Path(repo) / name
+    check_target(folder / "config.pbtxt", overwrite=overwrite)
+    model_dims(artifact)  # a gradcam ONNX artifact: fail before writing anything
+    try:
+        data = artifact.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {artifact}: {exc.strerror or exc}") from exc
+    target = folder / "1" / "model.onnx"
+    write_bytes_atomic(target, data, overwrite=True)
+    return write_config(target, options)

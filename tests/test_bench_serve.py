@@ -1,0 +1,42 @@
+"""gradcam bench --serve: one small run against a real server, its table, and its section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from gradcam_model import export_onnx
+from gradcam_model.bench_pipeline import generate_jpegs
+from gradcam_model.bench_serve import BEGIN, END, markdown, run_serve_bench, section, update_markdown
+from gradcam_model.cli import main
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("kserve") is None, reason='needs "gradcam_model[serve]"')
+
+
+def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
+    artifact = export_onnx(resnet18_layer4, tmp_path / "small.onnx")
+    images = generate_jpegs(tmp_path / "images", 3, (64, 64))
+    result = run_serve_bench(artifact, images, tmp_path, requests=6, levels=(1, 2), output="array", threads=1)
+    assert [(t.what.split()[0], t.concurrency, t.requests) for t in result.timings] == [
+        ("in-process", 1, 6),
+        ("in-process", 1, 6),
+        ("HTTP", 1, 6),
+        ("HTTP", 2, 6),
+    ]
+    assert all(0 < t.p50_ms <= t.p99_ms for t in result.timings)
+    assert "Finished server process" in (tmp_path / "server.log").read_text()  # stopped by SIGTERM
+    text = markdown(result, 6)
+    assert text.startswith(BEGIN) and text.endswith(END) and "p50 ms" in text and "load average" in text
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\ntail kept\n")
+    update_markdown(doc, text)
+    assert "old" not in doc.read_text() and doc.read_text().endswith("\ntail kept\n")
+    assert section(doc) == text
+
+
+def test_cli_help_is_the_serve_bench_parser(capsys):
+    assert main(["bench", "--serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gradcam bench --serve") and "--requests N" in out

@@ -1,0 +1,136 @@
+"""Triton model repositories: ``gradcam export --format triton`` and ``gradcam triton``.
+
+config.pbtxt is parsed with Triton's own schema (tritonclient's ``model_config_pb2`` and
+protobuf's text_format) in a subprocess that never imports kserve (the two register the
+same protobuf messages), then compared with the ONNX graph read by ``onnx``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from gradcam_model import export_onnx
+from gradcam_model.cli import main
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("tritonclient") is None, reason="needs tritonclient (gradcam_model[dev])"
+)
+
+NAMES = ["cat", "dog", 'say "cheese"', "back\\slash", "café", "f", "g", "h", "i", "j"]
+_PARSE = r"""
+import json, sys
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+assert "kserve" not in sys.modules
+config = text_format.Parse(open(sys.argv[1], encoding="utf-8").read(), model_config_pb2.ModelConfig())
+print(json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
+"""
+_ONNX_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.INT64: "TYPE_INT64"}
+
+
+def _parse(config: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", _PARSE, str(config)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _graph(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """name -> (Triton type, dims without the batch axis, -1 where symbolic) for each graph input and output."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    tensors = {}
+    for value in (*graph.input, *graph.output):
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        tensors[value.name] = (_ONNX_TYPES[t.elem_type], dims[1:])
+    return tensors
+
+
+def _check_against_graph(config: dict, model: Path, *, inputs: list[str]) -> None:
+    graph = _graph(model)
+    assert config["platform"] == "onnxruntime_onnx"
+    assert [i["name"] for i in config["input"]] == inputs
+    assert [o["name"] for o in config["output"]] == ["logits", "probabilities", "class_index", "score", "cam"]
+    for tensor in (*config["input"], *config["output"]):
+        dtype, dims = graph[tensor["name"]]
+        assert tensor["data_type"] == dtype
+        got = [int(d) for d in tensor["dims"]]
+        if "reshape" in tensor:  # [N] in the graph: Triton's dims [1], reshaped to the graph's []
+            assert got == [1] and tensor["reshape"].get("shape", []) == [] and dims == []
+        else:
+            assert got == dims, tensor["name"]
+
+
+@pytest.fixture(scope="module")
+def static_onnx(tmp_path_factory, resnet18_layer2):
+    return export_onnx(resnet18_layer2, tmp_path_factory.mktemp("triton-src") / "static.onnx")
+
+
+def test_gradcam_triton_fixed_size(static_onnx, tmp_path, capsys):
+    repo = tmp_path / "repo"
+    argv = ["triton", str(static_onnx), "--out", str(repo), "--max-batch-size", "16", "--instance-kind", "gpu"]
+    assert main(argv) == 0
+    assert "tritonserver --model-repository" in capsys.readouterr().out
+    folder = repo / "static"
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
+        "1",
+        "1/model.onnx",
+        "config.pbtxt",
+        "labels.txt",
+    ]
+    assert (folder / "1" / "model.onnx").read_bytes() == static_onnx.read_bytes()
+    config = _parse(folder / "config.pbtxt")
+    _check_against_graph(config, static_onnx, inputs=["image"])
+    assert config["name"] == "static" and int(config["max_batch_size"]) == 16
+    assert [int(d) for d in config["input"][0]["dims"]] == [3, 64, 64]
+    assert [int(d) for d in config["output"][4]["dims"]] == [1, 64, 64]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [8, 16]
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
+    assert config["output"][1]["label_filename"] == "labels.txt"
+    assert (folder / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
+    assert config["parameters"]["gradcam.target_layer"]["string_value"] == "layer2"
+    assert json.loads(config["parameters"]["gradcam.input_size"]["string_value"]) == [64, 64]
+    # an existing model is kept unless --overwrite
+    assert main(["triton", str(static_onnx), "--out", str(repo)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["triton", str(static_onnx), "--out", str(repo), "--overwrite", "--instance-kind", "auto"]) == 0
+    assert _parse(folder / "config.pbtxt")["instance_group"] == [{"count": 1}]
+    assert not [p for p in repo.rglob("*.tmp")]
+
+
+def test_export_format_triton_class_input_dynamic_size(tmp_path, capsys):
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps(NAMES), encoding="utf-8")
+    repo = tmp_path / "repo"
+    argv = ["export", "--arch", "resnet18", "--num-classes", "10", "--input-size", "64", "64", "--class-input"]
+    argv += ["--class-names", str(names), "--format", "triton", "--out", str(repo), "--name", "pets"]
+    code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    folder = repo / "pets"
+    model = folder / "1" / "model.onnx"
+    config = _parse(folder / "config.pbtxt")
+    _check_against_graph(config, model, inputs=["image", "target_class"])
+    assert [int(d) for d in config["input"][0]["dims"]] == [3, -1, -1]
+    assert [int(d) for d in config["output"][4]["dims"]] == [1, -1, -1]
+    assert config["input"][1]["data_type"] == "TYPE_INT64"
+    assert (folder / "labels.txt").read_text(encoding="utf-8").splitlines() == NAMES
+    assert json.loads(config["parameters"]["gradcam.class_names"]["string_value"]) == NAMES
+    assert config["parameters"]["gradcam.class_input"]["string_value"] == "true"
+    assert json.loads((repo / "parity.json").read_text())["ok"] is True
+
+
+def test_triton_refuses_what_it_cannot_serve(tmp_path, capsys):
+    (tmp_path / "model.pt").write_bytes(b"x")
+    assert main(["triton", str(tmp_path / "model.pt"), "--out", str(tmp_path / "repo")]) == 2
+    assert "takes .onnx artifacts" in capsys.readouterr().err
+    (tmp_path / "plain.onnx").write_bytes(b"not onnx")
+    assert main(["triton", str(tmp_path / "plain.onnx"), "--out", str(tmp_path / "repo")]) == 2
+    assert "not a loadable ONNX model" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
