@@ -303,7 +303,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gradcam bench --serve``; print the table; return 0."""
-    from .bench_pipeline import _default_artifact, generate_jpegs
+    from .bench.pipeline import _default_artifact, generate_jpegs
 
     with tempfile.TemporaryDirectory(prefix="gradcam-bench-serve-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)

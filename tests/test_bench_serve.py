@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-import pytest
-
 from gradcam_model import export_onnx
-from gradcam_model.bench_pipeline import generate_jpegs
+from gradcam_model.bench.pipeline import generate_jpegs
 from gradcam_model.bench_serve import BEGIN, END, markdown, run_serve_bench, section, update_markdown
 from gradcam_model.cli import main
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("kserve") is None, reason='needs "gradcam_model[serve]"')
 
 
 def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):

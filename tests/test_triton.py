@@ -7,7 +7,6 @@ same protobuf messages), then compared with the ONNX graph read by ``onnx``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,10 +17,6 @@ import pytest
 
 from gradcam_model import export_onnx
 from gradcam_model.cli import main
-
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("tritonclient") is None, reason="needs tritonclient (gradcam_model[dev])"
-)
 
 NAMES = ["cat", "dog", 'say "cheese"', "back\\slash", "café", "f", "g", "h", "i", "j"]
 _PARSE = r"""

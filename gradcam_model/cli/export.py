@@ -134,7 +134,9 @@ def _export_and_validate(args: argparse.Namespace, wrapper, model, fmt: str, pat
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
     common.status(f"validating {path.name}")
     kind = "onnx" if fmt == "triton" else fmt
-    tolerance = tolerance_for(kind, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor)
+    tolerance = tolerance_for(
+        kind, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor
+    )
     report = validate(path, model, tolerance=tolerance)
     print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
     print(common.indent(report.table()))
