@@ -533,8 +533,18 @@ USER_ERRORS = [
     (
         "attention-internal-layer",
         lambda w: [
-            "export", "--arch", "timm:vit_tiny_patch16_224", "--num-classes", "3", "--input-size", "224", "224",
-            "--target-layer", "blocks.11.attn.k_norm", "--out", w.root / "never",
+            "export",
+            "--arch",
+            "timm:vit_tiny_patch16_224",
+            "--num-classes",
+            "3",
+            "--input-size",
+            "224",
+            "224",
+            "--target-layer",
+            "blocks.11.attn.k_norm",
+            "--out",
+            w.root / "never",
         ],  # fmt: skip
         r"layer 'blocks\.11\.attn\.k_norm' cannot be explained: it is computed inside 'blocks' \(Sequential\), "
         r"which takes 197x192 tokens",
