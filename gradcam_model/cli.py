@@ -123,6 +123,7 @@ def _add_verbose(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gradcam`` argument parser (subcommands and their flags)."""
+    from .cli_ray import add_engine_arguments
     from .runtime.images import DEFAULT_MAX_SIDE
     from .runtime.pipeline import DEFAULT_TILE_SIZE
     from .runtime.visualize import COLORMAPS, OVERLAY_FORMATS
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"width of a grid.png cell (default: {DEFAULT_TILE_SIZE})",
     )
     p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="decode/encode threads (default: 2)")
+    add_engine_arguments(p)  # --engine ray (cli_ray.py)
     _add_verbose(p, top=False)
     p.set_defaults(handler=_cmd_explain)
 
@@ -676,6 +678,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
+    if args.engine == "ray":
+        from .cli_ray import explain_with_ray
+
+        return explain_with_ray(args, _print_predictions)
     with native_stderr_captured():
         explainer = load_explainer(args.artifact)
         meta = explainer.metadata

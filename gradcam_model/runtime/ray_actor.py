@@ -63,9 +63,10 @@ def _column(batch: dict, name: str, n: int, default=None) -> list:
 
 
 def _text(value) -> str | None:
+    """A string cell of a numpy batch; None for a missing value (None, NaN or "")."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return (value.decode() if isinstance(value, bytes) else str(value)) or None
 
 
 class ExplainActor:
@@ -80,7 +81,7 @@ class ExplainActor:
 
     def __init__(
         self,
-        artifact: bytes,
+        artifact,
         *,
         threads: int,
         max_side: int | None,
@@ -91,6 +92,10 @@ class ExplainActor:
         include_maps: bool,
         providers: list[str] | None = None,
     ) -> None:
+        if not isinstance(artifact, (bytes, bytearray)):  # an ObjectRef: the driver put the file in the store once
+            import ray
+
+            artifact = ray.get(artifact)
         # the session reads the model from a private file, removed as soon as the session exists
         folder = tempfile.mkdtemp(prefix="gradcam-actor-")
         path = Path(folder) / "artifact.onnx"

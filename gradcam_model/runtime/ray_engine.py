@@ -112,7 +112,8 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _rows_of(items: list[ImageInput]) -> list[dict]:
-    return [{"index": i, "path": str(t.path), "key": t.key, "label": t.label} for i, t in enumerate(items)]
+    # "" for no label: a None among strings does not survive Arrow -> numpy batches (it becomes "nan")
+    return [{"index": i, "path": str(t.path), "key": t.key, "label": t.label or ""} for i, t in enumerate(items)]
 
 
 def explain_dataset(
@@ -220,7 +221,8 @@ def explain_dataset(
 def _execute(ray, artifact, source, kwargs, batch_size, workers, threads, max_restarts, max_task_retries):
     """Yield the actors' result tables as they arrive (a streaming execution, bounded memory)."""
     context = ray.data.DataContext.get_current()
-    saved = (context.preserve_order, context.enable_progress_bars, context.print_on_execution_start)
+    options = context.execution_options
+    saved = (options.preserve_order, context.enable_progress_bars, context.print_on_execution_start)
     try:
         context.enable_progress_bars = False  # the driver has its own bar
         context.print_on_execution_start = False
@@ -228,7 +230,7 @@ def _execute(ray, artifact, source, kwargs, batch_size, workers, threads, max_re
             blocks = max(1, min(len(source), math.ceil(len(source) / batch_size)))
             dataset = ray.data.from_items(_rows_of(source), override_num_blocks=blocks)
         else:
-            context.preserve_order = True  # no index column: the arrival order is the dataset's order
+            options.preserve_order = True  # no index column: the arrival order is the dataset's order
             dataset = source
         model = ray.put(Path(artifact).read_bytes())  # to every node through the object store
         with warnings.catch_warnings():
@@ -247,7 +249,7 @@ def _execute(ray, artifact, source, kwargs, batch_size, workers, threads, max_re
             )
         yield from explained.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1)
     finally:
-        context.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
+        options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
 
 
 class _Collector:
