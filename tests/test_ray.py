@@ -103,7 +103,8 @@ def test_only_loopback_exists_and_every_listener_is_on_it(ray_run):
 
 def test_rows_equal_the_local_engine_including_a_corrupt_image(ray_run):
     work = ray_run["work"]
-    ray_rows, local_rows = _relative(_rows(work / "ray"), work / "ray"), _relative(_rows(work / "local"), work / "local")
+    ray_rows = _relative(_rows(work / "ray"), work / "ray")
+    local_rows = _relative(_rows(work / "local"), work / "local")
     assert list(ray_rows[0]) == list(CSV_FIELDS)
     assert ray_rows == local_rows
     failed = [r for r in ray_rows if r["error"]]
