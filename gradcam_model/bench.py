@@ -1124,11 +1124,17 @@ def run(args: argparse.Namespace) -> int:
             path = Path(option)
             path.parent.mkdir(parents=True, exist_ok=True)
             kept = _pipeline_section(path) if option == args.markdown else None
+            from .bench_ray import section_of
+            from .bench_ray import update_markdown as update_ray
+
+            kept_ray = section_of(path) if option == args.markdown else None
             path.write_text(text + ("\n" if not text.endswith("\n") else ""))
             if kept:  # `gradcam bench --pipeline` owns that section of the same file
                 from .bench_pipeline import update_markdown
 
                 update_markdown(path, kept)
+            if kept_ray:  # and `gradcam bench --ray` this one
+                update_ray(path, kept_ray)
             print(f"wrote {path}")
     missed = [t for t in result.targets() if not t.met]
     return 1 if args.check_targets and missed else 0

@@ -323,6 +323,11 @@ def _run_bench(argv: list[str], verbose: int) -> int:
 
         argv = [a for a in argv if a != "--pipeline"]
         prog = f"{PROG} bench --pipeline"
+    elif "--ray" in argv:
+        from . import bench_ray as module
+
+        argv = [a for a in argv if a != "--ray"]
+        prog = f"{PROG} bench --ray"
     else:
         _require_build_side("bench")
         from . import bench as module

@@ -174,3 +174,21 @@ def test_a_ray_dataset_input_keeps_its_order(ray_run):
     results = ray_run["results"]
     expected = sorted(str(p) for p in Path(ray_run["spec"]["inputs"][0]).rglob("*") if p.is_file())
     assert results["dataset"]["paths"] == expected and results["dataset"]["failures"] == 1
+
+
+def test_bench_section_round_trip_and_help(tmp_path, capsys):
+    from gradcam_model.bench_ray import BEGIN, END, RayBenchResult, markdown, update_markdown
+    from gradcam_model.cli import main
+
+    result = RayBenchResult(images=8, size=(64, 48), batch_size=4, artifact="resnet18 gradcam at 'layer2'",
+                            cluster_start_s=4.0, local_s=2.0, ray_s={"1 actor x 1 thread": 4.0},
+                            actor_ms={"1 actor x 1 thread": 9.5}, actor_mb={"1 actor x 1 thread": 300.0})  # fmt: skip
+    section = markdown(result)
+    assert section.startswith(BEGIN) and section.endswith(END) and "| 4.00 | 2.0 | 2.00 | 9.5 | 300 |" in section
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\ntail kept\n")
+    update_markdown(doc, section)
+    text = doc.read_text()
+    assert "old" not in text and text.count(BEGIN) == 1 and text.endswith("\ntail kept\n")
+    assert main(["bench", "--ray", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: gradcam bench --ray")

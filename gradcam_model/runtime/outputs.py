@@ -87,6 +87,7 @@ class ExplainSummary:
     failures: list[Prediction] = field(default_factory=list)
     parquet: Path | None = None  # the Ray engine also writes predictions.parquet
     actor_seconds: float | None = None  # Ray engine: seconds the actors spent, summed over images
+    actor_peak_mb: float | None = None  # Ray engine: the largest peak resident memory of an actor
 
     @property
     def total(self) -> int:

@@ -51,6 +51,7 @@ def result_schema(include_maps: bool):
         ("small", pa.bool_()),
         ("error", pa.string()),
         ("actor_seconds", pa.float64()),
+        ("actor_peak_mb", pa.float64()),
     ]
     if include_maps:
         fields.append(("cam_npy", pa.binary()))
@@ -165,9 +166,10 @@ class ExplainActor:
             "label": [_text(v) for v in _column(batch, "label", n)],
         }
         for name in self.schema.names[4:]:
-            if name != "actor_seconds":
+            if not name.startswith("actor_"):
                 columns[name] = [r.get(name) for r in rows]
         columns["actor_seconds"] = [(time.perf_counter() - started) / n] * n
+        columns["actor_peak_mb"] = [_peak_mb()] * n
         table = pa.table(columns, schema=self.schema)
         _maybe_crash()
         return table
@@ -199,6 +201,15 @@ class ExplainActor:
             np.save(buffer, np.ascontiguousarray(cams, np.float32))
             row["cam_npy"] = buffer.getvalue()
         return row
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM) in MB; 0 where /proc is unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), 0.0)
+    except OSError:
+        return 0.0
 
 
 def _maybe_crash() -> None:

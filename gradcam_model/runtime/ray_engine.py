@@ -215,6 +215,7 @@ def explain_dataset(
         failures=failures,
         parquet=write_parquet(predictions, out / "predictions.parquet"),
         actor_seconds=run.actor_seconds,
+        actor_peak_mb=run.actor_peak_mb,
     )
 
 
@@ -264,6 +265,7 @@ class _Collector:
         self.duplicates = 0
         self.arrived = 0
         self.actor_seconds = 0.0
+        self.actor_peak_mb = 0.0
 
     def _key(self, path: str) -> str:
         """Dataset rows: the file's stem, made unique in arrival order as ``collect_images`` does."""
@@ -281,6 +283,7 @@ class _Collector:
                 log.warning("%s arrived twice from the cluster; kept once", row["path"])
                 continue
             self.actor_seconds += row["actor_seconds"]
+            self.actor_peak_mb = max(self.actor_peak_mb, row["actor_peak_mb"])
             self.rows[index] = self._prediction(row)
         return table.num_rows
 
