@@ -683,9 +683,9 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
-    if args.engine == "ray":
-        from .cli_ray import explain_with_ray
+    from .cli_ray import engine_of, explain_with_ray
 
+    if engine_of(args) == "ray":
         return explain_with_ray(args, _print_predictions)
     with native_stderr_captured():
         explainer = load_explainer(args.artifact)

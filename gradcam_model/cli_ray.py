@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-__all__ = ["add_engine_arguments", "explain_with_ray"]
+__all__ = ["add_engine_arguments", "engine_of", "explain_with_ray"]
 
 PROG = "gradcam"
 
@@ -47,6 +47,18 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="--engine ray: replace the outputs of an earlier run in --out (without it: refuse)",
     )
+
+
+def engine_of(args: argparse.Namespace) -> str:
+    """``"ray"`` or ``"local"``: ``--address`` implies Ray; Ray-only flags with the local engine are an error."""
+    from .errors import InputError
+
+    if args.engine == "ray" or args.address:
+        return "ray"
+    given = [flag for flag, on in (("--threads", args.threads != 1), ("--save-maps", args.save_maps)) if on]
+    if given:
+        raise InputError(f"{' and '.join(given)} apply to --engine ray only")
+    return "local"
 
 
 def explain_with_ray(args: argparse.Namespace, print_predictions) -> int:

@@ -192,3 +192,28 @@ def test_bench_section_round_trip_and_help(tmp_path, capsys):
     assert "old" not in text and text.count(BEGIN) == 1 and text.endswith("\ntail kept\n")
     assert main(["bench", "--ray", "--help"]) == 0
     assert capsys.readouterr().out.startswith("usage: gradcam bench --ray")
+
+
+USER_ERRORS = [
+    (["--save-maps"], "--save-maps apply to --engine ray only"),
+    (["--threads", "2"], "--threads apply to --engine ray only"),
+    (["--engine", "ray", "--address", "nowhere"], "expected 'auto', ray://HOST:PORT or HOST:PORT"),
+    (["--engine", "ray", "--artifact-pt"], "the Ray engine runs .onnx artifacts"),
+    (["--engine", "ray", "--no-ray"], 'needs ray[data], which this install lacks: pip install "gradcam_model[ray]"'),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), USER_ERRORS)
+def test_user_errors_exit_2_before_any_cluster_starts(artifacts, tmp_path, capsys, monkeypatch, flags, message):
+    from gradcam_model.cli import main
+
+    artifact = str(artifacts["static.pt" if "--artifact-pt" in flags else "static.onnx"])
+    if "--no-ray" in flags:
+        monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    flags = [f for f in flags if f not in ("--artifact-pt", "--no-ray")]
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    assert main(["explain", artifact, str(image), "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
