@@ -33,6 +33,7 @@ class RayBenchResult:
     artifact: str
     cluster_start_s: float
     local_s: float
+    local_1_thread_s: float = 0.0  # the local engine with a 1-thread ONNX Runtime session, as one actor has
     ray_s: dict[str, float] = field(default_factory=dict)  # "2 actors x 1 thread" -> wall seconds
     actor_ms: dict[str, float] = field(default_factory=dict)  # ms per image inside the actors
     actor_mb: dict[str, float] = field(default_factory=dict)  # peak resident memory of one actor
@@ -46,6 +47,8 @@ class RayBenchResult:
             "|---|---:|---:|---:|---:|---:|",
             f"| local (`explain_files`, 2 I/O threads, ORT default threads) | {self.local_s:.2f} | "
             f"{self.images / self.local_s:.1f} | 1.00 | | |",
+            f"| local, ORT 1 thread (as one actor) | {self.local_1_thread_s:.2f} | "
+            f"{self.images / self.local_1_thread_s:.1f} | {self.local_1_thread_s / self.local_s:.2f} | | |",
         ]
         for name, seconds in self.ray_s.items():
             lines.append(
@@ -67,7 +70,7 @@ def run_ray_bench(
     object_store_mb: int = 200,
 ) -> RayBenchResult:
     """Time the local engine, then each ``(actors, threads)`` configuration on one local Ray cluster."""
-    from .runtime import explain_files, load_explainer
+    from .runtime import OnnxExplainer, explain_files, load_explainer
     from .runtime.ray_engine import explain_dataset, local_cluster
 
     load_before = os.getloadavg()
@@ -76,9 +79,14 @@ def run_ray_bench(
     started = time.perf_counter()
     explain_files(artifact, images, workdir / "local", batch_size=batch_size, workers=2, progress=False)
     local_s = time.perf_counter() - started
+    one_thread = OnnxExplainer(artifact, providers=["CPUExecutionProvider"], threads=1)
+    started = time.perf_counter()
+    explain_files(one_thread, images, workdir / "local-1", batch_size=batch_size, workers=2, progress=False)
+    local_1_thread_s = time.perf_counter() - started
     result = RayBenchResult(
         images=len(images), size=size, batch_size=batch_size,
         artifact=f"{meta.architecture} {meta.method} at {meta.target_layer!r}", cluster_start_s=0.0, local_s=local_s,
+        local_1_thread_s=local_1_thread_s,
     )  # fmt: skip
     started = time.perf_counter()
     with local_cluster(num_cpus=num_cpus, object_store_mb=object_store_mb):
@@ -87,7 +95,7 @@ def run_ray_bench(
             name = f"{actors} actor{'s' if actors > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}"
             started = time.perf_counter()
             summary = explain_dataset(artifact, images, workdir / f"ray-{actors}x{threads}", batch_size=batch_size,
-                                      workers=actors, threads=threads, progress=False)  # fmt: skip
+                                      workers=actors, threads=threads, progress=False, overwrite=True)  # fmt: skip
             result.ray_s[name] = time.perf_counter() - started
             result.actor_ms[name] = 1000 * (summary.actor_seconds or 0.0) / len(images)
             result.actor_mb[name] = summary.actor_peak_mb or 0.0

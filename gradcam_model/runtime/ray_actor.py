@@ -52,6 +52,7 @@ def result_schema(include_maps: bool):
         ("error", pa.string()),
         ("actor_seconds", pa.float64()),
         ("actor_peak_mb", pa.float64()),
+        ("actor_provider", pa.string()),
     ]
     if include_maps:
         fields.append(("cam_npy", pa.binary()))
@@ -170,6 +171,7 @@ class ExplainActor:
                 columns[name] = [r.get(name) for r in rows]
         columns["actor_seconds"] = [(time.perf_counter() - started) / n] * n
         columns["actor_peak_mb"] = [_peak_mb()] * n
+        columns["actor_provider"] = [self.explainer.provider] * n
         table = pa.table(columns, schema=self.schema)
         _maybe_crash()
         return table

@@ -209,7 +209,7 @@ def explain_dataset(
         overlays_dir=out / "overlays" if len(failures) < len(predictions) else None,
         grid=write_grid(tiles, out, int(tile_size)),
         provider=f"Ray ({workers} actor{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
-        f"{explainer.provider})",
+        f"{', '.join(sorted(run.providers)) or 'no images'})",
         seconds=time.perf_counter() - started,
         small_images=run.small,
         failures=failures,
@@ -266,6 +266,7 @@ class _Collector:
         self.arrived = 0
         self.actor_seconds = 0.0
         self.actor_peak_mb = 0.0
+        self.providers: set[str] = set()
 
     def _key(self, path: str) -> str:
         """Dataset rows: the file's stem, made unique in arrival order as ``collect_images`` does."""
@@ -284,6 +285,7 @@ class _Collector:
                 continue
             self.actor_seconds += row["actor_seconds"]
             self.actor_peak_mb = max(self.actor_peak_mb, row["actor_peak_mb"])
+            self.providers.add(row["actor_provider"])
             self.rows[index] = self._prediction(row)
         return table.num_rows
 
