@@ -181,7 +181,7 @@ def test_bench_section_round_trip_and_help(tmp_path, capsys):
     from gradcam_model.cli import main
 
     result = RayBenchResult(images=8, size=(64, 48), batch_size=4, artifact="resnet18 gradcam at 'layer2'",
-                            cluster_start_s=4.0, local_s=2.0, ray_s={"1 actor x 1 thread": 4.0},
+                            cluster_start_s=4.0, local_s=2.0, local_1_thread_s=3.0, ray_s={"1 actor x 1 thread": 4.0},
                             actor_ms={"1 actor x 1 thread": 9.5}, actor_mb={"1 actor x 1 thread": 300.0})  # fmt: skip
     section = markdown(result)
     assert section.startswith(BEGIN) and section.endswith(END) and "| 4.00 | 2.0 | 2.00 | 9.5 | 300 |" in section
