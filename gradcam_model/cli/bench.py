@@ -26,6 +26,7 @@ SECTIONS: tuple[tuple[str | None, str, str], ...] = (
     (None, "gradcam_model.bench.cli", "time artifacts against pytorch-grad-cam and Captum"),
     ("--pipeline", "gradcam_model.bench.pipeline", "the explain pipeline"),
     ("--serve", "gradcam_model.bench_serve", "the KServe server under load"),
+    ("--ray", "gradcam_model.bench_ray", "the Ray engine vs the local one"),
 )
 _NEEDS = ("[export,bench]", ("torch", "torchvision", "onnx", "onnxscript"))  # the default section's
 

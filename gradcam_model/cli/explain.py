@@ -62,6 +62,9 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--workers", type=common.positive_int, default=2, metavar="N", help="decode/encode threads (default: 2)"
     )
+    from ..cli_ray import add_engine_arguments
+
+    add_engine_arguments(p)  # --engine ray, --address, --threads, --save-maps, --overwrite (cli_ray.py)
     p.set_defaults(handler=run)
 
 
@@ -101,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import load_explainer
 
     common.check_alpha(args.alpha)
+    from ..cli_ray import engine_of, explain_with_ray
+
+    if engine_of(args) == "ray":
+        return explain_with_ray(args, _print_predictions)
     with native_stderr_captured():
         explainer = load_explainer(args.artifact)
         meta = explainer.metadata

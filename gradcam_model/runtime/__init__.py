@@ -9,6 +9,7 @@ from .explainer import Explainer, Explanation, OnnxExplainer, TorchScriptExplain
 from .images import decode_image, load_image, preprocess
 from .inputs import ImageInput, collect_images, resolve_class
 from .pipeline import CSV_FIELDS, ExplainSummary, Prediction, explain_files
+from .ray_engine import explain_dataset
 from .visualize import COLORMAPS, OVERLAY_FORMATS, caption, grid, heatmap, overlay, save_image, save_png
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "collect_images",
     "decode_image",
     "default_providers",
+    "explain_dataset",
     "explain_files",
     "grid",
     "heatmap",

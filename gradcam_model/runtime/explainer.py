@@ -192,13 +192,17 @@ def _is_pytorch_checkpoint(path: Path) -> bool:
 class OnnxExplainer(Explainer):
     """An ONNX artifact under ONNX Runtime."""
 
-    def __init__(self, path: str | os.PathLike, *, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         path = Path(path)
         _check_file(path)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: ORT warns about unused initializers
+        if threads is not None:  # one session per Ray actor: its share of the node's cores
+            options.intra_op_num_threads = int(threads)
         chosen = list(providers) if providers is not None else default_providers()
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)

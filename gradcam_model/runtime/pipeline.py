@@ -9,8 +9,6 @@ the number of images. Every file is written atomically.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 import sys
@@ -18,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,83 +26,26 @@ from ..errors import InputError
 from .explainer import Explainer, load_explainer
 from .images import DEFAULT_MAX_SIDE, load_image, preprocess, target_size
 from .inputs import ImageInput, collect_images, resolve_class
-from .visualize import OVERLAY_FORMATS, caption, check_alpha, encode_image, grid, overlay, save_png, thumbnail
+from .outputs import (
+    CSV_FIELDS,
+    GRID_LIMIT,
+    ExplainSummary,
+    Prediction,
+    overlay_name,
+    prediction_of,
+    tile_caption,
+    tile_color,
+    write_csv,
+    write_grid,
+)
+from .visualize import OVERLAY_FORMATS, check_alpha, encode_image, overlay, thumbnail
 
 __all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files"]
 
 log = logging.getLogger(__name__)
 
-# predictions.csv, in this order (the C++ runner writes the same columns)
-CSV_FIELDS = (
-    "path", "true_label", "predicted_index", "predicted_label", "probability",
-    "explained_index", "explained_label", "explained_score", "overlay", "error",
-)  # fmt: skip
-GRID_LIMIT = 64  # tiles in grid.png; predictions.csv and the overlays cover every image
 DEFAULT_TILE_SIZE = 256
 _SMALL = 0.5  # pictures under half the model's input size on a side get a warning (once)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What happened to one image: the prediction and explained classes, or the error."""
-
-    path: Path
-    true_label: str | None
-    predicted_index: int | None = None
-    predicted_label: str = ""
-    probability: float | None = None
-    explained_index: tuple[int, ...] = ()
-    explained_label: tuple[str, ...] = ()
-    explained_score: tuple[float, ...] = ()
-    overlays: tuple[Path, ...] = ()
-    error: str = ""
-
-    def row(self) -> dict[str, str]:
-        """The predictions.csv row (see :data:`CSV_FIELDS`)."""
-        if self.error:
-            return {**dict.fromkeys(CSV_FIELDS, ""), "path": str(self.path), "true_label": self.true_label or "",
-                    "error": self.error}  # fmt: skip
-        return {
-            "path": str(self.path),
-            "true_label": self.true_label or "",
-            "predicted_index": str(self.predicted_index),
-            "predicted_label": self.predicted_label,
-            "probability": f"{self.probability:.6f}",
-            "explained_index": ";".join(map(str, self.explained_index)),
-            "explained_label": ";".join(self.explained_label),
-            "explained_score": ";".join(f"{s:.6f}" for s in self.explained_score),
-            "overlay": ";".join(str(p) for p in self.overlays),
-            "error": "",
-        }
-
-
-@dataclass
-class ExplainSummary:
-    """What :func:`explain_files` did. ``overlays_dir`` and ``grid`` are None when nothing was written."""
-
-    predictions: list[Prediction]
-    csv: Path
-    overlays_dir: Path | None
-    grid: Path | None
-    provider: str
-    seconds: float
-    small_images: int = 0
-    failures: list[Prediction] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return len(self.predictions)
-
-    @property
-    def explained(self) -> int:
-        return self.total - len(self.failures)
-
-
-def _same_label(a: str, b: str) -> bool:
-    def norm(s: str) -> str:
-        return " ".join(s.lower().replace("_", " ").replace("-", " ").split())
-
-    return norm(a) == norm(b)
 
 
 @dataclass(frozen=True)
@@ -131,8 +72,7 @@ def _encode(item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options)
     paths, thumb = [], None
     for k in range(cams.shape[0]):
         picture = overlay(rgb, cams[k], colormap=opts.colormap, alpha=opts.alpha)
-        name = f"{item.key}.{opts.ext}" if k == 0 else f"{item.key}-top{k + 1}.{opts.ext}"
-        path = opts.out / "overlays" / name
+        path = opts.out / "overlays" / overlay_name(item.key, k, opts.ext)
         write_bytes_atomic(path, encode_image(picture, opts.ext), overwrite=True)
         paths.append(path)
         if k == 0 and opts.keep_tile:
@@ -261,26 +201,11 @@ class _Run:
             no_tile = _Options(**{**self.opts.__dict__, "keep_tile": False})
             slots = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
             for j, (slot, (item, (rgb, _))) in enumerate(zip(slots, ok, strict=True)):
-                rows[slot] = self._prediction(item, result, j)
+                rows[slot] = prediction_of(item.path, item.label, result, j, self.meta)
                 opts = self.opts if self.thumbnails < GRID_LIMIT else no_tile  # the grid's first 64 only
                 self.thumbnails += 1
                 futures.append(pool.submit(_encode, item, rgb, result.cam[j], opts))
         self.pending.append((rows, futures))
-
-    def _prediction(self, item: ImageInput, result, j: int) -> Prediction:
-        meta = self.meta
-        top = int(result.probabilities[j].argmax())
-        explained = tuple(int(c) for c in result.class_index[j])
-        return Prediction(
-            item.path,
-            item.label,
-            predicted_index=top,
-            predicted_label=meta.label(top),
-            probability=float(result.probabilities[j, top]),
-            explained_index=explained,
-            explained_label=tuple(meta.label(c) for c in explained),
-            explained_score=tuple(float(s) for s in result.score[j]),
-        )
 
     def _check_small(self, item: ImageInput, rgb: np.ndarray) -> None:
         h, w = self.size
@@ -306,37 +231,12 @@ class _Run:
                 row = Prediction(**{**row.__dict__, "overlays": paths})
                 self.predictions.append(row)
                 if thumb is not None and len(self.tiles) < GRID_LIMIT:
-                    self.tiles.append((thumb, self._title(row), self._color(row)))
-
-    def _title(self, row: Prediction) -> str:
-        title = caption(row.explained_label[0], row.explained_score[0], true_label=row.true_label)
-        if row.explained_index[0] != row.predicted_index:
-            title += f"\ntop-1: {row.predicted_label} {row.probability:.2f}"
-        return f"{row.path.name}\n{title}"
-
-    @staticmethod
-    def _color(row: Prediction):
-        if row.true_label is None:
-            return None
-        return (0, 140, 0) if _same_label(row.predicted_label, row.true_label) else (200, 0, 0)
+                    self.tiles.append((thumb, tile_caption(row), tile_color(row)))
 
     def finish(self, seconds: float) -> ExplainSummary:
         out = self.opts.out
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(p.row() for p in self.predictions)
-        csv_path = out / "predictions.csv"
-        write_bytes_atomic(csv_path, buffer.getvalue().encode("utf-8"), overwrite=True)
-        grid_path = None
-        if self.tiles:
-            pictures = [t[0] for t in self.tiles]
-            aspect = float(np.median([p.shape[0] / p.shape[1] for p in pictures]))  # cells shaped like most
-            tile = self.opts.tile
-            cell = (int(np.clip(round(tile * aspect), tile // 2, tile * 3 // 2)), tile)
-            picture = grid(pictures, [t[1] for t in self.tiles], cols=min(4, len(pictures)), tile_size=cell,
-                           colors=[t[2] for t in self.tiles])  # fmt: skip
-            grid_path = save_png(out / "grid.png", picture)
+        csv_path = write_csv(self.predictions, out)
+        grid_path = write_grid(self.tiles, out, self.opts.tile)
         failures = [p for p in self.predictions if p.error]
         wrote_overlays = len(failures) < len(self.predictions)
         return ExplainSummary(

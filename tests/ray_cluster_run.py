@@ -1,0 +1,79 @@
+"""Helper of tests/test_ray.py, run inside a private network namespace: one local Ray cluster, every scenario.
+
+Usage: ``python ray_cluster_run.py SPEC.json``. Writes ``SPEC``'s ``results`` JSON file.
+The cluster is started with :func:`gradcam_model.runtime.ray_engine.local_cluster` (what
+``gradcam explain --engine ray`` uses) and shut down in its ``finally``; the test runs this
+script as PID 1 of its own PID namespace, so the kernel also ends every Ray process when
+it exits, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gradcam_model.cli import main
+from gradcam_model.runtime.ray_actor import CRASH_ONCE_ENV
+from gradcam_model.runtime.ray_engine import explain_dataset, import_ray, local_cluster
+
+
+def _listeners() -> list[str]:
+    """Local addresses of listening TCP sockets, from ``ss`` (one per line, ADDRESS:PORT)."""
+    done = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, timeout=20, check=True)
+    return [line.split()[3] for line in done.stdout.splitlines() if line.strip()]
+
+
+def _cli(argv: list[str]) -> dict:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+
+
+def _summary(summary) -> dict:
+    return {"paths": [str(p.path) for p in summary.predictions], "failures": len(summary.failures),
+            "provider": summary.provider, "seconds": summary.seconds}  # fmt: skip
+
+
+def run(spec: dict) -> dict:
+    results: dict = {"started": time.time()}
+    addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=20, check=True)
+    results["interfaces"] = sorted({line.split()[1] for line in addresses.stdout.splitlines()})
+    marker = Path(spec["crash_marker"])
+    marker.write_text("armed later")  # present: no actor crashes until the crash scenario removes it
+    os.environ[CRASH_ONCE_ENV] = str(marker)  # before the cluster starts: the workers inherit it
+    artifact, inputs, work = spec["artifact"], spec["inputs"], Path(spec["work"])
+    common = {"batch_size": spec["batch_size"], "progress": False}
+    with local_cluster(num_cpus=2, object_store_mb=200):
+        results["listeners"] = _listeners()
+        started = time.perf_counter()
+        summary = explain_dataset(artifact, inputs, work / "ray", workers=2, save_maps=True, **common)
+        results["equal_run"] = {**_summary(summary), "wall": time.perf_counter() - started}
+        argv = ["explain", artifact, *inputs, "--out", str(work / "cli"), "--engine", "ray", "--workers", "2",
+                "--batch-size", str(spec["batch_size"])]  # fmt: skip
+        results["cli"] = _cli(argv)
+        results["cli_again"] = _cli(argv)
+        results["cli_overwrite"] = _cli([*argv, "--overwrite"])
+        marker.unlink()
+        summary = explain_dataset(artifact, inputs, work / "crash", workers=2, batch_size=2, progress=False)
+        results["crash"] = {**_summary(summary), "marker": marker.exists(), "killed_pid": marker.read_text()}
+        ray = import_ray()
+        files = sorted(str(p) for p in Path(inputs[0]).rglob("*") if p.is_file())
+        dataset = ray.data.read_binary_files(files, include_paths=True)
+        summary = explain_dataset(artifact, dataset, work / "dataset", workers=1, **common)
+        results["dataset"] = _summary(summary)
+        results["listeners_end"] = _listeners()
+    results["ray_initialized_after"] = ray.is_initialized()
+    results["seconds"] = time.time() - results["started"]
+    return results
+
+
+if __name__ == "__main__":
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    Path(spec["results"]).write_text(json.dumps(run(spec), indent=2))

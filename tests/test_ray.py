@@ -1,0 +1,219 @@
+"""The Ray engine (explain_dataset, gradcam explain --engine ray) against the local engine, on loopback only.
+
+One local Ray cluster for the whole module, started by ``ray_cluster_run.py`` inside a
+private network namespace (only ``lo``) and PID namespace that this module creates: no
+Ray socket can reach the machine's network, and when the helper exits (or is killed at
+the timeout) the kernel ends every Ray process it started.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason='the Ray engine tests need ray[data]: pip install -e ".[dev]" (or "[ray]")')
+
+from gradcam_model.runtime import CSV_FIELDS, explain_files, load_explainer, load_image, preprocess  # noqa: E402
+from gradcam_model.runtime.images import DEFAULT_MAX_SIDE  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+HELPER = Path(__file__).resolve().parent / "ray_cluster_run.py"
+BATCH = 4
+TIMEOUT_S = 240  # the whole cluster session; measured ~60-90 s on 2 busy cores
+
+
+def _images(folder: Path) -> list[Path]:
+    """11 JPEGs of varied sizes in two class folders and the root, plus one corrupt file."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(12):
+        sub = folder / ("cat" if i % 3 == 0 else "dog" if i % 3 == 1 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        size = (int(rng.integers(40, 120)), int(rng.integers(40, 120)))
+        picture = cv2.resize(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8), size, interpolation=cv2.INTER_CUBIC)
+        path = sub / f"img{i:02d}.jpg"
+        cv2.imwrite(str(path), picture)
+        paths.append(path)
+    paths[5].write_bytes(b"not an image at all")
+    return paths
+
+
+def _namespace_command(spec: Path) -> list[str]:
+    missing = [tool for tool in ("unshare", "ip", "ss") if shutil.which(tool) is None]
+    if missing or os.geteuid() != 0:
+        pytest.fail(
+            f"the Ray tests run their cluster in a private network namespace: they need root and unshare, ip, ss "
+            f"(missing: {', '.join(missing) or 'none'}; euid {os.geteuid()})"
+        )
+    inner = f"ip link set lo up && exec {sys.executable} {HELPER} {spec}"
+    # --net: only a loopback interface; --pid --fork --kill-child: the helper is PID 1 of its own PID
+    # namespace, so every Ray process dies with it, and it dies with unshare (killed at the timeout)
+    return ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", inner]
+
+
+@pytest.fixture(scope="module")
+def ray_run(artifacts, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ray")
+    _images(work / "in")
+    artifact = str(artifacts["static.onnx"])
+    spec = {"artifact": artifact, "inputs": [str(work / "in")], "work": str(work), "batch_size": BATCH,
+            "crash_marker": str(work / "crash.marker"), "results": str(work / "results.json")}  # fmt: skip
+    (work / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(_namespace_command(work / "spec.json"), env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, cwd=work)  # fmt: skip
+    assert done.returncode == 0, f"helper failed ({done.returncode}):\n{done.stderr[-6000:]}"
+    local = explain_files(artifact, spec["inputs"], work / "local", batch_size=BATCH, progress=False)
+    return {"work": work, "spec": spec, "results": json.loads((work / "results.json").read_text()), "local": local}
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "predictions.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _relative(rows: list[dict], out: Path) -> list[dict]:
+    """Rows with the overlay paths relative to their output folder (the only column that names it)."""
+    fixed = []
+    for row in rows:
+        overlays = [str(Path(p).relative_to(out)) for p in row["overlay"].split(";") if p]
+        fixed.append({**row, "overlay": ";".join(overlays)})
+    return fixed
+
+
+def test_only_loopback_exists_and_every_listener_is_on_it(ray_run):
+    results = ray_run["results"]
+    assert results["interfaces"] == ["lo"]
+    for when in ("listeners", "listeners_end"):
+        listeners = results[when]
+        assert listeners, "no Ray listener seen: the check would be vacuous"
+        hosts = {address.rsplit(":", 1)[0] for address in listeners}
+        assert hosts <= {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}, f"{when}: {sorted(hosts)}"
+    assert results["ray_initialized_after"] is False  # shut down by local_cluster's finally
+
+
+def test_rows_equal_the_local_engine_including_a_corrupt_image(ray_run):
+    work = ray_run["work"]
+    ray_rows = _relative(_rows(work / "ray"), work / "ray")
+    local_rows = _relative(_rows(work / "local"), work / "local")
+    assert list(ray_rows[0]) == list(CSV_FIELDS)
+    assert ray_rows == local_rows
+    failed = [r for r in ray_rows if r["error"]]
+    assert len(failed) == 1 and failed[0]["path"].endswith("img05.jpg") and "not a readable image" in failed[0]["error"]
+    assert ray_run["results"]["equal_run"]["failures"] == 1
+
+
+def test_maps_and_overlays_match_the_local_engine(ray_run):
+    work = ray_run["work"]
+    explainer = load_explainer(ray_run["spec"]["artifact"])
+    local = ray_run["local"]
+    ray_overlays = sorted(p.relative_to(work / "ray") for p in (work / "ray" / "overlays").rglob("*.jpg"))
+    assert ray_overlays == sorted(p.relative_to(work / "local") for p in (work / "local" / "overlays").rglob("*.jpg"))
+    checked = 0
+    for prediction in local.predictions:
+        if prediction.error:
+            continue
+        key = str(prediction.overlays[0].relative_to(work / "local" / "overlays").with_suffix(""))
+        ray_map = np.load(work / "ray" / "maps" / f"{key}.npy")
+        image = preprocess(load_image(prediction.path, max_side=DEFAULT_MAX_SIDE), explainer.metadata)
+        local_map = explainer(image[None]).cam[0]
+        np.testing.assert_allclose(ray_map, local_map, rtol=0, atol=1e-6)
+        a = cv2.imread(str(prediction.overlays[0])).astype(int)
+        b = cv2.imread(str(work / "ray" / "overlays" / f"{key}.jpg")).astype(int)
+        assert np.abs(a - b).max() <= 2  # same uint8 picture up to a rounding step, through the JPEG codec
+        checked += 1
+    assert checked == 11
+
+
+def test_parquet_holds_the_same_rows(ray_run):
+    import pyarrow.parquet as pq
+
+    work = ray_run["work"]
+    table = pq.read_table(work / "ray" / "predictions.parquet").to_pylist()
+    rows = _rows(work / "ray")
+    assert [t["path"] for t in table] == [r["path"] for r in rows]
+    for t, r in zip(table, rows, strict=True):
+        assert (t["error"] or "") == r["error"]
+        if not r["error"]:
+            assert f"{t['probability']:.6f}" == r["probability"] and str(t["predicted_index"]) == r["predicted_index"]
+            assert ";".join(t["overlay"]) == r["overlay"]
+
+
+def test_a_killed_actor_is_retried_and_every_input_appears_once(ray_run):
+    results, work = ray_run["results"], ray_run["work"]
+    crash = results["crash"]
+    assert crash["marker"] and crash["killed_pid"].isdigit()  # an actor really died mid-run
+    expected = [str(p.path) for p in ray_run["local"].predictions]
+    assert crash["paths"] == expected and crash["failures"] == 1
+    rows = _rows(work / "crash")
+    assert [r["path"] for r in rows] == expected
+    assert len(list((work / "crash" / "overlays").rglob("*.jpg"))) == 11
+
+
+def test_cli_engine_ray_and_overwrite_refusal(ray_run):
+    results, work = ray_run["results"], ray_run["work"]
+    first, again, forced = results["cli"], results["cli_again"], results["cli_overwrite"]
+    assert first["rc"] == 1 and "explained 11 of 12 images on Ray (2 actors" in first["stdout"]
+    assert "predictions.parquet" in first["stdout"] and "skipped:" in first["stderr"]
+    assert again["rc"] == 2 and "already holds predictions.csv, predictions.parquet" in again["stderr"]
+    assert "--overwrite" in again["stderr"] and again["stdout"] == ""
+    assert forced["rc"] == 1
+    assert _relative(_rows(work / "cli"), work / "cli") == _relative(_rows(work / "local"), work / "local")
+
+
+def test_a_ray_dataset_input_keeps_its_order(ray_run):
+    results = ray_run["results"]
+    expected = sorted(str(p) for p in Path(ray_run["spec"]["inputs"][0]).rglob("*") if p.is_file())
+    assert results["dataset"]["paths"] == expected and results["dataset"]["failures"] == 1
+
+
+def test_bench_section_round_trip_and_help(tmp_path, capsys):
+    from gradcam_model.bench_ray import BEGIN, END, RayBenchResult, markdown, update_markdown
+    from gradcam_model.cli import main
+
+    result = RayBenchResult(images=8, size=(64, 48), batch_size=4, artifact="resnet18 gradcam at 'layer2'",
+                            cluster_start_s=4.0, local_s=2.0, local_1_thread_s=3.0, ray_s={"1 actor x 1 thread": 4.0},
+                            actor_ms={"1 actor x 1 thread": 9.5}, actor_mb={"1 actor x 1 thread": 300.0})  # fmt: skip
+    section = markdown(result)
+    assert section.startswith(BEGIN) and section.endswith(END) and "| 4.00 | 2.0 | 2.00 | 9.5 | 300 |" in section
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\ntail kept\n")
+    update_markdown(doc, section)
+    text = doc.read_text()
+    assert "old" not in text and text.count(BEGIN) == 1 and text.endswith("\ntail kept\n")
+    assert main(["bench", "--ray", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: gradcam bench --ray")
+
+
+USER_ERRORS = [
+    (["--save-maps"], "--save-maps apply to --engine ray only"),
+    (["--threads", "2"], "--threads apply to --engine ray only"),
+    (["--engine", "ray", "--address", "nowhere"], "expected 'auto', ray://HOST:PORT or HOST:PORT"),
+    (["--engine", "ray", "--artifact-pt"], "the Ray engine runs .onnx artifacts"),
+    (["--engine", "ray", "--no-ray"], 'needs ray[data], which this install lacks: pip install "gradcam_model[ray]"'),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), USER_ERRORS)
+def test_user_errors_exit_2_before_any_cluster_starts(artifacts, tmp_path, capsys, monkeypatch, flags, message):
+    from gradcam_model.cli import main
+
+    artifact = str(artifacts["static.pt" if "--artifact-pt" in flags else "static.onnx"])
+    if "--no-ray" in flags:
+        monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    flags = [f for f in flags if f not in ("--artifact-pt", "--no-ray")]
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    assert main(["explain", artifact, str(image), "--out", str(tmp_path / "out"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
