@@ -16,6 +16,7 @@ from ..contract import INPUT_NAMES, OUTPUT_NAMES
 from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
+from .onnx_passes import share_transposed_weights
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "quiet"]
 
@@ -94,6 +95,7 @@ def export_onnx(
             f"torch.onnx.export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {exc}"
         ) from exc
     _name_dynamic_axes(proto, input_names)
+    share_transposed_weights(proto)  # one copy of each Linear weight the gradient also uses
     meta = metadata_for(wrapper, "onnx", opset=opset)
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

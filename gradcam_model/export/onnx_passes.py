@@ -1,0 +1,127 @@
+"""Graph passes on the exported ONNX model: one copy of every weight.
+
+A Linear layer between the target layer and the logits uses its weight twice: the
+forward multiplies by ``W^T`` and the gradient by ``W``. torch.onnx folds transposes of
+weights into extra initializers (one per explained class), and ONNX Runtime folds any
+remaining ``Transpose(W)`` into another copy at load. ``Gemm`` reads its second operand
+transposed for free (``transB``), so every product with a transposed copy becomes a
+``Gemm`` on the one weight kept, identical copies are merged, and the copies go.
+
+Not fixed here (measured, VGG19 at 128 px): ONNX Runtime's CPU kernels pre-pack the
+constant operand B of every Gemm/MatMul into a private buffer per node and keep the
+initializer while another node reads it, so a weight read by the forward and by the
+gradient is held three times (load 1107 MB vs 705 MB logits-only; with the session
+option ``session.disable_prepacking`` 668 vs 666 MB). Feeding such weights as operand A
+instead did not help: ORT's Gemm/Transpose fusions move them back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = ["share_transposed_weights"]
+
+log = logging.getLogger(__name__)
+
+
+def share_transposed_weights(proto) -> int:
+    """Rewrite ``proto`` in place so that no 2-D weight is also stored (or computed) transposed.
+
+    Identical initializers are merged first. Returns the bytes of transposed copies removed.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    _merge_identical(graph, numpy_helper)
+    weights = {i.name: i for i in graph.initializer if len(i.dims) == 2}
+    arrays = {name: numpy_helper.to_array(init) for name, init in weights.items()}
+    by_content = {(a.shape, a.dtype.str, a.tobytes()): name for name, a in arrays.items()}
+    # name -> the weight it is the transpose of: stored copies, and Transpose nodes of a weight
+    transposed_of: dict[str, str] = {}
+    for name, array in arrays.items():
+        twin = by_content.get((array.T.shape, array.dtype.str, np.ascontiguousarray(array.T).tobytes()))
+        if twin is not None and twin != name and twin not in transposed_of:
+            transposed_of[name] = twin
+    for node in graph.node:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        if node.op_type == "Transpose" and node.input[0] in weights and perm == [1, 0]:
+            transposed_of[node.output[0]] = node.input[0]
+    if not transposed_of:
+        return 0
+    ranks = _ranks(onnx.shape_inference.infer_shapes(proto))
+    for node in graph.node:
+        if node.op_type not in ("Gemm", "MatMul") or len(node.input) < 2 or node.input[1] not in transposed_of:
+            continue
+        original = transposed_of[node.input[1]]
+        if node.op_type == "Gemm":
+            attrs = {a.name: a for a in node.attribute}
+            trans_b = attrs["transB"].i if "transB" in attrs else 0
+            _set_int(node, "transB", 1 - trans_b)
+        elif ranks.get(node.input[0]) == 2:  # MatMul(A, W^T) of a 2-D A is Gemm(A, W, transB=1)
+            node.op_type = "Gemm"
+            _set_int(node, "transB", 1)
+        else:
+            continue
+        node.input[1] = original
+    return _drop_unused(graph, weights)
+
+
+def _merge_identical(graph, numpy_helper) -> None:
+    """Initializers with the same dtype, shape and bytes become one (each explained class's
+    backward pass folds its own copy of the same transposed weight)."""
+    seen: dict[tuple, str] = {}
+    alias: dict[str, str] = {}
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        key = (array.shape, array.dtype.str, array.tobytes())
+        if key in seen:
+            alias[init.name] = seen[key]
+        else:
+            seen[key] = init.name
+    if not alias:
+        return
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    for init in [i for i in graph.initializer if i.name in alias]:
+        graph.initializer.remove(init)
+
+
+def _ranks(inferred) -> dict[str, int]:
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+    ranks.update({i.name: len(i.dims) for i in inferred.graph.initializer})
+    return ranks
+
+
+def _set_int(node, name: str, value: int) -> None:
+    import onnx
+
+    for attribute in node.attribute:
+        if attribute.name == name:
+            attribute.i = value
+            return
+    node.attribute.append(onnx.helper.make_attribute(name, value))
+
+
+def _drop_unused(graph, weights) -> int:
+    """Remove Transpose nodes and initializers nothing reads any more; return the bytes freed."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type == "Transpose" and not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    freed = 0
+    for init in [i for i in graph.initializer if i.name in weights and i.name not in used]:
+        freed += len(init.raw_data) or init.ByteSize()
+        graph.initializer.remove(init)
+    if freed:
+        log.debug("shared transposed weights: %.1f MB of copies removed", freed / 1e6)
+    return freed
