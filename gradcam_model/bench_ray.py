@@ -140,13 +140,9 @@ def section_of(path: Path) -> str | None:
 
 def update_markdown(path: Path, section: str) -> None:
     """Replace the Ray section of ``path`` (or append it), leaving the rest as it was."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
+    from .bench.report import update_section
+
+    update_section(path, section)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -271,13 +271,9 @@ def markdown(result: ServeResult, requests: int) -> str:
 
 def update_markdown(path: Path, section: str) -> None:
     """Replace the serve section of ``path`` (or append it), leaving the rest as it was."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
+    from .bench.report import update_section
+
+    update_section(path, section)
 
 
 def section(path: Path) -> str | None:

@@ -5,19 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cli._common import positive_int
+
 __all__ = ["add_engine_arguments", "engine_of", "explain_with_ray"]
 
 PROG = "gradcam"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +29,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         "127.0.0.1 and shut it down afterwards",
     )
     group.add_argument(
-        "--threads", type=_positive_int, default=1, metavar="T", help="--engine ray: ONNX Runtime threads per actor"
+        "--threads", type=positive_int, default=1, metavar="T", help="--engine ray: ONNX Runtime threads per actor"
     )
     group.add_argument(
         "--save-maps", action="store_true", help="--engine ray: also write each map as maps/<name>.npy (float32)"
