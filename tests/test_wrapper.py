@@ -348,7 +348,7 @@ class _TransposedConvHead(nn.Module):
     [
         (_TransposedConvHead(), "body", UnsupportedOperatorError, "'body' uses operator aten.convolution_backward"),
         (_Branchy(), "side", LayerError, "no gradient path"),
-        (_Branchy(), "pair", LayerError, "returns a tuple"),
+        (_Branchy(), "pair", LayerError, "gives a tuple; a target layer must give one"),
         (_Branchy(), "shared", LayerError, "ran 2 times"),
         (_Branchy(), "stme", Exception, "'stem'"),
         (_DictOut(), "body", ModelOutputError, "returned dict"),
