@@ -25,6 +25,7 @@ SERVE_SIDE = [
     "gradcam_model._atomic",
     "gradcam_model._process",
     "gradcam_model._suggest",
+    "gradcam_model._argtypes",
     "gradcam_model.bench.memory",
     "gradcam_model.tolerances",
     *_modules("runtime"),

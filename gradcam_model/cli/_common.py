@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._argtypes import non_negative_float, positive_int
 from ..tolerances import Tolerance
 
 __all__ = [
@@ -43,28 +44,6 @@ FORMATS["triton"] = ("triton", ".onnx")  # OUT/NAME/1/model.onnx + OUT/NAME/conf
 
 
 # ---------------------------------------------------------------------------- argument types
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """An argparse type: a number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
 
 
 def formats(text: str) -> tuple[str, ...]:

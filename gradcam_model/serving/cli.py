@@ -6,29 +6,11 @@ import argparse
 import re
 from pathlib import Path
 
+from .._argtypes import port, positive_int
+
 __all__ = ["register", "add_serve_parser", "add_triton_parser", "cmd_serve", "cmd_triton"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 1..65535, got {text!r}")
-    return value
 
 
 def _model_name(text: str) -> str:
@@ -65,46 +47,46 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx artifact")
     p.add_argument("--name", type=_model_name, metavar="NAME", help="model name in the URLs (default: file stem)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0: every one)")
-    p.add_argument("--port", type=_port, default=8080, help="HTTP port (default: 8080)")
-    p.add_argument("--workers", type=_count, default=1, metavar="N", help="server processes (default: 1)")
+    p.add_argument("--port", type=port, default=8080, help="HTTP port (default: 8080)")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="server processes (default: 1)")
     p.add_argument(
         "--threads",
-        type=_count,
+        type=positive_int,
         default=4,
         metavar="N",
         help="request threads (decode, encode) per process (default: 4)",
     )
     p.add_argument(
         "--max-batch",
-        type=_count,
+        type=positive_int,
         default=8,
         metavar="N",
         help="images per ONNX Runtime call: requests queued while one runs are batched together (default: 8)",
     )
     p.add_argument(
         "--max-instances",
-        type=_count,
+        type=positive_int,
         default=limits.max_instances,
         metavar="N",
         help=f"images per request (default: {limits.max_instances})",
     )
     p.add_argument(
         "--max-body-mb",
-        type=_count,
+        type=positive_int,
         default=limits.max_body_bytes // 2**20,
         metavar="MB",
         help=f"request body limit in MiB (default: {limits.max_body_bytes // 2**20})",
     )
     p.add_argument(
         "--max-size",
-        type=_count,
+        type=positive_int,
         default=DEFAULT_MAX_SIDE,
         metavar="PX",
         help=f"decode larger pictures reduced to this long side (default: {DEFAULT_MAX_SIDE})",
     )
     p.add_argument(
         "--max-pixels",
-        type=_count,
+        type=positive_int,
         default=limits.max_pixels,
         metavar="N",
         help=f"refuse pictures with more pixels, before decoding them (default: {limits.max_pixels})",
@@ -169,7 +151,7 @@ def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
     group = p.add_argument_group("triton")
     group.add_argument(
         "--max-batch-size",
-        type=_count,
+        type=positive_int,
         default=defaults.max_batch_size,
         metavar="N",
         help=f"Triton max_batch_size (default: {defaults.max_batch_size})",
@@ -181,7 +163,7 @@ def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
         help=f"instance_group kind: KIND_CPU, KIND_GPU or Triton's choice (default: {defaults.instance_kind})",
     )
     group.add_argument(
-        "--instances", type=_count, default=defaults.instances, metavar="N", help="model instances (default: 1)"
+        "--instances", type=positive_int, default=defaults.instances, metavar="N", help="model instances (default: 1)"
     )
 
 
