@@ -24,7 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["MARGIN", "MAX_CANDIDATES", "MaskFlip", "MapDiagnosis", "diagnose", "disagreements", "same_gates", "traced"]
+__all__ = [
+    "MARGIN",
+    "MAX_CANDIDATES",
+    "Chosen",
+    "MaskFlip",
+    "MapDiagnosis",
+    "Rerun",
+    "diagnose",
+    "disagreements",
+    "same_gates",
+    "traced",
+]
 
 # An element is a candidate when its float32 pre-activation lies within MARGIN times the
 # largest |float32 - float64| of its tensor from a breakpoint. That difference is what float32
@@ -32,7 +43,7 @@ __all__ = ["MARGIN", "MAX_CANDIDATES", "MaskFlip", "MapDiagnosis", "diagnose", "
 # that sums in another order makes an error of the same size, not the same error (the element
 # ONNX Runtime flips on resnet18 layer3 is one torch float32 and float64 agree on), hence a margin.
 MARGIN = 4.0
-# Candidates tested per sample, closest to their breakpoint first (each costs one eager pass).
+# Candidates tried per sample, closest to their breakpoint first (each one row of an eager batch).
 MAX_CANDIDATES = 16
 
 
@@ -98,7 +109,7 @@ class _Gates(TorchFunctionMode):
     gradient ``d_other``. Unflipped elements keep the gate's own backward, bit for bit.
     """
 
-    def __init__(self, flips: dict[int, torch.Tensor]) -> None:
+    def __init__(self, flips: dict[int, list[tuple[int, int]]]) -> None:
         super().__init__()
         self.flips = flips
         self.stack: list[str] = []  # names of the modules running
@@ -119,15 +130,19 @@ class _Gates(TorchFunctionMode):
         out = func(*args, **kwargs)
         breakpoints, derivative = gate(args, kwargs)
         self.calls.append(_Call(self._label(), x.detach(), breakpoints))
-        flip = self.flips.get(len(self.calls) - 1)
-        if flip is None:
+        elements = self.flips.get(len(self.calls) - 1)
+        if not elements:
             return out
+        flip = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        for n, i in elements:
+            if n < len(x):  # reference_cam first runs the first image alone, to list the layers
+                flip[n].view(-1)[i] = True
         nearest = _nearest(x.detach(), breakpoints)
         other = torch.where(
             x.detach() > nearest, torch.nextafter(nearest, nearest - 1), torch.nextafter(nearest, nearest + 1)
         )
         flipped = out.detach() + derivative(other) * (x - x.detach())
-        return torch.where(flip.to(x.device), flipped, out)
+        return torch.where(flip, flipped, out)
 
     def _label(self) -> str:
         label = self.stack[-1] if self.stack and self.stack[-1] else "(model)"
@@ -144,13 +159,13 @@ def _nearest(x: torch.Tensor, breakpoints: Sequence[float]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _watch(model: nn.Module, layer_name: str, flips: dict[int, torch.Tensor] | None = None) -> Iterator[_Gates]:
+def _watch(model: nn.Module, layer_name: str, flips: dict[int, list[tuple[int, int]]]) -> Iterator[_Gates]:
     """The gate calls of ``model``'s last forward pass after ``layer_name``, named by module.
 
     Every forward pass starts the record afresh (``reference_cam`` runs the model once to
     list layers before the pass it explains). The hooks go on exit.
     """
-    mode = _Gates(flips or {})
+    mode = _Gates(flips)
 
     def enter(module, _inputs, name):
         if module is model:
@@ -192,7 +207,7 @@ class MapDiagnosis:
     batch: int  # index of the input batch
     sample: int  # index within the batch
     max_abs: float  # max |artifact - eager float32| over the sample's maps
-    candidates: int  # gating elements within float32 rounding of a breakpoint
+    candidates: int  # gating elements within float32 rounding of a breakpoint (the closest MAX_CANDIDATES tried)
     flips: tuple[MaskFlip, ...]  # those flipped to reproduce the artifact
     residual: float  # max |artifact - eager float32 with them flipped|
     explained: bool
@@ -202,6 +217,8 @@ class MapDiagnosis:
         if not self.candidates:
             return f"{where}; no mask element within float32 rounding of a breakpoint"
         near = f"{self.candidates} mask element(s) within float32 rounding of a breakpoint"
+        if self.candidates > MAX_CANDIDATES:
+            near += f" ({MAX_CANDIDATES} closest tried)"
         if not self.flips:
             return f"{where}; {near}, flipping none of them brings the reference closer"
         at = ", ".join(dict.fromkeys(f.at for f in self.flips))
@@ -212,21 +229,13 @@ Chosen = dict[int, list[tuple[int, int]]]  # sample -> (gate call, flat element)
 
 
 def traced(
-    run: Callable[[], list[np.ndarray]],
-    model: nn.Module,
-    layer_name: str,
-    chosen: Chosen | None = None,
-    calls: Sequence[_Call] | None = None,
+    run: Callable[[], list[np.ndarray]], model: nn.Module, layer_name: str, chosen: Chosen | None = None
 ) -> tuple[list[np.ndarray], list[_Call]]:
-    """``run()`` (a reference pass of ``model``) with its gate calls recorded, the ``chosen`` elements flipped.
-
-    ``calls`` (a record of the same pass) gives the shapes of the flip masks.
-    """
-    flips: dict[int, torch.Tensor] = {}
+    """``run()`` (a reference pass of ``model``) with its gate calls recorded, the ``chosen`` elements flipped."""
+    flips: dict[int, list[tuple[int, int]]] = {}
     for n, elements in (chosen or {}).items():
         for c, i in elements:
-            mask = flips.setdefault(c, torch.zeros(calls[c].x.shape, dtype=torch.bool))
-            mask[n].view(-1)[i] = True
+            flips.setdefault(c, []).append((n, i))
     with _watch(model, layer_name, flips) as mode:
         outputs = run()
     return outputs, mode.calls
@@ -250,8 +259,11 @@ def disagreements(calls32: Sequence[_Call], calls64: Sequence[_Call], samples: S
     return {n: e for n, e in found.items() if e}
 
 
+Rerun = Callable[[list[int], Chosen], np.ndarray]
+
+
 def diagnose(
-    rerun: Callable[[Chosen], np.ndarray],
+    rerun: Rerun,
     calls32: Sequence[_Call],
     calls64: Sequence[_Call],
     base: np.ndarray,
@@ -264,23 +276,44 @@ def diagnose(
     """Explain the artifact's maps ``got`` ``[N, K, H, W]`` of samples ``failing`` by mask flips.
 
     ``base`` are the eager float32 maps, whose pass recorded ``calls32`` (``calls64``: the
-    float64 pass); ``rerun(chosen)`` recomputes them with the chosen elements flipped.
-    Candidates are the gating elements after the target layer within :data:`MARGIN` float32
-    rounding of a breakpoint; each is flipped alone, a set is picked greedily from those single
-    flips, and one more pass with exactly that set flipped measures the residual: explained when
-    it is within ``limit``.
+    float64 pass); ``rerun(rows, chosen)`` recomputes the maps of the batch made of samples
+    ``rows`` (repeats allowed) with the chosen elements of each row flipped. Candidates are the
+    gating elements after the target layer within :data:`MARGIN` float32 rounding of a
+    breakpoint; the closest are flipped one at a time (one row each), a set is picked greedily
+    from those single flips, and one pass of the original batch with exactly that set flipped
+    measures the residual: explained when it is within ``limit``.
     """
     comparable = same_gates(calls32, calls64)
     candidates = {n: _candidates(calls32, calls64, n) if comparable else [] for n in failing}
-    rounds = max((len(c) for c in candidates.values()), default=0)
-    singles = [rerun({n: [c[j]] for n, c in candidates.items() if j < len(c)}) for j in range(rounds)]
-    chosen = {
-        n: [c[j] for j in _pick(base[n], [s[n] for s in singles[: len(c)]], got[n])] for n, c in candidates.items()
-    }
-    final = rerun(chosen) if any(chosen.values()) else base
+    tried = {n: c[:MAX_CANDIDATES] for n, c in candidates.items()}
+    singles = _single_flips(rerun, base, tried)
+    chosen = {n: [c[j] for j in _pick(base[n], singles[n], got[n])] for n, c in tried.items()}
+    final = rerun(list(range(len(base))), chosen) if any(chosen.values()) else base
     return [
         _diagnosis(batch, n, base, got, final, len(candidates[n]), chosen[n], calls32, calls64, limit) for n in failing
     ]
+
+
+def _single_flips(rerun: Rerun, base: np.ndarray, tried: Chosen) -> dict[int, list[np.ndarray]]:
+    """Each sample's maps with each of its candidates flipped alone, as the change added to ``base``.
+
+    The variants run as rows of batches of up to MAX_CANDIDATES + 1 (one unflipped row per sample to
+    subtract): one pass instead of one per candidate.
+    """
+    rows = [(n, e) for n, elements in tried.items() if elements for e in (None, *elements)]
+    maps = []
+    for start in range(0, len(rows), MAX_CANDIDATES + 1):
+        chunk = rows[start : start + MAX_CANDIDATES + 1]
+        flips = {r: [e] for r, (_, e) in enumerate(chunk) if e is not None}
+        maps += list(rerun([n for n, _ in chunk], flips))
+    singles: dict[int, list[np.ndarray]] = {n: [] for n in tried}
+    unflipped = {}
+    for (n, e), m in zip(rows, maps, strict=True):
+        if e is None:
+            unflipped[n] = m
+        else:
+            singles[n].append(base[n] + (m - unflipped[n]))
+    return singles
 
 
 def _diagnosis(batch, n, base, got, final, candidates, chosen, calls32, calls64, limit) -> MapDiagnosis:
@@ -314,7 +347,7 @@ def _candidates(calls32: Sequence[_Call], calls64: Sequence[_Call], n: int) -> l
         distance = (x - _nearest(x, a.breakpoints)).abs()
         close = (distance <= margin).nonzero().flatten()
         found += [(float(distance[i]) / margin if margin else 0.0, c, int(i)) for i in close]
-    return [(c, i) for _, c, i in sorted(found)[:MAX_CANDIDATES]]
+    return [(c, i) for _, c, i in sorted(found)]
 
 
 def _pick(base: np.ndarray, singles: list[np.ndarray], got: np.ndarray) -> list[int]:

@@ -7,7 +7,6 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -16,7 +15,7 @@ from torch import nn
 
 from .contract import OUTPUT_NAMES
 from .errors import ParityError
-from .maskflips import Chosen, MapDiagnosis, diagnose, disagreements, traced
+from .maskflips import Chosen, MapDiagnosis, Rerun, diagnose, disagreements, traced
 from .runtime.explainer import Explainer, load_explainer
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
 from .wrapper import reference_cam
@@ -46,7 +45,7 @@ class OutputDiff:
     noise: float  # the same measure for eager float32 vs float64 (maps: with float64's masks, see validate)
     limit: float  # max(tolerance, noise_factor * noise)
     ok: bool
-    verdict: str = ""  # ok, explained (maps beyond the limit that mask flips reproduce), FAIL, not compared
+    verdict: str  # ok, explained (maps beyond the limit that mask flips reproduce), FAIL, not compared
 
 
 @dataclass
@@ -146,7 +145,7 @@ class _MapBatch:
     got: np.ndarray
     want: np.ndarray
     errors: dict[int, float]  # sample -> max |artifact - eager float32| over its maps
-    rerun: Callable[[Chosen], np.ndarray]
+    rerun: Rerun
     calls32: list
     calls64: list
 
@@ -196,8 +195,15 @@ def validate(
         structured_maps=tally.structured / tally.maps if tally.maps else 0.0,
     )
     report.outputs = _output_diffs(tally, tol)
+    _diagnose_maps(report, tally.beyond)
+    log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
+    return report
+
+
+def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
+    """Diagnose every map beyond the cam limit; the maps pass as explained when mask flips account for all."""
     cam = report.outputs["cam"]
-    for batch in tally.beyond:
+    for batch in beyond:
         failing = [n for n, e in batch.errors.items() if e > cam.limit]
         if failing:
             report.maps += diagnose(
@@ -205,8 +211,6 @@ def validate(
             )
     if report.maps and all(m.explained for m in report.maps):
         report.outputs["cam"] = replace(cam, ok=True, verdict="explained")
-    log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
-    return report
 
 
 def _batches(meta, batch_sizes, inputs, gen) -> list[torch.Tensor]:
@@ -254,8 +258,12 @@ def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Toleranc
             _accumulate(tally.worst[name], a, b)
             _accumulate(tally.noise[name], b, c)
 
-    def rerun(chosen: Chosen) -> np.ndarray:
-        return traced(run32, model, meta.target_layer, chosen, calls32)[0][4]
+    def rerun(rows: list[int], chosen: Chosen) -> np.ndarray:
+        """float32 maps of the batch of samples ``rows`` with ``chosen`` (by row) flipped."""
+        take = torch.tensor(rows)
+        subset = None if classes is None else classes[take]
+        run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32)
+        return traced(run, model, meta.target_layer, chosen)[0][4]
 
     samples = [int(n) for n in np.flatnonzero(same)]
     if samples:
@@ -276,7 +284,7 @@ def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -
     """
     differ = disagreements(calls32, calls64, samples)
     if differ and tol.noise_factor > 0:
-        want = rerun(differ)
+        want = rerun(list(range(len(want))), differ)
     return float(max(np.abs(want[n].astype(np.float64) - want64[n]).max() for n in samples))
 
 
