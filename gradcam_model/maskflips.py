@@ -116,6 +116,7 @@ class _Gates(TorchFunctionMode):
         self.start()
 
     def start(self) -> None:
+        self.stack.clear()  # a pass that raised may have left names behind
         self.after = False  # set when the target layer returns
         self.calls: list[_Call] = []
         self._seen: Counter[str] = Counter()
@@ -142,6 +143,8 @@ class _Gates(TorchFunctionMode):
             x.detach() > nearest, torch.nextafter(nearest, nearest - 1), torch.nextafter(nearest, nearest + 1)
         )
         flipped = out.detach() + derivative(other) * (x - x.detach())
+        # a new tensor even for an in-place gate: code that drops an in-place gate's result
+        # keeps the unflipped backward, which the residual then shows (never a false "explained")
         return torch.where(flip, flipped, out)
 
     def _label(self) -> str:
