@@ -17,6 +17,9 @@ class Tolerance:
     badly conditioned models amplify rounding: on a calibrated random resnet50 at
     ``layer3`` eager float32 torch itself is 6.7e-3 off in raw maps, and torch with
     1 thread vs 2 threads differs as much; an artifact cannot be held tighter than that.
+    For the maps the float32 error is taken with float64's ReLU masks: a mask element that
+    flips between runtimes is no conditioning noise, and ``validate`` explains it by itself
+    (see :mod:`gradcam_model.maskflips`) or fails the map.
     """
 
     logits_rtol: float = 1e-4  # max |a - b| / max |b|

@@ -112,8 +112,8 @@ def tolerance_options() -> argparse.ArgumentParser:
         "--noise-factor",
         type=non_negative_float,
         metavar="F",
-        help="also accept differences up to F times eager float32's own error vs float64 "
-        f"(default: {_DEFAULTS.noise_factor:g}; 0: off)",
+        help="also accept differences up to F times eager float32's own error vs float64, for the maps "
+        f"measured with float64's ReLU masks (default: {_DEFAULTS.noise_factor:g}; 0: off)",
     )
     parent.add_argument(
         "--logits-rtol",

@@ -1,0 +1,183 @@
+"""validate's diagnosis of maps beyond tolerance: ReLU-family mask flips within float32 rounding."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import zoo_model
+from torch import nn
+
+from gradcam_model import ParityError, assert_parity, reference_cam, validate
+from gradcam_model.contract import ArtifactMetadata
+from gradcam_model.maskflips import traced
+from gradcam_model.runtime.explainer import Explainer
+from gradcam_model.wrapper import IMAGENET_MEAN, IMAGENET_STD
+
+LAYER = "layer3"  # the issue's case: resnet18 at layer3, 64x64; the flipped gate lies in layer4
+
+
+class EagerArtifact(Explainer):
+    """An "artifact" computed by eager float32 torch on another model, with an optional bump added to the maps."""
+
+    def __init__(self, model: nn.Module, bump: float = 0.0) -> None:
+        meta = ArtifactMetadata(
+            schema_version=1,
+            method="gradcam",
+            target_layer=LAYER,
+            architecture="resnet18",
+            num_classes=10,
+            class_names=None,
+            input_size=(64, 64),
+            in_channels=3,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            top_k=1,
+            class_input=False,
+            upsample=True,
+            normalize=True,
+            example_size=(64, 64),
+            format="onnx",
+            package_version="test",
+            torch_version=torch.__version__,
+        )
+        super().__init__(f"eager-{'bumped' if bump else 'flipped'}.onnx", meta)
+        self.model = model
+        self.bump = bump
+
+    def _run(self, image, target_class):
+        outputs = [o.numpy() for o in reference_cam(self.model, LAYER, torch.from_numpy(image), return_all=True)]
+        h, w = image.shape[2:]
+        yy, xx = np.mgrid[:h, :w]
+        outputs[4] = outputs[4] + self.bump * np.exp(-((yy - 8) ** 2 + (xx - 8) ** 2) / 32.0).astype(np.float32)
+        return tuple(outputs)
+
+
+def _gate_input(model: nn.Module, image: torch.Tensor):
+    """layer4.0's first ReLU input (bn1's output) and d(top logit of image 0)/d(that input)."""
+    leaf = {}
+
+    def hook(_m, _i, out):
+        leaf["x"] = out.detach().requires_grad_(True)
+        return leaf["x"].clone()  # the ReLU after bn1 is in-place
+
+    handle = model.layer4[0].bn1.register_forward_hook(hook)
+    try:
+        logits = model(image)
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(logits[0].max(), leaf["x"])
+    return leaf["x"].detach(), grad
+
+
+@pytest.fixture(scope="module")
+def flipped():
+    """A reference model and a copy whose one layer4.0.relu element of image 0 lies across zero.
+
+    The reference's bn1 bias puts the pre-activation of the element that carries most of
+    the explained logit's gradient ~1e-5 above zero, within float32 rounding (the float32
+    vs float64 difference of that tensor is ~1e-5); the "artifact" model's bias is lower by
+    twice that, which puts the element as far below. Everything else moves by ~1e-5: what a
+    runtime that rounds differently does.
+    """
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(zoo_model("resnet18"))
+    x, grad = _gate_input(reference, image)
+    c, i, j = np.unravel_index(int(grad[0].abs().argmax()), grad.shape[1:])
+    bias = reference.layer4[0].bn1.bias
+    with torch.no_grad():
+        bias[c] -= float(x[0, c, i, j]) - 1e-5
+    near = float(_gate_input(reference, image)[0][0, c, i, j])  # what float32 makes of it
+    artifact = copy.deepcopy(reference)
+    with torch.no_grad():
+        artifact.layer4[0].bn1.bias[c] -= 2 * near
+    assert near > 0 and float(_gate_input(artifact, image)[0][0, c, i, j]) < 0
+    return reference, artifact, image, (int(c), int(i), int(j)), near
+
+
+def test_validate_explains_a_flipped_relu_mask(flipped):
+    reference, artifact, image, element, near = flipped
+    report = validate(EagerArtifact(artifact), reference, inputs=image, batch_sizes=())
+    cam = report.outputs["cam"]
+    assert cam.max_abs > 1e-3  # the flip moves the map far beyond the plain tolerance...
+    assert (cam.verdict, cam.ok, report.ok) == ("explained", True, True)
+    [diagnosis] = report.maps  # ...of image 0 only
+    assert (diagnosis.batch, diagnosis.sample, diagnosis.explained) == (0, 0, True)
+    [flip] = diagnosis.flips
+    assert (flip.at, flip.index) == ("layer4.0.relu", element)
+    assert flip.float32 == pytest.approx(near) and abs(flip.float64) < 1e-4
+    assert diagnosis.residual <= cam.tolerance < diagnosis.max_abs  # flipped, the reference matches
+    assert cam.noise < 1e-4  # the allowance for float32 rounding stays small: it never covers the flip
+    table = report.table().splitlines()
+    assert table[4].endswith("explained") and table[4].startswith("cam")
+    assert table[-1].startswith("explained: batch 0 sample 0: max abs")
+    assert table[-1].endswith(f"1 flipped at layer4.0.relu: the reference matches to {diagnosis.residual:.3g}")
+    record = json.loads(json.dumps(report.to_dict()))
+    assert record["outputs"]["cam"]["verdict"] == "explained" and record["maps"][0]["explained"] is True
+    assert record["maps"][0]["flips"][0]["index"] == list(element)
+    assert_parity(report)
+
+
+def test_validate_fails_a_wrong_map_that_flips_do_not_explain(flipped):
+    reference, artifact, image, element, _ = flipped
+    report = validate(EagerArtifact(artifact, bump=0.02), reference, inputs=image, batch_sizes=())
+    cam = report.outputs["cam"]
+    assert (cam.verdict, cam.ok, report.ok) == ("FAIL", False, False)
+    wrong = [m for m in report.maps if not m.explained]
+    assert [m.sample for m in wrong] == [0, 1]  # the bump is on both images' maps
+    # image 0: the flip is found and taken, and what is left is the bump, measured
+    assert [(f.at, f.index) for f in wrong[0].flips] == [("layer4.0.relu", element)]
+    assert wrong[0].residual == pytest.approx(0.02, rel=0.1)
+    with pytest.raises(ParityError) as caught:
+        assert_parity(report)
+    lines = str(caught.value).splitlines()
+    assert lines[1].strip() == f"cam: max_abs {cam.max_abs:.3g} > limit 0.0001"
+    assert lines[2].strip().startswith("cam: batch 0 sample 0: max abs 0.0")
+    assert lines[2].endswith(f"1 flipped at layer4.0.relu: the reference matches to {wrong[0].residual:.3g}")
+    assert lines[3].strip().endswith("sample 1: max abs 0.02; no mask element within float32 rounding of a breakpoint")
+
+
+class _Functional(nn.Module):
+    def __init__(self, gate) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x):
+        return self.gate(x)
+
+
+GATES = [
+    # (gate, a point just above a breakpoint, derivative there, derivative just below)
+    (nn.ReLU(inplace=True), 1e-7, 1.0, 0.0),
+    (_Functional(F.relu), 1e-7, 1.0, 0.0),
+    (_Functional(torch.Tensor.relu_), 1e-7, 1.0, 0.0),
+    (nn.ReLU6(), 6 + 5e-7, 0.0, 1.0),
+    (nn.Hardswish(), -3 + 3e-7, -0.5, 0.0),
+    (nn.Hardswish(), 3 + 3e-7, 1.0, 1.5),
+    (nn.Hardsigmoid(), 3 + 3e-7, 0.0, 1 / 6),
+    (nn.LeakyReLU(0.1), 1e-7, 1.0, 0.1),
+]
+
+
+@pytest.mark.parametrize(("gate", "point", "here", "other"), GATES)
+def test_a_flipped_element_takes_the_other_side_derivative(gate, point, here, other):
+    """Flipping keeps every value and swaps one element's derivative for the other side's."""
+    model = nn.Sequential(nn.Identity(), gate)
+    x = torch.tensor([[point, point, 0.5]])
+
+    def run():
+        leaf = x.clone().requires_grad_(True)
+        out = model(leaf.clone())
+        (grad,) = torch.autograd.grad(out.sum(), leaf)
+        return [out.detach().numpy(), grad.numpy()]
+
+    (out, grad), calls = traced(run, model, "0")
+    (out2, grad2), _ = traced(run, model, "0", {0: [(0, 1)]})
+    assert [c.label for c in calls] == ["1"]
+    np.testing.assert_array_equal(out2, out)
+    assert grad[0, :2].tolist() == pytest.approx([here, here], abs=1e-6)
+    assert grad2[0].tolist() == pytest.approx([here, other, grad[0, 2]], abs=1e-6)
