@@ -2,7 +2,7 @@
 
 Subcommands: ``layers`` (candidate target layers), ``export`` (write and validate
 artifacts), ``validate`` (parity of an artifact with its model), ``explain`` (run
-an artifact on image files and folders), ``demo`` (the offline end-to-end demo)
+an artifact on image files and folders), ``evaluate`` (score an artifact's maps), ``demo`` (the offline end-to-end demo)
 and ``bench`` (benchmarks). One entry point, :func:`main`, serves the console
 script and ``python -m gradcam_model``.
 
@@ -13,7 +13,8 @@ traceback); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Temporary files 
 removed on every one of these exits.
 
 The build commands (``layers``, ``export``, ``validate``, ``demo``, ``bench``) need torch
-(``pip install "gradcam_model[export]"``); ``explain`` and ``--help`` never import it.
+(``pip install "gradcam_model[export]"``); ``explain``, ``evaluate`` and ``--help`` never import it (``evaluate --compare-methods`` and
+``--randomize-check`` do).
 
 Adding a command is one line in :data:`COMMANDS`: a module with
 ``register(subparsers, parents)`` that adds its subparser (``parents``: the options every
@@ -45,6 +46,7 @@ COMMANDS: tuple[str, ...] = (
     ".export",
     ".validate",
     ".explain",
+    ".evaluate",
     ".demo",
     ".bench",
     "gradcam_model.serving.cli",  # serve, triton

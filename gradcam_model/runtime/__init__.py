@@ -5,6 +5,7 @@ which is imported only when one is loaded. Parity checks against the eager model
 build side: :func:`gradcam_model.validate`.
 """
 
+from .evaluate import METRICS, Evaluation, evaluate
 from .explainer import Explainer, Explanation, OnnxExplainer, TorchScriptExplainer, default_providers, load_explainer
 from .images import decode_image, load_image, preprocess
 from .inputs import ImageInput, collect_images, resolve_class
@@ -15,10 +16,12 @@ from .visualize import COLORMAPS, OVERLAY_FORMATS, caption, grid, heatmap, overl
 __all__ = [
     "COLORMAPS",
     "CSV_FIELDS",
+    "Evaluation",
     "Explainer",
     "ExplainSummary",
     "Explanation",
     "ImageInput",
+    "METRICS",
     "OVERLAY_FORMATS",
     "OnnxExplainer",
     "Prediction",
@@ -27,6 +30,7 @@ __all__ = [
     "collect_images",
     "decode_image",
     "default_providers",
+    "evaluate",
     "explain_dataset",
     "explain_files",
     "grid",
