@@ -2,8 +2,8 @@
 
 Subcommands: ``layers`` (candidate target layers), ``export`` (write and validate
 artifacts), ``validate`` (parity of an artifact with its model), ``explain`` (run
-an artifact on image files and folders), ``evaluate`` (score an artifact's maps), ``demo`` (the offline end-to-end demo)
-and ``bench`` (benchmarks). One entry point, :func:`main`, serves the console
+an artifact on image files and folders), ``evaluate`` (score an artifact's maps),
+``demo`` (the offline end-to-end demo) and ``bench`` (benchmarks). One entry point, :func:`main`, serves the console
 script and ``python -m gradcam_model``.
 
 Exit codes: 0 success; 1 the command ran but a check failed (parity) or some
@@ -13,8 +13,8 @@ traceback); 130 interrupted (Ctrl-C); 143 terminated (SIGTERM). Temporary files 
 removed on every one of these exits.
 
 The build commands (``layers``, ``export``, ``validate``, ``demo``, ``bench``) need torch
-(``pip install "gradcam_model[export]"``); ``explain``, ``evaluate`` and ``--help`` never import it (``evaluate --compare-methods`` and
-``--randomize-check`` do).
+(``pip install "gradcam_model[export]"``); ``explain``, ``evaluate`` and ``--help`` never
+import it (``evaluate --compare-methods`` and ``--randomize-check`` do).
 
 Adding a command is one line in :data:`COMMANDS`: a module with
 ``register(subparsers, parents)`` that adds its subparser (``parents``: the options every

@@ -48,35 +48,62 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
-        "--metrics", type=_metrics, metavar="M,...", help=f"some of {','.join(METRICS)} (default: all; "
-        "pointing_game with --boxes)"
-    )  # fmt: skip
+        "--metrics",
+        type=_metrics,
+        metavar="M,...",
+        help=f"some of {','.join(METRICS)} (default: all; pointing_game with --boxes)",
+    )
     p.add_argument(
-        "--steps", type=common.positive_int, default=DEFAULT_STEPS, metavar="N",
+        "--steps",
+        type=common.positive_int,
+        default=DEFAULT_STEPS,
+        metavar="N",
         help=f"deletion/insertion steps (default: {DEFAULT_STEPS})",
-    )  # fmt: skip
-    p.add_argument("--baseline", choices=BASELINES, default="blur",
-                   help="what deleted pixels become: blur (of the image) or mean (the dataset mean colour); default blur")  # fmt: skip
+    )
     p.add_argument(
-        "--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
+        "--baseline",
+        choices=BASELINES,
+        default="blur",
+        help="what deleted pixels become: blur (of the image) or mean (the dataset mean colour); default: blur",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=common.positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        metavar="B",
         help=f"images per artifact run (default: {DEFAULT_BATCH_SIZE})",
-    )  # fmt: skip
-    p.add_argument("--boxes", metavar="CSV", help="object boxes for the pointing game: image,x0,y0,x1,y1 rows, "
-                   "original pixels (see docs/cli.md)")  # fmt: skip
+    )
     p.add_argument(
-        "--pointing-tolerance", type=common.non_negative_float, default=POINTING_TOLERANCE, metavar="PX",
+        "--boxes",
+        metavar="CSV",
+        help="object boxes for the pointing game: image,x0,y0,x1,y1 rows, original pixels (see docs/cli.md)",
+    )
+    p.add_argument(
+        "--pointing-tolerance",
+        type=common.non_negative_float,
+        default=POINTING_TOLERANCE,
+        metavar="PX",
         help=f"pointing-game tolerance in input pixels (default: {POINTING_TOLERANCE:g})",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--class", dest="class_", metavar="INDEX|NAME",
+        "--class",
+        dest="class_",
+        metavar="INDEX|NAME",
         help="class to explain (artifacts exported with --class-input; default: the top prediction)",
-    )  # fmt: skip
-    p.add_argument("--target-layer", metavar="NAME", help="layer for --compare-methods/--randomize-check "
-                   "(default: the artifact's)")  # fmt: skip
-    p.add_argument("--compare-methods", action="store_true", help="score every CAM method on the same images "
-                   "(build side: needs torch and the model)")  # fmt: skip
-    p.add_argument("--randomize-check", action="store_true", help="model-randomization sanity check "
-                   "(Adebayo et al. 2018; build side: needs torch and the model)")  # fmt: skip
+    )
+    p.add_argument(
+        "--target-layer", metavar="NAME", help="layer for --compare-methods/--randomize-check (default: the artifact's)"
+    )
+    p.add_argument(
+        "--compare-methods",
+        action="store_true",
+        help="score every CAM method on the same images (build side: needs torch and the model)",
+    )
+    p.add_argument(
+        "--randomize-check",
+        action="store_true",
+        help="model-randomization sanity check (Adebayo et al. 2018; build side: needs torch and the model)",
+    )
     p.set_defaults(handler=run)
 
 

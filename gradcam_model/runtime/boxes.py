@@ -2,7 +2,7 @@
 
 A box CSV has the header ``image,x0,y0,x1,y1`` and one row per box (several rows per
 image allowed). ``image`` names an input file: its path as given or found in a folder,
-its output key (relative path without suffix), or its file name when that is unique.
+its output key (relative path without suffix), or its file name or stem when unique.
 Coordinates are pixel edges in the ORIGINAL picture (``0 <= x0 < x1 <= width``): the
 box of pixel columns ``x0 .. x1 - 1``. Preprocessing resizes the whole picture to the
 input size without cropping (:func:`~gradcam_model.runtime.preprocess`), so a box maps
@@ -81,14 +81,13 @@ def check_boxes(boxes: Mapping[str, Sequence] | Sequence[Sequence], names: Seque
 
 
 def _index(items: Sequence[ImageInput]) -> dict[str, int]:
-    """Every way a CSV row may name an input -> its position; file names only when unique."""
+    """Every way a CSV row may name an input -> its position; file names and stems only when unique."""
     index: dict[str, int] = {}
-    file_names: dict[str, list[int]] = {}
+    short: dict[str, set[int]] = {}
     for i, item in enumerate(items):
-        file_names.setdefault(item.path.name, []).append(i)
-    for name, where in file_names.items():
-        if len(where) == 1:
-            index[name] = where[0]
+        short.setdefault(item.path.name, set()).add(i)
+        short.setdefault(item.path.stem, set()).add(i)
+    index.update({name: where.pop() for name, where in short.items() if len(where) == 1})
     for i, item in enumerate(items):
         index[str(item.path)] = i
         index[item.path.as_posix()] = i

@@ -127,8 +127,13 @@ class Evaluation:
         rows = []
         for i, name in enumerate(self.names):
             c = int(self.classes[i])
-            row = {"image": name, "class_index": str(c), "class_label": self.metadata.label(c),
-                   "probability": f"{self.probabilities[i]:.6f}", "constant_map": str(bool(self.constant_maps[i]))}  # fmt: skip
+            row = {
+                "image": name,
+                "class_index": str(c),
+                "class_label": self.metadata.label(c),
+                "probability": f"{self.probabilities[i]:.6f}",
+                "constant_map": str(bool(self.constant_maps[i])),
+            }
             row.update({m: "" if not np.isfinite(v[i]) else f"{v[i]:.6f}" for m, v in self.scores.items()})
             rows.append(row)
         return rows

@@ -216,8 +216,10 @@ class OnnxExplainer(Explainer):
         outputs = [o.name for o in session.get_outputs()]
         expected_inputs = list(INPUT_NAMES[: 2 if metadata.class_input else 1])
         if inputs != expected_inputs or outputs != list(OUTPUT_NAMES):
+            missing = [name for name in OUTPUT_NAMES if name not in outputs]
             raise ArtifactError(
                 f"{path} has inputs {inputs} and outputs {outputs}; expected {expected_inputs} and {list(OUTPUT_NAMES)}"
+                + (f" (it lacks {', '.join(missing)})" if missing else "")
             )
         super().__init__(path, metadata)
         self.session = session
