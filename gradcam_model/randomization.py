@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ._state import eval_state
-from .errors import InputError
+from .errors import GradCAMError, InputError
 from .layers import run_model
 
 __all__ = [
@@ -281,11 +281,12 @@ def randomization_check(
     if len(layers) != 1:
         raise InputError(f"the wrappers explain different layers: {sorted(layers)}")
     target = layers.pop()
-    images = torch.as_tensor(np.asarray(images, dtype=np.float32))
-    steps = cascade_steps(model, target, images)
     first = next(iter(wrappers.values()))
+    device = next(first.graph.buffers()).device
+    images = torch.as_tensor(np.asarray(images, dtype=np.float32)).to(device)
+    steps = cascade_steps(model, target, images)
     with torch.inference_mode():
-        top = first.graph(images, torch.full((len(images),), -1, dtype=torch.long))
+        top = first.graph(images, torch.full((len(images),), -1, dtype=torch.long, device=device))
     classes = top[2][:, 0].clone()
     graphs = {m: copy.deepcopy(w.graph) for m, w in wrappers.items()}
     originals = {m: _maps(g, images, classes) for m, g in graphs.items()}
@@ -304,14 +305,20 @@ def randomization_check(
             for name in step.layers:
                 _reset(modules[name], seed + position)
                 position += 1
-            state = dict(random_model.state_dict(keep_vars=True))
+            changed = {
+                buffers[f"{name}.{key}"]: value
+                for name in step.layers
+                for key, value in [
+                    *modules[name].named_parameters(recurse=False),
+                    *modules[name].named_buffers(recurse=False),
+                ]
+            }
             for graph in graphs.values():
                 own = dict(graph.named_buffers())
-                for name in step.layers:
-                    prefix = name + "."
-                    for key, value in state.items():
-                        if key.startswith(prefix) and "." not in key[len(prefix) :] and buffers[key] in own:
-                            own[buffers[key]].copy_(value.detach())
+                for attr, value in changed.items():
+                    if attr not in own:  # keeping the trained tensor would give a wrong map
+                        raise GradCAMError(f"the traced graph holds no buffer {attr!r} to randomize")
+                    own[attr].copy_(value)
         for m, graph in graphs.items():
             cams = _maps(graph, images, classes)
             for i in range(len(images)):
@@ -319,4 +326,4 @@ def randomization_check(
                     continue
                 r = spearman(originals[m][i], cams[i])
                 rho[m][step.index, i] = 0.0 if np.isnan(r) else r
-    return RandomizationResult(target, tuple(steps), rho, classes.numpy(), threshold)
+    return RandomizationResult(target, tuple(steps), rho, classes.cpu().numpy(), threshold)

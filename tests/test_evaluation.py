@@ -176,13 +176,16 @@ def test_cli_build_side_needs_arch(compared, photos, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_randomize_check(compared, photos, tmp_path, capsys):
+def test_cli_randomize_check(compared, photos, tmp_path, capsys, monkeypatch):
+    from gradcam_model import evaluation, methods
+
+    # every method is what the CLI checks; two keep the test short (each is one graph to build)
+    monkeypatch.setattr(evaluation, "METHODS", {m: methods.METHODS[m] for m in ("gradcam", "layercam")})
     _, result = compared
     argv = ["evaluate", str(result.artifacts["gradcam"]), str(photos), "--out", str(tmp_path)]
     code = main([*argv, "--arch", f"{__name__}:tiny", "--randomize-check"])
     report = json.loads((tmp_path / "randomization.json").read_text())
     assert report["target_layer"] == "features" and report["steps"][1]["layers"] == ["fc"]
-    assert set(report["steps"][0]["mean_abs_rho"]) == {"gradcam", "gradcam++", "xgradcam", "hirescam", "layercam",
-                                                       "gradcam-elementwise", "cam"}  # fmt: skip
+    assert set(report["steps"][0]["mean_abs_rho"]) == {"gradcam", "layercam"}
     assert code == (1 if report["flagged"] else 0)
     assert "| 1 | `fc` (flag step) | 1 |" in capsys.readouterr().out
