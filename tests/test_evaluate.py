@@ -151,7 +151,9 @@ def test_an_all_zero_map_is_scored_in_raster_order_and_points_nowhere(static, im
     y = evaluation.probabilities[0]
     o = static(np.zeros_like(images[:1])).probabilities[0, evaluation.classes[0]]  # image * 0
     assert evaluation.scores["average_drop"][0] == pytest.approx(max(0.0, y - o) / y, abs=1e-6)
-    curve, auc = rise(static, images[0], np.zeros((64, 64), np.float32), int(evaluation.classes[0]), 4, "blur", "deletion")
+    curve, auc = rise(
+        static, images[0], np.zeros((64, 64), np.float32), int(evaluation.classes[0]), 4, "blur", "deletion"
+    )
     np.testing.assert_allclose(evaluation.curves["deletion"][0], curve, atol=1e-6)
 
 
@@ -196,7 +198,9 @@ def _onnx_without_probabilities(path, metadata):
         helper.make_node("ReduceMean", ["image"], ["cam"], axes=[1], keepdims=1),
     ]
     model = helper.make_model(
-        helper.make_graph(nodes, "no_probabilities", [image], outputs), opset_imports=[helper.make_opsetid("", 13)], ir_version=8
+        helper.make_graph(nodes, "no_probabilities", [image], outputs),
+        opset_imports=[helper.make_opsetid("", 13)],
+        ir_version=8,
     )
     onnx.helper.set_model_props(model, metadata.to_props())
     onnx.save(model, str(path))
@@ -315,3 +319,18 @@ def test_cli_errors_are_one_line(artifacts, picture_dir, tmp_path, capsys):
         "explains its top-1 classes\n"
     )
     assert not out.exists()
+
+
+def test_compare_methods_hands_the_collected_inputs_to_the_build_side(artifacts, picture_dir, tmp_path, monkeypatch):
+    import sys
+    import types
+
+    seen = {}
+    fake = types.ModuleType("gradcam_model.evaluation")  # part 2's module, which owns the torch side
+    fake.run_build_side = lambda args, images: seen.update(args=args, images=images) or 0
+    monkeypatch.setitem(sys.modules, "gradcam_model.evaluation", fake)
+    args = ["evaluate", str(artifacts["static.onnx"]), str(picture_dir), "--out", str(tmp_path / "o")]
+    assert main([*args, "--compare-methods", "--arch", "resnet18", "--target-layer", "layer3"]) == 0
+    assert [item.path.name for item in seen["images"]] == ["a.png", "b.png", "c.png"]
+    assert seen["args"].compare_methods and not seen["args"].randomize_check
+    assert (seen["args"].arch, seen["args"].target_layer, seen["args"].weights) == ("resnet18", "layer3", None)

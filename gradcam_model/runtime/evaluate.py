@@ -68,7 +68,7 @@ _TITLES = {"average_drop": "Average Drop", "increase_in_confidence": "Increase i
 _MAP, _DELETE, _INSERT = 0, 1, 2  # kinds of perturbed images
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Evaluation:
     """Per-image scores of one artifact's maps; :meth:`summary` averages them, :meth:`write` saves them."""
 
@@ -239,14 +239,15 @@ def _perturbation_jobs(n_images: int, steps: int, chosen: tuple[str, ...]) -> li
     return jobs
 
 
-def _perturbed(job, images, maps, bases, ranks, steps) -> np.ndarray:
-    i, kind, step = job
+def _perturbed(job, image: np.ndarray, cam: np.ndarray, prepared, steps: int) -> np.ndarray:
+    _, kind, step = job
     if kind == _MAP:
-        return images[i] * maps[i][None]
-    revealed = ranks[i] < (step * ranks[i].size) // steps  # the first n_s pixels of the ranking
+        return image * cam[None]
+    base, ranks = prepared
+    revealed = ranks < (step * ranks.size) // steps  # the first n_s pixels of the ranking
     if kind == _DELETE:
-        return np.where(revealed[None], bases[i], images[i])
-    return np.where(revealed[None], images[i], bases[i])
+        return np.where(revealed[None], base, image)
+    return np.where(revealed[None], image, base)
 
 
 def evaluate(
@@ -313,24 +314,41 @@ def evaluate(
     scores, curves = _scores(chosen, jobs, probs, y, steps, n)
     if per_image_boxes is not None:
         scores["pointing_game"] = _pointing(maps, constant, per_image_boxes, float(pointing_tolerance))
-    return Evaluation(names=names, classes=classes, scores=scores, curves=curves, metadata=meta, probabilities=y,
-                      constant_maps=constant, steps=int(steps), baseline=baseline,
-                      pointing_tolerance=float(pointing_tolerance))  # fmt: skip
+    return Evaluation(
+        names=names,
+        classes=classes,
+        scores=scores,
+        curves=curves,
+        metadata=meta,
+        probabilities=y,
+        constant_maps=constant,
+        steps=int(steps),
+        baseline=baseline,
+        pointing_tolerance=float(pointing_tolerance),
+    )
 
 
 def _run_jobs(explainer, jobs, images, maps, classes, baseline, steps, batch_size, bar) -> np.ndarray:
-    """``p_c`` of every perturbed image, ``batch_size`` at a time, built just before its batch runs."""
-    n = len(images)
-    needs_curves = any(kind != _MAP for _, kind, _ in jobs)
-    bases = [_baseline(images[i], baseline) for i in range(n)] if needs_curves else None
-    ranks = [_ranks(maps[i]) for i in range(n)] if needs_curves else None
+    """``p_c`` of every perturbed image, ``batch_size`` at a time, built just before its batch runs.
+
+    An image's jobs are contiguous, so its baseline and pixel ranking are kept only while
+    its jobs run: memory beyond the images does not grow with their number.
+    """
     class_input = explainer.metadata.class_input
+    prepared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     out = np.empty(len(jobs), dtype=np.float64)
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start : start + batch_size]
         which = np.array([i for i, _, _ in batch])
-        stack = np.stack([_perturbed(job, images, maps, bases, ranks, steps) for job in batch]).astype(np.float32)
-        result = explainer(stack, classes[which] if class_input else None)
+        for i in [i for i in prepared if i < which.min()]:
+            del prepared[i]
+        stack = []
+        for job in batch:
+            i = job[0]
+            if job[1] != _MAP and i not in prepared:
+                prepared[i] = (_baseline(images[i], baseline), _ranks(maps[i]))
+            stack.append(_perturbed(job, images[i], maps[i], prepared.get(i), steps))
+        result = explainer(np.stack(stack).astype(np.float32), classes[which] if class_input else None)
         p = _probabilities(result.probabilities, len(batch), explainer.metadata, explainer)
         out[start : start + len(batch)] = p[np.arange(len(batch)), classes[which]]
         bar.update(len(batch))
