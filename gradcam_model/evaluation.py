@@ -26,7 +26,9 @@ from torch import nn
 from ._atomic import write_bytes_atomic
 from .errors import GradCAMError, InputError, MethodError
 from .methods import METHODS, get_method
+from .parity import ParityReport, parity_document, validate
 from .runtime.evaluate import METRICS, Evaluation, evaluate
+from .tolerances import Tolerance
 from .wrapper import GradCAMModel
 
 __all__ = ["Comparison", "build_wrappers", "compare_methods", "run_build_side"]
@@ -68,6 +70,12 @@ class Comparison:
     not_scored: dict[str, str]  # method -> reason (the model refused it; its artifact failed parity)
     seconds: dict[str, dict[str, float]]  # method -> build, export, validate, evaluate seconds
     artifacts: dict[str, Path] = field(default_factory=dict)
+    parity: dict[str, ParityReport] = field(default_factory=dict)
+
+    @property
+    def parity_failed(self) -> list[str]:
+        """Methods whose artifact failed its parity check (not scored)."""
+        return [m for m, report in self.parity.items() if not report.ok]
 
     def table(self) -> str:
         """Markdown: one row per method, the mean of each metric (arrows: which way is better)."""
@@ -108,7 +116,7 @@ def compare_methods(
     target_layer: str = "auto",
     wrappers: Mapping[str, GradCAMModel] | None = None,
     not_built: Mapping[str, str] | None = None,
-    tolerance=None,
+    tolerance: Tolerance | None = None,
     evaluate_options: Mapping | None = None,
     progress: Callable[[str], None] | None = None,
     **wrapper_options,
@@ -130,7 +138,6 @@ def compare_methods(
         wrapper_options: more ``GradCAMModel`` options (``class_names``, ``mean``, ``std``...).
     """
     from .export import export_onnx
-    from .parity import parity_document, validate
 
     step = progress or (lambda _text: None)
     out = Path(out_dir)
@@ -140,15 +147,10 @@ def compare_methods(
     seconds: dict[str, dict[str, float]] = {}
     not_scored: dict[str, str] = dict(not_built or {})
     if wrappers is None:
-        started = time.perf_counter()
-        example = torch.from_numpy(array[:2])
         wrappers, not_scored = build_wrappers(
-            model, methods, example_input=example, target_layer=target_layer, **wrapper_options
+            model, methods, example_input=torch.from_numpy(array[:2]), target_layer=target_layer, **wrapper_options
         )
-        for m in wrappers:
-            seconds[m] = {"build": wrappers[m].build_seconds}
-        log.info("built %d wrappers in %.1f s", len(wrappers), time.perf_counter() - started)
-    reports, evaluations, artifacts = [], {}, {}
+    reports, evaluations, artifacts = {}, {}, {}
     for method, wrapper in wrappers.items():
         times = seconds.setdefault(method, {"build": wrapper.build_seconds})
         step(f"exporting {method}")
@@ -159,7 +161,7 @@ def compare_methods(
         started = time.perf_counter()
         report = validate(path, model, inputs=array[:4], tolerance=tolerance)
         times["validate"] = time.perf_counter() - started
-        reports.append(report)
+        reports[method] = report
         artifacts[method] = path
         if not report.ok:
             not_scored[method] = "parity failed: " + "; ".join(report.failures())
@@ -170,8 +172,8 @@ def compare_methods(
         times["evaluate"] = time.perf_counter() - started
         evaluations[method].write(out / _slug(method))
     if reports:
-        write_bytes_atomic(out / "parity.json", parity_document(reports).encode(), overwrite=True)
-    comparison = Comparison(evaluations, not_scored, seconds, artifacts)
+        write_bytes_atomic(out / "parity.json", parity_document(reports.values()).encode(), overwrite=True)
+    comparison = Comparison(evaluations, not_scored, seconds, artifacts, reports)
     write_bytes_atomic(out / "comparison.md", comparison.table().encode(), overwrite=True)
     document = json.dumps(comparison.to_dict(), indent=2) + "\n"
     write_bytes_atomic(out / "comparison.json", document.encode(), overwrite=True)
@@ -238,7 +240,7 @@ def run_build_side(args: argparse.Namespace, items) -> int:
             progress=common.status,
         )
         print(comparison.table(), end="")
-        failed = any(why.startswith("parity failed") for why in comparison.not_scored.values())
+        failed = bool(comparison.parity_failed)
     if args.randomize_check:
         common.status("randomization check")
         result = randomization_check(model, images, wrappers, progress=common.status)
