@@ -1,0 +1,252 @@
+"""Build side of ``gradcam evaluate``: every CAM method scored side by side, and the randomization check.
+
+:func:`compare_methods` exports one ONNX artifact per method, checks each for parity
+with the eager model (as ``gradcam export`` does), scores the ones that pass with
+:func:`gradcam_model.runtime.evaluate` on the same images and tabulates them.
+:func:`~gradcam_model.randomization.randomization_check` is the sanity check. Both take
+the wrappers :func:`build_wrappers` makes, so a run doing both builds each method once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._atomic import write_bytes_atomic
+from .errors import GradCAMError, InputError, MethodError
+from .methods import METHODS, get_method
+from .parity import ParityReport, parity_document, validate
+from .runtime.evaluate import METRICS, Evaluation, evaluate
+from .tolerances import Tolerance
+from .wrapper import GradCAMModel
+
+__all__ = ["Comparison", "build_wrappers", "compare_methods", "run_build_side"]
+
+log = logging.getLogger(__name__)
+
+_BETTER = {"average_drop": "↓", "increase_in_confidence": "↑", "deletion": "↓", "insertion": "↑", "pointing_game": "↑"}
+_SHORT = {"average_drop": "Average Drop", "increase_in_confidence": "Increase in Conf.", "deletion": "Deletion AUC",
+          "insertion": "Insertion AUC", "pointing_game": "Pointing game"}  # fmt: skip
+
+
+def build_wrappers(
+    model: nn.Module, methods: Sequence[str] | None, *, example_input: torch.Tensor, **options
+) -> tuple[dict[str, GradCAMModel], dict[str, str]]:
+    """One class-input ``GradCAMModel`` per method (default: every method) and why others could not be built.
+
+    ``options`` go to ``GradCAMModel`` (``target_layer``, ``class_names``, ``mean``...). A
+    method the model refuses (``cam`` without a global-average-pool + Linear head) is
+    returned with its reason instead of raising; any other error raises.
+    """
+    names = [get_method(m).name for m in methods] if methods else list(METHODS)  # unknown names raise here
+    wrappers, refused = {}, {}
+    for method in names:
+        try:
+            wrappers[method] = GradCAMModel(
+                model, method=method, example_input=example_input, class_input=True, **options
+            )
+        except MethodError as exc:
+            refused[method] = str(exc)
+            log.info("method %s not built: %s", method, exc)
+    return wrappers, refused
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every method's :class:`Evaluation` on the same images, and why the others were not scored."""
+
+    evaluations: dict[str, Evaluation]
+    not_scored: dict[str, str]  # method -> reason (the model refused it; its artifact failed parity)
+    seconds: dict[str, dict[str, float]]  # method -> build, export, validate, evaluate seconds
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    parity: dict[str, ParityReport] = field(default_factory=dict)
+
+    @property
+    def parity_failed(self) -> list[str]:
+        """Methods whose artifact failed its parity check (not scored)."""
+        return [m for m, report in self.parity.items() if not report.ok]
+
+    def table(self) -> str:
+        """Markdown: one row per method, the mean of each metric (arrows: which way is better)."""
+        metrics = [m for m in METRICS if any(m in e.scores for e in self.evaluations.values())]
+        head = "| method | " + " | ".join(f"{_SHORT[m]} {_BETTER[m]}" for m in metrics) + " | export s |"
+        rows = [head, "|---|" + "---:|" * (len(metrics) + 1)]
+        for method, evaluation in self.evaluations.items():
+            summary = evaluation.summary()
+            cells = " | ".join(
+                "-" if not math.isfinite(summary.get(m, math.nan)) else f"{summary[m]:.4f}" for m in metrics
+            )
+            rows.append(f"| {method} | {cells} | {self.seconds[method].get('export', math.nan):.0f} |")
+        for method, why in self.not_scored.items():
+            rows.append(f"| {method} | not scored: {why.splitlines()[0]} |" + " |" * len(metrics))
+        if self.evaluations:
+            e = next(iter(self.evaluations.values()))
+            rows += ["", f"{len(e.names)} images, {e.steps} deletion/insertion steps, {e.baseline} baseline"]
+        return "\n".join(rows) + "\n"
+
+    def to_dict(self) -> dict:
+        return {
+            "methods": {m: e.to_dict() for m, e in self.evaluations.items()},
+            "not_scored": dict(self.not_scored),
+            "seconds": {m: {k: round(v, 2) for k, v in s.items()} for m, s in self.seconds.items()},
+        }
+
+
+def _slug(method: str) -> str:
+    return method.replace("+", "p")
+
+
+def compare_methods(
+    model: nn.Module,
+    images,
+    *,
+    out_dir: str | os.PathLike,
+    methods: Sequence[str] | None = None,
+    target_layer: str = "auto",
+    wrappers: Mapping[str, GradCAMModel] | None = None,
+    not_built: Mapping[str, str] | None = None,
+    tolerance: Tolerance | None = None,
+    evaluate_options: Mapping | None = None,
+    progress: Callable[[str], None] | None = None,
+    **wrapper_options,
+) -> Comparison:
+    """Export, validate and score every method on ``images``; write the table and the artifacts.
+
+    Args:
+        model: the trained classifier. Left unchanged.
+        images: normalized float ``[N, 3, H, W]`` (what the artifacts take).
+        out_dir: gets ``artifacts/<method>.onnx``, ``parity.json``, one folder of
+            :meth:`Evaluation.write` files per method, ``comparison.md`` and ``comparison.json``.
+        methods: method names (default: every method in :data:`gradcam_model.METHODS`).
+        target_layer: the layer every method explains (ignored with ``wrappers``).
+        wrappers, not_built: prebuilt class-input wrappers by method and the methods the model
+            refused, with why (both from :func:`build_wrappers`).
+        tolerance: the parity tolerance (default: ONNX's).
+        evaluate_options: keyword arguments for :func:`gradcam_model.runtime.evaluate`.
+        progress: called with a short line before each slow step.
+        wrapper_options: more ``GradCAMModel`` options (``class_names``, ``mean``, ``std``...).
+    """
+    from .export import export_onnx
+
+    step = progress or (lambda _text: None)
+    out = Path(out_dir)
+    array = np.asarray(images, dtype=np.float32)
+    if array.ndim != 4:
+        raise InputError(f"images must be [N, C, H, W], got shape {array.shape}")
+    seconds: dict[str, dict[str, float]] = {}
+    not_scored: dict[str, str] = dict(not_built or {})
+    if wrappers is None:
+        wrappers, not_scored = build_wrappers(
+            model, methods, example_input=torch.from_numpy(array[:2]), target_layer=target_layer, **wrapper_options
+        )
+    reports, evaluations, artifacts = {}, {}, {}
+    for method, wrapper in wrappers.items():
+        times = seconds.setdefault(method, {"build": wrapper.build_seconds})
+        step(f"exporting {method}")
+        started = time.perf_counter()
+        path = export_onnx(wrapper, out / "artifacts" / f"{_slug(method)}.onnx", overwrite=True)
+        times["export"] = time.perf_counter() - started
+        step(f"validating {method}")
+        started = time.perf_counter()
+        report = validate(path, model, inputs=array[:4], tolerance=tolerance)
+        times["validate"] = time.perf_counter() - started
+        reports[method] = report
+        artifacts[method] = path
+        if not report.ok:
+            not_scored[method] = "parity failed: " + "; ".join(report.failures())
+            continue
+        step(f"scoring {method}")
+        started = time.perf_counter()
+        evaluations[method] = evaluate(path, array, **dict(evaluate_options or {}))
+        times["evaluate"] = time.perf_counter() - started
+        evaluations[method].write(out / _slug(method))
+    if reports:
+        write_bytes_atomic(out / "parity.json", parity_document(reports.values()).encode(), overwrite=True)
+    comparison = Comparison(evaluations, not_scored, seconds, artifacts, reports)
+    write_bytes_atomic(out / "comparison.md", comparison.table().encode(), overwrite=True)
+    document = json.dumps(comparison.to_dict(), indent=2) + "\n"
+    write_bytes_atomic(out / "comparison.json", document.encode(), overwrite=True)
+    return comparison
+
+
+def _evaluate_options(args: argparse.Namespace, items, images: np.ndarray, sizes, meta) -> dict:
+    """``runtime.evaluate`` keywords from the ``gradcam evaluate`` flags (as its serve-side path reads them)."""
+    from .runtime.boxes import read_boxes
+    from .runtime.inputs import resolve_class
+
+    return {
+        "metrics": args.metrics,
+        "steps": args.steps,
+        "baseline": args.baseline,
+        "batch_size": args.batch_size,
+        "boxes": read_boxes(args.boxes, items, sizes, images.shape[2:]) if args.boxes else None,
+        "class_index": None if args.class_ is None else resolve_class(args.class_, meta),
+        "names": [item.key for item in items],
+        "pointing_tolerance": args.pointing_tolerance,
+    }
+
+
+def run_build_side(args: argparse.Namespace, items) -> int:
+    """``gradcam evaluate --compare-methods/--randomize-check``: 1 when an artifact fails parity or a method
+    fails the randomization check."""
+    from .cli import _common as common
+    from .cli.validate import _reference_model
+    from .randomization import randomization_check
+    from .runtime import load_explainer
+    from .runtime.boxes import load_inputs
+
+    if not args.arch:
+        raise GradCAMError(
+            "--compare-methods and --randomize-check rebuild the model the artifact was exported from: "
+            "pass --arch NAME (and --weights FILE)"
+        )
+    meta = load_explainer(args.artifact, device="cpu").metadata
+    out = common.output_dir(args.out)
+    model = _reference_model(args, meta)
+    images, sizes = load_inputs(items, meta)
+    options = _evaluate_options(args, items, images, sizes, meta)
+    example = torch.randn(1, meta.in_channels, *images.shape[2:], generator=torch.Generator().manual_seed(0))
+    common.status("building one Grad-CAM graph per method")
+    wrappers, refused = build_wrappers(
+        model,
+        None,
+        example_input=example,
+        target_layer=args.target_layer or meta.target_layer,
+        class_names=meta.class_names,
+        mean=meta.mean,
+        std=meta.std,
+        architecture=meta.architecture,
+    )
+    failed = False
+    if args.compare_methods:
+        comparison = compare_methods(
+            model,
+            images,
+            out_dir=out,
+            wrappers=wrappers,
+            not_built=refused,
+            evaluate_options=options,
+            progress=common.status,
+        )
+        print(comparison.table(), end="")
+        failed = bool(comparison.parity_failed)
+    if args.randomize_check:
+        common.status("randomization check")
+        result = randomization_check(model, images, wrappers, progress=common.status)
+        common.write_text(out / "randomization.md", result.table() + "\n")
+        common.write_text(out / "randomization.json", result.to_json())
+        print(result.table())
+        failed = failed or bool(result.flagged)
+    print(f"wrote {out}")
+    return 1 if failed else 0
