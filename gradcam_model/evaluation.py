@@ -9,7 +9,6 @@ the wrappers :func:`build_wrappers` makes, so a run doing both builds each metho
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -24,14 +23,14 @@ import torch
 from torch import nn
 
 from ._atomic import write_bytes_atomic
-from .errors import GradCAMError, InputError, MethodError
+from .errors import InputError, MethodError
 from .methods import METHODS, get_method
 from .parity import ParityReport, parity_document, validate
 from .runtime.evaluate import METRICS, Evaluation, evaluate
 from .tolerances import Tolerance
 from .wrapper import GradCAMModel
 
-__all__ = ["Comparison", "build_wrappers", "compare_methods", "run_build_side"]
+__all__ = ["Comparison", "build_wrappers", "compare_methods"]
 
 log = logging.getLogger(__name__)
 
@@ -178,75 +177,3 @@ def compare_methods(
     document = json.dumps(comparison.to_dict(), indent=2) + "\n"
     write_bytes_atomic(out / "comparison.json", document.encode(), overwrite=True)
     return comparison
-
-
-def _evaluate_options(args: argparse.Namespace, items, images: np.ndarray, sizes, meta) -> dict:
-    """``runtime.evaluate`` keywords from the ``gradcam evaluate`` flags (as its serve-side path reads them)."""
-    from .runtime.boxes import read_boxes
-    from .runtime.inputs import resolve_class
-
-    return {
-        "metrics": args.metrics,
-        "steps": args.steps,
-        "baseline": args.baseline,
-        "batch_size": args.batch_size,
-        "boxes": read_boxes(args.boxes, items, sizes, images.shape[2:]) if args.boxes else None,
-        "class_index": None if args.class_ is None else resolve_class(args.class_, meta),
-        "names": [item.key for item in items],
-        "pointing_tolerance": args.pointing_tolerance,
-    }
-
-
-def run_build_side(args: argparse.Namespace, items) -> int:
-    """``gradcam evaluate --compare-methods/--randomize-check``: 1 when an artifact fails parity or a method
-    fails the randomization check."""
-    from .cli import _common as common
-    from .cli.validate import _reference_model
-    from .randomization import randomization_check
-    from .runtime import load_explainer
-    from .runtime.boxes import load_inputs
-
-    if not args.arch:
-        raise GradCAMError(
-            "--compare-methods and --randomize-check rebuild the model the artifact was exported from: "
-            "pass --arch NAME (and --weights FILE)"
-        )
-    meta = load_explainer(args.artifact, device="cpu").metadata
-    out = common.output_dir(args.out)
-    model = _reference_model(args, meta)
-    images, sizes = load_inputs(items, meta)
-    options = _evaluate_options(args, items, images, sizes, meta)
-    example = torch.randn(1, meta.in_channels, *images.shape[2:], generator=torch.Generator().manual_seed(0))
-    common.status("building one Grad-CAM graph per method")
-    wrappers, refused = build_wrappers(
-        model,
-        None,
-        example_input=example,
-        target_layer=args.target_layer or meta.target_layer,
-        class_names=meta.class_names,
-        mean=meta.mean,
-        std=meta.std,
-        architecture=meta.architecture,
-    )
-    failed = False
-    if args.compare_methods:
-        comparison = compare_methods(
-            model,
-            images,
-            out_dir=out,
-            wrappers=wrappers,
-            not_built=refused,
-            evaluate_options=options,
-            progress=common.status,
-        )
-        print(comparison.table(), end="")
-        failed = bool(comparison.parity_failed)
-    if args.randomize_check:
-        common.status("randomization check")
-        result = randomization_check(model, images, wrappers, progress=common.status)
-        common.write_text(out / "randomization.md", result.table() + "\n")
-        common.write_text(out / "randomization.json", result.to_json())
-        print(result.table())
-        failed = failed or bool(result.flagged)
-    print(f"wrote {out}")
-    return 1 if failed else 0

@@ -1,7 +1,7 @@
 """``gradcam evaluate``: score an artifact's maps on images (serve side: no torch for .onnx).
 
 ``--compare-methods`` and ``--randomize-check`` need the eager model: they hand over to
-the build side (:mod:`gradcam_model.evaluation`, torch).
+the build side (:mod:`gradcam_model.evaluation`, torch, through :mod:`._evaluate_build`).
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     out = common.output_dir(args.out)
     if args.compare_methods or args.randomize_check:
         common.require_build_side(args.command, *_BUILD_SIDE)
-        from ..evaluation import run_build_side
+        from ._evaluate_build import run_build_side
 
         return int(run_build_side(args, items))
     with native_stderr_captured():
