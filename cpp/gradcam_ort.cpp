@@ -117,7 +117,17 @@ class OrtEngine final : public gradcam::Engine {
     if (opt.threads > 0) options.SetIntraOpNumThreads(opt.threads);
     if (opt.cuda) {
       try {
-        options.AppendExecutionProvider_CUDA(OrtCUDAProviderOptions{});  // the onnxruntime-gpu library
+        // float32 math: the CUDA provider's use_tf32 defaults to 1 (TF32 convolutions and GEMMs move
+        // maps and can flip classes); the legacy OrtCUDAProviderOptions struct cannot turn it off
+        const OrtApi& api = Ort::GetApi();
+        OrtCUDAProviderOptionsV2* cuda = nullptr;
+        Ort::ThrowOnError(api.CreateCUDAProviderOptions(&cuda));
+        std::unique_ptr<OrtCUDAProviderOptionsV2, void (*)(OrtCUDAProviderOptionsV2*)> owned(
+            cuda, api.ReleaseCUDAProviderOptions);
+        const char* keys[] = {"use_tf32"};
+        const char* values[] = {"0"};
+        Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, keys, values, 1));
+        options.AppendExecutionProvider_CUDA_V2(*cuda);  // the onnxruntime-gpu library
       } catch (const Ort::Exception& e) {
         throw Failure{gradcam::kRunFailed, "CUDA is not available: " + cause(e) + "; drop --cuda"};
       }
