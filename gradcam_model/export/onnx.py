@@ -47,13 +47,27 @@ def dynamic_shapes(wrapper: GradCAMModel) -> dict:
     return shapes
 
 
+class _StepLog(io.TextIOBase):
+    """What torch.onnx prints, logged as it comes: its step lines at INFO (progress), the rest at DEBUG."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.startswith("[torch.onnx] "):
+                log.info("torch.onnx: %s", line.removeprefix("[torch.onnx] "))
+            elif line.strip():
+                log.debug("torch.onnx output: %s", line)
+        return len(text)
+
+
 @contextlib.contextmanager
 def quiet():
     """torch.onnx prints progress to stdout and warns about deprecations; keep the library silent."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(_StepLog()):
         warnings.simplefilter("ignore")
-        yield sink
+        yield
 
 
 def export_onnx(
@@ -75,7 +89,7 @@ def export_onnx(
     args = example_inputs(wrapper)
     input_names = list(INPUT_NAMES[: len(args)])
     try:
-        with quiet() as printed, torch.inference_mode(False):
+        with quiet(), torch.inference_mode(False):
             program = torch.onnx.export(
                 wrapper.graph,
                 args,
@@ -86,9 +100,8 @@ def export_onnx(
                 dynamic_shapes=dynamic_shapes(wrapper),
                 external_data=False,
                 optimize=True,
-                verbose=False,
+                verbose=None,  # its step lines: logged by quiet() as they come, the progress of a long call
             )
-        log.debug("torch.onnx output:\n%s", printed.getvalue())
         proto = program.model_proto
     except Exception as exc:
         raise ExportError(
