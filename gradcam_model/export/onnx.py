@@ -17,6 +17,7 @@ from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 from .onnx_passes import share_transposed_weights
+from .retrace import decompose_only_when_needed, out_of_place
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "quiet"]
 
@@ -89,9 +90,10 @@ def export_onnx(
     args = example_inputs(wrapper)
     input_names = list(INPUT_NAMES[: len(args)])
     try:
-        with quiet(), torch.inference_mode(False):
+        # torch.onnx's second re-trace changes nothing in our graph once in-place ops are gone: skip it
+        with quiet(), torch.inference_mode(False), decompose_only_when_needed():
             program = torch.onnx.export(
-                wrapper.graph,
+                out_of_place(wrapper.graph),
                 args,
                 dynamo=True,
                 input_names=input_names,
