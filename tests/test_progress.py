@@ -59,9 +59,11 @@ def test_a_failed_stage_says_so(monkeypatch):
 
 def test_torch_onnx_step_lines_become_progress_logs(caplog):
     with caplog.at_level(logging.DEBUG, logger="gradcam_model.export.onnx"), quiet():
-        print("[torch.onnx] Run decompositions...")
+        print("[torch.onnx]", "Run decompositions...")  # as torch.onnx prints: one write per argument
         print("something else torch printed")
+        print("a last line without its newline", end="")
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("INFO", "torch.onnx: Run decompositions..."),
         ("DEBUG", "torch.onnx output: something else torch printed"),
+        ("DEBUG", "torch.onnx output: a last line without its newline"),
     ]

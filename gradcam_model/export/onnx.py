@@ -51,22 +51,31 @@ def dynamic_shapes(wrapper: GradCAMModel) -> dict:
 class _StepLog(io.TextIOBase):
     """What torch.onnx prints, logged as it comes: its step lines at INFO (progress), the rest at DEBUG."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._partial = ""  # print() writes its arguments, separators and the newline one call each
+
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        for line in text.splitlines():
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
             if line.startswith("[torch.onnx] "):
                 log.info("torch.onnx: %s", line.removeprefix("[torch.onnx] "))
             elif line.strip():
                 log.debug("torch.onnx output: %s", line)
         return len(text)
 
+    def close(self) -> None:
+        self.write("\n")  # a last line without its newline
+        super().close()
+
 
 @contextlib.contextmanager
 def quiet():
     """torch.onnx prints progress to stdout and warns about deprecations; keep the library silent."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(_StepLog()):
+    with warnings.catch_warnings(), _StepLog() as sink, contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
         yield
 
