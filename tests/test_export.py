@@ -313,3 +313,22 @@ def test_in_place_ops_whose_input_is_read_later_stay_in_place():
     assert targets == [aten.sub.Tensor, aten.relu_.default, aten.mul.Tensor, aten.relu.default] + [aten.add.Tensor] * 2
     x = torch.randn(64)
     torch.testing.assert_close(copy(x), gm(x.clone()), rtol=0, atol=0)
+
+
+def test_ops_onnx_lacks_are_decomposed_before_the_export():
+    """``aten._safe_softmax`` (math attention) becomes torch's decomposition, traced by torch.export itself."""
+    from torch import fx
+
+    from gradcam_model.export.retrace import out_of_place
+
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(torch.ops.aten._safe_softmax.default, (x, -1)))
+    gm = fx.GraphModule(torch.nn.Module(), graph)
+    copy = out_of_place(gm)
+    [node] = [n for n in copy.graph.nodes if n.op == "call_function"]
+    assert node.target is not torch.ops.aten._safe_softmax.default and callable(node.target)
+    x = torch.randn(3, 5)
+    x[1] = float("-inf")  # a fully masked row: zeros, not NaN, is what _safe_softmax means
+    torch.testing.assert_close(copy(x), gm(x), rtol=0, atol=0)
+    assert bool((copy(x)[1] == 0).all())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import operator
 
@@ -30,27 +31,45 @@ log = logging.getLogger(__name__)
 
 
 def out_of_place(gm: fx.GraphModule) -> fx.GraphModule:
-    """A copy of ``gm`` (buffers shared) with in-place ops made out-of-place where nothing sees the mutation.
+    """A copy of ``gm`` (buffers shared) ready for torch.onnx: in-place ops made out-of-place where
+    nothing sees the mutation, ops ONNX cannot express replaced by their decomposition.
 
     ``aten.relu_(x)`` becomes ``aten.relu(x)`` when ``x`` is an intermediate result (not
     an input or buffer), is not a view of another tensor, and no node after it reads ``x``.
+    An op in torch.onnx's decomposition table (``aten._safe_softmax`` from attention)
+    becomes a call of that decomposition, which ``torch.export`` traces into its ops.
     """
     graph = copy.deepcopy(gm.graph)
     order = {node: i for i, node in enumerate(graph.nodes)}
-    changed = 0
+    table = _onnx_decompositions()
+    changed = decomposed = 0
     for node in graph.nodes:
         functional = _functional_version(node)
-        if functional is None:
-            continue
-        mutated = node.args[0]
-        if not isinstance(mutated, fx.Node) or mutated.op != "call_function" or _aliases_input(mutated):
-            continue
-        if any(order[user] > order[node] for user in mutated.users if user is not node):
-            continue
-        node.target = functional
-        changed += 1
-    log.debug("%d in-place op(s) made out-of-place before the export", changed)
+        if functional is not None:
+            mutated = node.args[0]
+            if not isinstance(mutated, fx.Node) or mutated.op != "call_function" or _aliases_input(mutated):
+                continue
+            if any(order[user] > order[node] for user in mutated.users if user is not node):
+                continue
+            node.target = functional
+            changed += 1
+        elif node.op == "call_function" and node.target in table:
+            node.target = table[node.target]
+            decomposed += 1
+    log.debug("before the export: %d in-place op(s) made out-of-place, %d decomposed", changed, decomposed)
     return fx.GraphModule(gm, graph)
+
+
+@functools.cache
+def _onnx_decompositions() -> dict:
+    """torch.onnx's decomposition table: the ops its translation lacks, with torch's decompositions."""
+    try:
+        from torch.onnx._internal.exporter import _decomp, _registration
+
+        registry = _registration.ONNXRegistry.from_torchlib()
+        return _decomp.create_onnx_friendly_decomposition_table(set(_decomp.get_onnx_implemented_overloads(registry)))
+    except (ImportError, AttributeError):  # pragma: no cover - another torch layout: torch.onnx decomposes them
+        return {}
 
 
 def _functional_version(node: fx.Node):
