@@ -267,7 +267,7 @@ class _InPlaceNet(torch.nn.Module):
 
 def test_onnx_export_skips_torch_onnx_retrace_when_nothing_needs_decomposing(tmp_path, caplog):
     """In-place ops nobody observes become out-of-place, so torch.onnx's decomposition re-trace is skipped."""
-    from gradcam_model.export.retrace import out_of_place
+    from gradcam_model.export.retrace import prepare_graph
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(_InPlaceNet()).eval()
@@ -278,7 +278,7 @@ def test_onnx_export_skips_torch_onnx_retrace_when_nothing_needs_decomposing(tmp
 
     before = inplace(wrapper.graph)
     assert {"aten.relu_.default", "aten.add_.Tensor"} <= set(before), before  # the test has something to do
-    assert inplace(out_of_place(wrapper.graph)) == []
+    assert inplace(prepare_graph(wrapper.graph)) == []
     assert inplace(wrapper.graph) == before  # a copy: the wrapper's graph (TorchScript, eager) is left alone
     with caplog.at_level("INFO", logger="gradcam_model.export.retrace"):
         path = export_onnx(wrapper, tmp_path / "inplace.onnx")
@@ -296,7 +296,7 @@ def _writes_first_argument(node) -> bool:
 def test_in_place_ops_whose_input_is_read_later_stay_in_place():
     from torch import fx
 
-    from gradcam_model.export.retrace import out_of_place
+    from gradcam_model.export.retrace import prepare_graph
 
     aten = torch.ops.aten
     graph = fx.Graph()
@@ -308,7 +308,7 @@ def test_in_place_ops_whose_input_is_read_later_stay_in_place():
     e = graph.call_function(aten.add.Tensor, (a, b))
     graph.output(graph.call_function(aten.add.Tensor, (e, d)))
     gm = fx.GraphModule(torch.nn.Module(), graph)
-    copy = out_of_place(gm)
+    copy = prepare_graph(gm)
     targets = [n.target for n in copy.graph.nodes if n.op == "call_function"]
     assert targets == [aten.sub.Tensor, aten.relu_.default, aten.mul.Tensor, aten.relu.default] + [aten.add.Tensor] * 2
     x = torch.randn(64)
@@ -319,13 +319,13 @@ def test_ops_onnx_lacks_are_decomposed_before_the_export():
     """``aten._safe_softmax`` (math attention) becomes torch's decomposition, traced by torch.export itself."""
     from torch import fx
 
-    from gradcam_model.export.retrace import out_of_place
+    from gradcam_model.export.retrace import prepare_graph
 
     graph = fx.Graph()
     x = graph.placeholder("x")
     graph.output(graph.call_function(torch.ops.aten._safe_softmax.default, (x, -1)))
     gm = fx.GraphModule(torch.nn.Module(), graph)
-    copy = out_of_place(gm)
+    copy = prepare_graph(gm)
     [node] = [n for n in copy.graph.nodes if n.op == "call_function"]
     assert node.target is not torch.ops.aten._safe_softmax.default and callable(node.target)
     x = torch.randn(3, 5)

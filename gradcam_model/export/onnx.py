@@ -17,7 +17,7 @@ from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 from .onnx_passes import share_transposed_weights
-from .retrace import decompose_only_when_needed, out_of_place
+from .retrace import decompose_only_when_needed, prepare_graph
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "quiet"]
 
@@ -102,7 +102,7 @@ def export_onnx(
         # torch.onnx's second re-trace changes nothing in our graph once in-place ops are gone: skip it
         with quiet(), torch.inference_mode(False), decompose_only_when_needed():
             program = torch.onnx.export(
-                out_of_place(wrapper.graph),
+                prepare_graph(wrapper.graph),
                 args,
                 dynamo=True,
                 input_names=input_names,

@@ -9,9 +9,12 @@ forward pass *and* its gradient, with symbolic sizes, was about two thirds of th
 export time (measured: timm efficientnetv2_rw_t at 224, 115 of 174 s under cProfile).
 
 So, before the export, in-place ops whose input nothing reads afterwards become
-their out-of-place versions (the same values: nobody sees the mutation), and during
-the export the re-trace runs only when some op of the program is in torch.onnx's
-decomposition table; otherwise the program goes to translation as it is.
+their out-of-place versions (the same values: nobody sees the mutation) and the few
+ops of that table (``aten._safe_softmax`` from attention) become calls of their
+decomposition, which ``torch.export`` traces anyway; during the export the re-trace
+runs only when some op of the program is still in the table, otherwise the program
+goes to translation as it is (measured: efficientnetv2_rw_t 81 -> 22 s, vit_tiny
+73 -> 40 s, the same ONNX graph and outputs).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ import operator
 import torch
 from torch import fx
 
-__all__ = ["decompose_only_when_needed", "out_of_place"]
+__all__ = ["decompose_only_when_needed", "prepare_graph"]
 
 log = logging.getLogger(__name__)
 
 
-def out_of_place(gm: fx.GraphModule) -> fx.GraphModule:
+def prepare_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` (buffers shared) ready for torch.onnx: in-place ops made out-of-place where
     nothing sees the mutation, ops ONNX cannot express replaced by their decomposition.
 
