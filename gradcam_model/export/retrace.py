@@ -102,6 +102,16 @@ def _aliases_input(node: fx.Node) -> bool:
     return any(r.alias_info is not None for r in op._schema.returns)
 
 
+# assertion ops that torch.onnx removes after the decomposition step (_fx_passes.remove_assertion_nodes)
+_REMOVED_LATER = {
+    torch.ops.aten.sym_constrain_range_for_size.default,
+    torch.ops.aten._assert_async.default,
+    torch.ops.aten._assert_async.msg,
+    torch.ops.aten._assert_scalar.default,
+    torch.ops.aten._assert_tensor_metadata.default,
+}
+
+
 @contextlib.contextmanager
 def decompose_only_when_needed():
     """Within: torch.onnx re-traces a program through its decomposition table only when it holds an op of it.
@@ -116,17 +126,23 @@ def decompose_only_when_needed():
         yield
         return
     original = getattr(_fx_passes, "decompose_with_registry", None)
-    needed = (
-        getattr(_decomp, "get_onnx_implemented_overloads", None),
-        getattr(_decomp, "create_onnx_friendly_decomposition_table", None),
-    )
-    if original is None or None in needed:  # pragma: no cover - another torch layout
+    if (
+        original is None or getattr(_decomp, "get_onnx_implemented_overloads", None) is None
+    ):  # pragma: no cover - another torch layout
         yield
         return
 
     def decompose(program, registry):
-        table = _decomp.create_onnx_friendly_decomposition_table(set(_decomp.get_onnx_implemented_overloads(registry)))
-        ops = sorted({str(n.target) for n in program.graph.nodes if n.op == "call_function" and n.target in table})
+        # skip only when the translation has a function for every op as it stands: training-IR
+        # programs can also hold composite ops (aten.to) that only the re-trace lowers
+        translatable = set(_decomp.get_onnx_implemented_overloads(registry)) | _REMOVED_LATER
+        ops = sorted(
+            {
+                str(n.target)
+                for n in program.graph.nodes
+                if n.op == "call_function" and n.target is not operator.getitem and n.target not in translatable
+            }
+        )
         if ops:
             log.info("torch.onnx: decomposing %s", ", ".join(ops))
             return original(program, registry)
