@@ -160,7 +160,8 @@ def _export_table(result: BenchResult) -> list[str]:
         "dynamic-size check); *ONNX export*: `export_onnx`; *validate*: `gradcam_model.validate` of the "
         "ONNX artifact against the eager model (what `gradcam export` runs after each export); *logits "
         "export*: plain `torch.onnx.export(dynamo=True)` of the same model, logits only. "
-        f"*Ratio*: {EXPORT_RATIO}.",
+        f"*Ratio*: {EXPORT_RATIO}. One tiny untimed export of each kind runs first: torch.onnx's "
+        "one-time start-up (imports, its operator registry) would otherwise fall on the first configuration.",
         "",
         "| configuration | build s | ONNX export s | validate s | TorchScript export s | logits export s "
         "| ratio | ONNX MB | TorchScript MB | logits ONNX MB |",

@@ -105,6 +105,21 @@ def _build_and_export(config: BenchConfig, model: nn.Module, example: torch.Tens
     return wrapper, build_s, paths, export_s, validate_s
 
 
+def _warm_up_exporters(workdir: Path) -> None:
+    """One tiny export of each kind, untimed: torch.onnx's first call in a process imports and builds its
+    registry (seconds), which would otherwise land on whichever export of the first configuration runs first."""
+    from ..export import export_onnx
+    from ..wrapper import GradCAMModel
+
+    gen = torch.Generator().manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    example = torch.randn(2, 3, 8, 8, generator=gen)
+    export_logits_onnx(tiny, example, workdir / "warm-up.logits.onnx")
+    export_onnx(GradCAMModel(tiny, "1", example_input=example), workdir / "warm-up.onnx", overwrite=True)
+    for name in ("warm-up.logits.onnx", "warm-up.onnx"):
+        (workdir / name).unlink()
+
+
 def _parity(outputs: dict[str, object]) -> dict[str, float]:
     """Max |map - reference_cam| of each contestant that gives maps (Captum's min-max normalized first)."""
     reference = as_map(outputs["reference_cam"])
@@ -233,6 +248,7 @@ def run_benchmark(
             directory.mkdir(parents=True, exist_ok=True)
         torch.set_num_threads(threads)
         stack.callback(torch.set_num_threads, previous_threads)
+        _warm_up_exporters(directory)
         for i, config in enumerate(configs, 1):
             started = time.perf_counter()
             log.info("[%d/%d] %s", i, len(configs), config.name)
