@@ -42,7 +42,8 @@ class GradCAMModel(nn.Module):
         method: a name from :data:`gradcam_model.METHODS` or a ``CAMMethod``.
         example_input: a ``[N, C, H, W]`` float tensor on the model's device; its
             values do not matter, its size fixes ``H, W`` where the graph cannot
-            keep them dynamic. The batch is always dynamic.
+            keep them dynamic (``fixed_size_reason`` then says why, in one line;
+            None when they are dynamic). The batch is always dynamic.
         top_k: explain the ``k`` most likely classes of each image.
         class_input: take a ``class_index`` input ``[N]`` instead (``-1`` = top class).
         upsample: resize maps to the input size (else feature resolution).
