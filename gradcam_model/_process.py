@@ -43,6 +43,7 @@ def logging_to_stderr(verbose: int):
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    handler.setLevel(level)  # a progress display may lower the logger's level; the terminal keeps this one
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(level)

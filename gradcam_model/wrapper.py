@@ -42,7 +42,8 @@ class GradCAMModel(nn.Module):
         method: a name from :data:`gradcam_model.METHODS` or a ``CAMMethod``.
         example_input: a ``[N, C, H, W]`` float tensor on the model's device; its
             values do not matter, its size fixes ``H, W`` where the graph cannot
-            keep them dynamic. The batch is always dynamic.
+            keep them dynamic (``fixed_size_reason`` then says why, in one line;
+            None when they are dynamic). The batch is always dynamic.
         top_k: explain the ``k`` most likely classes of each image.
         class_input: take a ``class_index`` input ``[N]`` instead (``-1`` = top class).
         upsample: resize maps to the input size (else feature resolution).
@@ -118,7 +119,7 @@ class GradCAMModel(nn.Module):
             trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
             # transformer blocks: window padding and patch grids make a symbolic height/width
             # cost minutes of shape reasoning (torchvision swin_t: 306 s) for little gain
-            graph, dynamic_spatial = _trace(
+            graph, fixed_reason = _trace(
                 model, layer, spec, trace_input.contiguous(), not uses_attention(model, example_input)
             )
         self.graph = graph
@@ -131,7 +132,8 @@ class GradCAMModel(nn.Module):
         self.normalize = normalize
         self.num_classes = num_classes
         self.in_channels = int(example_input.shape[1])
-        self.input_size = None if dynamic_spatial else (int(example_input.shape[2]), int(example_input.shape[3]))
+        self.input_size = None if fixed_reason is None else (int(example_input.shape[2]), int(example_input.shape[3]))
+        self.fixed_size_reason = fixed_reason  # why height/width are fixed; None when they are dynamic
         self.example_size = (int(example_input.shape[2]), int(example_input.shape[3]))
         self.architecture = architecture or architecture_name(model, num_classes)
         self.class_names = class_names
@@ -143,7 +145,7 @@ class GradCAMModel(nn.Module):
             self.architecture,
             layer_name,
             self.method,
-            "dynamic" if dynamic_spatial else "static",
+            "dynamic" if fixed_reason is None else "static",
             self.build_seconds,
         )
 
@@ -163,32 +165,64 @@ class GradCAMModel(nn.Module):
         return self.graph(image)
 
 
+_ATTENTION = (
+    "the model computes attention: a symbolic height/width through patch grids and window padding "
+    "costs minutes of shape reasoning (torchvision swin_t: 306 s)"
+)
+
+
 def _trace(model, layer, spec, image, try_dynamic: bool = True):
-    """Trace with dynamic height/width if the graph allows, verified at another size; else static."""
-    if not try_dynamic:
-        return trace_explainer(model, layer, spec, image, dynamic_spatial=False), False
+    """The traced graph and why its height/width are fixed (None: dynamic, verified at another size)."""
+    h, w = (int(s) for s in image.shape[2:])
+    if try_dynamic:
+        log.info("tracing the forward pass and the gradient with a dynamic height/width")
+        graph, reason = _dynamic_trace(model, layer, spec, image)
+        if reason is None:
+            return graph, None
+    else:
+        reason = _ATTENTION
+    log.info("height/width fixed at %dx%d: %s", h, w, reason)
+    log.info("tracing the forward pass and the gradient at %dx%d", h, w)
+    return trace_explainer(model, layer, spec, image, dynamic_spatial=False), reason
+
+
+def _dynamic_trace(model, layer, spec, image):
+    """A graph with a symbolic height/width and None, or None and why the sizes must be fixed."""
     try:
         graph = trace_explainer(model, layer, spec, image, dynamic_spatial=True)
     except StaticShapesRequired as why:
-        log.debug("static spatial size: %s", why)
-    else:
-        h, w = image.shape[2:]
-        gen = torch.Generator().manual_seed(0)  # leave the caller's RNG state alone
-        other = torch.randn(1, image.shape[1], h + 33, w + 17, generator=gen, dtype=image.dtype).to(image.device)
-        classes = (torch.full((1,), -1, dtype=torch.long, device=image.device),) if spec.class_input else ()
-        try:
-            with torch.inference_mode():
-                got = graph(other, *classes)
-            want = _reference(model, layer, spec, other, *classes)
-            ok = all(g.shape == r.shape for g, r in zip(got, want, strict=True)) and torch.allclose(
-                got[0], want[0], rtol=1e-3, atol=1e-4
-            )
-        except Exception as exc:  # any failure at another size means sizes got baked in
-            log.debug("dynamic spatial trace failed at another size: %s", exc)
-            ok = False
-        if ok:
-            return graph, True
-    return trace_explainer(model, layer, spec, image, dynamic_spatial=False), False
+        return None, f"the gradient of {_decomposition_of(why)} needs concrete sizes ({why})"
+    h, w = image.shape[2:]
+    other = (h + 33, w + 17)
+    log.info("checking the dynamic-size graph at %dx%d against the eager model", *other)
+    gen = torch.Generator().manual_seed(0)  # leave the caller's RNG state alone
+    probe = torch.randn(1, image.shape[1], *other, generator=gen, dtype=image.dtype).to(image.device)
+    classes = (torch.full((1,), -1, dtype=torch.long, device=image.device),) if spec.class_input else ()
+    try:
+        with torch.inference_mode():
+            got = graph(probe, *classes)
+        want = _reference(model, layer, spec, probe, *classes)
+    except Exception as exc:  # any failure at another size means sizes got baked in
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return None, f"the graph traced with a symbolic size failed at {other[0]}x{other[1]} ({first[:200]})"
+    if not all(g.shape == r.shape for g, r in zip(got, want, strict=True)):
+        return None, f"the graph traced with a symbolic size gave other output shapes at {other[0]}x{other[1]}"
+    if not torch.allclose(got[0], want[0], rtol=1e-3, atol=1e-4):
+        return None, f"the graph traced with a symbolic size gave other logits at {other[0]}x{other[1]}"
+    return graph, None
+
+
+def _decomposition_of(exc: BaseException) -> str:
+    """The backward op whose decomposition raised ``exc`` (its outermost frame in decompositions.py)."""
+    from . import decompositions
+
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename == decompositions.__file__:
+            return code.co_name.lstrip("_")
+        tb = tb.tb_next
+    return "a backward op"
 
 
 def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, image: torch.Tensor, layout) -> None:

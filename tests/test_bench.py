@@ -87,7 +87,11 @@ def test_every_map_agrees_with_the_reference(quick_run):
 def test_exports_sizes_and_memory_are_recorded(quick_run):
     (config,) = quick_run["json"]["configs"]
     assert set(config["export_s"]) == set(config["artifact_bytes"]) == {"onnx", "torchscript", "onnx_logits"}
-    assert all(v > 0 for v in config["export_s"].values()) and config["build_s"] > 0
+    assert all(v > 0 for v in config["export_s"].values()) and config["build_s"] > 0 and config["validate_s"] > 0
+    export = config["export_s"]
+    assert config["export_ratio"] == pytest.approx((config["build_s"] + export["onnx"]) / export["onnx_logits"])
+    [target] = [t for t in config["targets"] if t["description"].startswith("(build + ONNX export)")]
+    assert (target["value"], target["bound"], target["met"]) == (config["export_ratio"], 3.0, target["value"] <= 3.0)
     # resnet18 holds ~45 MB of float32 weights: every artifact carries them
     assert all(v > 40e6 for v in config["artifact_bytes"].values())
     memory = config["ort_memory_mb"]
@@ -121,7 +125,10 @@ def test_markdown_has_machine_and_one_row_per_contestant(quick_run):
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     for label in CONTESTANTS.values():
         assert sum(row.startswith(f"| {label} |") for row in rows) == 1, label
-    assert sum(row.startswith("| resnet18-layer4-64-b2 |") for row in rows) == 3  # summary, export, memory
+    (config,) = quick_run["json"]["configs"]
+    assert "## Export time and size" in md and f"| {config['export_ratio']:.2f}x |" in md
+    # summary, the export-time target, export and size, memory
+    assert sum(row.startswith("| resnet18-layer4-64-b2 |") for row in rows) == 4
 
 
 def test_terminal_table_lists_every_contestant(quick_run):
@@ -145,6 +152,7 @@ def _config_result(config: BenchConfig, medians: dict[str, float]) -> ConfigResu
         build_s=1.0,
         export_s={"onnx": 1.0, "torchscript": 1.0, "onnx_logits": 1.0},
         artifact_bytes={"onnx": 1, "torchscript": 1, "onnx_logits": 1},
+        validate_s=1.0,
     )
 
 
@@ -155,13 +163,20 @@ def test_targets_are_checked_against_the_bounds():
     medians = dict.fromkeys(CONTESTANTS, 100.0)
     medians.update(ort_logits=100.0, ort_gradcam=105.0, pytorch_grad_cam=500.0, captum=200.0)
     checks = _config_result(config, medians).targets()
+    result = _config_result(config, medians)
+    result.build_s, result.export_s["onnx"], result.export_s["onnx_logits"] = 4.0, 11.0, 5.0
+    checks = result.targets()
     assert [(c.description.split(" / ")[0], c.met) for c in checks] == [
         ("ORT Grad-CAM", True),  # 1.05 <= 1.10
         ("pytorch-grad-cam GradCAM", True),  # 500/105 = 4.76 >= 4
         ("Captum LayerGradCam + interpolate", False),  # 200/105 = 1.90 < 2.5
+        ("(build + ONNX export)", True),  # (4 + 11) / 5 = 3.0 <= 3 (the default bound)
     ]
     assert checks[0].value == pytest.approx(1.05)
     assert checks[2].value == pytest.approx(200 / 105)
+    assert checks[3].value == pytest.approx(3.0) and checks[3].bound == 3.0
+    result.export_s["onnx"] = 12.0  # (4 + 12) / 5 = 3.2
+    assert not result.targets()[3].met
 
 
 @pytest.mark.parametrize(

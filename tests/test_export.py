@@ -248,3 +248,87 @@ def test_export_into_unwritable_folder(artifacts, tmp_path):
             export_onnx(artifacts["wrappers"]["static"], target)
     finally:
         locked.chmod(0o700)
+
+
+class _InPlaceNet(torch.nn.Module):
+    """A residual block with in-place ops: ``relu_`` after the conv, ``add_`` of the shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu_(self.conv1(x))
+        y = torch.relu_(self.conv2(y).add_(y))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_onnx_export_skips_torch_onnx_retrace_when_nothing_needs_decomposing(tmp_path, caplog):
+    """In-place ops nobody observes become out-of-place, so torch.onnx's decomposition re-trace is skipped."""
+    from gradcam_model.export.retrace import prepare_graph
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(_InPlaceNet()).eval()
+    wrapper = GradCAMModel(model, "0.conv2", example_input=torch.randn(1, 3, 16, 16))
+
+    def inplace(gm):
+        return [str(n.target) for n in gm.graph.nodes if n.op == "call_function" and _writes_first_argument(n)]
+
+    before = inplace(wrapper.graph)
+    assert {"aten.relu_.default", "aten.add_.Tensor"} <= set(before), before  # the test has something to do
+    assert inplace(prepare_graph(wrapper.graph)) == []
+    assert inplace(wrapper.graph) == before  # a copy: the wrapper's graph (TorchScript, eager) is left alone
+    with caplog.at_level("INFO", logger="gradcam_model.export.retrace"):
+        path = export_onnx(wrapper, tmp_path / "inplace.onnx")
+    assert "torch.onnx: nothing to decompose, no re-trace" in caplog.messages
+    images = torch.randn(3, 3, 16, 24)
+    _compare(load_explainer(path, providers=["CPUExecutionProvider"]), model, images)
+
+
+def _writes_first_argument(node) -> bool:
+    schema = getattr(node.target, "_schema", None)
+    alias = schema.arguments[0].alias_info if schema is not None and schema.arguments else None
+    return bool(alias and alias.is_write)
+
+
+def test_in_place_ops_whose_input_is_read_later_stay_in_place():
+    from torch import fx
+
+    from gradcam_model.export.retrace import prepare_graph
+
+    aten = torch.ops.aten
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    a = graph.call_function(aten.sub.Tensor, (x, 0.5))
+    b = graph.call_function(aten.relu_.default, (a,))  # `a` is read again below: it must see the mutation
+    c = graph.call_function(aten.mul.Tensor, (x, 2.0))
+    d = graph.call_function(aten.relu_.default, (c,))  # nothing reads `c` afterwards: this one may become relu
+    e = graph.call_function(aten.add.Tensor, (a, b))
+    graph.output(graph.call_function(aten.add.Tensor, (e, d)))
+    gm = fx.GraphModule(torch.nn.Module(), graph)
+    copy = prepare_graph(gm)
+    targets = [n.target for n in copy.graph.nodes if n.op == "call_function"]
+    assert targets == [aten.sub.Tensor, aten.relu_.default, aten.mul.Tensor, aten.relu.default] + [aten.add.Tensor] * 2
+    x = torch.randn(64)
+    torch.testing.assert_close(copy(x), gm(x.clone()), rtol=0, atol=0)
+
+
+def test_ops_onnx_lacks_are_decomposed_before_the_export():
+    """``aten._safe_softmax`` (math attention) becomes torch's decomposition, traced by torch.export itself."""
+    from torch import fx
+
+    from gradcam_model.export.retrace import prepare_graph
+
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_function(torch.ops.aten._safe_softmax.default, (x, -1)))
+    gm = fx.GraphModule(torch.nn.Module(), graph)
+    copy = prepare_graph(gm)
+    [node] = [n for n in copy.graph.nodes if n.op == "call_function"]
+    assert node.target is not torch.ops.aten._safe_softmax.default and callable(node.target)
+    x = torch.randn(3, 5)
+    x[1] = float("-inf")  # a fully masked row: zeros, not NaN, is what _safe_softmax means
+    torch.testing.assert_close(copy(x), gm(x), rtol=0, atol=0)
+    assert bool((copy(x)[1] == 0).all())

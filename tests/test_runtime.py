@@ -335,6 +335,28 @@ def test_providers_without_a_cuda_driver_are_cpu_only(monkeypatch):
         explainer_module.cuda_device_count.cache_clear()
 
 
+def test_cuda_sessions_ask_for_float32_math(monkeypatch, artifacts):
+    """ORT's CUDA provider runs float32 convolutions and MatMuls in TF32 unless told (use_tf32 defaults to 1)."""
+    import onnxruntime as ort
+
+    from gradcam_model.runtime import explainer as explainer_module
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(explainer_module, "cuda_device_count", lambda: 1)
+    cuda = ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
+    assert explainer_module.default_providers() == [cuda, "CPUExecutionProvider"]
+    asked = []
+
+    def session(path, sess_options=None, providers=None):  # what the explainer hands to ONNX Runtime
+        asked.append(providers)
+        raise RuntimeError("no GPU here")
+
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    with pytest.raises(ArtifactError, match="no GPU here"):
+        load_explainer(artifacts["static.onnx"])
+    assert asked == [[cuda, "CPUExecutionProvider"]]
+
+
 def test_the_provider_that_ran_is_reported(artifacts):
     explainer = load_explainer(artifacts["static.onnx"], providers=["CPUExecutionProvider"])
     assert explainer.provider == "CPUExecutionProvider"

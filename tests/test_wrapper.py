@@ -197,10 +197,42 @@ def test_spatial_size_dynamic_for_global_pool_head(resnet18_layer4, resnet18):
     torch.testing.assert_close(cam, reference_cam(resnet18, "layer4", images), rtol=0, atol=CAM_ATOL)
 
 
-def test_spatial_size_fixed_and_enforced_where_baked(resnet18_layer2):
+def test_spatial_size_fixed_and_enforced_where_baked(resnet18_layer2, resnet18_layer4):
     assert resnet18_layer2.input_size == (64, 64)
     with pytest.raises(InputError, match="64x64"):
         resnet18_layer2(torch.randn(1, 3, 96, 96))
+    # the one line `gradcam export` prints: which backward op made the sizes static, and why
+    assert resnet18_layer2.fixed_size_reason == (
+        "the gradient of convolution_backward needs concrete sizes (strided window on a dynamic spatial size)"
+    )
+    assert resnet18_layer4.fixed_size_reason is None
+
+
+class _FlattenHead(nn.Module):
+    """A conv and a Linear over the flattened map: its input size is baked into the Linear's width."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_spatial_size_fixed_when_the_dynamic_graph_fails_at_another_size(caplog):
+    torch.manual_seed(0)
+    model = _FlattenHead().eval()
+    with caplog.at_level("INFO", logger="gradcam_model.wrapper"):
+        wrapper = GradCAMModel(model, "conv", example_input=torch.randn(1, 3, 8, 8))
+    assert wrapper.input_size == (8, 8)
+    reason = wrapper.fixed_size_reason
+    assert reason.startswith("the graph traced with a symbolic size failed at 41x25 (") and "shape" in reason, reason
+    assert f"height/width fixed at 8x8: {reason}" in caplog.messages
+    images = torch.randn(3, 3, 8, 8)
+    with torch.inference_mode():
+        cam = wrapper(images)[4]
+    torch.testing.assert_close(cam, reference_cam(model, "conv", images), rtol=0, atol=CAM_ATOL)
 
 
 def test_model_state_is_left_unchanged():

@@ -19,6 +19,10 @@ number of threads everywhere (``torch.set_num_threads`` and ONNX Runtime's
 - ``captum``: Captum's ``LayerGradCam`` (ReLU'd) + ``LayerAttribution.interpolate``.
 
 Figures are medians of the interleaved runs; ratios compare medians of one run.
+Each configuration also records how long the build (``GradCAMModel``), the ONNX
+export and its validation took, against the plain logits-only export of the same
+model (exported once: it is also the floor's artifact); the target is
+(build + export) <= 3x that export.
 Peak memory of the two ONNX Runtime sessions is measured in a fresh interpreter
 each (:mod:`.memory`). :func:`run_benchmark` is the library entry; ``gradcam bench``
 is the command line (:mod:`.cli`; ``--pipeline``: :mod:`.pipeline`).

@@ -25,7 +25,9 @@ class BenchConfig:
 
     ``arch`` is a torchvision model name, or ``timm:<name>`` for a timm model.
     ``max_overhead`` bounds ORT Grad-CAM / ORT logits-only; ``min_speedups`` pairs a
-    contestant with the factor by which the ORT Grad-CAM artifact must beat it.
+    contestant with the factor by which the ORT Grad-CAM artifact must beat it;
+    ``max_export_ratio`` bounds (build + ONNX export of the Grad-CAM artifact) / the
+    plain logits-only ``torch.onnx.export`` of the same model.
     """
 
     arch: str
@@ -35,6 +37,7 @@ class BenchConfig:
     num_classes: int = 1000
     max_overhead: float | None = None
     min_speedups: tuple[tuple[str, float], ...] = ()
+    max_export_ratio: float | None = 3.0
 
     @property
     def name(self) -> str:

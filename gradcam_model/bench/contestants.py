@@ -14,6 +14,7 @@ from torch import nn
 from ..errors import GradCAMError
 from ..export.onnx import DEFAULT_OPSET, quiet
 from ..layers import resolve_layer
+from ..runtime.explainer import cuda_provider
 from .configs import BenchConfig
 
 __all__ = ["as_map", "contestants", "export_logits_onnx", "normalized", "ort_runner", "ort_session"]
@@ -46,7 +47,7 @@ def ort_session(path: Path, threads: int, spinning: bool, device: torch.device):
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if device.type == "cuda":
-        providers = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+        providers = [cuda_provider(device.index or 0), "CPUExecutionProvider"]  # float32 math, as our runtime
     else:
         providers = ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

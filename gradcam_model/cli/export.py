@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import _common as common
+from ._progress import stage
 
 __all__ = ["register", "run"]
 
@@ -100,25 +101,27 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
     from ..wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
 
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
-    common.status(f"building the Grad-CAM graph at {args.target_layer!r}")
-    wrapper = GradCAMModel(
-        model,
-        args.target_layer,
-        method=method,
-        example_input=example,
-        top_k=args.top_k,
-        class_input=args.class_input,
-        class_names=class_names,
-        mean=args.mean or IMAGENET_MEAN,
-        std=args.std or IMAGENET_STD,
-        architecture=args.arch,
-    )
+    with stage(f"building the Grad-CAM graph at {args.target_layer!r}", verbose=args.verbose):
+        wrapper = GradCAMModel(
+            model,
+            args.target_layer,
+            method=method,
+            example_input=example,
+            top_k=args.top_k,
+            class_input=args.class_input,
+            class_names=class_names,
+            mean=args.mean or IMAGENET_MEAN,
+            std=args.std or IMAGENET_STD,
+            architecture=args.arch,
+        )
     explains = "class input" if wrapper.class_input else f"top-{wrapper.top_k}"
     size = "dynamic" if wrapper.dynamic_spatial else "fixed {}x{}".format(*wrapper.input_size)
     print(
         f"built {args.arch} {wrapper.method} at {wrapper.target_layer!r}: {wrapper.num_classes} classes, "
         f"{explains}, {size} input size ({wrapper.build_seconds:.1f} s)"
     )
+    if wrapper.fixed_size_reason:
+        print("height/width fixed at {}x{}: {}".format(*wrapper.input_size, wrapper.fixed_size_reason))
     return wrapper
 
 
@@ -128,17 +131,18 @@ def _export_and_validate(args: argparse.Namespace, wrapper, model, fmt: str, pat
     from ..parity import tolerance_for, validate
 
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "triton": export_onnx}
-    common.status(f"exporting {fmt}")
     started = time.perf_counter()
-    exporters[fmt](wrapper, path, overwrite=args.overwrite)
+    with stage(f"exporting {fmt}", verbose=args.verbose):
+        exporters[fmt](wrapper, path, overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
-    common.status(f"validating {path.name}")
     kind = "onnx" if fmt == "triton" else fmt
     tolerance = tolerance_for(
         kind, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor
     )
-    report = validate(path, model, tolerance=tolerance)
-    print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
+    started = time.perf_counter()
+    with stage(f"validating {path.name} against the eager model", verbose=args.verbose):
+        report = validate(path, model, tolerance=tolerance)
+    print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'} ({time.perf_counter() - started:.1f} s)")
     print(common.indent(report.table()))
     if fmt == "triton":
         from ..serving.triton import write_config

@@ -17,6 +17,7 @@ from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 from .onnx_passes import share_transposed_weights
+from .retrace import decompose_only_when_needed, prepare_graph
 
 __all__ = ["export_onnx", "DEFAULT_OPSET", "quiet"]
 
@@ -47,13 +48,36 @@ def dynamic_shapes(wrapper: GradCAMModel) -> dict:
     return shapes
 
 
+class _StepLog(io.TextIOBase):
+    """What torch.onnx prints, logged as it comes: its step lines at INFO (progress), the rest at DEBUG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._partial = ""  # print() writes its arguments, separators and the newline one call each
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            if line.startswith("[torch.onnx] "):
+                log.info("torch.onnx: %s", line.removeprefix("[torch.onnx] "))
+            elif line.strip():
+                log.debug("torch.onnx output: %s", line)
+        return len(text)
+
+    def close(self) -> None:
+        self.write("\n")  # a last line without its newline
+        super().close()
+
+
 @contextlib.contextmanager
 def quiet():
     """torch.onnx prints progress to stdout and warns about deprecations; keep the library silent."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+    with warnings.catch_warnings(), _StepLog() as sink, contextlib.redirect_stdout(sink):
         warnings.simplefilter("ignore")
-        yield sink
+        yield
 
 
 def export_onnx(
@@ -75,9 +99,10 @@ def export_onnx(
     args = example_inputs(wrapper)
     input_names = list(INPUT_NAMES[: len(args)])
     try:
-        with quiet() as printed, torch.inference_mode(False):
+        # torch.onnx's second re-trace changes nothing in our graph once in-place ops are gone: skip it
+        with quiet(), torch.inference_mode(False), decompose_only_when_needed():
             program = torch.onnx.export(
-                wrapper.graph,
+                prepare_graph(wrapper.graph),
                 args,
                 dynamo=True,
                 input_names=input_names,
@@ -86,9 +111,8 @@ def export_onnx(
                 dynamic_shapes=dynamic_shapes(wrapper),
                 external_data=False,
                 optimize=True,
-                verbose=False,
+                verbose=None,  # its step lines: logged by quiet() as they come, the progress of a long call
             )
-        log.debug("torch.onnx output:\n%s", printed.getvalue())
         proto = program.model_proto
     except Exception as exc:
         raise ExportError(

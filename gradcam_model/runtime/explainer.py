@@ -23,6 +23,8 @@ __all__ = [
     "Explainer",
     "OnnxExplainer",
     "TorchScriptExplainer",
+    "CUDA_PROVIDER_OPTIONS",
+    "cuda_provider",
     "default_providers",
     "load_explainer",
 ]
@@ -238,8 +240,21 @@ class OnnxExplainer(Explainer):
         return tuple(self.session.run(None, feeds))
 
 
-def default_providers() -> list[str]:
-    """CUDA when ORT has it and a GPU is usable, then CPU.
+# ONNX Runtime's CUDA provider runs float32 MatMul/Gemm and cuDNN convolutions in TF32
+# (10-bit mantissa) by default (`use_tf32` defaults to 1). The gradient inside our graph goes
+# through ReLU masks and a min-max normalization: TF32 moved TorchScript's maps by up to 0.999
+# on an H200 (docs/benchmarks-gpu.md), so our sessions ask for float32. (With `prefer_nhwc=1`
+# cuDNN's graph API ignores this option: keep that off, or set NVIDIA_TF32_OVERRIDE=0.)
+CUDA_PROVIDER_OPTIONS: dict[str, str] = {"use_tf32": "0"}
+
+
+def cuda_provider(device_id: int = 0) -> tuple[str, dict[str, str]]:
+    """ONNX Runtime's CUDA provider with our options (float32 math: no TF32) on GPU ``device_id``."""
+    return "CUDAExecutionProvider", {"device_id": str(device_id), **CUDA_PROVIDER_OPTIONS}
+
+
+def default_providers() -> list[str | tuple[str, dict[str, str]]]:
+    """CUDA (float32 math, see :data:`CUDA_PROVIDER_OPTIONS`) when ORT has it and a GPU is usable, then CPU.
 
     onnxruntime-gpu lists the CUDA provider even on machines without a GPU or CUDA
     driver, and a session asked to use it there prints error lines before falling
@@ -248,9 +263,9 @@ def default_providers() -> list[str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    providers = []
+    providers: list[str | tuple[str, dict[str, str]]] = []
     if "CUDAExecutionProvider" in available and cuda_device_count() > 0:
-        providers.append("CUDAExecutionProvider")
+        providers.append(cuda_provider())
     providers.append("CPUExecutionProvider")
     return providers
 
