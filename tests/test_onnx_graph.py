@@ -55,6 +55,20 @@ def test_onnx_runtime_folds_no_copy_at_load(mlp_head, tmp_path):
     assert loaded == stored
 
 
+def test_onnx_runtime_prepacks_an_inner_weight_once(mlp_head, tmp_path):
+    """ORT's CPU products pre-pack a constant operand B per node and keep the weight while
+    another node reads it: the forward alone reads an inner Linear's weight as B."""
+    _, path = mlp_head
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    (inner,) = [name for name, w in _weights(optimized).items() if w.size == 512 * 256]
+    products = [n for n in optimized.graph.node if n.op_type in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul")]
+    assert [n.input[1] for n in products].count(inner) == 1
+    assert [n.input[0] for n in products].count(inner) == 2  # each explained class's gradient reads it as A
+
+
 def test_the_rewritten_graph_keeps_parity(mlp_head):
     model, path = mlp_head
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))
