@@ -29,6 +29,8 @@ __all__ = ["share_transposed_weights", "weight_as_operand_a"]
 
 log = logging.getLogger(__name__)
 
+_PRODUCTS = ("Gemm", "MatMul")
+
 
 def share_transposed_weights(proto) -> int:
     """Rewrite ``proto`` in place so that no 2-D weight is also stored (or computed) transposed.
@@ -47,9 +49,13 @@ def share_transposed_weights(proto) -> int:
     by_content = {(a.shape, a.dtype.str, a.tobytes()): name for name, a in arrays.items()}
     # name -> the weight it is the transpose of: stored copies, and Transpose nodes of a weight
     transposed_of: dict[str, str] = {}
+    # a copy read by anything but a product's operand B (a Gather of rows) cannot be dropped
+    pinned = {
+        name for n in graph.node for i, name in enumerate(n.input) if n.op_type not in ("Gemm", "MatMul") or i != 1
+    }
     for name, array in arrays.items():
         twin = by_content.get((array.T.shape, array.dtype.str, np.ascontiguousarray(array.T).tobytes()))
-        if twin is not None and twin != name and twin not in transposed_of:
+        if twin is not None and twin != name and twin not in transposed_of and name not in pinned:
             transposed_of[name] = twin
     for node in graph.node:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
@@ -82,36 +88,46 @@ def weight_as_operand_a(graph) -> int:
     """Leave each 2-D weight as operand B of one product; ``Gemm(X, W, transB=1)`` elsewhere
     becomes ``Transpose(MatMul(W, Transpose(X)))``, the same product with the weight as A.
 
-    Only plain products are rewritten (no bias, ``alpha`` 1, ``transA`` 0): the gradient's
-    ``g @ W``. The first product in graph order (the forward) keeps ``W`` as B. Products
-    that read ``W`` untransposed stay too: as A they would read it transposed, the slow way.
+    The first product in graph order (the forward) keeps ``W`` as B, unless a node other
+    than a product reads ``W`` (then ORT keeps the initializer anyway and no product
+    should pre-pack a second copy). Products that read ``W`` untransposed stay: as A they
+    would read it transposed, the slow way. ``alpha`` must be 1 (and ``beta``, with a bias).
     Returns the number of products rewritten.
     """
     import onnx
 
     weights = {i.name for i in graph.initializer if len(i.dims) == 2}
     readers: dict[str, list] = {}
+    other_readers: set[str] = set()
     for node in graph.node:
-        if node.op_type in ("Gemm", "MatMul") and len(node.input) >= 2 and node.input[1] in weights:
-            readers.setdefault(node.input[1], []).append(node)
+        for i, name in enumerate(node.input):
+            if name in weights and node.op_type in _PRODUCTS and i == 1:
+                readers.setdefault(name, []).append(node)
+            elif name in weights:
+                other_readers.add(name)
     rewritten = 0
     for weight, nodes in readers.items():
-        if len(nodes) < 2:
+        if len(nodes) < 2 and weight not in other_readers:
             continue
-        kept = nodes[0]  # graph order: the forward's product, before any gradient
+        # the forward's product (first in graph order) keeps W as B, unless ORT keeps the
+        # initializer for another reader anyway (the head's Gather of rows): then none does
+        kept = nodes[0] if weight not in other_readers else None
         for node in nodes:
-            plain = len(node.input) == 2 or not node.input[2]
-            if node is kept or node.op_type != "Gemm" or not plain or _attr(node, "transA", 0):
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if node is kept or node.op_type != "Gemm" or _attr(node, "transA", 0) or not _attr(node, "transB", 0):
                 continue
-            if not _attr(node, "transB", 0) or _attr(node, "alpha", 1.0) != 1.0:
+            if _attr(node, "alpha", 1.0) != 1.0 or (bias and _attr(node, "beta", 1.0) != 1.0):
                 continue
             x, (out,) = node.input[0], node.output
             stem = f"{out}__weight_as_a"
+            product = f"{stem}_p" if bias else out
             replacement = [
                 onnx.helper.make_node("Transpose", [x], [f"{stem}_xt"], perm=[1, 0], name=f"{stem}_xt"),
                 onnx.helper.make_node("MatMul", [weight, f"{stem}_xt"], [f"{stem}_t"], name=f"{stem}_mm"),
-                onnx.helper.make_node("Transpose", [f"{stem}_t"], [out], perm=[1, 0], name=f"{stem}_t"),
+                onnx.helper.make_node("Transpose", [f"{stem}_t"], [product], perm=[1, 0], name=f"{stem}_t"),
             ]
+            if bias:
+                replacement.append(onnx.helper.make_node("Add", [product, bias], [out], name=f"{stem}_bias"))
             index = list(graph.node).index(node)
             graph.node.remove(node)
             for offset, new in enumerate(replacement):
