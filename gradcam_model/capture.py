@@ -73,7 +73,7 @@ def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, name
 
     def explain(tensors, image, class_index):
         state = dict(zip(names, tensors, strict=True))
-        with _ExportableForward():
+        with _ExportableForward() as forward:
             logits, activations = _forward_with_leaf(
                 lambda x: torch.func.functional_call(model, state, (x,), strict=False),
                 layer,
@@ -81,7 +81,7 @@ def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, name
                 image,
                 spec.reshape,
             )
-        return cam_outputs(logits, activations, image, spec, class_index)
+        return cam_outputs(logits, activations, image, spec, class_index, head=forward.head_of(logits))
 
     if spec.class_input:
         return explain
@@ -96,9 +96,17 @@ class _ExportableForward(TorchFunctionMode):
     ``AsStridedBackward``, which functionalizes to ``as_strided_scatter``, an op
     torch.onnx cannot translate. The same mean without the restride has a plain
     backward. (Backward-side decompositions run after autograd and cannot help here.)
+
+    It also remembers the last ``linear`` call, so that :meth:`head_of` can tell whether
+    the logits are a Linear layer's output.
     """
 
     _POOLS = (torch._C._nn.adaptive_avg_pool2d, F.adaptive_avg_pool2d)
+    _LINEAR = (torch._C._nn.linear, F.linear)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last_linear: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -106,7 +114,20 @@ class _ExportableForward(TorchFunctionMode):
             size = args[1] if len(args) > 1 else kwargs.get("output_size")
             if size in (1, (1, 1), [1, 1]):
                 return args[0].mean((-2, -1), keepdim=True)
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if func in self._LINEAR:
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            self._last_linear = (args[0], weight, result)
+        return result
+
+    def head_of(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(h, W)`` when ``logits`` is the very tensor the last ``linear(h, W, b)`` returned."""
+        if self._last_linear is None:
+            return None
+        features, weight, output = self._last_linear
+        if output is not logits or features.dim() != 2 or weight.requires_grad:
+            return None
+        return features, weight
 
 
 def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image: torch.Tensor, reshape=None):
@@ -154,8 +175,16 @@ def cam_outputs(
     image: torch.Tensor,
     spec: CaptureSpec,
     class_index: torch.Tensor | None = None,
+    *,
+    head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ):
-    """Class selection, one gradient per explained class, and the CAM maths (pure torch)."""
+    """Class selection, one gradient per explained class, and the CAM maths (pure torch).
+
+    ``head`` is ``(h, W)`` when the logits are ``h @ W^T + b``: the gradient of logit ``c``
+    with respect to ``h`` is then the row ``W[c]``, the same numbers as autograd's product
+    of a one-hot gradient with ``W`` but a gather of rows, which leaves ``W`` to the
+    forward's product alone (ONNX Runtime pre-packs such a product's weight once more).
+    """
     probabilities = torch.softmax(logits.detach(), dim=1)
     if spec.class_input:
         top = logits.detach().argmax(dim=1)
@@ -165,10 +194,13 @@ def cam_outputs(
     maps = []
     k_total = chosen.shape[1]
     for k in range(k_total):
-        with torch.enable_grad():  # samples are independent in eval mode: one backward per k
-            score = logits.gather(1, chosen[:, k : k + 1]).sum()
+        if head is not None:
+            output, seed = head[0], head[1].index_select(0, chosen[:, k])
+        else:
+            with torch.enable_grad():  # samples are independent in eval mode: one backward per k
+                output, seed = logits.gather(1, chosen[:, k : k + 1]).sum(), None
         try:
-            (grad,) = torch.autograd.grad(score, activations, retain_graph=k + 1 < k_total)
+            (grad,) = torch.autograd.grad(output, activations, seed, retain_graph=k + 1 < k_total)
         except RuntimeError as exc:
             raise LayerError(
                 "the target layer has no gradient path to the logits (the logits do not depend on it); "

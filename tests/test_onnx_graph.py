@@ -55,6 +55,25 @@ def test_onnx_runtime_folds_no_copy_at_load(mlp_head, tmp_path):
     assert loaded == stored
 
 
+def test_onnx_runtime_prepacks_each_weight_at_most_once(mlp_head, tmp_path):
+    """ORT's CPU products pre-pack a constant operand B per node and keep the weight while
+    another node reads it: the forward alone reads an inner Linear's weight as B; the head's
+    weight, whose rows the gradient gathers, is read as A by the forward too."""
+    _, path = mlp_head
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    weights = {w.size: name for name, w in _weights(optimized).items()}
+    inner, head = weights[512 * 256], weights[10 * 256]
+    products = [n for n in optimized.graph.node if n.op_type in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul")]
+    as_b, as_a = [n.input[1] for n in products], [n.input[0] for n in products]
+    assert (as_b.count(inner), as_a.count(inner)) == (1, 2)  # the forward; each explained class's gradient
+    assert (as_b.count(head), as_a.count(head)) == (0, 1)
+    gathers = [n for n in optimized.graph.node if n.op_type == "Gather" and n.input[0] == head]
+    assert len(gathers) == 2  # the rows W[c] of the two explained classes
+
+
 def test_the_rewritten_graph_keeps_parity(mlp_head):
     model, path = mlp_head
     images = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(3))

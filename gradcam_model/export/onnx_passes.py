@@ -1,4 +1,4 @@
-"""Graph passes on the exported ONNX model: one copy of every weight.
+"""Graph passes on the exported ONNX model: one copy of every weight, in the file and in ONNX Runtime.
 
 A Linear layer between the target layer and the logits uses its weight twice: the
 forward multiplies by ``W^T`` and the gradient by ``W``. torch.onnx folds transposes of
@@ -7,12 +7,16 @@ remaining ``Transpose(W)`` into another copy at load. ``Gemm`` reads its second 
 transposed for free (``transB``), so every product with a transposed copy becomes a
 ``Gemm`` on the one weight kept, identical copies are merged, and the copies go.
 
-Not fixed here (measured, VGG19 at 128 px): ONNX Runtime's CPU kernels pre-pack the
-constant operand B of every Gemm/MatMul into a private buffer per node and keep the
-initializer while another node reads it, so a weight read by the forward and by the
-gradient is held three times (load 1107 MB vs 705 MB logits-only; with the session
-option ``session.disable_prepacking`` 668 vs 666 MB). Feeding such weights as operand A
-instead did not help: ORT's Gemm/Transpose fusions move them back.
+Then the copies ONNX Runtime makes itself: its CPU ``Gemm``/``MatMul`` kernels pre-pack a
+constant operand B into a private buffer per node and keep the initializer while another
+node reads it, so a weight that the forward and the gradient both read as B was held
+three times (VGG19 at 128 px: load 1499 MB vs 1042 MB logits-only). Operand A is never
+pre-packed, so every further product of the weight is computed transposed with the
+weight as A, ``(W @ X^T)^T``: the weight's rows, the orientation a skinny product reads
+at memory speed. The forward keeps its pre-packed B, and ONNX Runtime holds the packed
+copy plus the initializer (see :func:`weight_as_operand_a`). Feeding the forward's weight
+as A too was measured and dropped: its product runs across the weight's rows, 3x slower
+unpacked, and as ``Gemm`` ORT's transpose fusions move the weight back to B.
 """
 
 from __future__ import annotations
@@ -21,15 +25,19 @@ import logging
 
 import numpy as np
 
-__all__ = ["share_transposed_weights"]
+__all__ = ["share_transposed_weights", "weight_as_operand_a"]
 
 log = logging.getLogger(__name__)
+
+_PRODUCTS = ("Gemm", "MatMul")
 
 
 def share_transposed_weights(proto) -> int:
     """Rewrite ``proto`` in place so that no 2-D weight is also stored (or computed) transposed.
 
-    Identical initializers are merged first. Returns the bytes of transposed copies removed.
+    Identical initializers are merged first, and weights read by several products are
+    then read as operand B once (:func:`weight_as_operand_a`). Returns the bytes of
+    transposed copies removed.
     """
     import onnx
     from onnx import numpy_helper
@@ -41,15 +49,20 @@ def share_transposed_weights(proto) -> int:
     by_content = {(a.shape, a.dtype.str, a.tobytes()): name for name, a in arrays.items()}
     # name -> the weight it is the transpose of: stored copies, and Transpose nodes of a weight
     transposed_of: dict[str, str] = {}
+    # a copy read by anything but a product's operand B (a Gather of rows) cannot be dropped
+    pinned = {
+        name for n in graph.node for i, name in enumerate(n.input) if n.op_type not in ("Gemm", "MatMul") or i != 1
+    }
     for name, array in arrays.items():
         twin = by_content.get((array.T.shape, array.dtype.str, np.ascontiguousarray(array.T).tobytes()))
-        if twin is not None and twin != name and twin not in transposed_of:
+        if twin is not None and twin != name and twin not in transposed_of and name not in pinned:
             transposed_of[name] = twin
     for node in graph.node:
         perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
         if node.op_type == "Transpose" and node.input[0] in weights and perm == [1, 0]:
             transposed_of[node.output[0]] = node.input[0]
     if not transposed_of:
+        weight_as_operand_a(graph)
         return 0
     ranks = _ranks(onnx.shape_inference.infer_shapes(proto))
     for node in graph.node:
@@ -66,7 +79,70 @@ def share_transposed_weights(proto) -> int:
         else:
             continue
         node.input[1] = original
-    return _drop_unused(graph, weights)
+    freed = _drop_unused(graph, weights)
+    weight_as_operand_a(graph)
+    return freed
+
+
+def weight_as_operand_a(graph) -> int:
+    """Leave each 2-D weight as operand B of one product; ``Gemm(X, W, transB=1)`` elsewhere
+    becomes ``Transpose(MatMul(W, Transpose(X)))``, the same product with the weight as A.
+
+    The first product in graph order (the forward) keeps ``W`` as B, unless a node other
+    than a product reads ``W`` (then ORT keeps the initializer anyway and no product
+    should pre-pack a second copy). Products that read ``W`` untransposed stay: as A they
+    would read it transposed, the slow way. ``alpha`` must be 1 (and ``beta``, with a bias).
+    Returns the number of products rewritten.
+    """
+    import onnx
+
+    weights = {i.name for i in graph.initializer if len(i.dims) == 2}
+    readers: dict[str, list] = {}
+    other_readers: set[str] = set()
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in weights and node.op_type in _PRODUCTS and i == 1:
+                readers.setdefault(name, []).append(node)
+            elif name in weights:
+                other_readers.add(name)
+    rewritten = 0
+    for weight, nodes in readers.items():
+        if len(nodes) < 2 and weight not in other_readers:
+            continue
+        # the forward's product (first in graph order) keeps W as B, unless ORT keeps the
+        # initializer for another reader anyway (the head's Gather of rows): then none does
+        kept = nodes[0] if weight not in other_readers else None
+        for node in nodes:
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            if node is kept or node.op_type != "Gemm" or _attr(node, "transA", 0) or not _attr(node, "transB", 0):
+                continue
+            if _attr(node, "alpha", 1.0) != 1.0 or (bias and _attr(node, "beta", 1.0) != 1.0):
+                continue
+            x, (out,) = node.input[0], node.output
+            stem = f"{out}__weight_as_a"
+            product = f"{stem}_p" if bias else out
+            replacement = [
+                onnx.helper.make_node("Transpose", [x], [f"{stem}_xt"], perm=[1, 0], name=f"{stem}_xt"),
+                onnx.helper.make_node("MatMul", [weight, f"{stem}_xt"], [f"{stem}_t"], name=f"{stem}_mm"),
+                onnx.helper.make_node("Transpose", [f"{stem}_t"], [product], perm=[1, 0], name=f"{stem}_t"),
+            ]
+            if bias:
+                replacement.append(onnx.helper.make_node("Add", [product, bias], [out], name=f"{stem}_bias"))
+            index = list(graph.node).index(node)
+            graph.node.remove(node)
+            for offset, new in enumerate(replacement):
+                graph.node.insert(index + offset, new)
+            rewritten += 1
+    if rewritten:
+        log.debug("%d products read their weight as operand A", rewritten)
+    return rewritten
+
+
+def _attr(node, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return attribute.f if attribute.type == attribute.FLOAT else attribute.i
+    return default
 
 
 def _merge_identical(graph, numpy_helper) -> None:
