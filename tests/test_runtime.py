@@ -343,8 +343,9 @@ def test_cuda_sessions_ask_for_float32_math(monkeypatch, artifacts):
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(explainer_module, "cuda_device_count", lambda: 1)
-    cuda = ("CUDAExecutionProvider", {"device_id": "0", "use_tf32": "0"})
+    cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})  # GPU 0 unnamed: naming it makes ORT >= 1.26 warn
     assert explainer_module.default_providers() == [cuda, "CPUExecutionProvider"]
+    assert explainer_module.cuda_provider(1) == ("CUDAExecutionProvider", {"device_id": "1", "use_tf32": "0"})
     asked = []
 
     def session(path, sess_options=None, providers=None):  # what the explainer hands to ONNX Runtime

@@ -242,15 +242,21 @@ class OnnxExplainer(Explainer):
 
 # ONNX Runtime's CUDA provider runs float32 MatMul/Gemm and cuDNN convolutions in TF32
 # (10-bit mantissa) by default (`use_tf32` defaults to 1). The gradient inside our graph goes
-# through ReLU masks and a min-max normalization: TF32 moved TorchScript's maps by up to 0.999
-# on an H200 (docs/benchmarks-gpu.md), so our sessions ask for float32. (With `prefer_nhwc=1`
+# through ReLU masks and a min-max normalization: TF32 moved ORT CUDA's maps by up to 0.97 and
+# flipped classes on an H100 (TorchScript's by up to 0.999 on an H200; docs/benchmarks-gpu.md),
+# so our sessions ask for float32. (With `prefer_nhwc=1`
 # cuDNN's graph API ignores this option: keep that off, or set NVIDIA_TF32_OVERRIDE=0.)
 CUDA_PROVIDER_OPTIONS: dict[str, str] = {"use_tf32": "0"}
 
 
 def cuda_provider(device_id: int = 0) -> tuple[str, dict[str, str]]:
     """ONNX Runtime's CUDA provider with our options (float32 math: no TF32) on GPU ``device_id``."""
-    return "CUDAExecutionProvider", {"device_id": str(device_id), **CUDA_PROVIDER_OPTIONS}
+    # Since ONNX Runtime 1.26 an explicit `device_id` makes session creation first look for a
+    # registered *plugin* EP device, and warn "No registered plugin EP device found for
+    # 'CUDAExecutionProvider' with device_id=0" before using the built-in provider (seen with
+    # onnxruntime-gpu 1.31.1 on an H100; onnxruntime_pybind_state.cc, CreateExecutionProviderFactoryInstance).
+    # GPU 0 is the provider's default, so name the device only when it is another one.
+    return "CUDAExecutionProvider", {**({"device_id": str(device_id)} if device_id else {}), **CUDA_PROVIDER_OPTIONS}
 
 
 def default_providers() -> list[str | tuple[str, dict[str, str]]]:
