@@ -287,6 +287,29 @@ def test_onnx_export_skips_torch_onnx_retrace_when_nothing_needs_decomposing(tmp
     _compare(load_explainer(path, providers=["CPUExecutionProvider"]), model, images)
 
 
+def test_identity_nodes_alone_do_not_cost_a_retrace(tmp_path, caplog):
+    """VGG's AdaptiveAvgPool2d(7) on a smaller map: its gradient's constants (``detach_``) and the
+    pooling decomposition's same-dtype ``aten.to`` used to send the whole program through torch.onnx's
+    re-trace; they pass values through, so they are dropped and the re-trace is skipped."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.AdaptiveAvgPool2d(7),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4 * 49, 3),
+    ).eval()
+    wrapper = GradCAMModel(model, "1", example_input=torch.randn(2, 3, 8, 8))
+    with caplog.at_level("DEBUG", logger="gradcam_model.export.retrace"):
+        path = export_onnx(wrapper, tmp_path / "pool.onnx")
+    dropped = [m for m in caplog.messages if "identity node(s) dropped" in m]
+    assert dropped, caplog.messages  # the model has the nodes this test is about
+    assert "torch.onnx: nothing to decompose, no re-trace" in caplog.messages
+    images = torch.randn(3, 3, 8, 8)
+    _compare(load_explainer(path, providers=["CPUExecutionProvider"]), model, images)
+
+
 def _writes_first_argument(node) -> bool:
     schema = getattr(node.target, "_schema", None)
     alias = schema.arguments[0].alias_info if schema is not None and schema.arguments else None

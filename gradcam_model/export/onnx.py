@@ -125,18 +125,28 @@ def export_onnx(
     for key, value in meta.to_props().items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"gradcam_model artifact: {meta.architecture} {meta.method} at {meta.target_layer}"
-    if proto.ByteSize() > _PROTOBUF_LIMIT:
+    data = _serialize(proto)  # once: the size check, onnx.checker and the file all read these bytes
+    try:
+        onnx.checker.check_model(data)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the exported ONNX graph fails onnx.checker: {exc}") from exc
+    write_bytes_atomic(target, data, overwrite=overwrite)
+    log.info("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
+    return target
+
+
+def _serialize(proto) -> bytes:
+    """The model's bytes, or an ExportError past protobuf's 2 GiB limit for one message."""
+    try:
+        data = proto.SerializeToString()
+    except ValueError:  # some protobuf builds refuse to encode a message past 2 GiB
+        data = None
+    if data is None or len(data) > _PROTOBUF_LIMIT:
         raise ExportError(
             f"the ONNX graph is {proto.ByteSize() / 2**30:.1f} GiB, over protobuf's 2 GiB single-file limit; "
             "use export_torchscript for this model"
         )
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported ONNX graph fails onnx.checker: {exc}") from exc
-    write_bytes_atomic(target, proto.SerializeToString(), overwrite=overwrite)
-    log.info("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)
-    return target
+    return data
 
 
 def _name_dynamic_axes(proto, input_names) -> None:

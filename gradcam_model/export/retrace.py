@@ -112,6 +112,36 @@ _REMOVED_LATER = {
 }
 
 
+def _drop_identities(program) -> None:
+    """Remove the nodes of ``program`` that pass their input through unchanged and that torch.onnx
+    would re-trace the whole program to lower: ``detach_`` (a constant made by ``torch.tensor``
+    inside a traced function) and ``aten.to.dtype`` to the dtype the tensor already has
+    (torch's adaptive-pooling decomposition). Seen on VGG19 at 128 px, where they alone
+    cost a full re-trace (about 7 of the export's 17 s)."""
+    graph = program.graph
+    dropped = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not isinstance(node.args[0] if node.args else None, fx.Node):
+            continue
+        source = node.args[0]
+        value, before = node.meta.get("val"), source.meta.get("val")
+        if node.target is torch.ops.aten.detach_.default:
+            pass
+        elif node.target is torch.ops.aten.to.dtype and not node.kwargs and len(node.args) == 2:
+            if not (isinstance(value, torch.Tensor) and isinstance(before, torch.Tensor)):
+                continue
+            if before.dtype != node.args[1] or value.dtype != before.dtype:
+                continue
+        else:
+            continue
+        node.replace_all_uses_with(source)
+        graph.erase_node(node)
+        dropped += 1
+    if dropped:
+        program.graph_module.recompile()
+        log.debug("before torch.onnx's decomposition: %d identity node(s) dropped", dropped)
+
+
 @contextlib.contextmanager
 def decompose_only_when_needed():
     """Within: torch.onnx re-traces a program through its decomposition table only when it holds an op of it.
@@ -136,6 +166,7 @@ def decompose_only_when_needed():
         # skip only when the translation has a function for every op as it stands: training-IR
         # programs can also hold composite ops (aten.to) that only the re-trace lowers
         translatable = set(_decomp.get_onnx_implemented_overloads(registry)) | _REMOVED_LATER
+        _drop_identities(program)
         ops = sorted(
             {
                 str(n.target)
