@@ -64,7 +64,9 @@ def _method(result: BenchResult) -> list[str]:
         "BatchNorm statistics calibrated on random batches so activations stay O(1). efficientnet_lite0 "
         "comes from timm.",
         "- **ORT logits-only** is the floor: the plain model exported with `torch.onnx.export(dynamo=True)`, "
-        "dynamic batch, same opset, run by ONNX Runtime with the same session options as our artifact.",
+        "same opset and the same dynamic axes as our artifact (the batch, and height/width where the "
+        "artifact has them: they change ONNX Runtime's memory planning), run by ONNX Runtime with the "
+        "same session options.",
         "- pytorch-grad-cam gets its own copy of the model (its hooks stay registered). Captum is handed the "
         "top class computed outside the timed region, which can only flatter it; its maps are ReLU'd "
         "(`relu_attributions=True`) and upsampled with `LayerAttribution.interpolate(..., 'bilinear')`.",

@@ -84,7 +84,9 @@ def _build_and_export(config: BenchConfig, model: nn.Module, example: torch.Tens
     writers = {
         "onnx": lambda: export_onnx(wrapper, paths["onnx"], overwrite=True),
         "torchscript": lambda: export_torchscript(wrapper, paths["torchscript"], overwrite=True),
-        "onnx_logits": lambda: export_logits_onnx(model, example, paths["onnx_logits"]),
+        "onnx_logits": lambda: export_logits_onnx(
+            model, example, paths["onnx_logits"], dynamic_spatial=wrapper.dynamic_spatial
+        ),
     }
     export_s = {}
     for key, write in writers.items():
