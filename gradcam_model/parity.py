@@ -183,6 +183,13 @@ def validate(
     batches = _batches(meta, batch_sizes, inputs, gen)
     tally = _Tally()
     for index, image in enumerate(batches):
+        # a step line per batch: `gradcam export` shows the latest one beside its running clock
+        log.info(
+            "validation batch %d/%d %s: artifact, float32 and float64 references",
+            index + 1,
+            len(batches),
+            "x".join(map(str, image.shape)),
+        )
         _compare(explainer, model, model64, image, gen, tally, tol, index)
     report = ParityReport(
         artifact=str(explainer.path),
@@ -206,6 +213,7 @@ def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
     for batch in beyond:
         failing = [n for n, e in batch.errors.items() if e > cam.limit]
         if failing:
+            log.info("%d map(s) of batch %d beyond the limit: looking for mask flips", len(failing), batch.index + 1)
             report.maps += diagnose(
                 batch.rerun, batch.calls32, batch.calls64, batch.want, batch.got, failing, cam.limit, batch=batch.index
             )
@@ -284,6 +292,7 @@ def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -
     """
     differ = disagreements(calls32, calls64, samples)
     if differ and tol.noise_factor > 0:
+        log.info("float32 and float64 masks differ: float32 reference again with float64's masks")
         want = rerun(list(range(len(want))), differ)
     return float(max(np.abs(want[n].astype(np.float64) - want64[n]).max() for n in samples))
 

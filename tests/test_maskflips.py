@@ -99,9 +99,15 @@ def flipped():
     return reference, artifact, image, (int(c), int(i), int(j)), near
 
 
-def test_validate_explains_a_flipped_relu_mask(flipped):
+def test_validate_explains_a_flipped_relu_mask(flipped, caplog):
     reference, artifact, image, element, near = flipped
-    report = validate(EagerArtifact(artifact), reference, inputs=image, batch_sizes=())
+    with caplog.at_level("INFO", logger="gradcam_model.parity"):
+        report = validate(EagerArtifact(artifact), reference, inputs=image, batch_sizes=())
+    # its steps, which `gradcam export` shows as the progress of a long validation
+    assert [m for m in caplog.messages if not m.startswith("parity of")] == [
+        "validation batch 1/1 2x3x64x64: artifact, float32 and float64 references",
+        "1 map(s) of batch 1 beyond the limit: looking for mask flips",
+    ]
     cam = report.outputs["cam"]
     assert cam.max_abs > 1e-3  # the flip moves the map far beyond the plain tolerance...
     assert (cam.verdict, cam.ok, report.ok) == ("explained", True, True)
