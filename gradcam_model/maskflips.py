@@ -136,7 +136,7 @@ class _Gates(TorchFunctionMode):
             return out
         flip = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
         for n, i in elements:
-            if n < len(x):  # reference_cam first runs the first image alone, to list the layers
+            if n < len(x):  # reference_cam may first run the first image alone (to count classes)
                 flip[n].view(-1)[i] = True
         nearest = _nearest(x.detach(), breakpoints)
         other = torch.where(

@@ -7,6 +7,7 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -18,7 +19,7 @@ from .errors import ParityError
 from .maskflips import Chosen, MapDiagnosis, Rerun, diagnose, disagreements, traced
 from .runtime.explainer import Explainer, load_explainer
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
-from .wrapper import reference_cam
+from .wrapper import reference_cam, reference_reshape
 
 __all__ = [
     "Tolerance",
@@ -181,6 +182,7 @@ def validate(
     gen = torch.Generator().manual_seed(seed)
     model64 = copy.deepcopy(model).double()
     batches = _batches(meta, batch_sizes, inputs, gen)
+    reshapes: dict[tuple[int, ...], Callable] = {}  # per image size: the layer probe runs once, not per reference
     tally = _Tally()
     for index, image in enumerate(batches):
         # a step line per batch: `gradcam export` shows the latest one beside its running clock
@@ -190,7 +192,10 @@ def validate(
             len(batches),
             "x".join(map(str, image.shape)),
         )
-        _compare(explainer, model, model64, image, gen, tally, tol, index)
+        size = tuple(image.shape[2:])
+        if size not in reshapes:
+            reshapes[size] = reference_reshape(model, meta.target_layer, image)
+        _compare(explainer, model, model64, image, gen, tally, tol, index, reshapes[size])
     report = ParityReport(
         artifact=str(explainer.path),
         format=meta.format,
@@ -234,7 +239,7 @@ def _batches(meta, batch_sizes, inputs, gen) -> list[torch.Tensor]:
     return batches
 
 
-def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Tolerance, index: int) -> None:
+def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Tolerance, index: int, reshape) -> None:
     """Run one batch through the artifact and both references; fold the differences into ``tally``."""
     meta = explainer.metadata
     device = next(model.parameters()).device
@@ -243,11 +248,10 @@ def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Toleranc
         classes = torch.randint(-1, meta.num_classes, (image.shape[0],), generator=gen)
         classes[0] = -1
     got = explainer(image, None if classes is None else classes.numpy()).outputs()
-    run32 = functools.partial(_reference, model, meta, image, classes, device, torch.float32)
+    run32 = functools.partial(_reference, model, meta, image, classes, device, torch.float32, reshape)
     want, calls32 = traced(run32, model, meta.target_layer)
-    want64, calls64 = traced(
-        functools.partial(_reference, model64, meta, image, classes, device, torch.float64), model64, meta.target_layer
-    )
+    run64 = functools.partial(_reference, model64, meta, image, classes, device, torch.float64, reshape)
+    want64, calls64 = traced(run64, model64, meta.target_layer)
     stable = (want[2] == want64[2]).all(axis=1)  # near ties flip between float32 and float64
     same = (got[2] == want[2]).all(axis=1) & stable
     tally.ties += int((~stable).sum())
@@ -270,7 +274,7 @@ def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Toleranc
         """float32 maps of the batch of samples ``rows`` with ``chosen`` (by row) flipped."""
         take = torch.tensor(rows)
         subset = None if classes is None else classes[take]
-        run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32)
+        run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32, reshape)
         return traced(run, model, meta.target_layer, chosen)[0][4]
 
     samples = [int(n) for n in np.flatnonzero(same)]
@@ -318,7 +322,7 @@ def _output_diffs(tally: _Tally, tol: Tolerance) -> dict[str, OutputDiff]:
     return diffs
 
 
-def _reference(net, meta, image, classes, device, dtype) -> list[np.ndarray]:
+def _reference(net, meta, image, classes, device, dtype, reshape) -> list[np.ndarray]:
     outputs = reference_cam(
         net,
         meta.target_layer,
@@ -329,6 +333,7 @@ def _reference(net, meta, image, classes, device, dtype) -> list[np.ndarray]:
         upsample=meta.upsample,
         normalize=meta.normalize,
         return_all=True,
+        reshape=reshape,
     )
     return [o.cpu().numpy() for o in outputs]
 

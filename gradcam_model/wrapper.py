@@ -334,6 +334,23 @@ def _layer_and_layout(model, target_layer, infos, reshape):
     return info.name, info.layout
 
 
+def reference_reshape(
+    model: nn.Module, target_layer: str, image: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The reshape that :func:`reference_cam`'s ``reshape="auto"`` finds for images of ``image``'s
+    size, to hand to many calls: each ``"auto"`` call probes the model's layers first (three
+    passes of one image; a third of a resnet50 validation). Refuses what ``"auto"`` refuses."""
+    _check_image(image, "image")
+    with torch.inference_mode(False), eval_state(model):
+        image = image[:1].clone()
+        _, layout = _layer_and_layout(model, target_layer, list_layers(model, image), "auto")
+    return layout if layout is not None else _unchanged
+
+
+def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 def _reference(model, layer, spec, image, class_index=None):
     logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
     return cam_outputs(logits, activations, image, spec, class_index)
