@@ -88,6 +88,7 @@ def test_exports_sizes_and_memory_are_recorded(quick_run):
     (config,) = quick_run["json"]["configs"]
     assert set(config["export_s"]) == set(config["artifact_bytes"]) == {"onnx", "torchscript", "onnx_logits"}
     assert all(v > 0 for v in config["export_s"].values()) and config["build_s"] > 0 and config["validate_s"] > 0
+    assert config["validation"] == "ok"  # the quick run's resnet18 artifact passes validate plainly
     export = config["export_s"]
     assert config["export_ratio"] == pytest.approx((config["build_s"] + export["onnx"]) / export["onnx_logits"])
     [target] = [t for t in config["targets"] if t["description"].startswith("(build + ONNX export)")]

@@ -160,19 +160,22 @@ def _export_table(result: BenchResult) -> list[str]:
         "",
         "*Build*: `GradCAMModel(...)` (layer probe, tracing of the forward pass and the gradient, the "
         "dynamic-size check); *ONNX export*: `export_onnx`; *validate*: `gradcam_model.validate` of the "
-        "ONNX artifact against the eager model (what `gradcam export` runs after each export); *logits "
+        "ONNX artifact against the eager model (what `gradcam export` runs after each export), with its "
+        "verdict on the maps (*ok*; *explained*: off by ReLU-mask elements within float32 rounding of zero; "
+        "*FAIL*: `gradcam export` would exit 1); *logits "
         "export*: plain `torch.onnx.export(dynamo=True)` of the same model, logits only. "
         f"*Ratio*: {EXPORT_RATIO}. One tiny untimed export of each kind runs first: torch.onnx's "
         "one-time start-up (imports, its operator registry) would otherwise fall on the first configuration.",
         "",
-        "| configuration | build s | ONNX export s | validate s | TorchScript export s | logits export s "
-        "| ratio | ONNX MB | TorchScript MB | logits ONNX MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| configuration | build s | ONNX export s | validate s | validation | TorchScript export s "
+        "| logits export s | ratio | ONNX MB | TorchScript MB | logits ONNX MB |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result.configs:
         b, e = r.artifact_bytes, r.export_s
         out.append(
-            f"| {r.config.name} | {r.build_s:.1f} | {e['onnx']:.1f} | {r.validate_s:.1f} | {e['torchscript']:.1f} "
+            f"| {r.config.name} | {r.build_s:.1f} | {e['onnx']:.1f} | {r.validate_s:.1f} | {r.validation} "
+            f"| {e['torchscript']:.1f} "
             f"| {e['onnx_logits']:.1f} | {r.export_ratio:.2f}x "
             f"| {b['onnx'] / 1e6:.1f} | {b['torchscript'] / 1e6:.1f} | {b['onnx_logits'] / 1e6:.1f} |"
         )

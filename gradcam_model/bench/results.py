@@ -85,6 +85,7 @@ class ConfigResult:
     export_s: dict[str, float]  # per artifact; "onnx_logits" is the plain logits-only export
     artifact_bytes: dict[str, int]
     validate_s: float  # gradcam_model.validate of the ONNX artifact against the eager model
+    validation: str = "ok"  # its verdict on the maps: ok, explained (mask flips), FAIL
     memory_mb: dict[str, dict[str, float]] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)
 
@@ -136,6 +137,7 @@ class ConfigResult:
             "build_s": self.build_s,
             "export_s": self.export_s,
             "validate_s": self.validate_s,
+            "validation": self.validation,
             "export_ratio": self.export_ratio,
             "artifact_bytes": self.artifact_bytes,
             "ort_memory_mb": self.memory_mb,
@@ -188,7 +190,7 @@ class BenchResult:
                 )
             lines.append(
                 f"  build {r.build_s:.1f} s, ONNX export {r.export_s['onnx']:.1f} s "
-                f"({r.artifact_bytes['onnx'] / 1e6:.1f} MB), validation {r.validate_s:.1f} s, "
+                f"({r.artifact_bytes['onnx'] / 1e6:.1f} MB), validation {r.validate_s:.1f} s ({r.validation}), "
                 f"TorchScript export {r.export_s['torchscript']:.1f} s "
                 f"({r.artifact_bytes['torchscript'] / 1e6:.1f} MB)"
             )

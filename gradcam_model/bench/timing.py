@@ -64,7 +64,8 @@ def time_interleaved(
 
 
 def _build_and_export(config: BenchConfig, model: nn.Module, example: torch.Tensor, workdir: Path):
-    """The wrapper, its build time, the three artifacts' paths, their export times and the ONNX validation time.
+    """The wrapper, its build time, the three artifacts' paths, their export times, and the ONNX validation's
+    time and verdict (``ok``, ``explained`` or ``FAIL``).
 
     The logits-only export is both a contestant's artifact and the yardstick of the
     export-time target: exported once, timed once.
@@ -104,7 +105,8 @@ def _build_and_export(config: BenchConfig, model: nn.Module, example: torch.Tens
         validate_s,
         "ok" if report.ok else "; ".join(report.failures()),
     )
-    return wrapper, build_s, paths, export_s, validate_s
+    verdict = "FAIL" if not report.ok else report.outputs["cam"].verdict
+    return wrapper, build_s, paths, export_s, (validate_s, verdict)
 
 
 def _warm_up_exporters(workdir: Path) -> None:
@@ -149,7 +151,7 @@ def bench_config(
     gen = torch.Generator().manual_seed(1)
     image = torch.randn(config.batch, 3, config.size, config.size, generator=gen)
     example = torch.randn(2, 3, config.size, config.size, generator=gen)
-    wrapper, build_s, paths, export_s, validate_s = _build_and_export(config, model, example, workdir)
+    wrapper, build_s, paths, export_s, (validate_s, verdict) = _build_and_export(config, model, example, workdir)
     sizes = {k: p.stat().st_size for k, p in paths.items()}
 
     # traced and exported on the CPU (artifacts are device-neutral), timed on `device`
@@ -167,7 +169,15 @@ def bench_config(
         for key, path_key in ((OURS, "onnx"), (FLOOR, "onnx_logits")):
             memory[key] = measure(paths[path_key], shape, threads, spinning, memory_runs)
     return ConfigResult(
-        config, timings, build_s, export_s, sizes, validate_s=validate_s, memory_mb=memory, parity=parity
+        config,
+        timings,
+        build_s,
+        export_s,
+        sizes,
+        validate_s=validate_s,
+        validation=verdict,
+        memory_mb=memory,
+        parity=parity,
     )
 
 
