@@ -70,6 +70,10 @@ def run(spec: dict) -> dict:
         results["dataset"] = _summary(summary)
         results["listeners_end"] = _listeners()
     results["ray_initialized_after"] = ray.is_initialized()
+    # `gradcam bench --ray`, smallest run: its own cluster, started after the one above is down
+    bench = ["bench", "--ray", "--artifact", artifact, "--images", "4", "--size", "64", "48", "--batch-size", "2",
+             "--config", "1x1", "--workdir", str(work / "bench"), "--json", str(work / "bench-ray.json")]  # fmt: skip
+    results["bench"] = _cli(bench)
     results["seconds"] = time.time() - results["started"]
     return results
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from gradcam_model.bench.pipeline import BEGIN, END, generate_jpegs, markdown, run_pipeline_bench, update_markdown
+from gradcam_model.bench.pipeline import BEGIN, END, markdown, run_pipeline_bench
+from gradcam_model.bench.report import update_section
+from gradcam_model.bench.sections import generate_jpegs
 from gradcam_model.cli import main
 
 
@@ -17,7 +19,7 @@ def test_small_run_and_markdown_section(artifacts, tmp_path):
 
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\ntail kept\n")
-    update_markdown(doc, section)
+    update_section(doc, section)
     text = doc.read_text()
     assert "old" not in text and text.count(BEGIN) == 1
     assert text.startswith("# Benchmarks\n\nkept\n") and text.endswith("\ntail kept\n")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from gradcam_model import export_onnx
-from gradcam_model.bench.pipeline import generate_jpegs
-from gradcam_model.bench_serve import BEGIN, END, markdown, run_serve_bench, section, update_markdown
+from gradcam_model.bench.report import marked_sections, update_section
+from gradcam_model.bench.sections import generate_jpegs
+from gradcam_model.bench.serve import BEGIN, END, markdown, run_serve_bench
 from gradcam_model.cli import main
 
 
@@ -25,9 +26,9 @@ def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
 
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\ntail kept\n")
-    update_markdown(doc, text)
+    update_section(doc, text)
     assert "old" not in doc.read_text() and doc.read_text().endswith("\ntail kept\n")
-    assert section(doc) == text
+    assert marked_sections(doc) == [text]
 
 
 def test_cli_help_is_the_serve_bench_parser(capsys):

@@ -176,8 +176,19 @@ def test_a_ray_dataset_input_keeps_its_order(ray_run):
     assert results["dataset"]["paths"] == expected and results["dataset"]["failures"] == 1
 
 
+def test_bench_ray_runs_end_to_end(ray_run):
+    bench = ray_run["results"]["bench"]
+    assert bench["rc"] == 0, bench["stderr"]
+    measured = json.loads((ray_run["work"] / "bench-ray.json").read_text())
+    assert (measured["images"], measured["batch_size"], list(measured["ray_s"])) == (4, 2, ["1 actor x 1 thread"])
+    assert measured["local_s"] > 0 and measured["ray_s"]["1 actor x 1 thread"] > 0
+    assert measured["actor_mb"]["1 actor x 1 thread"] > 0  # the actor reported its own peak memory
+    assert "| Ray, 1 actor x 1 thread |" in bench["stdout"]
+
+
 def test_bench_section_round_trip_and_help(tmp_path, capsys):
-    from gradcam_model.bench_ray import BEGIN, END, RayBenchResult, markdown, update_markdown
+    from gradcam_model.bench.ray_engine import BEGIN, END, RayBenchResult, markdown
+    from gradcam_model.bench.report import update_section
     from gradcam_model.cli import main
 
     result = RayBenchResult(images=8, size=(64, 48), batch_size=4, artifact="resnet18 gradcam at 'layer2'",
@@ -187,7 +198,7 @@ def test_bench_section_round_trip_and_help(tmp_path, capsys):
     assert section.startswith(BEGIN) and section.endswith(END) and "| 4.00 | 2.0 | 2.00 | 9.5 | 300 |" in section
     doc = tmp_path / "benchmarks.md"
     doc.write_text(f"# Benchmarks\n\nkept\n\n{BEGIN}\nold\n{END}\n\ntail kept\n")
-    update_markdown(doc, section)
+    update_section(doc, section)
     text = doc.read_text()
     assert "old" not in text and text.count(BEGIN) == 1 and text.endswith("\ntail kept\n")
     assert main(["bench", "--ray", "--help"]) == 0

@@ -25,12 +25,14 @@ model (exported once: it is also the floor's artifact); the target is
 (build + export) <= 3x that export.
 Peak memory of the two ONNX Runtime sessions is measured in a fresh interpreter
 each (:mod:`.memory`). :func:`run_benchmark` is the library entry; ``gradcam bench``
-is the command line (:mod:`.cli`; ``--pipeline``: :mod:`.pipeline`).
+is the command line (:mod:`.cli`).
 
 Modules: :mod:`.configs` (what to run), :mod:`.results` (what was measured),
 :mod:`.contestants` (who runs), :mod:`.timing` (how they are timed), :mod:`.memory`
 (the ONNX Runtime memory probe), :mod:`.machine` (device, cores, versions),
-:mod:`.report` (Markdown), :mod:`.cli` (options), :mod:`.pipeline` (the explain pipeline).
+:mod:`.report` (Markdown), :mod:`.cli` (options); the side benchmarks :mod:`.pipeline`
+(the explain pipeline), :mod:`.serve` (``gradcam serve`` under load) and
+:mod:`.ray_engine` (the Ray engine), with what they share in :mod:`.sections`.
 Importing this package does not import torch; the names below load their module on use.
 """
 

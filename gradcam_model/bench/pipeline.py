@@ -8,19 +8,19 @@ is exported first, which needs ``gradcam_model[export,demo]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["PipelineResult", "add_arguments", "generate_jpegs", "run", "run_pipeline_bench", "update_markdown"]
+from . import sections
+
+__all__ = ["PipelineResult", "add_arguments", "markdown", "run", "run_pipeline_bench"]
 
 BEGIN = "<!-- pipeline-bench -->"
 END = "<!-- /pipeline-bench -->"
@@ -60,46 +60,6 @@ class PipelineResult:
         for name, seconds in rows:
             lines.append(f"| {name} | {seconds:.2f} | {self.images / seconds:.1f} | {seconds / self.compute_s:.2f} |")
         return "\n".join(lines)
-
-
-def generate_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
-    """``count`` photo-like JPEGs (smooth colour fields plus noise), ``size`` = (width, height)."""
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    w, h = size
-    paths = []
-    for i in range(count):
-        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-        image = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
-        noise = rng.integers(-12, 13, (h, w, 3), dtype=np.int16)
-        image = np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8)
-        path = folder / f"img{i:05d}.jpg"
-        cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
-
-
-def _default_artifact(workdir: Path) -> Path:
-    """EfficientNet-Lite0 (ImageNet weights, offline) at ``bn2``, exported once into ``workdir``."""
-    path = workdir / "efficientnet_lite0.onnx"
-    if path.exists():
-        return path
-    import torch
-
-    from ..export import export_onnx
-    from ..models import efficientnet_lite0_imagenet, imagenet_class_names
-    from ..wrapper import GradCAMModel
-
-    wrapper = GradCAMModel(
-        efficientnet_lite0_imagenet(),
-        "bn2",
-        example_input=torch.zeros(1, 3, 224, 224),
-        class_names=imagenet_class_names(),
-        architecture="timm:efficientnet_lite0",
-    )
-    return export_onnx(wrapper, path)
 
 
 def _timed(fn) -> float:
@@ -222,17 +182,9 @@ def markdown(result: PipelineResult) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, section: str) -> None:
-    """Replace the pipeline section of ``path`` (or append it), leaving the rest as it was."""
-    from .report import update_section
-
-    update_section(path, section)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gradcam bench --pipeline`` options."""
-    parser.add_argument("--artifact", metavar="FILE", help="an .onnx artifact (default: export EfficientNet-Lite0)")
-    parser.add_argument("--images", type=int, default=256, metavar="N", help="generated JPEGs (default: 256)")
+    sections.add_input_arguments(parser, images=256)
     parser.add_argument("--size", nargs=2, type=int, default=(640, 480), metavar=("W", "H"), help="(default: 640 480)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per run (default: 8)")
     parser.add_argument("--workers", type=int, default=2, metavar="N", help="decode/encode threads (default: 2)")
@@ -241,18 +193,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--serve-venv", metavar="DIR", help="a venv with `pip install .` only: time --help there, compare venv sizes"
     )
-    parser.add_argument("--workdir", metavar="DIR", help="keep images, artifact and outputs in DIR")
-    parser.add_argument("--json", metavar="FILE", help="write the results as JSON")
-    parser.add_argument("--markdown", metavar="FILE", help="write the section into FILE (docs/benchmarks.md)")
+    sections.add_output_arguments(parser, kept="images, artifact and outputs")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gradcam bench --pipeline``; print the table; return 0."""
-    with tempfile.TemporaryDirectory(prefix="gradcam-bench-") as tmp:
-        workdir = Path(args.workdir) if args.workdir else Path(tmp)
-        workdir.mkdir(parents=True, exist_ok=True)
-        artifact = Path(args.artifact) if args.artifact else _default_artifact(workdir)
-        images = generate_jpegs(workdir / "images", args.images, tuple(args.size))
+    with sections.inputs(args, tuple(args.size), prefix="gradcam-bench-") as (workdir, artifact, images):
         result = run_pipeline_bench(
             artifact,
             images,
@@ -267,10 +213,5 @@ def run(args: argparse.Namespace) -> int:
     print(result.table())
     if result.help_s is not None:
         print(f"gradcam explain --help: {result.help_s:.2f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps(asdict(result), indent=2) + "\n")
-        print(f"wrote {args.json}")
-    if args.markdown:
-        update_markdown(Path(args.markdown), markdown(result))
-        print(f"wrote {args.markdown}")
+    sections.write(args, result, markdown(result))
     return 0

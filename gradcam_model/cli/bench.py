@@ -3,10 +3,11 @@
 Each section is a module with a first-line docstring, ``add_arguments(parser)`` and
 ``run(args) -> int``; importing it may import torch, so it is imported only when its
 section runs. A new section is one line in :data:`SECTIONS`, e.g.
-``("--serve", "gradcam_model.bench_serve", "a KServe server under load")``. A section
+``("--serve", "gradcam_model.bench.serve", "a KServe server under load")``. A section
 that writes a part of docs/benchmarks.md wraps it in ``<!-- NAME -->`` ... ``<!-- /NAME -->``
 (:func:`gradcam_model.bench.report.update_section`); plain ``gradcam bench --markdown``
-keeps such parts when it rewrites the file.
+keeps such parts when it rewrites the file. The side sections share their inputs and
+outputs through :mod:`gradcam_model.bench.sections`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ __all__ = ["SECTIONS", "parser_for", "register", "run"]
 SECTIONS: tuple[tuple[str | None, str, str], ...] = (
     (None, "gradcam_model.bench.cli", "time artifacts against pytorch-grad-cam and Captum"),
     ("--pipeline", "gradcam_model.bench.pipeline", "the explain pipeline"),
-    ("--serve", "gradcam_model.bench_serve", "the KServe server under load"),
-    ("--ray", "gradcam_model.bench_ray", "the Ray engine vs the local one"),
+    ("--serve", "gradcam_model.bench.serve", "the KServe server under load"),
+    ("--ray", "gradcam_model.bench.ray_engine", "the Ray engine vs the local one"),
 )
 _NEEDS = ("[export,bench]", ("torch", "torchvision", "onnx", "onnxscript"))  # the default section's
 
