@@ -176,14 +176,31 @@ def test_cli_build_side_needs_arch(compared, photos, tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_cli_randomize_check(compared, photos, tmp_path, capsys, monkeypatch):
-    from gradcam_model import evaluation, methods
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "gradcam"], "--methods applies to --compare-methods and --randomize-check"),
+        (["--compare-methods", "--methods", "gradcam,gradcmp"], "gradcmp"),
+        # a usage error: argparse's usage lines, then the message
+        (["--compare-methods", "--methods", "gradcam,"], "expected method names separated by commas"),
+    ],
+)
+def test_cli_methods_errors(compared, photos, tmp_path, capsys, extra, message):
+    _, result = compared
+    out = tmp_path / "out"
+    argv = ["evaluate", str(result.artifacts["gradcam"]), str(photos), "--out", str(out), "--arch", f"{__name__}:tiny"]
+    code = main([*argv, *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1], err
+    assert len(err) == 1 or err[0].startswith("usage: gradcam evaluate")
+    assert not out.exists()
 
-    # every method is what the CLI checks; two keep the test short (each is one graph to build)
-    monkeypatch.setattr(evaluation, "METHODS", {m: methods.METHODS[m] for m in ("gradcam", "layercam")})
+
+def test_cli_randomize_check(compared, photos, tmp_path, capsys):
     _, result = compared
     argv = ["evaluate", str(result.artifacts["gradcam"]), str(photos), "--out", str(tmp_path)]
-    code = main([*argv, "--arch", f"{__name__}:tiny", "--randomize-check"])
+    # two methods keep the test short (each is one graph to build); the default is every method
+    code = main([*argv, "--arch", f"{__name__}:tiny", "--randomize-check", "--methods", "gradcam, layercam"])
     report = json.loads((tmp_path / "randomization.json").read_text())
     assert report["target_layer"] == "features" and report["steps"][1]["layers"] == ["fc"]
     assert set(report["steps"][0]["mean_abs_rho"]) == {"gradcam", "layercam"}

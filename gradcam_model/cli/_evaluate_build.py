@@ -12,6 +12,7 @@ import torch
 
 from ..errors import GradCAMError
 from ..evaluation import build_wrappers, compare_methods
+from ..methods import get_method
 from . import _common as common
 from .validate import _reference_model
 
@@ -47,6 +48,7 @@ def run_build_side(args: argparse.Namespace, items) -> int:
             "--compare-methods and --randomize-check rebuild the model the artifact was exported from: "
             "pass --arch NAME (and --weights FILE)"
         )
+    methods = [get_method(m).name for m in args.methods] if args.methods else None  # unknown names: before any work
     meta = load_explainer(args.artifact, device="cpu").metadata
     out = common.output_dir(args.out)
     model = _reference_model(args, meta)
@@ -56,7 +58,7 @@ def run_build_side(args: argparse.Namespace, items) -> int:
     common.status("building one Grad-CAM graph per method")
     wrappers, refused = build_wrappers(
         model,
-        None,
+        methods,
         example_input=example,
         target_layer=args.target_layer or meta.target_layer,
         class_names=meta.class_names,

@@ -104,7 +104,21 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="model-randomization sanity check (Adebayo et al. 2018; build side: needs torch and the model)",
     )
+    p.add_argument(
+        "--methods",
+        type=_method_list,
+        metavar="M[,M...]",
+        help="the methods --compare-methods/--randomize-check build, comma-separated (default: every method)",
+    )
     p.set_defaults(handler=run)
+
+
+def _method_list(text: str) -> list[str]:
+    """``gradcam,layercam`` -> the names (checked against the methods on the build side, before building)."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected method names separated by commas, got {text!r}")
+    return names
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.boxes import load_inputs, read_boxes
     from ..runtime.inputs import resolve_class
 
+    if args.methods and not (args.compare_methods or args.randomize_check):
+        raise InputError("--methods applies to --compare-methods and --randomize-check")
     items = collect_images(args.inputs)
     out = common.output_dir(args.out)
     if args.compare_methods or args.randomize_check:
