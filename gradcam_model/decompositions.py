@@ -237,21 +237,41 @@ _SATURATE = 2.0**100  # any nonzero float32 gap times this is >= 1: a step from 
 
 def hardswish_backward(grad_output, self):
     # h'(x) = hardsigmoid(x) + x/6 inside (-3, 3): x/3 + 1/2 there, 0 from -3 down, 1 from
-    # 3 up (the eager kernel's values at the boundaries too). The indicator/6 is a
-    # clamp of (3 - |x|) * 2^100, exact: 3 - |x| is computed exactly near 3, and the
-    # smallest nonzero gap there, 2^-22, times 2^100 is far above 1/6. Clamping x to
-    # [-3, 3] keeps an infinite activation from turning 0 * inf into NaN. Unlike the
-    # kernel, a NaN activation gives NaN (the kernel passes the gradient) and an infinite
-    # gradient below -3 gives NaN (the kernel gives 0).
-    inside_sixth = torch.clamp((3.0 - self.abs()) * _SATURATE, 0.0, 1.0 / 6.0)
-    return grad_output * (F.hardsigmoid(self) + torch.clamp(self, -3.0, 3.0) * inside_sixth)
+    # 3 up (the eager kernel's values at the boundaries too). Inside, x/6 = hardsigmoid(x) - 1/2,
+    # a finite value (an infinite activation cannot turn 0 * inf into NaN). The indicator of
+    # (-3, 3) is a clamp of (9 - x^2) * 2^100, exact: x^2 < 9 exactly when |x| < 3 (rounding
+    # keeps (3 - ulp)^2 below 9), the difference near 9 is computed exactly, and its smallest
+    # nonzero value times 2^100 is far above 1. Every op here is one that ONNX Runtime's
+    # blocked (NCHWc) layout keeps: HardSigmoid, products and sums of two same-shape
+    # tensors, a per-channel BatchNormalization for the -1/2, and the clamp, which the ONNX
+    # export turns into one HardSigmoid (gradcam_model.export.onnx_backward); a constant
+    # Sub/Mul/Abs/Clip chain cost two layout round trips per activation. Unlike the kernel,
+    # a NaN activation gives NaN (the kernel passes the gradient) and an infinite gradient
+    # below -3 gives NaN (the kernel gives 0).
+    hardsigmoid = F.hardsigmoid(self)
+    inside = torch.clamp(self * self * -_SATURATE + 9.0 * _SATURATE, 0.0, 1.0)
+    return grad_output * (hardsigmoid + _minus_half(hardsigmoid) * inside)
+
+
+def _minus_half(x: torch.Tensor) -> torch.Tensor:
+    """``x - 1/2``; on [N, C, H, W] tensors as an eval-mode batch norm (exact: mean 0, variance 1,
+    eps 0), which ONNX Runtime runs in its blocked layout (other ranks have no blocked layout)."""
+    if x.dim() != 4 or not is_concrete_int(x.shape[1]):
+        return x - 0.5
+    channels = int(x.shape[1])
+
+    def constant(value: float) -> torch.Tensor:
+        return torch.tensor(np.full(channels, value), dtype=x.dtype, device=x.device)
+
+    return F.batch_norm(x, constant(0.0), constant(1.0), constant(1.0), constant(-0.5), False, 0.0, 0.0)
 
 
 def threshold_backward(grad_output, self, threshold):
     # ReLU's backward: the gradient where the input (or output) is above the threshold.
     # A product with the mask instead of torch's Where (see above); the differences: a
     # NaN or infinite gradient at a blocked position stays NaN, and a NaN input blocks
-    # the gradient (the kernel passes it).
+    # the gradient (the kernel passes it). The ONNX export writes the float32 mask of a
+    # zero threshold as a HardSigmoid step (gradcam_model.export.onnx_backward).
     return grad_output * (self > threshold).to(grad_output.dtype)
 
 

@@ -422,6 +422,19 @@ def test_hardswish_backward_matches_eager(data, dtype):
     torch.testing.assert_close(got, want, **tol)
 
 
+@pytest.mark.parametrize("dtype", [f64, torch.float32])
+def test_hardswish_backward_on_feature_maps_matches_eager(dtype):
+    """[N, C, H, W] activations take the batch-norm form of ``- 1/2`` (kept blocked by ONNX Runtime)."""
+    x = _randn((2, 5, 4, 4), 7, dtype) * 4
+    edges = torch.tensor(_HARDSWISH_EDGES, dtype=dtype)
+    x.view(-1)[: len(edges)] = edges  # the breakpoints, their neighbours and infinities in a feature map
+    grad = _randn(x.shape, 8, dtype)
+    want = aten.hardswish_backward.default(grad, x)
+    got = decompositions.hardswish_backward(grad, x)
+    tol = TOL64_ELEMENTWISE if dtype == f64 else {"rtol": 2e-7, "atol": 5e-7}
+    torch.testing.assert_close(got, want, **tol)
+
+
 @_settings(100)
 @given(data=st.data(), threshold=st.sampled_from([0.0, -1.0, 2.5]) | st.floats(-3, 3))
 def test_threshold_backward_matches_eager_exactly(data, threshold):

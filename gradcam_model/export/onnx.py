@@ -16,6 +16,7 @@ from ..contract import INPUT_NAMES, OUTPUT_NAMES
 from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
+from .onnx_backward import simplify_backward
 from .onnx_passes import share_transposed_weights
 from .retrace import decompose_only_when_needed, prepare_graph
 
@@ -120,6 +121,7 @@ def export_onnx(
         ) from exc
     _name_dynamic_axes(proto, input_names)
     share_transposed_weights(proto)  # one copy of each Linear weight the gradient also uses
+    simplify_backward(proto)  # fewer elementwise passes and layout round trips in ONNX Runtime
     meta = metadata_for(wrapper, "onnx", opset=opset)
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -1,0 +1,292 @@
+"""Graph passes on the exported gradient: fewer elementwise passes, and ops ONNX Runtime keeps blocked.
+
+ONNX Runtime's CPU provider runs convolutions in a blocked layout (NCHWc) and converts
+tensors back to plain NCHW (``ReorderOutput``/``ReorderInput``, a full copy each) around
+every op its layout transformer does not handle. It handles convolutions, ``Add``/``Mul``
+of two blocked tensors of one shape, and activations such as ``HardSigmoid``, but not a
+product with a constant, ``Greater``/``Cast`` or ``Expand``. The gradient, as autograd and
+the decompositions write it, is full of those, so each backward step paid two layout
+round trips on top of its own elementwise passes. These rewrites compute the same values
+with ops that stay blocked, or with no op at all:
+
+- :func:`fold_channel_scales`: the eval-mode BatchNorm backward scales the gradient by a
+  constant per channel right before the input-gradient convolution; the scale moves into
+  that convolution's (constant) kernel, which ONNX Runtime folds once at load.
+- :func:`relu_masks_as_steps`: ReLU's backward mask ``Cast(Greater(y, 0))`` becomes
+  ``HardSigmoid(y, alpha=2^127, beta=0)``, a step with the same 0/1 values.
+- :func:`clamped_affines_as_hardsigmoid`: ``Clip(x * a + b, 0, 1)`` with constant scalars is
+  ``HardSigmoid(x, alpha=a, beta=b)`` by definition: one op instead of three, and one the
+  blocked layout keeps (the step inside the hardswish backward of
+  :func:`gradcam_model.decompositions.hardswish_backward`).
+- :func:`broadcast_instead_of_expand`: ``Expand(g) / k`` read by an elementwise op whose
+  other operand has the expanded shape (the backward of a global average pool or a mean)
+  becomes ``g / k`` broadcast by that op.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+__all__ = [
+    "broadcast_instead_of_expand",
+    "clamped_affines_as_hardsigmoid",
+    "fold_channel_scales",
+    "relu_masks_as_steps",
+    "simplify_backward",
+]
+
+log = logging.getLogger(__name__)
+
+_FLOAT = 1  # TensorProto.FLOAT
+# 2^127 * y >= 1 for every float32 y >= 2^-127 (all normal numbers), and inf clips to 1
+_STEP_SLOPE = 2.0**127
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def simplify_backward(proto) -> dict[str, int]:
+    """Apply every pass of this module to ``proto`` in place; returns how often each fired."""
+    import onnx
+
+    if proto.ByteSize() > _PROTOBUF_LIMIT:  # shape inference serializes the model; the export refuses it anyway
+        return {}
+    shapes = _shapes(onnx.shape_inference.infer_shapes(proto))
+    graph = proto.graph
+    counts = {
+        "channel scales folded": fold_channel_scales(graph, shapes),
+        "ReLU masks as steps": relu_masks_as_steps(graph),
+        "clamped affines as HardSigmoid": clamped_affines_as_hardsigmoid(graph),
+        "expands dropped": broadcast_instead_of_expand(graph, shapes),
+    }
+    _drop_dead(graph)
+    log.debug("backward graph passes: %s", counts)
+    return counts
+
+
+def fold_channel_scales(graph, shapes: dict[str, tuple]) -> int:
+    """``Conv(Mul(x, s), W)`` with a constant per-channel ``s`` becomes ``Conv(x, W * s')``.
+
+    ``s`` is an initializer of shape ``[1, C, 1, 1]`` and every reader of the product is a
+    ``Conv``/``ConvTranspose`` taking it as data with a kernel computed from initializers
+    alone (the flipped forward kernel). ``s'`` is ``s`` laid out along the kernel's input
+    channels (per group for grouped kernels). The product with the kernel stays a node:
+    ONNX Runtime folds it at load, and the file keeps one copy of each weight.
+    Returns the number of products removed.
+    """
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in graph.initializer}
+    constant = _constant_values(graph)
+    readers = _readers(graph)
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "Mul":
+            continue
+        scale_name = next((i for i in node.input if _is_channel_vector(initializers.get(i))), None)
+        if scale_name is None or node.input[0] == node.input[1]:
+            continue
+        data = node.input[1] if node.input[0] == scale_name else node.input[0]
+        convs = readers.get(node.output[0], [])
+        if not convs or not all(_scalable_conv(c, node.output[0], constant, shapes) for c in convs):
+            continue
+        scale = numpy_helper.to_array(initializers[scale_name]).reshape(-1)
+        for conv in convs:
+            name = f"{conv.name or conv.output[0]}__channel_scale"
+            kernel_scale = _kernel_scale(conv, scale, shapes[conv.input[1]])
+            graph.initializer.append(numpy_helper.from_array(kernel_scale, name))
+            scaled = helper.make_node("Mul", [conv.input[1], name], [f"{name}_w"], name=f"{name}_w")
+            graph.node.insert(list(graph.node).index(conv), scaled)
+            conv.input[0], conv.input[1] = data, f"{name}_w"
+        folded += 1
+    return folded
+
+
+def _is_channel_vector(init) -> bool:
+    return (
+        init is not None
+        and init.data_type == _FLOAT
+        and len(init.dims) == 4
+        and list(init.dims)[::2] == [1, 1]
+        and init.dims[3] == 1
+    )
+
+
+def _scalable_conv(node, data: str, constant: set[str], shapes: dict[str, tuple]) -> bool:
+    if node.op_type not in ("Conv", "ConvTranspose") or node.input[0] != data or len(node.input) > 2:
+        return False
+    kernel = shapes.get(node.input[1])
+    return node.input[1] in constant and kernel is not None and all(isinstance(d, int) for d in kernel)
+
+
+def _kernel_scale(node, scale: np.ndarray, kernel: tuple) -> np.ndarray:
+    """``scale`` (one factor per input channel of ``node``) broadcastable against its kernel."""
+    groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+    if node.op_type == "ConvTranspose":  # kernel [C_in, C_out / groups, kh, kw]
+        return scale.reshape(-1, 1, 1, 1).astype(np.float32)
+    if groups == 1:  # kernel [C_out, C_in, kh, kw]
+        return scale.reshape(1, -1, 1, 1).astype(np.float32)
+    out_channels, in_per_group = kernel[0], kernel[1]  # kernel [C_out, C_in / groups, kh, kw]
+    group = np.arange(out_channels) // (out_channels // groups)
+    index = group[:, None] * in_per_group + np.arange(in_per_group)[None, :]
+    return scale[index].reshape(out_channels, in_per_group, 1, 1).astype(np.float32)
+
+
+def relu_masks_as_steps(graph) -> int:
+    """``Cast(Greater(y, 0), float)`` becomes ``HardSigmoid(y, alpha=2^127, beta=0)``.
+
+    ``clip(2^127 * y, 0, 1)`` is 0 for ``y <= 0`` and 1 for every ``y >= 2^-127``; the two
+    differ only for positive subnormals below 2^-127 (a fraction instead of 1) and NaN.
+    Returns the number of masks rewritten.
+    """
+    from onnx import helper, numpy_helper
+
+    initializers = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    rewritten = 0
+    for node in list(graph.node):
+        if node.op_type != "Cast" or _attr(node, "to") != _FLOAT:
+            continue
+        compare = producers.get(node.input[0])
+        if compare is None or compare.op_type != "Greater" or compare.input[1] not in initializers:
+            continue
+        threshold = numpy_helper.to_array(initializers[compare.input[1]])
+        if threshold.size != 1 or threshold.dtype != np.float32 or float(threshold.reshape(())) != 0.0:
+            continue
+        step = helper.make_node(
+            "HardSigmoid", [compare.input[0]], list(node.output), name=f"{node.name}_step", alpha=_STEP_SLOPE, beta=0.0
+        )
+        graph.node.insert(list(graph.node).index(node), step)
+        graph.node.remove(node)
+        rewritten += 1
+    return rewritten
+
+
+def clamped_affines_as_hardsigmoid(graph) -> int:
+    """``Clip(Add(Mul(x, a), b), 0, 1)`` with float32 scalar initializers ``a``, ``b`` (the
+    product and the sum read by nothing else) becomes ``HardSigmoid(x, alpha=a, beta=b)``.
+    Returns the number of clamps rewritten."""
+    from onnx import helper
+
+    scalars = _float_scalars(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+    rewritten = 0
+    for clip in list(graph.node):
+        if clip.op_type != "Clip" or len(clip.input) != 3 or [scalars.get(i) for i in clip.input[1:]] != [0.0, 1.0]:
+            continue
+        add = producers.get(clip.input[0])
+        if add is None or add.op_type != "Add" or len(readers[add.output[0]]) != 1:
+            continue
+        beta, mul_name = _scalar_and_other(add, scalars)
+        mul = producers.get(mul_name)
+        if beta is None or mul is None or mul.op_type != "Mul" or len(readers[mul.output[0]]) != 1:
+            continue
+        alpha, x = _scalar_and_other(mul, scalars)
+        if alpha is None:
+            continue
+        step = helper.make_node(
+            "HardSigmoid", [x], list(clip.output), name=f"{clip.name}_hardsigmoid", alpha=alpha, beta=beta
+        )
+        graph.node.insert(list(graph.node).index(clip), step)
+        graph.node.remove(clip)
+        rewritten += 1
+    return rewritten
+
+
+def _float_scalars(graph) -> dict[str, float]:
+    from onnx import numpy_helper
+
+    return {
+        i.name: float(numpy_helper.to_array(i).reshape(()))
+        for i in graph.initializer
+        if i.data_type == _FLOAT and int(np.prod(i.dims)) == 1
+    }
+
+
+def _scalar_and_other(node, scalars: dict[str, float]) -> tuple[float | None, str | None]:
+    """The scalar operand of a binary ``node`` and the name of its other operand."""
+    if len(node.input) != 2:
+        return None, None
+    for k in (1, 0):
+        if node.input[k] in scalars and node.input[1 - k] not in scalars:
+            return scalars[node.input[k]], node.input[1 - k]
+    return None, None
+
+
+def broadcast_instead_of_expand(graph, shapes: dict[str, tuple]) -> int:
+    """``Div(Expand(g, shape), k)`` read only by ``Mul``/``Add`` partners of the expanded shape
+    becomes ``Div(g, k)``: the partner broadcasts it, and the division runs on the small tensor.
+    Returns the number of ``Expand`` nodes bypassed."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+    bypassed = 0
+    for node in graph.node:
+        if node.op_type != "Div":
+            continue
+        expand = producers.get(node.input[0])
+        if expand is None or expand.op_type != "Expand" or len(readers.get(expand.output[0], [])) != 1:
+            continue
+        full = shapes.get(node.output[0])
+        if full is None or shapes.get(node.input[1], ()) != ():
+            continue
+        users = readers.get(node.output[0], [])
+        if users and all(
+            u.op_type in ("Mul", "Add") and len(u.input) == 2 and u.input[0] != u.input[1]
+            and shapes.get(u.input[1] if u.input[0] == node.output[0] else u.input[0]) == full
+            for u in users
+        ):  # fmt: skip
+            node.input[0] = expand.input[0]
+            bypassed += 1
+    return bypassed
+
+
+def _attr(node, name: str, default=None):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return attribute.i
+    return default
+
+
+def _readers(graph) -> dict[str, list]:
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _constant_values(graph) -> set[str]:
+    """Names computed from initializers alone (``Shape`` of anything aside)."""
+    constant = {i.name for i in graph.initializer}
+    for node in graph.node:  # graph order is topological
+        if node.op_type == "Constant" or (node.input and all(not i or i in constant for i in node.input)):
+            constant.update(node.output)
+    return constant
+
+
+def _shapes(inferred) -> dict[str, tuple]:
+    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+    shapes = {
+        v.name: tuple(
+            d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in v.type.tensor_type.shape.dim
+        )
+        for v in values
+        if v.type.tensor_type.HasField("shape")
+    }
+    shapes.update({i.name: tuple(i.dims) for i in inferred.graph.initializer})
+    return shapes
+
+
+def _drop_dead(graph) -> None:
+    """Remove nodes and initializers that nothing reads any more."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
