@@ -29,6 +29,8 @@ import logging
 
 import numpy as np
 
+from .onnx_passes import inferred_shapes
+
 __all__ = [
     "broadcast_instead_of_expand",
     "clamped_affines_as_hardsigmoid",
@@ -42,16 +44,11 @@ log = logging.getLogger(__name__)
 _FLOAT = 1  # TensorProto.FLOAT
 # 2^127 * y >= 1 for every float32 y >= 2^-127 (all normal numbers), and inf clips to 1
 _STEP_SLOPE = 2.0**127
-_PROTOBUF_LIMIT = 2**31 - 1
 
 
 def simplify_backward(proto) -> dict[str, int]:
     """Apply every pass of this module to ``proto`` in place; returns how often each fired."""
-    import onnx
-
-    if proto.ByteSize() > _PROTOBUF_LIMIT:  # shape inference serializes the model; the export refuses it anyway
-        return {}
-    shapes = _shapes(onnx.shape_inference.infer_shapes(proto))
+    shapes = inferred_shapes(proto)
     graph = proto.graph
     counts = {
         "channel scales folded": fold_channel_scales(graph, shapes),
@@ -221,6 +218,7 @@ def broadcast_instead_of_expand(graph, shapes: dict[str, tuple]) -> int:
     producers = {o: n for n in graph.node for o in n.output}
     readers = _readers(graph)
     bypassed = 0
+    stale: set[str] = set()
     for node in graph.node:
         if node.op_type != "Div":
             continue
@@ -237,7 +235,11 @@ def broadcast_instead_of_expand(graph, shapes: dict[str, tuple]) -> int:
             for u in users
         ):  # fmt: skip
             node.input[0] = expand.input[0]
+            stale.add(node.output[0])  # now the small shape: ORT warns at load about a recorded full one
             bypassed += 1
+    kept = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     return bypassed
 
 
@@ -263,19 +265,6 @@ def _constant_values(graph) -> set[str]:
         if node.op_type == "Constant" or (node.input and all(not i or i in constant for i in node.input)):
             constant.update(node.output)
     return constant
-
-
-def _shapes(inferred) -> dict[str, tuple]:
-    values = [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-    shapes = {
-        v.name: tuple(
-            d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in v.type.tensor_type.shape.dim
-        )
-        for v in values
-        if v.type.tensor_type.HasField("shape")
-    }
-    shapes.update({i.name: tuple(i.dims) for i in inferred.graph.initializer})
-    return shapes
 
 
 def _drop_dead(graph) -> None:

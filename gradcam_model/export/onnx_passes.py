@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-__all__ = ["share_transposed_weights", "weight_as_operand_a"]
+__all__ = ["inferred_shapes", "share_transposed_weights", "weight_as_operand_a"]
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +73,14 @@ def share_transposed_weights(proto) -> int:
     if not readers:
         weight_as_operand_a(graph)
         return 0
-    ranks = _ranks(proto) if any(n.op_type == "MatMul" for n in readers) else {}
+    shapes = inferred_shapes(proto) if any(n.op_type == "MatMul" for n in readers) else {}
     for node in readers:
         original = transposed_of[node.input[1]]
         if node.op_type == "Gemm":
             attrs = {a.name: a for a in node.attribute}
             trans_b = attrs["transB"].i if "transB" in attrs else 0
             _set_int(node, "transB", 1 - trans_b)
-        elif ranks.get(node.input[0]) == 2:  # MatMul(A, W^T) of a 2-D A is Gemm(A, W, transB=1)
+        elif len(shapes.get(node.input[0], ())) == 2:  # MatMul(A, W^T) of a 2-D A is Gemm(A, W, transB=1)
             node.op_type = "Gemm"
             _set_int(node, "transB", 1)
         else:
@@ -180,12 +180,13 @@ def _merge_identical(graph, numpy_helper) -> None:
 _SMALL = 1 << 14  # elements: shape and index constants, whose values shape inference reads
 
 
-def _ranks(proto) -> dict[str, int]:
-    """Rank of every value, by shape inference on a copy of the graph whose big weights are
-    typed inputs (shape inference serializes the whole model: seconds for VGG19's 558 MB)."""
+def inferred_shapes(proto) -> dict[str, tuple]:
+    """Every value's shape (ints, dim names, None where unknown), by shape inference on a copy of
+    the graph whose big weights are typed inputs: inferring over the model itself serializes it
+    (seconds for VGG19's 558 MB). No ``ByteSize()`` either: upb computes it by serializing."""
     import onnx
 
-    graph = proto.graph  # (no ByteSize(): upb computes it by serializing the tensor)
+    graph = proto.graph
     small = [i for i in graph.initializer if math.prod(i.dims) <= _SMALL]
     big = [
         onnx.helper.make_tensor_value_info(i.name, i.data_type, list(i.dims))
@@ -193,16 +194,28 @@ def _ranks(proto) -> dict[str, int]:
         if math.prod(i.dims) > _SMALL
     ]
     skeleton = onnx.helper.make_model(
-        onnx.helper.make_graph(list(graph.node), graph.name, [*graph.input, *big], list(graph.output), small),
+        onnx.helper.make_graph(
+            list(graph.node),
+            graph.name,
+            [*graph.input, *big],
+            list(graph.output),
+            small,
+            value_info=list(graph.value_info),  # the exporter's shapes, with its names for dynamic sizes
+        ),
         opset_imports=list(proto.opset_import),
         ir_version=proto.ir_version,
     )
     skeleton.functions.extend(proto.functions)
     inferred = onnx.shape_inference.infer_shapes(skeleton).graph
-    values = [*inferred.input, *inferred.value_info, *inferred.output]
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
-    ranks.update({i.name: len(i.dims) for i in graph.initializer})
-    return ranks
+    shapes = {
+        v.name: tuple(
+            d.dim_value if d.HasField("dim_value") else d.dim_param or None for d in v.type.tensor_type.shape.dim
+        )
+        for v in [*inferred.input, *inferred.value_info, *inferred.output]
+        if v.type.tensor_type.HasField("shape")
+    }
+    shapes.update({i.name: tuple(i.dims) for i in graph.initializer})
+    return shapes
 
 
 def _set_int(node, name: str, value: int) -> None:
