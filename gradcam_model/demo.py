@@ -23,7 +23,7 @@ from ._atomic import write_bytes_atomic
 from .errors import ExportError
 from .export import export_onnx, export_torchscript
 from .models import efficientnet_lite0_imagenet, imagenet_class_names
-from .parity import ParityReport, parity_document, validate
+from .parity import ParityReport, parity_document, validate_each
 from .runtime import load_explainer, preprocess
 from .runtime.visualize import caption, grid, overlay, save_png
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
@@ -191,10 +191,8 @@ def run_demo(
     batch = np.stack([preprocess(rgb, meta) for rgb in photos.values()])
 
     step("checking parity of both artifacts with the eager model (random and real images)")
-    parity = {
-        "onnx": validate(explainer, model, inputs=batch),
-        "torchscript": validate(artifacts["torchscript"], model, inputs=batch),
-    }
+    reports = validate_each([explainer, artifacts["torchscript"]], model, inputs=batch)
+    parity = dict(zip(("onnx", "torchscript"), reports, strict=True))
     report = out / "parity.json"
     write_bytes_atomic(report, parity_document(parity.values()).encode(), overwrite=True)
 

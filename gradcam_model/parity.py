@@ -7,7 +7,7 @@ import functools
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "MapDiagnosis",
     "ParityReport",
     "validate",
+    "validate_each",
     "assert_parity",
     "parity_document",
 ]
@@ -174,42 +175,98 @@ def validate(
     eager map with some ReLU-family mask elements that sit within float32 rounding
     of their breakpoint flipped reproduces the artifact's map, the map passes as
     *explained*; the report lists every such map. Never raises on mismatch: see
-    :func:`assert_parity`.
+    :func:`assert_parity`. :func:`validate_each` checks several artifacts of one
+    graph for the price of one set of references.
     """
-    explainer = artifact if isinstance(artifact, Explainer) else load_explainer(artifact, device="cpu")
-    meta = explainer.metadata
-    tol = tolerance or tolerance_for(meta.format)
+    (report,) = validate_each(
+        [artifact], model, inputs=inputs, batch_sizes=batch_sizes, seed=seed, tolerances=[tolerance]
+    )
+    return report
+
+
+def validate_each(
+    artifacts: Sequence[str | os.PathLike | Explainer],
+    model: nn.Module,
+    *,
+    inputs=None,
+    batch_sizes: tuple[int, ...] = (1, 3),
+    seed: int = 0,
+    tolerances: Sequence[Tolerance | None] | None = None,
+) -> list[ParityReport]:
+    """:func:`validate` for several artifacts of one graph (the ONNX and TorchScript exports of
+    one wrapper), one report each: every batch's eager references, most of the cost, are
+    computed once and compared with each artifact. The artifacts must agree on everything
+    the references depend on (layer, method, classes, sizes); ``tolerances`` go with them
+    in order (None: :func:`tolerance_for` the artifact's format).
+    """
+    explainers = [a if isinstance(a, Explainer) else load_explainer(a, device="cpu") for a in artifacts]
+    meta = _common_graph(explainers)
+    tols = [t or tolerance_for(e.metadata.format) for t, e in zip(tolerances or [None] * len(explainers), explainers)]
+    if len(tols) != len(explainers):
+        raise ValueError(f"{len(explainers)} artifacts but {len(tols)} tolerances")
     gen = torch.Generator().manual_seed(seed)
     model64 = copy.deepcopy(model).double()
     batches = _batches(meta, batch_sizes, inputs, gen)
     reshapes: dict[tuple[int, ...], Callable] = {}  # per image size: the layer probe runs once, not per reference
-    tally = _Tally()
+    tallies = [_Tally() for _ in explainers]
     for index, image in enumerate(batches):
         # a step line per batch: `gradcam export` shows the latest one beside its running clock
         log.info(
-            "validation batch %d/%d %s: artifact, float32 and float64 references",
+            "validation batch %d/%d %s: %s, float32 and float64 references",
             index + 1,
             len(batches),
             "x".join(map(str, image.shape)),
+            "artifact" if len(explainers) == 1 else f"{len(explainers)} artifacts",
         )
         size = tuple(image.shape[2:])
         if size not in reshapes:
             reshapes[size] = reference_reshape(model, meta.target_layer, image)
-        _compare(explainer, model, model64, image, gen, tally, tol, index, reshapes[size])
-    report = ParityReport(
-        artifact=str(explainer.path),
-        format=meta.format,
-        batches=[tuple(b.shape) for b in batches],
-        class_agreement=tally.agree / tally.total if tally.total else 1.0,
-        tolerance=tol,
-        cam_signal=tally.signal,
-        near_ties=tally.ties,
-        structured_maps=tally.structured / tally.maps if tally.maps else 0.0,
-    )
-    report.outputs = _output_diffs(tally, tol)
-    _diagnose_maps(report, tally.beyond)
-    log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
-    return report
+        classes = None
+        if meta.class_input:
+            classes = torch.randint(-1, meta.num_classes, (image.shape[0],), generator=gen)
+            classes[0] = -1
+        got = [e(image, None if classes is None else classes.numpy()).outputs() for e in explainers]
+        ref = _References(model, model64, meta, image, classes, reshapes[size])
+        for outputs, tally, tol in zip(got, tallies, tols, strict=True):
+            _compare(ref, outputs, tally, tol, index)
+    reports = []
+    for explainer, tally, tol in zip(explainers, tallies, tols, strict=True):
+        report = ParityReport(
+            artifact=str(explainer.path),
+            format=explainer.metadata.format,
+            batches=[tuple(b.shape) for b in batches],
+            class_agreement=tally.agree / tally.total if tally.total else 1.0,
+            tolerance=tol,
+            cam_signal=tally.signal,
+            near_ties=tally.ties,
+            structured_maps=tally.structured / tally.maps if tally.maps else 0.0,
+        )
+        report.outputs = _output_diffs(tally, tol)
+        _diagnose_maps(report, tally.beyond)
+        log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
+        reports.append(report)
+    return reports
+
+
+# what the eager references depend on: artifacts validated together must agree on all of it
+_REFERENCE_FIELDS = (
+    "target_layer", "method", "num_classes", "in_channels", "input_size", "example_size",
+    "top_k", "class_input", "upsample", "normalize",
+)  # fmt: skip
+
+
+def _common_graph(explainers: Sequence[Explainer]):
+    """The metadata the artifacts share; an error when their references would differ."""
+    if not explainers:
+        raise ValueError("validate_each needs at least one artifact")
+    first = explainers[0].metadata
+    for other in explainers[1:]:
+        differ = [f for f in _REFERENCE_FIELDS if getattr(other.metadata, f) != getattr(first, f)]
+        if differ:
+            raise ValueError(
+                f"{other.path} and {explainers[0].path} differ in {', '.join(differ)}: validate them separately"
+            )
+    return first
 
 
 def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
@@ -239,19 +296,41 @@ def _batches(meta, batch_sizes, inputs, gen) -> list[torch.Tensor]:
     return batches
 
 
-def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Tolerance, index: int, reshape) -> None:
-    """Run one batch through the artifact and both references; fold the differences into ``tally``."""
-    meta = explainer.metadata
-    device = next(model.parameters()).device
-    classes = None
-    if meta.class_input:
-        classes = torch.randint(-1, meta.num_classes, (image.shape[0],), generator=gen)
-        classes[0] = -1
-    got = explainer(image, None if classes is None else classes.numpy()).outputs()
-    run32 = functools.partial(_reference, model, meta, image, classes, device, torch.float32, reshape)
-    want, calls32 = traced(run32, model, meta.target_layer)
-    run64 = functools.partial(_reference, model64, meta, image, classes, device, torch.float64, reshape)
-    want64, calls64 = traced(run64, model64, meta.target_layer)
+class _References:
+    """One batch's eager references: float32 and float64 maps with their gate calls, shared by the artifacts."""
+
+    def __init__(self, model, model64, meta, image, classes, reshape) -> None:
+        self.model, self.meta, self.image, self.classes, self.reshape = model, meta, image, classes, reshape
+        self.device = next(model.parameters()).device
+        run32 = functools.partial(_reference, model, meta, image, classes, self.device, torch.float32, reshape)
+        self.want, self.calls32 = traced(run32, model, meta.target_layer)
+        run64 = functools.partial(_reference, model64, meta, image, classes, self.device, torch.float64, reshape)
+        self.want64, self.calls64 = traced(run64, model64, meta.target_layer)
+        self._noise: dict[tuple, float] = {}
+
+    def rerun(self, rows: list[int], chosen: Chosen) -> np.ndarray:
+        """float32 maps of the batch of samples ``rows`` with ``chosen`` (by row) flipped."""
+        take = torch.tensor(rows)
+        subset = None if self.classes is None else self.classes[take]
+        image = self.image[take]
+        run = functools.partial(
+            _reference, self.model, self.meta, image, subset, self.device, torch.float32, self.reshape
+        )
+        return traced(run, self.model, self.meta.target_layer, chosen)[0][4]
+
+    def map_noise(self, samples: list[int], tol: Tolerance) -> float:
+        """:func:`_map_noise` of these samples, computed once for all the artifacts that compare them."""
+        key = (tuple(samples), tol.noise_factor > 0)
+        if key not in self._noise:
+            self._noise[key] = _map_noise(
+                self.rerun, self.want[4], self.want64[4], self.calls32, self.calls64, samples, tol
+            )
+        return self._noise[key]
+
+
+def _compare(ref: _References, got: list[np.ndarray], tally: _Tally, tol: Tolerance, index: int) -> None:
+    """Fold one batch's differences between an artifact's outputs ``got`` and the references into ``tally``."""
+    want, want64 = ref.want, ref.want64
     stable = (want[2] == want64[2]).all(axis=1)  # near ties flip between float32 and float64
     same = (got[2] == want[2]).all(axis=1) & stable
     tally.ties += int((~stable).sum())
@@ -269,22 +348,13 @@ def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Toleranc
         if a.size:
             _accumulate(tally.worst[name], a, b)
             _accumulate(tally.noise[name], b, c)
-
-    def rerun(rows: list[int], chosen: Chosen) -> np.ndarray:
-        """float32 maps of the batch of samples ``rows`` with ``chosen`` (by row) flipped."""
-        take = torch.tensor(rows)
-        subset = None if classes is None else classes[take]
-        run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32, reshape)
-        return traced(run, model, meta.target_layer, chosen)[0][4]
-
     samples = [int(n) for n in np.flatnonzero(same)]
     if samples:
         _accumulate(tally.worst["cam"], got[4][same], want[4][same])
-        noise = _map_noise(rerun, want[4], want64[4], calls32, calls64, samples, tol)
-        tally.noise["cam"][0] = max(tally.noise["cam"][0], noise)
+        tally.noise["cam"][0] = max(tally.noise["cam"][0], ref.map_noise(samples, tol))
         errors = {n: float(np.abs(got[4][n] - want[4][n]).max()) for n in samples}
         if max(errors.values()) > tol.cam_atol:
-            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, rerun, calls32, calls64))
+            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, ref.rerun, ref.calls32, ref.calls64))
 
 
 def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -> float:

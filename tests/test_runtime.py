@@ -192,6 +192,31 @@ def test_validate_reports_parity(artifacts, resnet18, fmt, kind):
     assert "cam" in report.table()
 
 
+@pytest.mark.parametrize("kind", ["dynamic", "static"])
+def test_validate_each_shares_the_references(artifacts, resnet18, kind, monkeypatch):
+    """Both formats of one graph: the reports of separate validations, for one set of eager passes."""
+    from gradcam_model import parity
+
+    paths = [artifacts[f"{kind}.onnx"], artifacts[f"{kind}.pt"]]
+    passes = []
+    reference = parity._reference
+    monkeypatch.setattr(parity, "_reference", lambda *a: passes.append(a[5]) or reference(*a))
+    alone = [validate(path, resnet18).to_dict() for path in paths]
+    separate = len(passes)
+    passes.clear()
+    together = [r.to_dict() for r in parity.validate_each(paths, resnet18)]
+    assert together == alone  # classes, batches and every difference: the same draws, the same comparisons
+    assert separate > 0 and len(passes) == separate // 2
+    assert passes.count(torch.float64) == 2  # one float64 pass per batch (batches of 1 and 3), not one per artifact
+
+
+def test_validate_each_refuses_artifacts_of_different_graphs(artifacts, resnet18):
+    from gradcam_model.parity import validate_each
+
+    with pytest.raises(ValueError, match="differ in target_layer, .*validate them separately"):
+        validate_each([artifacts["static.onnx"], artifacts["dynamic.pt"]], resnet18)
+
+
 def test_validate_catches_a_different_model(artifacts, resnet18):
     other = copy.deepcopy(resnet18)
     with torch.no_grad():

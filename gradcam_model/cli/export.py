@@ -1,4 +1,4 @@
-"""``gradcam export``: build the Grad-CAM graph, write the artifacts, validate each, write parity.json."""
+"""``gradcam export``: build the Grad-CAM graph, write the artifacts, validate them, write parity.json."""
 
 from __future__ import annotations
 
@@ -125,30 +125,43 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
     return wrapper
 
 
-def _export_and_validate(args: argparse.Namespace, wrapper, model, fmt: str, path: Path):
-    """Write one artifact and return its parity report (printed as a table)."""
+def _export(args: argparse.Namespace, wrapper, fmt: str, path: Path) -> None:
+    """Write one artifact (and a Triton model configuration beside it)."""
     from ..export import export_onnx, export_torchscript
-    from ..parity import tolerance_for, validate
 
     exporters = {"onnx": export_onnx, "torchscript": export_torchscript, "triton": export_onnx}
     started = time.perf_counter()
     with stage(f"exporting {fmt}", verbose=args.verbose):
         exporters[fmt](wrapper, path, overwrite=args.overwrite)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - started:.1f} s)")
-    kind = "onnx" if fmt == "triton" else fmt
-    tolerance = tolerance_for(
-        kind, cam_atol=args.cam_atol, logits_rtol=args.logits_rtol, noise_factor=args.noise_factor
-    )
-    started = time.perf_counter()
-    with stage(f"validating {path.name} against the eager model", verbose=args.verbose):
-        report = validate(path, model, tolerance=tolerance)
-    print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'} ({time.perf_counter() - started:.1f} s)")
-    print(common.indent(report.table()))
     if fmt == "triton":
         from ..serving.triton import write_config
 
         print(f"wrote {write_config(path)} (Triton model repository {path.parents[2]})")
-    return report
+
+
+def _validate(args: argparse.Namespace, model, targets: dict[str, Path]):
+    """Every artifact's parity report (printed as tables): one set of eager references for all of them."""
+    from ..parity import tolerance_for, validate_each
+
+    tolerances = [
+        tolerance_for(
+            "onnx" if fmt == "triton" else fmt,
+            cam_atol=args.cam_atol,
+            logits_rtol=args.logits_rtol,
+            noise_factor=args.noise_factor,
+        )
+        for fmt in targets
+    ]
+    names = " and ".join(path.name for path in targets.values())
+    started = time.perf_counter()
+    with stage(f"validating {names} against the eager model", verbose=args.verbose):
+        reports = validate_each(list(targets.values()), model, tolerances=tolerances)
+    print(f"validated {names} ({time.perf_counter() - started:.1f} s)")
+    for path, report in zip(targets.values(), reports, strict=True):
+        print(f"parity of {path.name}: {'ok' if report.ok else 'FAILED'}")
+        print(common.indent(report.table()))
+    return reports
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     class_names = _read_class_names(args.class_names) if args.class_names else None
     model = common.load_model(args, args.num_classes)
     wrapper = _build(args, model, method, class_names)
-    reports = [_export_and_validate(args, wrapper, model, fmt, path) for fmt, path in targets.items()]
+    for fmt, path in targets.items():
+        _export(args, wrapper, fmt, path)
+    reports = _validate(args, model, targets)
     report_path = common.write_text(out / "parity.json", parity_document(reports))
     print(f"wrote {report_path}")
     failed = [r for r in reports if not r.ok]
