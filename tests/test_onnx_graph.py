@@ -15,12 +15,14 @@ from gradcam_model import GradCAMModel, export_onnx, load_explainer, reference_c
 
 @pytest.fixture(scope="module")
 def mlp_head(tmp_path_factory):
-    """Two Linear layers between the target layer and the logits, two explained classes:
-    each weight is read by the forward and by two gradient passes."""
+    """Three Linear layers between the target layer and the logits, two explained classes:
+    each weight is read by the forward and by two gradient passes. The first one's gradient
+    is only averaged (pool backward, then Grad-CAM's spatial mean): it is folded."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 10),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, 10),
     ).eval()  # fmt: skip
     wrapper = GradCAMModel(model, "3", example_input=torch.randn(2, 3, 32, 32), top_k=2)
     path = export_onnx(wrapper, tmp_path_factory.mktemp("onnx") / "mlp.onnx")
@@ -38,7 +40,8 @@ def test_each_linear_weight_is_stored_once(mlp_head):
     _, path = mlp_head
     proto = onnx.load(str(path))
     weights = _weights(proto)
-    assert sorted(w.size for w in weights.values()) == [10 * 256, 512 * 256]  # W1 and W0, nothing else
+    # W2, W1, W0 folded with the pool's backward and the mean (one for both classes), W0
+    assert sorted(w.size for w in weights.values()) == [10 * 128, 32 * 256, 256 * 128, 512 * 256]
     initializers = {i.name for i in proto.graph.initializer}
     assert not [n for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in initializers]
 
@@ -58,18 +61,22 @@ def test_onnx_runtime_folds_no_copy_at_load(mlp_head, tmp_path):
 def test_onnx_runtime_prepacks_each_weight_at_most_once(mlp_head, tmp_path):
     """ORT's CPU products pre-pack a constant operand B per node and keep the weight while
     another node reads it: the forward alone reads an inner Linear's weight as B; the head's
-    weight, whose rows the gradient gathers, is read as A by the forward too."""
+    weight, whose rows the gradient gathers, is read as A by the forward too. The first
+    Linear's weight is read by the forward only (its gradient reads the folded weight), so
+    ORT holds it pre-packed alone."""
     _, path = mlp_head
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     optimized = onnx.load(options.optimized_model_filepath)
     weights = {w.size: name for name, w in _weights(optimized).items()}
-    inner, head = weights[512 * 256], weights[10 * 256]
+    first, folded, inner, head = weights[512 * 256], weights[32 * 256], weights[256 * 128], weights[10 * 128]
     products = [n for n in optimized.graph.node if n.op_type in ("Gemm", "MatMul", "FusedGemm", "FusedMatMul")]
     as_b, as_a = [n.input[1] for n in products], [n.input[0] for n in products]
     assert (as_b.count(inner), as_a.count(inner)) == (1, 2)  # the forward; each explained class's gradient
     assert (as_b.count(head), as_a.count(head)) == (0, 1)
+    assert (as_b.count(first), as_a.count(first)) == (1, 0)
+    assert (as_b.count(folded), as_a.count(folded)) == (1, 1)
     gathers = [n for n in optimized.graph.node if n.op_type == "Gather" and n.input[0] == head]
     assert len(gathers) == 2  # the rows W[c] of the two explained classes
 

@@ -17,6 +17,7 @@ from ..errors import ExportError
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 from .onnx_backward import simplify_backward
+from .onnx_fold import fold_reduced_gradients
 from .onnx_passes import share_transposed_weights
 from .retrace import decompose_only_when_needed, prepare_graph
 
@@ -122,6 +123,7 @@ def export_onnx(
     _name_dynamic_axes(proto, input_names)
     share_transposed_weights(proto)  # one copy of each Linear weight the gradient also uses
     simplify_backward(proto)  # fewer elementwise passes and layout round trips in ONNX Runtime
+    fold_reduced_gradients(proto)  # a gradient that is only averaged reads a small folded weight
     meta = metadata_for(wrapper, "onnx", opset=opset)
     del proto.metadata_props[:]
     for key, value in meta.to_props().items():

@@ -16,7 +16,10 @@ weight as A, ``(W @ X^T)^T``: the weight's rows, the orientation a skinny produc
 at memory speed. The forward keeps its pre-packed B, and ONNX Runtime holds the packed
 copy plus the initializer (see :func:`weight_as_operand_a`). Feeding the forward's weight
 as A too was measured and dropped: its product runs across the weight's rows, 3x slower
-unpacked, and as ``Gemm`` ORT's transpose fusions move the weight back to B.
+unpacked, and as ``Gemm`` ORT's transpose fusions move the weight back to B. Where the
+gradient only reduces that product (a pool's backward, then Grad-CAM's spatial mean, as on
+VGG19), :mod:`.onnx_fold` replaces it by a product with a small folded weight, and the
+forward is left the weight's only reader.
 """
 
 from __future__ import annotations
