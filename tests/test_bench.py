@@ -118,6 +118,25 @@ def test_memory_probe_runs_as_a_module_without_torch(quick_run):
     assert json.loads(figures)["peak_mb"] >= json.loads(figures)["load_mb"] > 40
 
 
+def test_memory_figures_are_medians_over_fresh_processes(quick_run, monkeypatch):
+    """Each figure is the median over ``probes`` processes, figure by figure (one process's varies by ~100 MB)."""
+    from gradcam_model.bench import memory
+
+    draws = iter(
+        [{"load_mb": 5.0, "peak_mb": 9.0}, {"load_mb": 1.0, "peak_mb": 30.0}, {"load_mb": 3.0, "peak_mb": 7.0}]
+    )
+    launched = []
+
+    def fake_run(command, **kwargs):
+        launched.append(command)
+        return subprocess.CompletedProcess(command, 0, json.dumps(next(draws)) + "\n", "")
+
+    monkeypatch.setattr(memory.subprocess, "run", fake_run)
+    figures = memory.measure(Path("m.onnx"), [1, 3, 8, 8], 1, False, 1, probes=3)
+    assert figures == {"load_mb": 3.0, "peak_mb": 9.0} and len(launched) == 3
+    assert quick_run["json"]["settings"]["memory_probes"] == 1  # the quick run: one process each
+
+
 def test_markdown_has_machine_and_one_row_per_contestant(quick_run):
     md, machine = quick_run["md"], quick_run["json"]["machine"]
     assert md.startswith("# Benchmarks")

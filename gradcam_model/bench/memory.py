@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import GradCAMError
 
-__all__ = ["measure", "ort_peak_memory"]
+__all__ = ["PROBES", "measure", "ort_peak_memory"]
 
 
 def _status_mb(key: str) -> float | None:
@@ -78,18 +78,36 @@ def ort_peak_memory(path: str, shape: list[int], threads: int, spinning: bool, r
     return figures
 
 
-def measure(path: Path, shape: Sequence[int], threads: int, spinning: bool, runs: int) -> dict:
-    """Run :func:`ort_peak_memory` in a fresh interpreter (no torch in it) and return its figures."""
+# Fresh processes per figure, their median reported. One process's figure moves by 50-150 MB on
+# the big models with the address-space layout: glibc keeps the blocks ONNX Runtime frees while it
+# rewrites conv weights into its blocked layout in its heap, resident, and how many depends on
+# where they landed (measured on VGG19: load 1107 or 1161 MB at random, 1161 every time with
+# `setarch -R`; `malloc_trim(0)` returned ~110 MB in both the artifact and the logits-only model).
+PROBES = 3
+
+
+def measure(path: Path, shape: Sequence[int], threads: int, spinning: bool, runs: int, probes: int = PROBES) -> dict:
+    """Run :func:`ort_peak_memory` in ``probes`` fresh interpreters (no torch in them); the median of each figure."""
     argument = json.dumps([str(path), list(shape), threads, spinning, runs])
     # the child imports this very package, wherever it was imported from here
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run(
-        [sys.executable, "-m", __name__, argument], capture_output=True, text=True, timeout=600, check=False, env=env
-    )
-    if done.returncode != 0:
-        raise GradCAMError(f"the memory probe for {Path(path).name} failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    figures = []
+    for _ in range(probes):
+        done = subprocess.run(
+            [sys.executable, "-m", __name__, argument],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+            env=env,
+        )
+        if done.returncode != 0:
+            raise GradCAMError(
+                f"the memory probe for {Path(path).name} failed: {done.stderr.strip().splitlines()[-1:]}"
+            )
+        figures.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {key: float(np.median([f[key] for f in figures])) for key in figures[0]}
 
 
 if __name__ == "__main__":

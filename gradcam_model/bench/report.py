@@ -89,7 +89,10 @@ def _method(result: BenchResult) -> list[str]:
             "working set with the arena for intermediate tensors, whichever is higher; *load* is the same "
             "mark right after session creation; *resident* is what stays resident after the runs. It is "
             "memory as the OS sees it, not ONNX Runtime's own accounting. (`getrusage`'s `ru_maxrss` cannot "
-            "be used: Linux carries the parent's mark across the fork/exec that starts the probe.)"
+            "be used: Linux carries the parent's mark across the fork/exec that starts the probe.) Each figure "
+            f"is the median of {s.get('memory_probes', 1)} such processes: one process's figure moves by 50-150 MB "
+            "on the big models with the address-space layout (glibc keeps in its heap, resident, some of the "
+            "blocks ONNX Runtime frees when it rewrites conv weights into its blocked layout)."
             if not s.get("device", "cpu").startswith("cuda")
             else "- Memory: not measured on the GPU (the probe reads the host memory of CPU sessions)."
         ),

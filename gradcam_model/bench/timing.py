@@ -19,7 +19,7 @@ from ..errors import GradCAMError
 from .configs import BenchConfig, select_configs
 from .contestants import as_map, contestants, export_logits_onnx, normalized
 from .machine import default_threads, machine_info, resolve_device
-from .memory import measure
+from .memory import PROBES, measure
 from .results import CONTESTANTS, FLOOR, MAP_CONTESTANTS, OURS, BenchResult, ConfigResult, Timing
 
 __all__ = ["bench_config", "run_benchmark", "time_interleaved"]
@@ -146,6 +146,7 @@ def bench_config(
     memory_runs: int,
     spinning: bool,
     device: torch.device,
+    memory_probes: int = PROBES,
 ) -> ConfigResult:
     model = _build_model(config)
     gen = torch.Generator().manual_seed(1)
@@ -167,7 +168,7 @@ def bench_config(
     if memory_runs > 0 and device.type == "cpu":  # the probe measures host memory of CPU sessions
         shape = [config.batch, 3, config.size, config.size]
         for key, path_key in ((OURS, "onnx"), (FLOOR, "onnx_logits")):
-            memory[key] = measure(paths[path_key], shape, threads, spinning, memory_runs)
+            memory[key] = measure(paths[path_key], shape, threads, spinning, memory_runs, memory_probes)
     return ConfigResult(
         config,
         timings,
@@ -203,6 +204,7 @@ def _settings(configs, quick, repeats, warmup, threads, memory_runs, ort_spinnin
         "warmup": warmup,
         "threads": threads,
         "memory_runs": memory_runs,
+        "memory_probes": 1 if quick else PROBES,  # fresh processes per memory figure (median)
         "ort_spinning": ort_spinning,
         "device": str(device),
         # libgomp's idle-thread policy shapes the eager torch contestants; recorded, not changed
@@ -271,6 +273,7 @@ def run_benchmark(
                 warmup=settings["warmup"],
                 repeats=settings["repeats"],
                 memory_runs=settings["memory_runs"],
+                memory_probes=settings["memory_probes"],
                 spinning=ort_spinning,
                 device=device,
             )
