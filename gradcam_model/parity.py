@@ -16,7 +16,7 @@ from torch import nn
 
 from .contract import OUTPUT_NAMES
 from .errors import ParityError
-from .maskflips import Chosen, MapDiagnosis, Rerun, diagnose, disagreements, traced
+from .maskflips import Chosen, MapDiagnosis, Rerun, Unclipped, diagnose, disagreements, finish, traced
 from .runtime.explainer import Explainer, load_explainer
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
 from .wrapper import reference_cam, reference_reshape
@@ -147,6 +147,7 @@ class _MapBatch:
     want: np.ndarray
     errors: dict[int, float]  # sample -> max |artifact - eager float32| over its maps
     rerun: Rerun
+    finish: Callable[[np.ndarray], np.ndarray]
     calls32: list
     calls64: list
 
@@ -220,7 +221,15 @@ def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
         if failing:
             log.info("%d map(s) of batch %d beyond the limit: looking for mask flips", len(failing), batch.index + 1)
             report.maps += diagnose(
-                batch.rerun, batch.calls32, batch.calls64, batch.want, batch.got, failing, cam.limit, batch=batch.index
+                batch.rerun,
+                batch.calls32,
+                batch.calls64,
+                batch.want,
+                batch.got,
+                failing,
+                cam.limit,
+                finish=batch.finish,
+                batch=batch.index,
             )
     if report.maps and all(m.explained for m in report.maps):
         report.outputs["cam"] = replace(cam, ok=True, verdict="explained")
@@ -271,20 +280,24 @@ def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Toleranc
             _accumulate(tally.noise[name], b, c)
 
     def rerun(rows: list[int], chosen: Chosen) -> np.ndarray:
-        """float32 maps of the batch of samples ``rows`` with ``chosen`` (by row) flipped."""
+        """float32 saliency before the ReLU (``ends`` makes maps) of the samples ``rows``, ``chosen`` flipped."""
         take = torch.tensor(rows)
         subset = None if classes is None else classes[take]
-        run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32, reshape)
+        run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32, reshape, raw=True)
         return traced(run, model, meta.target_layer, chosen)[0][4]
+
+    ends = functools.partial(finish, size=tuple(image.shape[2:]) if meta.upsample else None, normalize=meta.normalize)
 
     samples = [int(n) for n in np.flatnonzero(same)]
     if samples:
         _accumulate(tally.worst["cam"], got[4][same], want[4][same])
-        noise = _map_noise(rerun, want[4], want64[4], calls32, calls64, samples, tol)
+        noise = _map_noise(
+            lambda rows, chosen: ends(rerun(rows, chosen)), want[4], want64[4], calls32, calls64, samples, tol
+        )
         tally.noise["cam"][0] = max(tally.noise["cam"][0], noise)
         errors = {n: float(np.abs(got[4][n] - want[4][n]).max()) for n in samples}
         if max(errors.values()) > tol.cam_atol:
-            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, rerun, calls32, calls64))
+            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, rerun, ends, calls32, calls64))
 
 
 def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -> float:
@@ -322,16 +335,17 @@ def _output_diffs(tally: _Tally, tol: Tolerance) -> dict[str, OutputDiff]:
     return diffs
 
 
-def _reference(net, meta, image, classes, device, dtype, reshape) -> list[np.ndarray]:
+def _reference(net, meta, image, classes, device, dtype, reshape, *, raw: bool = False) -> list[np.ndarray]:
+    """The reference's outputs; with ``raw``, saliency before the ReLU in place of the maps (see ``diagnose``)."""
     outputs = reference_cam(
         net,
         meta.target_layer,
         image.to(device, dtype),
         None if classes is None else classes.to(device),
-        meta.method,
+        Unclipped(meta.method) if raw else meta.method,
         top_k=meta.top_k,
-        upsample=meta.upsample,
-        normalize=meta.normalize,
+        upsample=meta.upsample and not raw,
+        normalize=meta.normalize and not raw,
         return_all=True,
         reshape=reshape,
     )
