@@ -54,9 +54,10 @@ MAX_CANDIDATES = 16
 # Rounds of single flips per sample, each measured on top of the flips the rounds before picked:
 # a map explained early costs one round, a map never explained MAX_ROUNDS (its cost bound).
 MAX_ROUNDS = 4
-# The search over the measured elements' sets (see _Search.pick): its steps, and how many steps
-# a changed element stays put. Enough for the 14 flips of 32 candidates on resnet50 layer3.
-_STEPS, _TENURE = 40, 10
+# The search over the measured elements' sets (see _Search.pick): its most steps, the steps
+# without a better set after which it ends, and how many steps a changed element stays put.
+# Enough for the 14 flips among 32 candidates on resnet50 layer3.
+_STEPS, _PATIENCE, _TENURE = 40, 15, 10
 
 
 def _arg(args, kwargs, i: int, name: str, default: float) -> float:
@@ -174,13 +175,21 @@ def _nearest(x: torch.Tensor, breakpoints: Sequence[float]) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _watch(model: nn.Module, layer_name: str, flips: dict[int, list[tuple[int, int]]]) -> Iterator[_Gates]:
+def _watch(
+    model: nn.Module, layer_name: str, flips: dict[int, list[tuple[int, int]]], repeat: int = 1
+) -> Iterator[_Gates]:
     """The gate calls of ``model``'s last forward pass after ``layer_name``, named by module.
 
     Every forward pass starts the record afresh (``reference_cam`` runs the model once to
-    list layers before the pass it explains). The hooks go on exit.
+    list layers before the pass it explains). With ``repeat``, a one-image output of the
+    layer goes on as that many rows. The hooks go on exit.
     """
     mode = _Gates(flips)
+
+    def widen(_module, _inputs, output):
+        if isinstance(output, torch.Tensor) and len(output) == 1:
+            return output.repeat(repeat, *[1] * (output.dim() - 1))
+        return None
 
     def enter(module, _inputs, name):
         if module is model:
@@ -193,7 +202,7 @@ def _watch(model: nn.Module, layer_name: str, flips: dict[int, list[tuple[int, i
             mode.after = True
 
     layer = model.get_submodule(layer_name)
-    handles = []
+    handles = [layer.register_forward_hook(widen)] if repeat > 1 else []
     try:
         for name, module in model.named_modules():
             handles.append(module.register_forward_pre_hook(functools.partial(enter, name=name)))
@@ -245,14 +254,24 @@ Chosen = dict[int, list[tuple[int, int]]]  # sample -> (gate call, flat element)
 
 
 def traced(
-    run: Callable[[], list[np.ndarray]], model: nn.Module, layer_name: str, chosen: Chosen | None = None
+    run: Callable[[], list[np.ndarray]],
+    model: nn.Module,
+    layer_name: str,
+    chosen: Chosen | None = None,
+    *,
+    repeat: int = 1,
 ) -> tuple[list[np.ndarray], list[_Call]]:
-    """``run()`` (a reference pass of ``model``) with its gate calls recorded, the ``chosen`` elements flipped."""
+    """``run()`` (a reference pass of ``model``) with its gate calls recorded, the ``chosen`` elements flipped.
+
+    With ``repeat``, ``run`` passes one image and the target layer's output goes on as
+    ``repeat`` rows (``chosen`` by row): variants of one image that differ only after the
+    layer share the layers before it. A layer whose output is not one tensor is left alone.
+    """
     flips: dict[int, list[tuple[int, int]]] = {}
     for n, elements in (chosen or {}).items():
         for c, i in elements:
             flips.setdefault(c, []).append((n, i))
-    with _watch(model, layer_name, flips) as mode:
+    with _watch(model, layer_name, flips, repeat) as mode:
         outputs = run()
     return outputs, mode.calls
 
@@ -411,7 +430,10 @@ class _Search:
         flipped = flipped.clone()
         best_error, best = float(self._errors(current[None])[0]), flipped.clone()
         banned_until = torch.zeros(len(effects), dtype=torch.long)
+        found = 0
         for step in range(_STEPS):
+            if step - found > _PATIENCE:
+                break
             signs = 1.0 - 2.0 * flipped.to(effects.dtype)  # +1 flips an element, -1 takes it back
             errors = self._errors(current[None] + signs[:, None, None, None] * effects)
             errors[(banned_until > step) & (errors >= best_error)] = float("inf")
@@ -422,7 +444,7 @@ class _Search:
             flipped[j] = ~flipped[j]
             banned_until[j] = step + 1 + _TENURE
             if float(errors[j]) < best_error:
-                best_error, best = float(errors[j]), flipped.clone()
+                best_error, best, found = float(errors[j]), flipped.clone(), step
         return best_error, best
 
     def _errors(self, saliency: torch.Tensor) -> torch.Tensor:
@@ -441,21 +463,15 @@ def _squared(a: np.ndarray, b: np.ndarray) -> float:
 def _single_flips(rerun: Rerun, tried: Chosen, chosen: Chosen) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
     """Each sample's saliency with its ``chosen`` flips, and with each of its ``tried`` elements flipped on top.
 
-    The variants run as rows of batches of up to MAX_CANDIDATES + 1 (one row per sample with the
-    ``chosen`` flips alone, to subtract): one pass instead of one per candidate.
+    The variants of a sample run as the rows of one batch (the first with the ``chosen`` flips
+    alone, to subtract): one pass instead of one per candidate, all rows of one image (see
+    ``repeat`` in :func:`traced`).
     """
-    rows = [(n, e) for n, elements in tried.items() for e in (None, *elements)]
-    saliency = []
-    for start in range(0, len(rows), MAX_CANDIDATES + 1):
-        chunk = rows[start : start + MAX_CANDIDATES + 1]
-        flips = {r: chosen[n] + ([] if e is None else [e]) for r, (n, e) in enumerate(chunk)}
-        saliency += list(rerun([n for n, _ in chunk], {r: f for r, f in flips.items() if f}))
-    measured: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
-    for (n, e), s in zip(rows, saliency, strict=True):
-        if e is None:
-            measured[n] = (s, [])
-        else:
-            measured[n][1].append(s)
+    measured = {}
+    for n, elements in tried.items():
+        flips = [chosen[n] + ([] if e is None else [e]) for e in (None, *elements)]
+        origin, *flipped = rerun([n] * len(flips), {r: f for r, f in enumerate(flips) if f})
+        measured[n] = (origin, flipped)
     return measured
 
 

@@ -281,10 +281,21 @@ def _compare(explainer, model, model64, image, gen, tally: _Tally, tol: Toleranc
 
     def rerun(rows: list[int], chosen: Chosen) -> np.ndarray:
         """float32 saliency before the ReLU (``ends`` makes maps) of the samples ``rows``, ``chosen`` flipped."""
+        if len(rows) > 1 and len(set(rows)) == 1:  # one image's variants: the layers before the target run once
+            try:
+                saliency = run_rows(rows[:1], chosen, repeat=len(rows))
+            except RuntimeError as exc:  # code after the layer joins tensors from before it (a concatenation)
+                log.debug("variants of one image run in full: %s", exc)
+            else:
+                if len(saliency) == len(rows):  # else the layer's output is not one tensor
+                    return saliency
+        return run_rows(rows, chosen)
+
+    def run_rows(rows: list[int], chosen: Chosen, repeat: int = 1) -> np.ndarray:
         take = torch.tensor(rows)
         subset = None if classes is None else classes[take]
         run = functools.partial(_reference, model, meta, image[take], subset, device, torch.float32, reshape, raw=True)
-        return traced(run, model, meta.target_layer, chosen)[0][4]
+        return traced(run, model, meta.target_layer, chosen, repeat=repeat)[0][4]
 
     ends = functools.partial(finish, size=tuple(image.shape[2:]) if meta.upsample else None, normalize=meta.normalize)
 
