@@ -265,7 +265,8 @@ def traced(
 
     With ``repeat``, ``run`` passes one image and the target layer's output goes on as
     ``repeat`` rows (``chosen`` by row): variants of one image that differ only after the
-    layer share the layers before it. A layer whose output is not one tensor is left alone.
+    layer share the layers before it. A layer whose output is not one tensor is left alone;
+    ``run`` must not probe the layers (``reference_cam`` with a callable ``reshape``).
     """
     flips: dict[int, list[tuple[int, int]]] = {}
     for n, elements in (chosen or {}).items():
