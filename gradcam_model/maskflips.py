@@ -8,6 +8,10 @@ Both sides are right to float32 precision. :func:`diagnose` finds such elements 
 target layer and the logits in the eager reference (float32 pre-activations against float64)
 and shows the cause instead of assuming it: the eager map recomputed with some of them flipped
 to the other side must reproduce the artifact's map within the plain tolerance.
+
+On resnet50 at ``layer3`` ONNX Runtime flips 7 to 14 elements per map among ~600 such
+candidates, and their effects interact through the map's ReLU: the search sums effects in
+the saliency before it, and eager with the set it finds matches the artifact to 5e-5.
 """
 
 from __future__ import annotations
@@ -349,8 +353,9 @@ def diagnose(
     flipped, and ``finish`` turns saliency into maps. Candidates are the gating elements after
     the target layer within :data:`MARGIN` float32 rounding of a breakpoint, likeliest to flip
     first (:func:`_candidates`). Each round measures the next :data:`MAX_CANDIDATES` flipped one
-    at a time (one row each) on top of the current set; a local search over every candidate
-    measured so far picks the set whose summed saliency, finished, comes closest to ``got``;
+    at a time (one row each) on top of the current set; a tabu search over every candidate
+    measured so far (:meth:`_Search.pick`) picks the set whose summed saliency, finished,
+    comes closest to ``got``;
     one pass of the original batch measures that set's residual (a set that does worse than
     the one before is dropped). Rounds go on while a residual exceeds ``limit``, up to
     :data:`MAX_ROUNDS`: explained when the last residual is within ``limit``.
