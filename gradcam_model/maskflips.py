@@ -362,7 +362,10 @@ def diagnose(
     """
     comparable = same_gates(calls32, calls64)
     candidates = {n: _candidates(calls32, calls64, n) if comparable else [] for n in failing}
-    searches = {n: _Search(got[n : n + 1], finish) for n in failing}
+    # the saliency of ``base`` itself: eager rounds a batch of other rows differently, which
+    # may put an element across (the single flips' rows), so sums start from the batch's own
+    origin = rerun(list(range(len(base))), {}) if any(candidates.values()) else None
+    searches = {n: _Search(got[n : n + 1], None if origin is None else origin[n], finish) for n in failing}
     final = base
     for round_ in range(MAX_ROUNDS):
         new = {n: c[round_ * MAX_CANDIDATES : (round_ + 1) * MAX_CANDIDATES] for n, c in candidates.items()}
@@ -390,21 +393,19 @@ def diagnose(
 class _Search:
     """One sample's flips: each measured element's saliency effect, and the set chosen so far."""
 
-    def __init__(self, got: np.ndarray, finish: Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, got: np.ndarray, origin: np.ndarray | None, finish: Callable[[np.ndarray], np.ndarray]) -> None:
         self.got, self.finish = torch.from_numpy(got), finish
         self.effects: dict[tuple[int, int], np.ndarray] = {}  # flipped minus unflipped
         self.chosen: list[tuple[int, int]] = []
-        self.origin: np.ndarray | None = None  # the saliency with ``chosen`` flipped
+        self.origin = origin  # the saliency with ``chosen`` flipped, in the original batch
 
     @property
     def tried(self) -> int:
         return len(self.effects)
 
     def measure(self, elements, origin: np.ndarray, flipped: np.ndarray) -> None:
-        """Effects of ``elements`` from their saliency flipped on top of the chosen ones (``origin``)."""
+        """Effects of ``elements`` from their saliency flipped on top of the chosen ones (``origin``: none)."""
         self.effects.update((e, s - origin) for e, s in zip(elements, flipped, strict=True))
-        if self.origin is None:
-            self.origin = origin
 
     def accept(self, chosen: list[tuple[int, int]], saliency: np.ndarray) -> None:
         self.chosen, self.origin = chosen, saliency
