@@ -16,7 +16,7 @@ from torch import nn
 
 from .contract import OUTPUT_NAMES
 from .errors import ParityError
-from .maskflips import Chosen, MapDiagnosis, Rerun, diagnose, disagreements, traced
+from .maskflips import Chosen, MapDiagnosis, Rerun, Unclipped, diagnose, disagreements, finish, traced
 from .runtime.explainer import Explainer, load_explainer
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
 from .wrapper import reference_cam, reference_reshape
@@ -148,6 +148,7 @@ class _MapBatch:
     want: np.ndarray
     errors: dict[int, float]  # sample -> max |artifact - eager float32| over its maps
     rerun: Rerun
+    finish: Callable[[np.ndarray], np.ndarray]
     calls32: list
     calls64: list
 
@@ -277,7 +278,15 @@ def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
         if failing:
             log.info("%d map(s) of batch %d beyond the limit: looking for mask flips", len(failing), batch.index + 1)
             report.maps += diagnose(
-                batch.rerun, batch.calls32, batch.calls64, batch.want, batch.got, failing, cam.limit, batch=batch.index
+                batch.rerun,
+                batch.calls32,
+                batch.calls64,
+                batch.want,
+                batch.got,
+                failing,
+                cam.limit,
+                finish=batch.finish,
+                batch=batch.index,
             )
     if report.maps and all(m.explained for m in report.maps):
         report.outputs["cam"] = replace(cam, ok=True, verdict="explained")
@@ -309,21 +318,43 @@ class _References:
         self._noise: dict[tuple, float] = {}
 
     def rerun(self, rows: list[int], chosen: Chosen) -> np.ndarray:
-        """float32 maps of the batch of samples ``rows`` with ``chosen`` (by row) flipped."""
+        """float32 saliency before the ReLU (:meth:`finish` makes maps) of the samples ``rows``, ``chosen`` flipped."""
+        if len(rows) > 1 and len(set(rows)) == 1:  # one image's variants: the layers before the target run once
+            try:
+                saliency = self._run_rows(rows[:1], chosen, repeat=len(rows))
+            except RuntimeError as exc:  # code after the layer joins tensors from before it (a concatenation)
+                log.debug("variants of one image run in full: %s", exc)
+            else:
+                if len(saliency) == len(rows):  # else the layer's output is not one tensor
+                    return saliency
+        return self._run_rows(rows, chosen)
+
+    def _run_rows(self, rows: list[int], chosen: Chosen, repeat: int = 1) -> np.ndarray:
         take = torch.tensor(rows)
         subset = None if self.classes is None else self.classes[take]
         image = self.image[take]
         run = functools.partial(
-            _reference, self.model, self.meta, image, subset, self.device, torch.float32, self.reshape
+            _reference, self.model, self.meta, image, subset, self.device, torch.float32, self.reshape, raw=True
         )
-        return traced(run, self.model, self.meta.target_layer, chosen)[0][4]
+        return traced(run, self.model, self.meta.target_layer, chosen, repeat=repeat)[0][4]
+
+    def finish(self, saliency: np.ndarray) -> np.ndarray:
+        """The maps the reference makes of ``saliency``: its ReLU, upsampling and normalization."""
+        size = tuple(self.image.shape[2:]) if self.meta.upsample else None
+        return finish(saliency, size=size, normalize=self.meta.normalize)
 
     def map_noise(self, samples: list[int], tol: Tolerance) -> float:
         """:func:`_map_noise` of these samples, computed once for all the artifacts that compare them."""
         key = (tuple(samples), tol.noise_factor > 0)
         if key not in self._noise:
             self._noise[key] = _map_noise(
-                self.rerun, self.want[4], self.want64[4], self.calls32, self.calls64, samples, tol
+                lambda rows, chosen: self.finish(self.rerun(rows, chosen)),
+                self.want[4],
+                self.want64[4],
+                self.calls32,
+                self.calls64,
+                samples,
+                tol,
             )
         return self._noise[key]
 
@@ -354,7 +385,9 @@ def _compare(ref: _References, got: list[np.ndarray], tally: _Tally, tol: Tolera
         tally.noise["cam"][0] = max(tally.noise["cam"][0], ref.map_noise(samples, tol))
         errors = {n: float(np.abs(got[4][n] - want[4][n]).max()) for n in samples}
         if max(errors.values()) > tol.cam_atol:
-            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, ref.rerun, ref.calls32, ref.calls64))
+            tally.beyond.append(
+                _MapBatch(index, got[4], want[4], errors, ref.rerun, ref.finish, ref.calls32, ref.calls64)
+            )
 
 
 def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -> float:
@@ -392,16 +425,17 @@ def _output_diffs(tally: _Tally, tol: Tolerance) -> dict[str, OutputDiff]:
     return diffs
 
 
-def _reference(net, meta, image, classes, device, dtype, reshape) -> list[np.ndarray]:
+def _reference(net, meta, image, classes, device, dtype, reshape, *, raw: bool = False) -> list[np.ndarray]:
+    """The reference's outputs; with ``raw``, saliency before the ReLU in place of the maps (see ``diagnose``)."""
     outputs = reference_cam(
         net,
         meta.target_layer,
         image.to(device, dtype),
         None if classes is None else classes.to(device),
-        meta.method,
+        Unclipped(meta.method) if raw else meta.method,
         top_k=meta.top_k,
-        upsample=meta.upsample,
-        normalize=meta.normalize,
+        upsample=meta.upsample and not raw,
+        normalize=meta.normalize and not raw,
         return_all=True,
         reshape=reshape,
     )

@@ -14,9 +14,10 @@ from torch import nn
 
 from gradcam_model import ParityError, assert_parity, reference_cam, validate
 from gradcam_model.contract import ArtifactMetadata
-from gradcam_model.maskflips import traced
+from gradcam_model.maskflips import Unclipped, finish, traced
+from gradcam_model.methods import METHODS
 from gradcam_model.runtime.explainer import Explainer
-from gradcam_model.wrapper import IMAGENET_MEAN, IMAGENET_STD
+from gradcam_model.wrapper import IMAGENET_MEAN, IMAGENET_STD, reference_reshape
 
 LAYER = "layer3"  # the issue's case: resnet18 at layer3, 64x64; the flipped gate lies in layer4
 
@@ -145,6 +146,90 @@ def test_validate_fails_a_wrong_map_that_flips_do_not_explain(flipped):
     assert lines[2].strip().startswith("cam: batch 0 sample 0: max abs 0.0")
     assert lines[2].endswith(f"1 flipped at layer4.0.relu: the reference matches to {wrong[0].residual:.3g}")
     assert lines[3].strip().endswith("sample 1: max abs 0.02; no mask element within float32 rounding of a breakpoint")
+
+
+@pytest.fixture(scope="module")
+def several_flipped():
+    """Like ``flipped``, four layer4.0.relu elements of image 0 at once: those carrying most of the gradient.
+
+    Their single flips do not add up in the map (its ReLU clips each one's effect where the
+    sum lifts a pixel above zero), which kept the summed-maps diagnosis at one of the four.
+    """
+    image = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    reference = copy.deepcopy(zoo_model("resnet18"))
+    x, grad = _gate_input(reference, image)
+    strongest = grad[0].abs().flatten(1).amax(1).argsort(descending=True)[:4]
+    elements = [(c, *divmod(int(grad[0, c].abs().flatten().argmax()), 2)) for c in strongest.tolist()]
+    bias = reference.layer4[0].bn1.bias
+    with torch.no_grad():
+        for c, i, j in elements:
+            bias[c] -= float(x[0, c, i, j]) - 1e-5
+    near = _gate_input(reference, image)[0]
+    artifact = copy.deepcopy(reference)
+    with torch.no_grad():
+        for c, i, j in elements:
+            artifact.layer4[0].bn1.bias[c] -= 2 * float(near[0, c, i, j])
+    across = _gate_input(artifact, image)[0]
+    assert all(near[0, c, i, j] > 0 > across[0, c, i, j] for c, i, j in elements)
+    return reference, artifact, image, elements
+
+
+def test_validate_explains_several_flips_whose_maps_do_not_add_up(several_flipped):
+    reference, artifact, image, elements = several_flipped
+    # the premise: the four single flips' changes to the map, summed, miss the four flipped together
+    flat = [int(np.ravel_multi_index(e, (512, 2, 2))) for e in elements]
+    variants = [[], *([i] for i in flat), flat]  # none, each alone, all four
+    maps = _maps(reference, image[[0] * len(variants)], dict(enumerate(variants)))
+    summed = maps[0] + (maps[1:5] - maps[0]).sum(0)
+    artifact_map = reference_cam(artifact, LAYER, image)[0].numpy()
+    assert np.abs(maps[5] - artifact_map).max() < 1e-5 < 1e-3 < np.abs(summed - artifact_map).max()
+
+    report = validate(EagerArtifact(artifact), reference, inputs=image, batch_sizes=())
+    cam = report.outputs["cam"]
+    assert cam.max_abs > 1e-2 and (cam.verdict, report.ok) == ("explained", True)
+    [diagnosis] = report.maps
+    assert sorted((f.at, f.index) for f in diagnosis.flips) == sorted(("layer4.0.relu", e) for e in elements)
+    assert diagnosis.residual <= cam.tolerance
+
+
+def _maps(model: nn.Module, batch: torch.Tensor, chosen) -> np.ndarray:
+    """Eager maps of ``batch`` (one row per variant) with the ``chosen`` flat layer4.0.relu elements flipped."""
+
+    def run():
+        return [o.numpy() for o in reference_cam(model, LAYER, batch, return_all=True)]
+
+    return traced(run, model, LAYER, {r: [(0, i) for i in v] for r, v in chosen.items() if v})[0][4]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_unclipped_saliency_finishes_to_the_reference_maps(method):
+    """The diagnosis sums flips' effects before the ReLU; its maps must be the reference's, bit for bit."""
+    model = zoo_model("resnet18")
+    image = torch.randn(2, 3, 48, 64, generator=torch.Generator().manual_seed(1))
+    want = reference_cam(model, "layer4", image, method=method, top_k=2).numpy()
+    raw = reference_cam(model, "layer4", image, method=Unclipped(method), top_k=2, upsample=False, normalize=False)
+    assert raw.shape == (2, 2, 2, 2)
+    if method == "gradcam":  # its channel weights take either sign: some saliency lies below the ReLU
+        assert (raw < 0).any()
+    np.testing.assert_array_equal(finish(raw.numpy(), (48, 64), True), want)
+
+
+def test_rows_of_one_image_share_the_layers_before_the_target():
+    """traced(repeat=): one image through the layers before the target, its variants after it."""
+    model = zoo_model("resnet18")
+    image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    chosen = {1: [(0, 5)], 2: [(2, 7), (3, 1)]}
+    reshape = reference_reshape(model, LAYER, image)  # "auto" would probe the layers, widened too
+
+    def run(batch):
+        return lambda: [o.numpy() for o in reference_cam(model, LAYER, batch, return_all=True, reshape=reshape)]
+
+    shared, calls = traced(run(image), model, LAYER, chosen, repeat=3)
+    full, _ = traced(run(image[[0, 0, 0]]), model, LAYER, chosen)
+    assert len(calls[0].x) == 3 and len(shared[4]) == 3
+    # the same numbers up to the batch's float32 rounding: only the batch size differs
+    for a, b in zip(shared, full, strict=True):
+        torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=1e-5, atol=1e-5)
 
 
 class _Functional(nn.Module):
