@@ -16,35 +16,26 @@ the saliency before it, and eager with the set it finds matches the artifact to 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from .gates import Chosen, GateCall, nearest_breakpoint, same_gates
 from .methods import CAMMethod, get_method, postprocess
 
 __all__ = [
     "MARGIN",
     "MAX_CANDIDATES",
     "MAX_ROUNDS",
-    "Chosen",
     "MaskFlip",
     "MapDiagnosis",
     "Rerun",
     "Unclipped",
     "diagnose",
-    "disagreements",
     "finish",
-    "same_gates",
-    "traced",
 ]
 
 # An element is a candidate when its float32 pre-activation lies within MARGIN times the
@@ -62,160 +53,6 @@ MAX_ROUNDS = 4
 # without a better set after which it ends, and how many steps a changed element stays put.
 # Enough for the 14 flips among 32 candidates on resnet50 layer3.
 _STEPS, _PATIENCE, _TENURE = 40, 15, 10
-
-
-def _arg(args, kwargs, i: int, name: str, default: float) -> float:
-    return float(args[i]) if len(args) > i else float(kwargs.get(name, default))
-
-
-def _relu(args, kwargs):
-    return (0.0,), lambda x: (x > 0).to(x.dtype)
-
-
-def _hardtanh(args, kwargs):
-    lo, hi = _arg(args, kwargs, 1, "min_val", -1.0), _arg(args, kwargs, 2, "max_val", 1.0)
-    return (lo, hi), lambda x: ((x > lo) & (x < hi)).to(x.dtype)
-
-
-def _relu6(args, kwargs):
-    return (0.0, 6.0), lambda x: ((x > 0) & (x < 6)).to(x.dtype)
-
-
-def _hardswish(args, kwargs):
-    return (-3.0, 3.0), lambda x: torch.where(x < -3, 0.0, torch.where(x > 3, 1.0, x / 3 + 0.5)).to(x.dtype)
-
-
-def _hardsigmoid(args, kwargs):
-    return (-3.0, 3.0), lambda x: ((x > -3) & (x < 3)).to(x.dtype) / 6
-
-
-def _leaky_relu(args, kwargs):
-    slope = _arg(args, kwargs, 1, "negative_slope", 0.01)
-    return (0.0,), lambda x: torch.where(x > 0, 1.0, slope).to(x.dtype)
-
-
-# Every entry point a ReLU-family gate is reached by: nn.ReLU calls F.relu, nn.ReLU6 F.hardtanh,
-# torchvision's GoogLeNet and Inception call F.relu directly, some code torch.relu or x.relu_().
-# Each maps to (breakpoints, derivative) read off the call's arguments.
-_GATES: dict[Callable, Callable] = {
-    F.relu: _relu,
-    torch.relu: _relu,
-    torch.relu_: _relu,
-    torch.Tensor.relu: _relu,
-    torch.Tensor.relu_: _relu,
-    F.relu6: _relu6,
-    F.hardtanh: _hardtanh,
-    F.hardswish: _hardswish,
-    F.hardsigmoid: _hardsigmoid,
-    F.leaky_relu: _leaky_relu,
-}
-
-
-@dataclass
-class _Call:
-    label: str  # the innermost module running the gate, "#2" on its second call
-    x: torch.Tensor  # the pre-activation, detached
-    breakpoints: tuple[float, ...]
-
-
-class _Gates(TorchFunctionMode):
-    """Records every gate call after the target layer; flips the given elements' side of the breakpoint.
-
-    A flipped element keeps its value (the gates are continuous) but takes the derivative of
-    the other side: ``out.detach() + d_other * (x - x.detach())`` equals ``out`` and has
-    gradient ``d_other``. Unflipped elements keep the gate's own backward, bit for bit.
-    """
-
-    def __init__(self, flips: dict[int, list[tuple[int, int]]]) -> None:
-        super().__init__()
-        self.flips = flips
-        self.stack: list[str] = []  # names of the modules running
-        self.start()
-
-    def start(self) -> None:
-        self.stack.clear()  # a pass that raised may have left names behind
-        self.after = False  # set when the target layer returns
-        self.calls: list[_Call] = []
-        self._seen: Counter[str] = Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        gate = _GATES.get(func)
-        # the CAM maths' own ReLU runs after the model: it gates no gradient
-        if gate is None or not self.after or not self.stack or not args or not isinstance(args[0], torch.Tensor):
-            return func(*args, **kwargs)
-        x = args[0].clone()  # in-place gates overwrite their input
-        out = func(*args, **kwargs)
-        breakpoints, derivative = gate(args, kwargs)
-        self.calls.append(_Call(self._label(), x.detach(), breakpoints))
-        elements = self.flips.get(len(self.calls) - 1)
-        if not elements:
-            return out
-        flip = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-        for n, i in elements:
-            if n < len(x):  # reference_cam may first run the first image alone (to count classes)
-                flip[n].view(-1)[i] = True
-        nearest = _nearest(x.detach(), breakpoints)
-        other = torch.where(
-            x.detach() > nearest, torch.nextafter(nearest, nearest - 1), torch.nextafter(nearest, nearest + 1)
-        )
-        flipped = out.detach() + derivative(other) * (x - x.detach())
-        # a new tensor even for an in-place gate: code that drops an in-place gate's result
-        # keeps the unflipped backward, which the residual then shows (never a false "explained")
-        return torch.where(flip, flipped, out)
-
-    def _label(self) -> str:
-        label = self.stack[-1] if self.stack and self.stack[-1] else "(model)"
-        self._seen[label] += 1
-        n = self._seen[label]
-        return label if n == 1 else f"{label}#{n}"
-
-
-def _nearest(x: torch.Tensor, breakpoints: Sequence[float]) -> torch.Tensor:
-    """The breakpoint nearest each element of ``x``."""
-    points = torch.tensor(breakpoints, dtype=x.dtype, device=x.device)
-    distance = (x.unsqueeze(-1) - points).abs()
-    return points[distance.argmin(-1)]
-
-
-@contextlib.contextmanager
-def _watch(
-    model: nn.Module, layer_name: str, flips: dict[int, list[tuple[int, int]]], repeat: int = 1
-) -> Iterator[_Gates]:
-    """The gate calls of ``model``'s last forward pass after ``layer_name``, named by module.
-
-    Every forward pass starts the record afresh (``reference_cam`` runs the model once to
-    list layers before the pass it explains). With ``repeat``, a one-image output of the
-    layer goes on as that many rows. The hooks go on exit.
-    """
-    mode = _Gates(flips)
-
-    def widen(_module, _inputs, output):
-        if isinstance(output, torch.Tensor) and len(output) == 1:
-            return output.repeat(repeat, *[1] * (output.dim() - 1))
-        return None
-
-    def enter(module, _inputs, name):
-        if module is model:
-            mode.start()
-        mode.stack.append(name)
-
-    def leave(module, _inputs, _output):
-        mode.stack.pop()
-        if module is layer:
-            mode.after = True
-
-    layer = model.get_submodule(layer_name)
-    handles = [layer.register_forward_hook(widen)] if repeat > 1 else []
-    try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(functools.partial(enter, name=name)))
-            handles.append(module.register_forward_hook(leave))
-        with mode:
-            yield mode
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @dataclass(frozen=True)
@@ -254,51 +91,6 @@ class MapDiagnosis:
         return f"{where}; {near}, {len(self.flips)} flipped at {at}: the reference matches to {self.residual:.3g}"
 
 
-Chosen = dict[int, list[tuple[int, int]]]  # sample -> (gate call, flat element) pairs
-
-
-def traced(
-    run: Callable[[], list[np.ndarray]],
-    model: nn.Module,
-    layer_name: str,
-    chosen: Chosen | None = None,
-    *,
-    repeat: int = 1,
-) -> tuple[list[np.ndarray], list[_Call]]:
-    """``run()`` (a reference pass of ``model``) with its gate calls recorded, the ``chosen`` elements flipped.
-
-    With ``repeat``, ``run`` passes one image and the target layer's output goes on as
-    ``repeat`` rows (``chosen`` by row): variants of one image that differ only after the
-    layer share the layers before it. A layer whose output is not one tensor is left alone;
-    ``run`` must not probe the layers (``reference_cam`` with a callable ``reshape``).
-    """
-    flips: dict[int, list[tuple[int, int]]] = {}
-    for n, elements in (chosen or {}).items():
-        for c, i in elements:
-            flips.setdefault(c, []).append((n, i))
-    with _watch(model, layer_name, flips, repeat) as mode:
-        outputs = run()
-    return outputs, mode.calls
-
-
-def same_gates(calls32: Sequence[_Call], calls64: Sequence[_Call]) -> bool:
-    """Whether two passes ran the same gates (they differ only with data-dependent control flow)."""
-    return [(c.label, c.x.shape) for c in calls32] == [(c.label, c.x.shape) for c in calls64]
-
-
-def disagreements(calls32: Sequence[_Call], calls64: Sequence[_Call], samples: Sequence[int]) -> Chosen:
-    """Elements of ``samples`` on which float32 and float64 take different sides of a breakpoint."""
-    found: Chosen = {}
-    if not same_gates(calls32, calls64):
-        return found
-    for c, (a, b) in enumerate(zip(calls32, calls64, strict=True)):
-        points = _nearest(a.x.double(), a.breakpoints)
-        differ = (a.x.double() > points) != (b.x > points)
-        for n in samples:
-            found.setdefault(n, []).extend((c, int(i)) for i in differ[n].flatten().nonzero().flatten())
-    return {n: e for n, e in found.items() if e}
-
-
 Rerun = Callable[[list[int], Chosen], np.ndarray]
 
 
@@ -335,8 +127,8 @@ def finish(saliency: np.ndarray | torch.Tensor, size: tuple[int, int] | None, no
 
 def diagnose(
     rerun: Rerun,
-    calls32: Sequence[_Call],
-    calls64: Sequence[_Call],
+    calls32: Sequence[GateCall],
+    calls64: Sequence[GateCall],
     base: np.ndarray,
     got: np.ndarray,
     failing: Sequence[int],
@@ -505,7 +297,7 @@ def _diagnosis(batch, n, base, got, final, candidates, tried, chosen, calls32, c
     )
 
 
-def _candidates(calls32: Sequence[_Call], calls64: Sequence[_Call], n: int) -> list[tuple[int, int]]:
+def _candidates(calls32: Sequence[GateCall], calls64: Sequence[GateCall], n: int) -> list[tuple[int, int]]:
     """(call, flat element) pairs of sample ``n`` within float32 rounding of a breakpoint, likeliest to flip first.
 
     Another runtime computes the same float64 value with another float32 error of about the
@@ -522,7 +314,7 @@ def _candidates(calls32: Sequence[_Call], calls64: Sequence[_Call], n: int) -> l
         margin = MARGIN * float(error.max().sqrt())
         scale = float(error.mean().sqrt()) or 1.0
         x = a.x[n].flatten().double()
-        point = _nearest(x, a.breakpoints)
+        point = nearest_breakpoint(x, a.breakpoints)
         close = ((x - point).abs() <= margin).nonzero().flatten()
         side = torch.sign(x - point)[close]
         order = side * (b.x[n].flatten()[close] - point[close]) / scale

@@ -16,7 +16,8 @@ from torch import nn
 
 from .contract import OUTPUT_NAMES
 from .errors import ParityError
-from .maskflips import Chosen, MapDiagnosis, Rerun, Unclipped, diagnose, disagreements, finish, traced
+from .gates import Chosen, disagreements, traced
+from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish
 from .runtime.explainer import Explainer, load_explainer
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
 from .wrapper import reference_cam, reference_reshape

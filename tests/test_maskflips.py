@@ -14,7 +14,8 @@ from torch import nn
 
 from gradcam_model import ParityError, assert_parity, reference_cam, validate
 from gradcam_model.contract import ArtifactMetadata
-from gradcam_model.maskflips import Unclipped, finish, traced
+from gradcam_model.gates import traced
+from gradcam_model.maskflips import Unclipped, finish
 from gradcam_model.methods import METHODS
 from gradcam_model.runtime.explainer import Explainer
 from gradcam_model.wrapper import IMAGENET_MEAN, IMAGENET_STD, reference_reshape
