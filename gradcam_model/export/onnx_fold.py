@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .onnx_backward import _drop_dead
 from .onnx_passes import weight_as_operand_a
 
 __all__ = ["fold_reduced_gradients"]
@@ -50,6 +51,7 @@ def fold_reduced_gradients(proto) -> int:
     inits = {i.name: i for i in graph.initializer}
     dims = {i.name: i.type.tensor_type.shape.dim for i in graph.input}
     batch_inputs = {name for name, d in dims.items() if d and d[0].dim_param}  # a dynamic first axis
+    constant = _constants(graph, inits, batch_inputs)  # once: a fold only removes readers of these
     folded: dict[tuple, str] = {}  # each explained class folds the same weight: stored once
     count, gone = 0, set()
     for node in list(graph.node):
@@ -59,7 +61,7 @@ def fold_reduced_gradients(proto) -> int:
         if product is None:
             continue
         x, weight, transpose, nodes, y = product
-        chain = _chain(graph, y, inits, batch_inputs)
+        chain = _chain(graph, y, constant)
         if not chain:
             continue
         matrix = _as_rows(inits[weight], transpose)
@@ -106,14 +108,19 @@ def _product(graph, node, inits):
     return None
 
 
-def _chain(graph, start, inits, batch_inputs) -> list:
-    """The linear ops that follow ``start``, one reader each, other inputs constant or the batch size."""
+def _constants(graph, inits, batch_inputs) -> set[str]:
+    """Values computed from constants and the batch size only."""
     constant = set(inits)
-    for node in graph.node:  # values computed from constants and the batch size only
+    for node in graph.node:
         if node.op_type == "Shape" and node.input[0] in batch_inputs and _shape_slice(node) == (0, 1):
             constant.update(node.output)
         elif node.input and all(i in constant or not i for i in node.input) and node.op_type != "Shape":
             constant.update(node.output)
+    return constant
+
+
+def _chain(graph, start, constant: set[str]) -> list:
+    """The linear ops that follow ``start``, one reader each, other inputs ``constant``."""
     chain, value = [], start
     while True:
         readers = _readers(graph, value)
@@ -235,9 +242,3 @@ def _perm(node) -> list[int]:
 def _shape_slice(node) -> tuple:
     attrs = {a.name: a.i for a in node.attribute}
     return attrs.get("start", 0), attrs.get("end")
-
-
-def _drop_dead(graph) -> None:
-    from .onnx_backward import _drop_dead as drop
-
-    drop(graph)
