@@ -50,7 +50,12 @@ def test_exported_artifacts_are_readable_by_others(artifacts):
 # signal lands while the temporary file exists.
 _CHILD = textwrap.dedent(
     """
-    import os, sys, time
+    import os, signal, sys, time
+    # start as a process launched from a shell would: a test worker's ignored or blocked
+    # SIGTERM/SIGINT (inherited across exec) would otherwise leave the signal undelivered
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGTERM, signal.SIGINT}})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {root!r})
     from gradcam_model import _atomic
     _atomic._link_works = False
