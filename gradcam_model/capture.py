@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext, is_concrete_int
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
@@ -88,6 +88,28 @@ def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, name
     return lambda tensors, image: explain(tensors, image, None)
 
 
+class _GlobalMean(torch.autograd.Function):
+    """``x.mean((-2, -1), keepdim=True)`` over a dynamic height and width, whose gradient
+    divides by the pooled-element count summed on ``x``'s own device.
+
+    Autograd's mean backward divides by ``h * w`` as a number: with a dynamic size that is
+    a float scalar computed from the input's shape, which ONNX Runtime's CUDA provider
+    computes on the CPU and copies to the GPU (a MemcpyFromHost node inside the graph: a
+    synchronization, and no CUDA graphs). The sum of ``h * w`` ones is exact in float32
+    below 2**24 elements, so the quotient is bit-identical.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.shape = x.shape
+        ctx.count = torch.ones_like(x[(0,) * (x.dim() - 2)]).sum()
+        return x.mean((-2, -1), keepdim=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.expand(ctx.shape) / ctx.count
+
+
 class _ExportableForward(TorchFunctionMode):
     """Forward-side substitutions, applied before autograd sees the op.
 
@@ -113,7 +135,10 @@ class _ExportableForward(TorchFunctionMode):
         if func in self._POOLS:
             size = args[1] if len(args) > 1 else kwargs.get("output_size")
             if size in (1, (1, 1), [1, 1]):
-                return args[0].mean((-2, -1), keepdim=True)
+                x = args[0]
+                if all(is_concrete_int(n) for n in x.shape[-2:]):
+                    return x.mean((-2, -1), keepdim=True)
+                return _GlobalMean.apply(x)
         result = func(*args, **kwargs)
         if func in self._LINEAR:
             weight = args[1] if len(args) > 1 else kwargs.get("weight")

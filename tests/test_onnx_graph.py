@@ -107,3 +107,30 @@ def test_onnx_reference_evaluator_agrees_with_onnx_runtime(artifacts):
     # at a last-stage layer the two runtimes agree to float32 rounding (measured 1.6e-5 with
     # OpenVINO too); at inner layers one ReLU-mask element within rounding of zero can flip
     np.testing.assert_allclose(got["cam"], want.cam, rtol=0, atol=1e-4)
+
+
+def _shape_derived(graph) -> set[str]:
+    """Names of the values computed from a ``Shape`` node (integer size arithmetic)."""
+    derived: set[str] = set()
+    for node in graph.node:  # nodes are topologically sorted
+        if node.op_type == "Shape" or any(name in derived for name in node.input):
+            derived.update(node.output)
+    return derived
+
+
+def test_no_float_tensor_is_computed_from_the_input_size(artifacts):
+    """With a dynamic height and width, Grad-CAM's global-pool gradient divides by h * w. As a
+    number computed from the shape, ONNX Runtime's CUDA provider computes it on the CPU and
+    copies it in (a MemcpyFromHost node, seen on an H100 at resnet50 layer4); the count is
+    summed on the device instead. The check: no size arithmetic turns into a float tensor."""
+    graph = onnx.load(str(artifacts["dynamic.onnx"]), load_external_data=False).graph
+    derived = _shape_derived(graph)
+    assert "Shape" in {n.op_type for n in graph.node}  # the check has something to see
+    floats = [
+        n.name
+        for n in graph.node
+        if n.op_type == "Cast"
+        and n.input[0] in derived
+        and any(a.name == "to" and a.i in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) for a in n.attribute)
+    ]
+    assert floats == []
