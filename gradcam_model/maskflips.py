@@ -17,13 +17,13 @@ the saliency before it, and eager with the set it finds matches the artifact to 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .gates import Chosen, GateCall, nearest_breakpoint, same_gates
+from .gates import Chosen, GateCall, disagreements, nearest_breakpoint, same_gates
 from .methods import CAMMethod, get_method, postprocess
 
 __all__ = [
@@ -153,31 +153,46 @@ def diagnose(
     :data:`MAX_ROUNDS`: explained when the last residual is within ``limit``.
     """
     comparable = same_gates(calls32, calls64)
-    candidates = {n: _candidates(calls32, calls64, n) if comparable else [] for n in failing}
+    # every candidate takes float64's side, or the other one where the search flips it: which
+    # side eager float32 put it on, in this batch or in a rerun's, changes nothing
+    basis = {n: set(e) for n, e in disagreements(calls32, calls64, failing).items()} if comparable else {}
+    candidates = {n: _candidates(calls32, calls64, n, basis.get(n, ())) if comparable else [] for n in failing}
+    sides = {n: _sides64(calls64, calls32, c, n) for n, c in candidates.items()}
+
+    def forced(n: int, flipped: Collection[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+        return [(c, i, side != ((c, i) in flipped)) for (c, i), side in sides[n].items()]
+
+    def run(rows: list[int], chosen: Chosen) -> np.ndarray:
+        return rerun(rows, {n: forced(n, set(chosen.get(n, ()))) for n in failing})
+
     # the saliency of ``base`` itself: eager rounds a batch of other rows differently, which
     # may put an element across (the single flips' rows), so sums start from the batch's own
-    origin = rerun(list(range(len(base))), {}) if any(candidates.values()) else None
+    everyone = list(range(len(base)))
+    origin = run(everyone, {n: [] for n in failing}) if any(candidates.values()) else None
     searches = {n: _Search(got[n : n + 1], None if origin is None else origin[n], finish) for n in failing}
-    final = base
+    final = base if origin is None else finish(origin)
     for round_ in range(MAX_ROUNDS):
         new = {n: c[round_ * MAX_CANDIDATES : (round_ + 1) * MAX_CANDIDATES] for n, c in candidates.items()}
         new = {n: c for n, c in new.items() if c and _error(final[n], got[n]) > limit}
         if not new:
             break
-        for n, (origin, flipped) in _single_flips(rerun, new, {n: s.chosen for n, s in searches.items()}).items():
+        chosen = {n: s.chosen for n, s in searches.items()}
+        for n, (origin, flipped) in _single_flips(rerun, new, chosen, forced).items():
             searches[n].measure(new[n], origin, flipped)
         picks = {n: searches[n].pick() for n in new}
         if all(set(p) == set(searches[n].chosen) for n, p in picks.items()):
             continue
-        trial = rerun(list(range(len(base))), {n: s.chosen for n, s in searches.items()} | picks)
+        trial = run(everyone, chosen | picks)
         maps, final = finish(trial), final.copy()
         for n, p in picks.items():
             # the sum is a linearization: a set that does worse than the one before is dropped
             if _squared(maps[n], got[n]) < _squared(final[n], got[n]):
                 searches[n].accept(p, trial[n])
                 final[n] = maps[n]
+    # the flips reported: those from eager float32's sides in ``base``, what its maps need
+    flips = {n: sorted(set(s.chosen) ^ basis.get(n, set())) for n, s in searches.items()}
     return [
-        _diagnosis(batch, n, base, got, final, len(candidates[n]), s.tried, s.chosen, calls32, calls64, limit)
+        _diagnosis(batch, n, base, got, final, len(candidates[n]), s.tried, flips[n], calls32, calls64, limit)
         for n, s in searches.items()
     ]
 
@@ -259,8 +274,11 @@ def _squared(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.square(a.astype(np.float64) - b).sum())
 
 
-def _single_flips(rerun: Rerun, tried: Chosen, chosen: Chosen) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
-    """Each sample's saliency with its ``chosen`` flips, and with each of its ``tried`` elements flipped on top.
+def _single_flips(
+    rerun: Rerun, tried: Chosen, chosen: Chosen, forced: Callable[[int, Collection[tuple[int, int]]], list]
+) -> dict[int, tuple[np.ndarray, list[np.ndarray]]]:
+    """Each sample's saliency with its ``chosen`` flips, and with each of its ``tried`` elements flipped on top
+    (``forced(n, flips)``: the sides every candidate of sample ``n`` takes, see :func:`diagnose`).
 
     The variants of a sample run as the rows of one batch (the first with the ``chosen`` flips
     alone, to subtract): one pass instead of one per candidate, all rows of one image (see
@@ -268,7 +286,7 @@ def _single_flips(rerun: Rerun, tried: Chosen, chosen: Chosen) -> dict[int, tupl
     """
     measured = {}
     for n, elements in tried.items():
-        flips = [chosen[n] + ([] if e is None else [e]) for e in (None, *elements)]
+        flips = [forced(n, set(chosen[n]) ^ ({e} - {None})) for e in (None, *elements)]
         origin, *flipped = rerun([n] * len(flips), {r: f for r, f in enumerate(flips) if f})
         measured[n] = (origin, flipped)
     return measured
@@ -297,26 +315,39 @@ def _diagnosis(batch, n, base, got, final, candidates, tried, chosen, calls32, c
     )
 
 
-def _candidates(calls32: Sequence[GateCall], calls64: Sequence[GateCall], n: int) -> list[tuple[int, int]]:
+def _sides64(calls64: Sequence[GateCall], calls32: Sequence[GateCall], elements, n: int) -> dict[tuple[int, int], bool]:
+    """Whether float64 puts each of sample ``n``'s ``elements`` (call, flat element) above its nearest breakpoint."""
+    sides = {}
+    for c in dict.fromkeys(c for c, _ in elements):
+        index = [i for k, i in elements if k == c]
+        x = calls64[c].x[n].reshape(-1)[index]
+        above = x > nearest_breakpoint(x, calls32[c].breakpoints)
+        sides.update(((c, i), bool(a)) for i, a in zip(index, above.tolist(), strict=True))
+    return sides
+
+
+def _candidates(
+    calls32: Sequence[GateCall], calls64: Sequence[GateCall], n: int, across: Collection[tuple[int, int]] = ()
+) -> list[tuple[int, int]]:
     """(call, flat element) pairs of sample ``n`` within float32 rounding of a breakpoint, likeliest to flip first.
 
     Another runtime computes the same float64 value with another float32 error of about the
     size of eager's: an element crosses when that error carries it from float64's value to the
-    other side of the breakpoint than eager float32's. Hence the order: by float64's distance
-    from the breakpoint on float32's side (negative where float64 already lies across), in
-    units of the tensor's RMS float32 - float64 difference. On resnet50 ``layer3`` every
-    element ONNX Runtime flipped ranks in the first 60 by distance of float32 alone, in the
-    first 30 (57 once) by this order.
+    other side of the breakpoint. Hence the candidates: float64's value within :data:`MARGIN`
+    times the tensor's largest float32 - float64 difference of a breakpoint, and the elements
+    ``across`` (where eager float32 took the other side); the order: by float64's distance
+    from the breakpoint in units of the tensor's RMS float32 - float64 difference. Nothing but
+    that scale depends on how eager float32 rounded.
     """
     found = []
     for c, (a, b) in enumerate(zip(calls32, calls64, strict=True)):
         error = (a.x.double() - b.x).square()
         margin = MARGIN * float(error.max().sqrt())
         scale = float(error.mean().sqrt()) or 1.0
-        x = a.x[n].flatten().double()
-        point = nearest_breakpoint(x, a.breakpoints)
-        close = ((x - point).abs() <= margin).nonzero().flatten()
-        side = torch.sign(x - point)[close]
-        order = side * (b.x[n].flatten()[close] - point[close]) / scale
-        found += [(float(o), c, int(i)) for o, i in zip(order, close, strict=True)]
+        x = b.x[n].flatten()
+        distance = (x - nearest_breakpoint(x, a.breakpoints)).abs()
+        close = distance <= margin
+        close[[i for k, i in across if k == c]] = True
+        close = close.nonzero().flatten()
+        found += [(float(d), c, int(i)) for d, i in zip(distance[close] / scale, close, strict=True)]
     return [(c, i) for _, c, i in sorted(found)]
