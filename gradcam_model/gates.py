@@ -81,7 +81,8 @@ class GateCall:
 
 
 class _Gates(TorchFunctionMode):
-    """Records every gate call after the target layer; flips the given elements' side of the breakpoint.
+    """Records every gate call after the target layer; flips the given elements' side of the breakpoint
+    (toggled, or to a given side: see ``Chosen``).
 
     A flipped element keeps its value (the gates are continuous) but takes the derivative of
     the other side: ``out.detach() + d_other * (x - x.detach())`` equals ``out`` and has

@@ -12,6 +12,20 @@ to the other side must reproduce the artifact's map within the plain tolerance.
 On resnet50 at ``layer3`` ONNX Runtime flips 7 to 14 elements per map among ~600 such
 candidates, and their effects interact through the map's ReLU: the search sums effects in
 the saliency before it, and eager with the set it finds matches the artifact to 5e-5.
+
+The search must not depend on how eager float32 rounds, which changes with torch's thread
+count and with the batch: every rerun takes each candidate on float64's side of its
+breakpoint, or on the other side where the search flips it, whatever side that rerun's own
+float32 put it on (a side, not a toggle: see ``Chosen`` in :mod:`gradcam_model.gates`), and
+candidates rank by float64's distance from the breakpoint. Toggles relative to eager float32
+failed resnet50 ``layer3`` batch 1 sample 1 with 16 torch threads (1.2e-3 left after 8 flips,
+64 candidates): the batch of one image's single-flip variants rounded layer4.0.relu element
+(21, 12, 10) to +1.1e-7 where the original batch had -1.1e-6 (float64: +5.9e-5), one of the
+7 flips the map needs, so its toggle measured the opposite flip. Now that map is explained
+with 7 flips at 3.6e-5, and all 4 maps with 1, 2, 8 and 16 threads alike (residuals 3.0e-5
+to 4.9e-5, within 5e-6 of each other across thread counts). From float64's sides ONNX
+Runtime flips 5 to 9 elements per map there (7 to 14 from eager float32's, which the report
+lists: what eager's maps need).
 """
 
 from __future__ import annotations
@@ -144,11 +158,13 @@ def diagnose(
     batch made of samples ``rows`` (repeats allowed) with the chosen elements of each row
     flipped, and ``finish`` turns saliency into maps. Candidates are the gating elements after
     the target layer within :data:`MARGIN` float32 rounding of a breakpoint, likeliest to flip
-    first (:func:`_candidates`). Each round measures the next :data:`MAX_CANDIDATES` flipped one
-    at a time (one row each) on top of the current set; a tabu search over every candidate
-    measured so far (:meth:`_Search.pick`) picks the set whose summed saliency, finished,
-    comes closest to ``got``;
-    one pass of the original batch measures that set's residual (a set that does worse than
+    first (:func:`_candidates`); every rerun puts each of them on float64's side unless the
+    search flips it (the search's sets are flips from float64's sides; the report's, from
+    eager float32's in ``base``, the two differing where float32 and float64 disagree). Each
+    round measures the next :data:`MAX_CANDIDATES` flipped one at a time (one row each) on top
+    of the current set; a tabu search over every candidate measured so far
+    (:meth:`_Search.pick`) picks the set whose summed saliency, finished, comes closest to
+    ``got``; one pass of the original batch measures that set's residual (a set that does worse than
     the one before is dropped). Rounds go on while a residual exceeds ``limit``, up to
     :data:`MAX_ROUNDS`: explained when the last residual is within ``limit``.
     """
@@ -165,8 +181,8 @@ def diagnose(
     def run(rows: list[int], chosen: Chosen) -> np.ndarray:
         return rerun(rows, {n: forced(n, set(chosen.get(n, ()))) for n in failing})
 
-    # the saliency of ``base`` itself: eager rounds a batch of other rows differently, which
-    # may put an element across (the single flips' rows), so sums start from the batch's own
+    # the saliency of ``base``'s batch with every candidate on float64's side: the sums start
+    # from the batch's own pass (elsewhere than the candidates, other rows may round otherwise)
     everyone = list(range(len(base)))
     origin = run(everyone, {n: [] for n in failing}) if any(candidates.values()) else None
     searches = {n: _Search(got[n : n + 1], None if origin is None else origin[n], finish) for n in failing}
@@ -337,7 +353,8 @@ def _candidates(
     times the tensor's largest float32 - float64 difference of a breakpoint, and the elements
     ``across`` (where eager float32 took the other side); the order: by float64's distance
     from the breakpoint in units of the tensor's RMS float32 - float64 difference. Nothing but
-    that scale depends on how eager float32 rounded.
+    that scale depends on how eager float32 rounded. On resnet50 ``layer3`` the elements ONNX
+    Runtime flipped from float64's sides rank in the first 28 by this order (56 once).
     """
     found = []
     for c, (a, b) in enumerate(zip(calls32, calls64, strict=True)):
