@@ -81,14 +81,15 @@ class GateCall:
 
 
 class _Gates(TorchFunctionMode):
-    """Records every gate call after the target layer; flips the given elements' side of the breakpoint.
+    """Records every gate call after the target layer; flips the given elements' side of the breakpoint
+    (toggled, or to a given side: see ``Chosen``).
 
     A flipped element keeps its value (the gates are continuous) but takes the derivative of
     the other side: ``out.detach() + d_other * (x - x.detach())`` equals ``out`` and has
     gradient ``d_other``. Unflipped elements keep the gate's own backward, bit for bit.
     """
 
-    def __init__(self, flips: dict[int, list[tuple[int, int]]]) -> None:
+    def __init__(self, flips: dict[int, list[tuple]]) -> None:
         super().__init__()
         self.flips = flips
         self.stack: list[str] = []  # names of the modules running
@@ -113,14 +114,18 @@ class _Gates(TorchFunctionMode):
         elements = self.flips.get(len(self.calls) - 1)
         if not elements:
             return out
-        flip = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-        for n, i in elements:
-            if n < len(x):  # reference_cam may first run the first image alone (to count classes)
-                flip[n].view(-1)[i] = True
         nearest = nearest_breakpoint(x.detach(), breakpoints)
-        other = torch.where(
-            x.detach() > nearest, torch.nextafter(nearest, nearest - 1), torch.nextafter(nearest, nearest + 1)
-        )
+        above = x.detach() > nearest
+        elements = [e for e in elements if e[0] < len(x)]  # reference_cam may first run the first image alone
+        rows = torch.tensor([e[0] for e in elements], dtype=torch.long, device=x.device)
+        index = torch.tensor([e[1] for e in elements], dtype=torch.long, device=x.device)
+        # a toggle flips the element whatever side it lies on; a side (True: above the breakpoint)
+        # flips it where this pass put it on the other one
+        want = torch.tensor([e[2] if len(e) > 2 else True for e in elements], dtype=torch.bool, device=x.device)
+        toggle = torch.tensor([len(e) == 2 for e in elements], dtype=torch.bool, device=x.device)
+        flip = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
+        flip.view(len(x), -1)[rows, index] = toggle | (above.reshape(len(x), -1)[rows, index] != want)
+        other = torch.where(above, torch.nextafter(nearest, nearest - 1), torch.nextafter(nearest, nearest + 1))
         flipped = out.detach() + derivative(other) * (x - x.detach())
         # a new tensor even for an in-place gate: code that drops an in-place gate's result
         # keeps the unflipped backward, which the residual then shows (never a false "explained")
@@ -141,9 +146,7 @@ def nearest_breakpoint(x: torch.Tensor, breakpoints: Sequence[float]) -> torch.T
 
 
 @contextlib.contextmanager
-def _watch(
-    model: nn.Module, layer_name: str, flips: dict[int, list[tuple[int, int]]], repeat: int = 1
-) -> Iterator[_Gates]:
+def _watch(model: nn.Module, layer_name: str, flips: dict[int, list[tuple]], repeat: int = 1) -> Iterator[_Gates]:
     """The gate calls of ``model``'s last forward pass after ``layer_name``, named by module.
 
     Every forward pass starts the record afresh (``reference_cam`` runs the model once to
@@ -180,7 +183,10 @@ def _watch(
             handle.remove()
 
 
-Chosen = dict[int, list[tuple[int, int]]]  # sample -> (gate call, flat element) pairs
+# sample -> (gate call, flat element) pairs, each flipped to the other side of the side this pass
+# puts it on, or (gate call, flat element, side) triples: the element takes that side (True:
+# above its nearest breakpoint) whatever side this pass puts it on
+Chosen = dict[int, list[tuple[int, int]] | list[tuple[int, int, bool]]]
 
 
 def traced(
@@ -198,10 +204,10 @@ def traced(
     layer share the layers before it. A layer whose output is not one tensor is left alone;
     ``run`` must not probe the layers (``reference_cam`` with a callable ``reshape``).
     """
-    flips: dict[int, list[tuple[int, int]]] = {}
+    flips: dict[int, list[tuple]] = {}
     for n, elements in (chosen or {}).items():
-        for c, i in elements:
-            flips.setdefault(c, []).append((n, i))
+        for c, i, *side in elements:
+            flips.setdefault(c, []).append((n, i, *side))
     with _watch(model, layer_name, flips, repeat) as mode:
         outputs = run()
     return outputs, mode.calls
