@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import types
 
 import numpy as np
 import pytest
@@ -300,3 +301,38 @@ def test_a_flipped_element_takes_the_other_side_derivative(gate, point, here, ot
     np.testing.assert_array_equal(out2, out)
     assert grad[0, :2].tolist() == pytest.approx([here, here], abs=1e-6)
     assert grad2[0].tolist() == pytest.approx([here, other, grad[0, 2]], abs=1e-6)
+
+
+class _Concatenating(nn.Module):
+    """DenseNet's pattern: the code after the target layer (``block``) joins a tensor from before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.mix = nn.Conv2d(16, 16, 1)
+        self.relu = nn.ReLU()
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.stem(x)
+        return self.head(self.relu(self.mix(torch.cat([s, self.block(s)], 1))).mean((2, 3)))
+
+
+def test_variants_of_one_image_run_in_full_where_the_layer_feeds_a_concatenation():
+    """One image's variants cannot share the layers before the target when code after it joins
+    a tensor from before it (one row against several): they then run as full rows."""
+    torch.manual_seed(0)
+    model = _Concatenating().eval()
+    image = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    meta = types.SimpleNamespace(target_layer="block", method="gradcam", top_k=1, upsample=True, normalize=True)
+    reshape = reference_reshape(model, "block", image)
+    refs = parity._References(model, copy.deepcopy(model).double(), meta, image, None, reshape)
+    with pytest.raises(RuntimeError):  # the shared path's failure, which rerun catches
+        refs._run_rows([0], {}, repeat=3)
+    # the elements of the ReLU after the concatenation that carry most of image 0's saliency
+    x = refs.calls32[0].x[0].reshape(-1)
+    chosen = {1: [(0, int(i)) for i in torch.argsort(x.abs())[:40]], 2: [(0, int(x.abs().argmax()))]}
+    got = refs.rerun([0, 0, 0], chosen)
+    np.testing.assert_array_equal(got, refs._run_rows([0, 0, 0], chosen))
+    assert got.shape[0] == 3 and not np.array_equal(got[0], got[2])  # the flips change the saliency
