@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[export,demo]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[export,demo]"
 exec .venv/bin/gradcam demo "$@"

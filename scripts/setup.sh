@@ -3,14 +3,25 @@
 # machine's disk where it has them), the package with every extra ([dev]), and a C++
 # toolchain for tests/test_cpp.py. Safe to re-run: pip skips what is already there.
 # The demo needs less: scripts/demo.sh installs [export,demo] only, with no compiler.
+#
+# Versions come from constraints.txt (what the suite last ran green with). Environment:
+#   GRADCAM_VENV         the venv folder (default .venv)
+#   GRADCAM_CONSTRAINTS  a constraints file (default constraints.txt); set it empty for the
+#                        newest versions pyproject.toml allows (torch stays at 2.14.1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PYTHON" -m venv .venv
+VENV=${GRADCAM_VENV:-.venv}
+CONSTRAINTS=${GRADCAM_CONSTRAINTS-constraints.txt}
+pins=(--upgrade --upgrade-strategy eager)  # newest: an existing venv moves up too
+if [ -n "$CONSTRAINTS" ]; then
+  pins=(-c "$CONSTRAINTS")
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".[dev]"
 if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq cmake g++ make >/dev/null

@@ -65,7 +65,12 @@ def _remove_old_venvs(folder: Path, days: float = 1.0) -> None:
 def serve_venv(tmp_path_factory) -> Path:
     """``bin/`` of a venv holding ``pip install .`` of this tree and nothing else."""
     files = [ROOT / "pyproject.toml", ROOT / "README.md", *sorted((ROOT / "gradcam_model").rglob("*.py"))]
+    # scripts/test.sh names the constraints the dev venv was installed with (empty: the newest versions)
+    constraints = os.environ.get("GRADCAM_CONSTRAINTS", str(ROOT / "constraints.txt"))
+    pins = ["-c", constraints] if constraints else []
     digest = hashlib.sha256(sys.version.encode())
+    if constraints:
+        digest.update(Path(constraints).read_bytes())
     for file in files:
         digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
     venv = Path(tempfile.gettempdir()) / f"gradcam-serve-venv-{digest.hexdigest()[:12]}"
@@ -78,7 +83,7 @@ def serve_venv(tmp_path_factory) -> Path:
             shutil.rmtree(venv, ignore_errors=True)
             _remove_old_venvs(venv.parent)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-            _pip(venv / "bin" / "python", str(source))
+            _pip(venv / "bin" / "python", *pins, str(source))
             (venv / ".complete").write_text("pip install . done\n")
     return venv / "bin"
 
