@@ -116,9 +116,13 @@ def test_grid_shape_dtype_and_tiles_in_place():
 
 
 def test_grid_draws_titles_in_the_band():
-    tile = (40, 120)
+    title = "Egyptian cat 0.54"
+    # a tile as wide as the title needs, measured with the installed OpenCV's own font
+    # metrics (they changed between 4.x and 5.x), so that it takes exactly one line
+    tile = (40, visualize._text_width(title) + 4)
+    assert visualize._wrap(title, tile[1]) == [title]
     tiles = [_photo(*tile)]
-    titled = grid(tiles, ["Egyptian cat 0.54"], cols=1, tile_size=tile)
+    titled = grid(tiles, [title], cols=1, tile_size=tile)
     blank = grid(tiles, [""], cols=1, tile_size=tile)
     assert titled.shape == blank.shape
     pad = visualize._PAD
@@ -127,6 +131,43 @@ def test_grid_draws_titles_in_the_band():
     assert (blank[pad : pad + band] == 255).all()
     assert (titled_band < 128).any(axis=2).sum() > 50  # dark text pixels
     np.testing.assert_array_equal(titled[pad + band :], blank[pad + band :])
+
+
+def _ink(canvas: np.ndarray) -> np.ndarray:
+    return (canvas < 200).any(axis=2)
+
+
+@pytest.mark.parametrize("title", ["pygmy hog 0.33\ntrue: jiggly gypsy", "Egyptian cat 0.54", "Ag"])
+def test_grid_titles_are_drawn_whole_inside_their_band(title):
+    """No line is clipped by the picture below it or by the next column (descenders included).
+
+    The ink of each tile's title band is compared with the same lines drawn alone on a
+    roomy canvas: a line that overflowed its band would lose the pixels the picture
+    then covers. Geometry from the library's own measurements, not from one OpenCV's fonts.
+    """
+    tile = (30, 90)
+    white = np.full((*tile, 3), 255, np.uint8)  # an ink-free picture: only the titles are dark
+    canvas = grid([white, white], [title, title], cols=2, tile_size=tile)
+    pad = visualize._PAD
+    band = _band(canvas, tile, rows=1)
+    lines = visualize._wrap(title, tile[1])
+    (_, text_h), baseline = cv2.getTextSize("Ag", cv2.FONT_HERSHEY_SIMPLEX, visualize.TITLE_FONT_SCALE, 1)
+    alone = np.full((band + 4 * text_h, tile[1], 3), 255, np.uint8)
+    line_h = text_h + baseline + 3
+    for j, line in enumerate(lines):
+        x = max(0, (tile[1] - visualize._text_width(line)) // 2)
+        cv2.putText(alone, line, (x, j * line_h + text_h + 2), cv2.FONT_HERSHEY_SIMPLEX,
+                    visualize.TITLE_FONT_SCALE, (20, 20, 20), 1, cv2.LINE_AA)  # fmt: skip
+    assert _ink(alone).sum() > 20
+    assert not _ink(alone[band:]).any(), "the lines need more height than the band gives them"
+    for col in range(2):
+        left = pad + col * (tile[1] + pad)
+        cell = canvas[pad : pad + band, left : left + tile[1]]
+        np.testing.assert_array_equal(_ink(cell), _ink(alone[:band]))
+    ink = _ink(canvas)
+    ink[pad : pad + band, pad : pad + tile[1]] = False
+    ink[pad : pad + band, 2 * pad + tile[1] : 2 * pad + 2 * tile[1]] = False
+    assert not ink.any(), "ink outside the title bands"
 
 
 def test_grid_wraps_long_titles_and_keeps_text_inside_its_tile():
