@@ -98,6 +98,11 @@ def resample(image: np.ndarray, size: tuple[int, int], kind: str, *, antialias: 
     the horizontal pass, as Pillow does; a float one in float64 and returned in its dtype.
     """
     h, w = int(size[0]), int(size[1])
+    if h != image.shape[0] and w != image.shape[1] and h / image.shape[0] < min(1.0, w / image.shape[1]):
+        # Pillow 13 runs the vertical pass first where it shrinks more than the horizontal one
+        # (measured: the order decides the uint8 rounding in between; Resample.c of older
+        # releases always went horizontal first)
+        return _pass(_pass(image, 0, h, kind, antialias), 1, w, kind, antialias)
     out = image
     if w != image.shape[1]:
         out = _pass(out, 1, w, kind, antialias)
@@ -106,9 +111,16 @@ def resample(image: np.ndarray, size: tuple[int, int], kind: str, *, antialias: 
     return out
 
 
+def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    # Pillow's ImagingScaleAffine: x = 0.5 * step, then step added once per pixel (the sum's
+    # rounding decides pixels that fall exactly on a boundary), truncated toward zero
+    step = in_size / out_size
+    positions = np.add.accumulate(np.concatenate([[step * 0.5], np.full(out_size - 1, step)]))
+    return np.minimum(positions.astype(np.int64), in_size - 1)
+
+
 def nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Pillow's ``NEAREST`` resize: output pixel ``i`` takes input ``floor((i + 0.5) * in / out)``."""
-    h, w = int(size[0]), int(size[1])
-    rows = np.minimum(((np.arange(h) + 0.5) * (image.shape[0] / h)).astype(np.int64), image.shape[0] - 1)
-    cols = np.minimum(((np.arange(w) + 0.5) * (image.shape[1] / w)).astype(np.int64), image.shape[1] - 1)
+    """Pillow's ``NEAREST`` resize: pixel ``i`` takes input ``int((i + 0.5) * in / out)``, summed as Pillow does."""
+    rows = _nearest_index(image.shape[0], int(size[0]))
+    cols = _nearest_index(image.shape[1], int(size[1]))
     return image[rows][:, cols]
