@@ -123,6 +123,25 @@ Metadata parse_metadata(const std::string& text, const std::string& source) {
     if (!(s > 0)) f.fail("has a std that is not positive");
   }
   if (meta.class_input && meta.top_k != 1) f.fail("combines a class input with top_k > 1");
+  // Schema 2 records the preprocessing. These programs apply version 1's only: a stretch to the
+  // input size (OpenCV area/bilinear on float pixels), RGB / 255. Anything else is refused, never
+  // approximated: the map would explain pixels the model was not shown.
+  if (meta.schema_version >= 2) {
+    const json prep = f.get<json>("preprocessing");
+    const auto refuse = [&](const std::string& field, const json& value) {
+      throw MetadataError(source + ": the artifact's preprocessing has " + field + " = " + value.dump() +
+                          ", which these programs cannot apply yet (they stretch the picture); "
+                          "use the Python runtime (gradcam explain) for this artifact");
+    };
+    if (!prep.is_object()) f.fail("has a preprocessing record that is not an object");
+    const std::pair<const char*, json> expected[] = {
+        {"resize", "stretch"}, {"crop_pct", 1.0}, {"interpolation", "area"}, {"channel_order", "RGB"}, {"scale", 255.0}};
+    for (const auto& [field, value] : expected) {
+      const auto it = prep.find(field);
+      if (it == prep.end()) f.fail(std::string("has a preprocessing record without ") + field);
+      if (*it != value) refuse(field, *it);
+    }
+  }
   return meta;
 }
 

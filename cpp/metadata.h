@@ -11,7 +11,7 @@
 
 namespace gradcam {
 
-constexpr int64_t kSchemaVersion = 1;  // the newest schema these programs understand
+constexpr int64_t kSchemaVersion = 2;  // the newest schema these programs understand
 constexpr const char* kMetadataKey = "gradcam.json";
 
 // Metadata that is missing, malformed or too new.

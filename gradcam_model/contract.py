@@ -11,14 +11,100 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import ArtifactError
 
-__all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "SCHEMA_VERSION", "METADATA_KEY", "ArtifactMetadata"]
+__all__ = [
+    "INPUT_NAMES",
+    "OUTPUT_NAMES",
+    "SCHEMA_VERSION",
+    "METADATA_KEY",
+    "RESIZE_MODES",
+    "INTERPOLATIONS",
+    "ArtifactMetadata",
+    "Preprocessing",
+]
 
 OUTPUT_NAMES = ("logits", "probabilities", "class_index", "score", "cam")
 # ONNX names must be unique across inputs and outputs, so the optional class input
 # cannot also be called "class_index"; it is "target_class" in every format.
 INPUT_NAMES = ("image", "target_class")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the preprocessing record; version-1 artifacts read as Preprocessing() (stretch, area)
 METADATA_KEY = "gradcam.json"  # TorchScript extra file; ONNX metadata_props use one key per field
+
+
+RESIZE_MODES = ("stretch", "shorter")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area")
+CHANNEL_ORDERS = ("RGB", "BGR")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a picture becomes the network input before ``(x - mean) / std`` (timm's eval transform's terms).
+
+    ``resize``:
+      - ``"stretch"``: the picture is resized to ``floor(size / crop_pct)`` in each
+        dimension, its aspect ratio ignored, then centre-cropped to ``size`` (with
+        ``crop_pct`` 1: stretched to the input size; timm's ``crop_mode="squash"``).
+      - ``"shorter"``: its shorter side is resized to ``resize_size`` (torchvision's
+        weights transforms; stated for the artifact's ``example_size`` and scaled with
+        the input at other sizes) or else ``floor(size / crop_pct)``, the aspect ratio
+        kept, then the centre is cropped to ``size`` (timm's default ``crop_mode="center"``).
+
+    ``interpolation``: ``"bilinear"``, ``"bicubic"`` and ``"nearest"`` resample as Pillow
+    does (what torchvision and timm transforms use), antialiased when shrinking unless
+    ``antialias`` is false; ``"area"``: OpenCV's area average when shrinking and
+    bilinear when enlarging, on float pixels (what version-1 artifacts were validated with).
+    Then pixels are divided by ``scale`` and put in ``channel_order``.
+    """
+
+    resize: str = "stretch"
+    crop_pct: float = 1.0
+    resize_size: int | None = None
+    interpolation: str = "area"
+    antialias: bool = True
+    channel_order: str = "RGB"
+    scale: float = 255.0
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values, one phrase each naming the field (empty when they can be applied)."""
+        found = []
+        if self.resize not in RESIZE_MODES:
+            found.append(f"resize {self.resize!r} (expected one of: {', '.join(RESIZE_MODES)})")
+        if self.interpolation not in INTERPOLATIONS:
+            found.append(f"interpolation {self.interpolation!r} (expected one of: {', '.join(INTERPOLATIONS)})")
+        if self.channel_order not in CHANNEL_ORDERS:
+            found.append(f"channel_order {self.channel_order!r} (expected RGB or BGR)")
+        if not _number(self.crop_pct) or not 0.0 < self.crop_pct <= 1.0:
+            found.append(f"crop_pct {self.crop_pct!r} (expected a number in (0, 1])")
+        if self.resize_size is not None and (not _integer(self.resize_size) or self.resize_size < 1):
+            found.append(f"resize_size {self.resize_size!r} (expected a positive integer)")
+        if self.resize_size is not None and self.resize != "shorter":
+            found.append(f"resize_size {self.resize_size} with resize {self.resize!r} (only 'shorter' takes one)")
+        if not _number(self.scale) or self.scale <= 0:
+            found.append(f"scale {self.scale!r} (expected a positive number)")
+        if not isinstance(self.antialias, bool):
+            found.append(f"antialias {self.antialias!r} (expected true or false)")
+        return found
+
+    def describe(self, size: tuple[int, int] | None = None) -> str:
+        """One line for people: ``shorter side to 256 (bicubic, antialiased), centre crop 224x224, RGB / 255``."""
+        crop = f"{size[0]}x{size[1]}" if size else "the input size"
+        how = self.interpolation + ("" if self.interpolation in ("area", "nearest") else
+                                    ", antialiased" if self.antialias else ", not antialiased")  # fmt: skip
+        if self.resize == "shorter":
+            side = self.resize_size if self.resize_size else f"{crop} / {self.crop_pct:g}"
+            text = f"shorter side to {side} ({how}), centre crop {crop}"
+        elif self.crop_pct == 1.0:
+            text = f"stretch to {crop} ({how}, aspect ratio not kept)"
+        else:
+            text = f"stretch to {crop} / {self.crop_pct:g} ({how}, aspect ratio not kept), centre crop {crop}"
+        return f"{text}, {self.channel_order} / {self.scale:g}"
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -44,6 +130,7 @@ class ArtifactMetadata:
     package_version: str
     torch_version: str
     opset: int | None = None
+    preprocessing: Preprocessing = Preprocessing()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -75,11 +162,29 @@ class ArtifactMetadata:
                 f"(up to {SCHEMA_VERSION}); upgrade gradcam_model"
             )
         names = {f.name for f in fields(cls)}
-        missing = sorted(n for n in names if n not in record and n != "opset")
+        optional = {"opset"} if version >= 2 else {"opset", "preprocessing"}
+        missing = sorted(n for n in names if n not in record and n not in optional)
         if missing:
             raise ArtifactError(f"{source}: the gradcam metadata lacks {', '.join(missing)}; re-export the artifact")
         values = {k: v for k, v in record.items() if k in names}
         for key in ("class_names", "input_size", "mean", "std", "example_size"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
+        if "preprocessing" in values:
+            values["preprocessing"] = _read_preprocessing(values["preprocessing"], source)
         return cls(**values)
+
+
+def _read_preprocessing(record, source: str) -> Preprocessing:
+    known = {f.name for f in fields(Preprocessing)}
+    if not isinstance(record, dict) or set(record) - known:
+        extra = sorted(set(record) - known) if isinstance(record, dict) else [type(record).__name__]
+        raise ArtifactError(
+            f"{source}: the preprocessing record has fields this gradcam_model cannot apply ({', '.join(extra)}); "
+            "upgrade gradcam_model"
+        )
+    prep = Preprocessing(**record)
+    problems = prep.problems()
+    if problems:
+        raise ArtifactError(f"{source}: this gradcam_model cannot apply the recorded preprocessing: {problems[0]}")
+    return prep

@@ -24,7 +24,7 @@ from .errors import ExportError
 from .export import export_onnx, export_torchscript
 from .models import efficientnet_lite0_imagenet, imagenet_class_names
 from .parity import ParityReport, parity_document, validate_each
-from .runtime import load_explainer, preprocess
+from .runtime import explained_region, load_explainer, preprocess
 from .runtime.visualize import caption, grid, overlay, save_png
 from .wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
 
@@ -201,7 +201,8 @@ def run_demo(
     photo_results, tiles, titles = [], [], []
     for i, (name, rgb) in enumerate(photos.items()):
         index = int(result.class_index[i, 0])
-        tiles.append(overlay(rgb, result.cam[i, 0], colormap=colormap, alpha=alpha))
+        region = explained_region(rgb.shape, meta)  # the model's centre crop
+        tiles.append(overlay(rgb, result.cam[i, 0], colormap=colormap, alpha=alpha, region=region))
         photo_results.append(
             PhotoResult(
                 name=name,
@@ -229,7 +230,8 @@ def run_demo(
         cam = split_out.cam[i, 0]
         label = meta.label(index)
         slug = "".join(ch if ch.isalnum() else "_" for ch in label.lower())
-        tiles.append(overlay(side_by_side, cam, colormap=colormap, alpha=alpha))
+        region = explained_region(side_by_side.shape, meta, size)
+        tiles.append(overlay(side_by_side, cam, colormap=colormap, alpha=alpha, region=region))
         split_results.append(
             SplitResult(
                 object=obj,

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
-from .contract import INPUT_NAMES, OUTPUT_NAMES
+from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError
 from .layers import list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
 from .models import architecture_name
+from .preprocessing import resolve as resolve_preprocessing
 
 __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -50,7 +51,8 @@ class GradCAMModel(nn.Module):
         normalize: min-max normalize each map to ``[0, 1]``.
         class_names, mean, std, architecture: recorded in exported artifacts so a
             runtime can preprocess images and label results without other flags.
-            ``mean``/``std`` describe how pixels in ``[0, 1]`` were normalized.
+            ``mean``/``std`` describe how pixels in ``[0, 1]`` were normalized (default:
+            what ``preprocess`` states, else ImageNet's).
             ``architecture`` defaults to the torchvision/timm factory name when it can
             be recognized (what ``gradcam validate`` rebuilds), else the class name.
         reshape: how the layer's output becomes ``[N, C, h, w]``. ``"auto"`` reads it
@@ -60,6 +62,10 @@ class GradCAMModel(nn.Module):
             accepts ``[N, C, h, w]`` layers only. A callable (pytorch-grad-cam's
             ``reshape_transform``) is applied to activations and gradients alike; it
             must be pure torch, since it is traced into the graph.
+        preprocess: how pictures become inputs, recorded for every runtime (see
+            :class:`~gradcam_model.contract.Preprocessing`): a ``Preprocessing``, a
+            torchvision weights enum member (its ``transforms()``), a timm data config;
+            None: timm's ``pretrained_cfg`` when the model has one, else a stretch.
     """
 
     def __init__(
@@ -74,10 +80,11 @@ class GradCAMModel(nn.Module):
         upsample: bool = True,
         normalize: bool = True,
         class_names: Sequence[str] | None = None,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         architecture: str | None = None,
         reshape: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
+        preprocess: Preprocessing | Mapping | object | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -89,8 +96,9 @@ class GradCAMModel(nn.Module):
         if class_input and top_k != 1:
             raise InputError("class_input=True explains the given class only; use top_k=1 with it")
         channels = int(example_input.shape[1])
-        mean = _check_stats(mean, "mean", channels)
-        std = _check_stats(std, "std", channels)
+        resolved = resolve_preprocessing(model, preprocess, tuple(example_input.shape[2:]))
+        mean = _check_stats(mean if mean is not None else resolved.mean or IMAGENET_MEAN, "mean", channels)
+        std = _check_stats(std if std is not None else resolved.std or IMAGENET_STD, "std", channels)
         if any(v <= 0 for v in std):
             raise InputError(f"std must be positive, got {std}")
         started = time.perf_counter()
@@ -139,6 +147,8 @@ class GradCAMModel(nn.Module):
         self.class_names = class_names
         self.mean = mean
         self.std = std
+        self.preprocessing = resolved.preprocessing
+        self.preprocessing_source = resolved.source
         self.build_seconds = time.perf_counter() - started
         log.info(
             "built Grad-CAM graph for %s at %r (%s, %s spatial) in %.1f s",

@@ -6,7 +6,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from gradcam_model.contract import METADATA_KEY, SCHEMA_VERSION, ArtifactMetadata
+from gradcam_model.contract import METADATA_KEY, SCHEMA_VERSION, ArtifactMetadata, Preprocessing
 from gradcam_model.export.metadata import metadata_for
 
 CPP = Path(__file__).resolve().parent.parent / "cpp"
@@ -45,7 +45,9 @@ def test_metadata_for_reads_the_wrapper_attributes():
         class_names, input_size, in_channels = ("a", "b", "c"), None, 3
         mean, std, top_k, class_input = (0.5,) * 3, (0.25,) * 3, 2, False
         upsample, normalize, example_size = True, True, (64, 64)
+        preprocessing = Preprocessing(resize="shorter", crop_pct=0.875, interpolation="bicubic")
 
     meta = metadata_for(Wrapper(), "torchscript")
     assert (meta.method, meta.top_k, meta.class_names, meta.example_size) == ("gradcam", 2, ("a", "b", "c"), (64, 64))
     assert (meta.format, meta.opset, meta.schema_version) == ("torchscript", None, SCHEMA_VERSION)
+    assert meta.preprocessing == Wrapper.preprocessing

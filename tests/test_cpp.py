@@ -358,8 +358,13 @@ def bad_files(artifacts, pictures, tmp_path_factory) -> dict[tuple[str, str], Pa
         files[program, "incomplete"] = _edit_metadata(
             program, source, folder / f"incomplete{suffix}", record.replace('"example_size"', '"example_sizes"')
         )
+        assert '"schema_version": 2' in record and '"resize": "stretch"' in record
         files[program, "newer"] = _edit_metadata(
-            program, source, folder / f"newer{suffix}", record.replace('"schema_version": 1', '"schema_version": 99')
+            program, source, folder / f"newer{suffix}", record.replace('"schema_version": 2', '"schema_version": 99')
+        )
+        # a centre crop the programs cannot apply yet: refused, never stretched instead
+        files[program, "cropping"] = _edit_metadata(
+            program, source, folder / f"cropping{suffix}", record.replace('"resize": "stretch"', '"resize": "shorter"')
         )
     plain = folder / "plain.pt"
     with warnings.catch_warnings():
@@ -400,6 +405,8 @@ ERROR_CASES = [
     ("incomplete-metadata", ["{incomplete}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
      r"metadata lacks 'example_size'"),
     ("newer-metadata", ["{newer}", "{image}", "--out", "{out}"], BAD_ARTIFACT, r"schema version 99 is newer"),
+    ("cropping-preprocessing", ["{cropping}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
+     r"preprocessing has resize = \"shorter\", which these programs cannot apply yet"),
     ("class-out-of-range", ["{classes}", "{image}", "--out", "{out}", "--class", "10"], USAGE,
      r"--class 10 is out of range; expected 0\.\.9 or -1"),
     ("unknown-class-name", ["{classes}", "{image}", "--out", "{out}", "--class", "zebra"], USAGE,

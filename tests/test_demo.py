@@ -37,7 +37,9 @@ def test_photos_are_classified_correctly(demo):
     by_name = {p.name: p for p in result.photos}
     assert tuple(by_name) == DEMO_PHOTOS and len(DEMO_PHOTOS) >= 4
     chelsea, coffee = by_name["chelsea"], by_name["coffee"]
-    assert chelsea.class_index in CAT_CLASSES and chelsea.probability > 0.5
+    # with the model's own eval transform (shorter side 256, bicubic, centre crop 224) the cat
+    # classes share the mass: tabby 0.40 (stretched to 224x224 it was Egyptian cat 0.54)
+    assert chelsea.class_index in CAT_CLASSES and chelsea.probability > 0.3
     assert coffee.class_index == ESPRESSO and coffee.label == "espresso" and coffee.probability > 0.5
 
 
@@ -97,7 +99,7 @@ def test_pictures_exist_with_the_expected_sizes(demo):
     grid = _png(result.grid)
     assert grid.shape[1] > 3 * 300 and grid.shape[0] > 2 * 200  # 3 columns of 300 px, 2 rows of 200 px
     assert sorted(p.name for p in (result.out_dir / "overlays").iterdir()) == sorted(
-        [f"{p.name}.png" for p in result.photos] + ["cat_coffee-egyptian_cat.png", "cat_coffee-espresso.png"]
+        [f"{p.name}.png" for p in result.photos] + [f"cat_coffee-{s.label.replace(' ', '_')}.png" for s in result.split]
     )
 
 

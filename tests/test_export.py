@@ -29,6 +29,7 @@ from gradcam_model import (
     reference_cam,
     validate,
 )
+from gradcam_model.contract import SCHEMA_VERSION
 from gradcam_model.export.metadata import metadata_for
 
 CAM_ATOL = 1e-4
@@ -113,7 +114,7 @@ def test_onnx_contract(artifacts):
         assert (attrs["mode"], attrs["coordinate_transformation_mode"]) == (b"linear", b"half_pixel")
         props = {p.key: p.value for p in proto.metadata_props}
         assert json.loads(props["target_layer"]) in ("layer4", "layer2")
-        assert json.loads(props["gradcam.json"])["schema_version"] == 1
+        assert json.loads(props["gradcam.json"])["schema_version"] == SCHEMA_VERSION
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "pt"])

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..contract import INTERPOLATIONS, RESIZE_MODES
 from . import _common as common
 from ._progress import stage
 
@@ -46,6 +47,16 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing artifacts")
     p.add_argument("--mean", nargs="+", type=float, metavar="M", help="per-channel mean (default: ImageNet)")
     p.add_argument("--std", nargs="+", type=float, metavar="S", help="per-channel std (default: ImageNet)")
+    prep = p.add_argument_group(
+        "preprocessing",
+        "how pictures become inputs, recorded in the artifact (default: the model's own eval transform: "
+        "torchvision's weights transforms for --arch NAME, timm's pretrained_cfg for timm:NAME; else a stretch)",
+    )
+    prep.add_argument("--resize", choices=RESIZE_MODES, help="stretch (aspect ratio not kept) or shorter (then crop)")
+    prep.add_argument("--resize-size", type=common.positive_int, metavar="N", help="shorter side length (with shorter)")
+    prep.add_argument("--crop-pct", type=_crop_pct, metavar="F", help="centre crop fraction in (0, 1] (timm)")
+    prep.add_argument("--interpolation", choices=INTERPOLATIONS, help="resampling (default: the model's)")
+    prep.add_argument("--no-antialias", action="store_true", help="do not widen the filter when shrinking")
     p.set_defaults(handler=run, needs=("[export]", ("torch", "torchvision", "onnx", "onnxscript")))
 
 
@@ -73,6 +84,33 @@ def _read_class_names(path: str) -> list[str]:
     return names
 
 
+def _crop_pct(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _preprocessing(args: argparse.Namespace, model):
+    """The model's own preprocessing (or the default), with the flags' fields replaced."""
+    from ..preprocessing import resolve, torchvision_default, with_overrides
+
+    size = tuple(args.input_size)
+    resolved = resolve(model, torchvision_default(args.arch) if ":" not in args.arch else None, size)
+    return with_overrides(
+        resolved,
+        size,
+        resize=args.resize,
+        resize_size=args.resize_size,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        antialias=False if args.no_antialias else None,
+    )
+
+
 def _stem(arch: str) -> str:
     name = arch.split(":", 1)[1] if ":" in arch else arch
     name = name.rsplit(".", 1)[-1].rsplit("/", 1)[-1]
@@ -98,9 +136,10 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
     """The ``GradCAMModel`` the flags describe; prints a one-line summary."""
     import torch
 
-    from ..wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
+    from ..wrapper import GradCAMModel
 
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
+    prep = _preprocessing(args, model)
     with stage(f"building the Grad-CAM graph at {args.target_layer!r}", verbose=args.verbose):
         wrapper = GradCAMModel(
             model,
@@ -110,9 +149,10 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
             top_k=args.top_k,
             class_input=args.class_input,
             class_names=class_names,
-            mean=args.mean or IMAGENET_MEAN,
-            std=args.std or IMAGENET_STD,
+            mean=args.mean or prep.mean,
+            std=args.std or prep.std,
             architecture=args.arch,
+            preprocess=prep.preprocessing,
         )
     explains = "class input" if wrapper.class_input else f"top-{wrapper.top_k}"
     size = "dynamic" if wrapper.dynamic_spatial else "fixed {}x{}".format(*wrapper.input_size)
@@ -122,6 +162,8 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
     )
     if wrapper.fixed_size_reason:
         print("height/width fixed at {}x{}: {}".format(*wrapper.input_size, wrapper.fixed_size_reason))
+    how = prep.source if prep.source != "the default" else "the default: none stated; see --resize, --crop-pct"
+    print(f"preprocessing: {prep.preprocessing.describe(wrapper.example_size)} ({how})")
     return wrapper
 
 

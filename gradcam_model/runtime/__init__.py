@@ -7,7 +7,7 @@ build side: :func:`gradcam_model.validate`.
 
 from .evaluate import METRICS, Evaluation, evaluate
 from .explainer import Explainer, Explanation, OnnxExplainer, TorchScriptExplainer, default_providers, load_explainer
-from .images import decode_image, load_image, preprocess
+from .images import decode_image, explained_region, load_image, preprocess
 from .inputs import ImageInput, collect_images, resolve_class
 from .pipeline import CSV_FIELDS, ExplainSummary, Prediction, explain_files
 from .ray_engine import explain_dataset
@@ -31,6 +31,7 @@ __all__ = [
     "decode_image",
     "default_providers",
     "evaluate",
+    "explained_region",
     "explain_dataset",
     "explain_files",
     "grid",

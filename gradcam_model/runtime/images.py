@@ -10,7 +10,15 @@ import numpy as np
 from ..contract import ArtifactMetadata
 from ..errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "DEFAULT_MAX_SIDE", "decode_image", "load_image", "preprocess", "target_size"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "DEFAULT_MAX_SIDE",
+    "decode_image",
+    "explained_region",
+    "load_image",
+    "preprocess",
+    "target_size",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_MAX_SIDE = 2048  # pixels: larger pictures are decoded reduced (a 12000x8000 photo needs no more)
@@ -87,21 +95,29 @@ def target_size(metadata: ArtifactMetadata, size: tuple[int, int] | None = None)
 def preprocess(rgb: np.ndarray, metadata: ArtifactMetadata, size: tuple[int, int] | None = None) -> np.ndarray:
     """RGB ``uint8 [H, W, 3]`` (or float in ``[0, 1]``) to a normalized float32 ``[3, h, w]`` input.
 
-    The picture is resized to the artifact's input size (see :func:`target_size`), then
-    scaled to ``[0, 1]`` and normalized with the artifact's ``mean`` and ``std``: what
-    an :class:`~gradcam_model.runtime.Explainer` expects.
+    Applies the artifact's recorded preprocessing (``metadata.preprocessing``: resize,
+    centre crop, interpolation, scale; see :class:`~gradcam_model.contract.Preprocessing`)
+    to reach its input size (see :func:`target_size`), then normalizes with its ``mean``
+    and ``std``: what an :class:`~gradcam_model.runtime.Explainer` expects.
+    :func:`explained_region` says which pixels of the picture the input shows.
     """
-    import cv2
+    from .preprocessing import apply
 
     if not isinstance(rgb, np.ndarray) or rgb.ndim != 3 or rgb.shape[2] != 3:
         shape = getattr(rgb, "shape", None)
         raise InputError(f"expected an RGB image array [H, W, 3], got {shape if shape is not None else type(rgb)}")
-    h, w = target_size(metadata, size)
-    # float first, then resize: the numerics every artifact was validated with (and the C++ runner's);
-    # huge pictures are already decoded reduced (decode_image), so this stays small
-    image = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
-    if image.shape[:2] != (h, w):
-        shrink = image.shape[0] > h or image.shape[1] > w
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    image = (image - np.asarray(metadata.mean, np.float32)) / np.asarray(metadata.std, np.float32)
-    return np.ascontiguousarray(image.transpose(2, 0, 1))
+    return apply(rgb, metadata, target_size(metadata, size))[0]
+
+
+def explained_region(
+    picture: tuple[int, ...], metadata: ArtifactMetadata, size: tuple[int, int] | None = None
+) -> tuple[float, float, float, float]:
+    """The pixels of a picture of shape ``picture`` (``(H, W, ...)``) that :func:`preprocess` turns into the input.
+
+    ``(x, y, w, h)`` in the picture's pixels: the whole picture for a stretch, the centre
+    crop's part of it otherwise. A map of the input covers exactly this region.
+    """
+    from .preprocessing import plan
+
+    size = target_size(metadata, size)
+    return plan(metadata.preprocessing, (int(picture[0]), int(picture[1])), size, metadata.example_size).region

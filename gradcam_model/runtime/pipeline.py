@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import write_bytes_atomic
+from ..contract import ArtifactMetadata
 from ..errors import InputError
 from .explainer import Explainer, load_explainer
-from .images import DEFAULT_MAX_SIDE, load_image, preprocess, target_size
+from .images import DEFAULT_MAX_SIDE, explained_region, load_image, preprocess, target_size
 from .inputs import ImageInput, collect_images, resolve_class
 from .outputs import (
     CSV_FIELDS,
@@ -56,6 +57,7 @@ class _Options:
     ext: str
     tile: int
     keep_tile: bool
+    meta: ArtifactMetadata | None = None  # where the maps lie in each picture (explained_region)
 
 
 def _decode(item: ImageInput, meta, max_side: int | None):
@@ -71,7 +73,8 @@ def _encode(item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options)
     """Worker: compose, encode and write the overlays of one image; a grid thumbnail of the first."""
     paths, thumb = [], None
     for k in range(cams.shape[0]):
-        picture = overlay(rgb, cams[k], colormap=opts.colormap, alpha=opts.alpha)
+        region = explained_region(rgb.shape, opts.meta) if opts.meta is not None else None
+        picture = overlay(rgb, cams[k], colormap=opts.colormap, alpha=opts.alpha, region=region)
         path = opts.out / "overlays" / overlay_name(item.key, k, opts.ext)
         write_bytes_atomic(path, encode_image(picture, opts.ext), overwrite=True)
         paths.append(path)
@@ -143,7 +146,7 @@ def explain_files(
     given = list(inputs)
     items = given if given and all(isinstance(i, ImageInput) for i in given) else collect_images(given)
     out = Path(out_dir)
-    opts = _Options(out, colormap, float(alpha), overlay_format, int(tile_size), True)
+    opts = _Options(out, colormap, float(alpha), overlay_format, int(tile_size), True, meta)
     overlay(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), colormap=colormap)  # bad colormap: now
     state = _Run(explainer, target, opts, target_size(meta), on_skip)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io")

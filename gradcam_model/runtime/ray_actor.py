@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from .explainer import OnnxExplainer
-from .images import decode_image, load_image, preprocess, target_size
+from .images import decode_image, explained_region, load_image, preprocess, target_size
 from .outputs import prediction_of
 from .visualize import encode_image, overlay
 
@@ -184,8 +184,9 @@ class ExplainActor:
         rgb = decoded[0]
         p = prediction_of(Path(path), None, result, j, self.meta)
         cams = result.cam[j]
-        pictures = [encode_image(overlay(rgb, cams[k], colormap=self.colormap, alpha=self.alpha), self.ext)
-                    for k in range(cams.shape[0])]  # fmt: skip
+        region = explained_region(rgb.shape, self.meta)
+        pictures = [encode_image(overlay(rgb, cams[k], colormap=self.colormap, alpha=self.alpha, region=region),
+                                 self.ext) for k in range(cams.shape[0])]  # fmt: skip
         h, w = self.size
         row = {
             "predicted_index": p.predicted_index,

@@ -92,7 +92,14 @@ def heatmap(cam: np.ndarray, *, colormap: str = "jet", size: tuple[int, int] | N
     return cv2.cvtColor(cv2.applyColorMap(levels, code), cv2.COLOR_BGR2RGB)
 
 
-def overlay(rgb_uint8: np.ndarray, cam_2d: np.ndarray, *, colormap: str = "jet", alpha: float = 0.4) -> np.ndarray:
+def overlay(
+    rgb_uint8: np.ndarray,
+    cam_2d: np.ndarray,
+    *,
+    colormap: str = "jet",
+    alpha: float = 0.4,
+    region: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
     """Blend a Grad-CAM map over an image: ``(1 - alpha) * image + alpha * heatmap``.
 
     Args:
@@ -100,15 +107,39 @@ def overlay(rgb_uint8: np.ndarray, cam_2d: np.ndarray, *, colormap: str = "jet",
         cam_2d: one map ``[h, w]`` in ``[0, 1]``; resized bilinearly to ``H, W`` if needed.
         colormap: an OpenCV colormap name (see :data:`COLORMAPS`).
         alpha: weight of the heat map, in ``[0, 1]``.
+        region: ``(x, y, w, h)``, the part of the picture the map explains (the
+            artifact's centre crop: :func:`~gradcam_model.runtime.explained_region`);
+            the map is laid over that part only and the rest of the picture is dimmed
+            to half its brightness. None: the whole picture.
 
     Returns:
         RGB ``uint8 [H, W, 3]``, rounded to nearest.
     """
     image = _check_rgb(rgb_uint8)
     alpha = check_alpha(alpha)
-    heat = heatmap(cam_2d, colormap=colormap, size=image.shape[:2])
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
-    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    box = _pixel_box(region, image.shape[:2])
+    if box is None:
+        heat = heatmap(cam_2d, colormap=colormap, size=image.shape[:2])
+        blended = (1.0 - alpha) * image.astype(np.float32) + alpha * heat.astype(np.float32)
+        return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    x0, y0, x1, y1 = box
+    out = np.rint(image.astype(np.float32) * 0.5).astype(np.uint8)  # outside the region: dimmed
+    out[y0:y1, x0:x1] = overlay(image[y0:y1, x0:x1], cam_2d, colormap=colormap, alpha=alpha)
+    return out
+
+
+def _pixel_box(region, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``region`` as whole pixels ``(x0, y0, x1, y1)`` inside the picture; None when it covers all of it."""
+    if region is None:
+        return None
+    x, y, w, h = (float(v) for v in region)
+    if not all(np.isfinite((x, y, w, h))) or w <= 0 or h <= 0:
+        raise InputError(f"region must be (x, y, w, h) with a positive width and height, got {region}")
+    x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+    x1, y1 = min(shape[1], int(round(x + w))), min(shape[0], int(round(y + h)))
+    if x1 <= x0 or y1 <= y0:
+        raise InputError(f"region {region} lies outside the {shape[1]}x{shape[0]} picture")
+    return None if (x0, y0, x1, y1) == (0, 0, shape[1], shape[0]) else (x0, y0, x1, y1)
 
 
 def caption(label: str, probability: float, *, true_label: str | None = None) -> str:

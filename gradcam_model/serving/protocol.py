@@ -22,7 +22,7 @@ import numpy as np
 
 from ..contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
 from ..errors import InputError
-from ..runtime.images import DEFAULT_MAX_SIDE, decode_image, preprocess
+from ..runtime.images import DEFAULT_MAX_SIDE, decode_image, explained_region, preprocess
 from ..runtime.inputs import resolve_class
 from ..runtime.visualize import encode_image, heatmap, overlay
 
@@ -177,7 +177,7 @@ def _explained(result, j: int, batch: V1Batch | None, *, maps: bool, colormap: s
             else:
                 picture = batch.pictures[j]
                 image = heatmap(cam, colormap=colormap) if picture is None else overlay(
-                    picture, cam, colormap=colormap, alpha=alpha
+                    picture, cam, colormap=colormap, alpha=alpha, region=explained_region(picture.shape, meta)
                 )  # fmt: skip
                 row["png"] = base64.b64encode(encode_image(image, "png")).decode("ascii")
         rows.append(row)

@@ -1,0 +1,126 @@
+"""Separable image resampling with Pillow's arithmetic, in numpy (no Pillow, no torch).
+
+The models' own eval transforms (torchvision's weights enums, timm's ``create_transform``)
+resize with Pillow, or with torch kernels written to reproduce it: a convolution with a
+filter whose support widens with the shrink factor (antialiasing), weights normalized per
+output pixel, the horizontal pass first, and for 8-bit pictures fixed-point weights with
+the intermediate rounded to ``uint8``. This module computes the same weights, so an
+artifact's input equals what the model was evaluated on, not an OpenCV approximation of it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["FILTERS", "resample", "nearest"]
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point weights for 8-bit images (Resample.c)
+
+
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    a = -0.5  # Pillow's bicubic
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+def _box(x: np.ndarray) -> np.ndarray:
+    return np.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    function: object
+    support: float
+
+
+FILTERS = {"bilinear": _Filter(_bilinear, 1.0), "bicubic": _Filter(_bicubic, 2.0), "box": _Filter(_box, 0.5)}
+
+
+def _coefficients(in_size: int, out_size: int, kind: str, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per output pixel: the first input index and the weights of its taps (Pillow's ``precompute_coeffs``).
+
+    Returns ``(first [out], weights [out, taps])``; taps past the picture's edge weigh 0.
+    """
+    spec = FILTERS[kind]
+    scale = in_size / out_size
+    filter_scale = max(scale, 1.0) if antialias else 1.0
+    support = spec.support * filter_scale
+    taps = int(math.ceil(support)) * 2 + 1
+    centers = (np.arange(out_size, dtype=np.float64) + 0.5) * scale
+    # C's (int) cast truncates toward zero; the values are >= -support + 0.5 > -1 only after clamping
+    first = np.maximum(np.trunc(centers - support + 0.5), 0).astype(np.int64)
+    last = np.minimum(np.trunc(centers + support + 0.5), in_size).astype(np.int64)
+    offsets = np.arange(taps, dtype=np.int64)
+    positions = first[:, None] + offsets[None, :]
+    valid = offsets[None, :] < (last - first)[:, None]
+    weights = np.where(valid, spec.function((positions - centers[:, None] + 0.5) / filter_scale), 0.0)
+    totals = weights.sum(axis=1, keepdims=True)
+    weights = np.divide(weights, totals, out=weights, where=totals != 0.0)
+    return first, weights
+
+
+def _pass(image: np.ndarray, axis: int, out_size: int, kind: str, antialias: bool) -> np.ndarray:
+    in_size = image.shape[axis]
+    first, weights = _coefficients(in_size, out_size, kind, antialias)
+    index = np.minimum(first[:, None] + np.arange(weights.shape[1])[None, :], in_size - 1)
+    taken = np.take(image, index, axis=axis)  # [..., out, taps, ...] along `axis`
+    if image.dtype == np.uint8:
+        fixed = np.where(weights < 0, np.trunc(-0.5 + weights * (1 << _PRECISION_BITS)),
+                         np.trunc(0.5 + weights * (1 << _PRECISION_BITS))).astype(np.int64)  # fmt: skip
+        shape = [1] * taken.ndim
+        shape[axis], shape[axis + 1] = fixed.shape
+        total = (taken.astype(np.int64) * fixed.reshape(shape)).sum(axis=axis + 1) + (1 << (_PRECISION_BITS - 1))
+        return np.clip(total >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    shape = [1] * taken.ndim
+    shape[axis], shape[axis + 1] = weights.shape
+    return (taken.astype(np.float64) * weights.reshape(shape)).sum(axis=axis + 1).astype(image.dtype)
+
+
+def resample(image: np.ndarray, size: tuple[int, int], kind: str, *, antialias: bool = True) -> np.ndarray:
+    """``image`` ``[H, W, C]`` (``uint8`` or float) resized to ``size`` ``(h, w)`` as Pillow's ``resize`` does.
+
+    Args:
+        kind: ``"bilinear"``, ``"bicubic"`` or ``"box"`` (Pillow's filters of those names).
+        antialias: widen the filter by the shrink factor (Pillow always does; without it
+            a shrink samples like OpenCV's ``INTER_LINEAR``).
+
+    A ``uint8`` picture is computed in Pillow's fixed point and rounded to ``uint8`` after
+    the horizontal pass, as Pillow does; a float one in float64 and returned in its dtype.
+    """
+    h, w = int(size[0]), int(size[1])
+    if h != image.shape[0] and w != image.shape[1] and h / image.shape[0] < min(1.0, w / image.shape[1]):
+        # Pillow 13 runs the vertical pass first where it shrinks more than the horizontal one
+        # (measured: the order decides the uint8 rounding in between; Resample.c of older
+        # releases always went horizontal first)
+        return _pass(_pass(image, 0, h, kind, antialias), 1, w, kind, antialias)
+    out = image
+    if w != image.shape[1]:
+        out = _pass(out, 1, w, kind, antialias)
+    if h != image.shape[0]:
+        out = _pass(out, 0, h, kind, antialias)
+    return out
+
+
+def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
+    # Pillow's ImagingScaleAffine: x = 0.5 * step, then step added once per pixel (the sum's
+    # rounding decides pixels that fall exactly on a boundary), truncated toward zero
+    step = in_size / out_size
+    positions = np.add.accumulate(np.concatenate([[step * 0.5], np.full(out_size - 1, step)]))
+    return np.minimum(positions.astype(np.int64), in_size - 1)
+
+
+def nearest(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pillow's ``NEAREST`` resize: pixel ``i`` takes input ``int((i + 0.5) * in / out)``, summed as Pillow does."""
+    rows = _nearest_index(image.shape[0], int(size[0]))
+    cols = _nearest_index(image.shape[1], int(size[1]))
+    return image[rows][:, cols]
