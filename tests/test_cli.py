@@ -137,9 +137,7 @@ def test_export_refuses_to_overwrite_without_the_flag(ws, capsys):
                 + ["--name", "top2", "--out", str(ws.onnx.parent)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
-    assert (
-        err.strip() == f"gradcam: error: {ws.onnx} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
-    )
+    assert err.strip() == f"gradcam: error: {ws.onnx} already exists; pass --overwrite to replace it"
     assert ws.onnx.read_bytes() == before
 
 

@@ -72,7 +72,7 @@ def ray_run(artifacts, tmp_path_factory):
     done = subprocess.run(_namespace_command(work / "spec.json"), env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, cwd=work)  # fmt: skip
     assert done.returncode == 0, f"helper failed ({done.returncode}):\n{done.stderr[-6000:]}"
-    local = explain_files(artifact, spec["inputs"], work / "local", batch_size=BATCH, progress=False)
+    local = explain_files(artifact, spec["inputs"], work / "local", batch_size=BATCH, progress=False, save_maps=True)
     return {"work": work, "spec": spec, "results": json.loads((work / "results.json").read_text()), "local": local}
 
 
@@ -127,6 +127,9 @@ def test_maps_and_overlays_match_the_local_engine(ray_run):
         image = preprocess(load_image(prediction.path, max_side=DEFAULT_MAX_SIDE), explainer.metadata)
         local_map = explainer(image[None]).cam[0]
         np.testing.assert_allclose(ray_map, local_map, rtol=0, atol=1e-6)
+        saved = np.load(work / "local" / "maps" / f"{key}.npy")  # --save-maps on the local engine: same format
+        assert (saved.dtype, saved.shape) == (ray_map.dtype, ray_map.shape) == (np.float32, local_map.shape)
+        np.testing.assert_allclose(saved, local_map, rtol=0, atol=1e-6)
         a = cv2.imread(str(prediction.overlays[0])).astype(int)
         b = cv2.imread(str(work / "ray" / "overlays" / f"{key}.jpg")).astype(int)
         assert np.abs(a - b).max() <= 2  # same uint8 picture up to a rounding step, through the JPEG codec
@@ -206,8 +209,12 @@ def test_bench_section_round_trip_and_help(tmp_path, capsys):
 
 
 USER_ERRORS = [
-    (["--save-maps"], "--save-maps apply to --engine ray only"),
-    (["--threads", "2"], "--threads apply to --engine ray only"),
+    (["--threads", "2"], "--threads applies to --engine ray only"),
+    (
+        ["--engine", "ray", "--address", "127.0.0.1:1"],
+        "cannot reach the Ray cluster at 127.0.0.1:1 (connection refused)",
+    ),
+    (["--engine", "ray", "--address", "ray://127.0.0.1:1"], "cannot reach the Ray cluster at ray://127.0.0.1:1"),
     (["--engine", "ray", "--address", "nowhere"], "expected 'auto', ray://HOST:PORT or HOST:PORT"),
     (["--engine", "ray", "--artifact-pt"], "the Ray engine runs .onnx artifacts"),
     (["--engine", "ray", "--no-ray"], 'needs ray[data], which this install lacks: pip install "gradcam_model[ray]"'),
