@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from .cli._common import positive_int
@@ -46,21 +48,42 @@ def engine_of(args: argparse.Namespace) -> str:
 
 def explain_with_ray(args: argparse.Namespace, print_predictions) -> int:
     """Run ``gradcam explain --engine ray``; the same report and exit codes as the local engine."""
-    import contextlib
-
-    from ._process import native_stderr_captured
     from .runtime.ray_engine import explain_dataset
 
-    # Ray's start-up lines (a token-authentication notice, core_worker.cc errors about actor arguments,
-    # "Progress bars disabled") go to file descriptor 2 from native code and Ray's own log handlers:
-    # hidden at the default verbosity (kept at debug level, -vv), shown as they come with -v
-    quiet = native_stderr_captured() if not getattr(args, "verbose", 0) else contextlib.nullcontext()
-    with quiet:
+    with _ray_quiet(getattr(args, "verbose", 0)):
         summary = _run(args, explain_dataset)
     print_predictions([p.row() for p in summary.predictions if not p.error])
     from .cli.explain import report_summary
 
     return report_summary(summary, f"on {summary.provider}")
+
+
+@contextlib.contextmanager
+def _ray_quiet(verbose: int):
+    """Ray's start-up chatter off the terminal at the default verbosity; as it comes with ``-v``.
+
+    Ray 2.60 writes a token-authentication notice and "Progress bars disabled" through its own
+    loggers (``ray``, ``ray.data``: warnings, with handlers of their own) and a ``core_worker.cc``
+    error about actor constructor arguments from native code to file descriptor 2. The loggers
+    are held at ERROR and file descriptor 2 is captured (logged at debug level: ``-vv``).
+    """
+    if verbose:
+        yield
+        return
+    from ._process import native_stderr_captured
+    from .runtime.ray_cluster import import_ray
+
+    with native_stderr_captured():
+        import_ray()  # Ray sets its loggers' levels when imported: set ours after
+        loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _run(args: argparse.Namespace, explain_dataset):
