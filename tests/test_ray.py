@@ -199,8 +199,9 @@ def test_ray_start_up_noise_is_hidden_unless_verbose(ray_run):
     assert quiet["default"]["rc"] == 0, quiet["default"]["stderr"]
     assert quiet["default"]["stderr"] == ""
     assert quiet["verbose"]["rc"] == 0
-    assert "Token authentication" in quiet["verbose"]["stderr"]
-    assert any(n in quiet["verbose"]["stderr"] for n in _RAY_NOISE[1:])
+    # the token notice comes only from the first cluster of a machine that has no token yet
+    shown = [n for n in _RAY_NOISE if n in quiet["verbose"]["stderr"]]
+    assert {"core_worker.cc", "Progress bars disabled"} <= set(shown), quiet["verbose"]["stderr"]
 
 
 def test_sigterm_stops_a_hanging_connection_at_once(ray_run):
