@@ -113,7 +113,7 @@ def _size_mb(folder: Path) -> float:
 def test_the_wheel_holds_the_package_and_the_readme_size_is_measured(serve_venv):
     """The installed files come from the wheel, and the README's serve-install size is this venv's, within 10%."""
     code = "import gradcam_model, sys; print(gradcam_model.__file__)"
-    done = _run([serve_venv / "python", "-c", code])
+    done = _run([serve_venv / "python", "-c", code], cwd=serve_venv)  # not this tree's folder
     assert done.returncode == 0 and "site-packages" in done.stdout, done  # installed, not this tree
     records = list((serve_venv.parent / "lib").glob("python*/site-packages/gradcam_model-*.dist-info/RECORD"))
     assert len(records) == 1
@@ -135,7 +135,7 @@ def test_build_side_names_raise_our_import_error_in_the_wheel_venv(serve_venv):
         "except ImportError as exc:\n"
         "    print(type(exc).__name__, isinstance(exc, gc.GradCAMError), exc)\n"
     )
-    done = _run([serve_venv / "python", "-c", code])
+    done = _run([serve_venv / "python", "-c", code], cwd=serve_venv)
     assert done.returncode == 0, done.stderr
     assert done.stdout == (
         "MissingExtraError True gradcam_model.GradCAMModel is build side and needs torch, which this install lacks "
@@ -153,7 +153,7 @@ def test_no_torch_anywhere_and_the_runtime_does_not_import_it(serve_venv):
         "import importlib.util, sys; import gradcam_model.runtime, gradcam_model; "
         "print(importlib.util.find_spec('torch') is None, 'torch' in sys.modules, gradcam_model.__version__)"
     )
-    done = _run([serve_venv / "python", "-c", code])
+    done = _run([serve_venv / "python", "-c", code], cwd=serve_venv)  # not this tree's folder
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["True", "False"]
 
