@@ -136,9 +136,11 @@ class Journal:
 
     def open(self) -> Journal:
         """Start writing: a new journal, or the interrupted one without a row cut short by the signal."""
-        if self.resume:
+        if self.resume and self.end > 0:
             with open(self.path, "r+b") as f:
                 f.truncate(self.end)
+        elif self.resume:  # the journal lost even its header: start it again, the record kept
+            write_bytes_atomic(self.path, (",".join(_FIELDS) + "\n").encode(), overwrite=True)
         else:
             self._start()
         self.file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
