@@ -21,6 +21,7 @@ from .errors import (
     LayerError,
     LayerNotFoundError,
     MethodError,
+    MissingExtraError,
     ModelOutputError,
     ParityError,
     UnsupportedOperatorError,
@@ -28,6 +29,7 @@ from .errors import (
 )
 
 # name -> module that defines it, imported on first access (module __getattr__, PEP 562)
+_SERVE_SIDE = {".runtime"}
 _LAZY = {
     # serve side: numpy, onnxruntime, OpenCV
     "Explainer": ".runtime",
@@ -54,6 +56,22 @@ _LAZY = {
     "tolerance_for": ".parity",
     "validate": ".parity",
 }
+# build-side subpackages reached as attributes (gradcam_model.export.export_onnx...)
+_BUILD_MODULES = ("export", "wrapper", "parity", "layers", "methods", "models", "capture", "decompositions")
+_BUILD_NEEDS = ("torch", "torchvision", "onnx", "onnxscript")
+
+
+def _import_build_side(module: str, name: str):
+    """Import a build-side module, or raise one :class:`MissingExtraError` naming the extra."""
+    try:
+        return importlib.import_module(module, __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] not in _BUILD_NEEDS:
+            raise
+        raise MissingExtraError(
+            f"gradcam_model.{name} is build side and needs {exc.name.split('.')[0]}, which this install lacks "
+            f'(the base install runs artifacts only): pip install "gradcam_model[export]"'
+        ) from None
 
 
 def _version() -> str:
@@ -69,10 +87,17 @@ def __getattr__(name: str):
     if name == "__version__":
         globals()[name] = value = _version()
         return value
+    if name in _BUILD_MODULES:
+        value = _import_build_side(f".{name}", name)
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    if module in _SERVE_SIDE:
+        value = getattr(importlib.import_module(module, __name__), name)
+    else:
+        value = getattr(_import_build_side(module, name), name)
     globals()[name] = value  # later lookups skip this function
     return value
 
@@ -98,6 +123,7 @@ __all__ = [
     "LayerNotFoundError",
     "METHODS",
     "MethodError",
+    "MissingExtraError",
     "ModelOutputError",
     "OUTPUT_NAMES",
     "ParityError",

@@ -13,7 +13,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from .errors import ExportError
+from .errors import ExportError, OutputExistsError
 
 __all__ = ["check_target", "write_bytes_atomic", "remove_stale_temporaries"]
 
@@ -33,7 +33,7 @@ def check_target(path: str | os.PathLike, *, overwrite: bool) -> Path:
     if target.is_dir():
         raise ExportError(f"{target} is a directory; give a file path for the artifact")
     if target.exists() and not overwrite:
-        raise ExportError(f"{target} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+        raise OutputExistsError(f"{target} already exists; pass {{overwrite}} to replace it")
     return target
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 
 from .cli._common import positive_int
@@ -13,7 +15,7 @@ PROG = "gradcam"
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--engine``, ``--address``, ``--threads``, ``--save-maps``, ``--overwrite`` on ``gradcam explain``."""
+    """``--engine``, ``--address``, ``--threads`` on ``gradcam explain``."""
     group = parser.add_argument_group("engine")
     group.add_argument(
         "--engine",
@@ -31,14 +33,6 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--threads", type=positive_int, default=1, metavar="T", help="--engine ray: ONNX Runtime threads per actor"
     )
-    group.add_argument(
-        "--save-maps", action="store_true", help="--engine ray: also write each map as maps/<name>.npy (float32)"
-    )
-    group.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="--engine ray: replace the outputs of an earlier run in --out (without it: refuse)",
-    )
 
 
 def engine_of(args: argparse.Namespace) -> str:
@@ -47,9 +41,8 @@ def engine_of(args: argparse.Namespace) -> str:
 
     if args.engine == "ray" or args.address:
         return "ray"
-    given = [flag for flag, on in (("--threads", args.threads != 1), ("--save-maps", args.save_maps)) if on]
-    if given:
-        raise InputError(f"{' and '.join(given)} apply to --engine ray only")
+    if args.threads != 1:
+        raise InputError("--threads applies to --engine ray only (the local engine's threads: --workers)")
     return "local"
 
 
@@ -57,7 +50,44 @@ def explain_with_ray(args: argparse.Namespace, print_predictions) -> int:
     """Run ``gradcam explain --engine ray``; the same report and exit codes as the local engine."""
     from .runtime.ray_engine import explain_dataset
 
-    summary = explain_dataset(
+    with _ray_quiet(getattr(args, "verbose", 0)):
+        summary = _run(args, explain_dataset)
+    print_predictions([p.row() for p in summary.predictions if not p.error])
+    from .cli.explain import report_summary
+
+    return report_summary(summary, f"on {summary.provider}")
+
+
+@contextlib.contextmanager
+def _ray_quiet(verbose: int):
+    """Ray's start-up chatter off the terminal at the default verbosity; as it comes with ``-v``.
+
+    Ray 2.60 writes a token-authentication notice and "Progress bars disabled" through its own
+    loggers (``ray``, ``ray.data``: warnings, with handlers of their own) and a ``core_worker.cc``
+    error about actor constructor arguments from native code to file descriptor 2. The loggers
+    are held at ERROR and file descriptor 2 is captured (logged at debug level: ``-vv``).
+    """
+    if verbose:
+        yield
+        return
+    from ._process import native_stderr_captured
+    from .runtime.ray_cluster import import_ray
+
+    with native_stderr_captured():
+        import_ray()  # Ray sets its loggers' levels when imported: set ours after
+        loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+        levels = [logger.level for logger in loggers]
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def _run(args: argparse.Namespace, explain_dataset):
+    return explain_dataset(
         args.artifact,
         args.inputs,
         args.out,
@@ -72,17 +102,7 @@ def explain_with_ray(args: argparse.Namespace, print_predictions) -> int:
         threads=args.threads,
         address=args.address,
         overwrite=args.overwrite,
+        resume=args.resume,
         save_maps=args.save_maps,
         on_skip=lambda path, reason: print(f"{PROG}: skipped: {reason}", file=sys.stderr),
     )
-    print_predictions([p.row() for p in summary.predictions if not p.error])
-    wrote = [str(p) for p in (summary.overlays_dir, summary.grid) if p is not None]
-    wrote += [str(summary.csv), str(summary.parquet)]
-    print(
-        f"explained {summary.explained} of {summary.total} images on {summary.provider} in {summary.seconds:.1f} s: "
-        + ("overlays in " if summary.overlays_dir else "")
-        + ", ".join(wrote)
-    )
-    if summary.failures:
-        print(f"{PROG}: {len(summary.failures)} of {summary.total} inputs could not be explained", file=sys.stderr)
-    return 1 if summary.failures else 0

@@ -19,11 +19,19 @@ __all__ = [
     "InputError",
     "ParityError",
     "WeightsError",
+    "MissingExtraError",
+    "OutputExistsError",
 ]
 
 
 class GradCAMError(Exception):
-    """Root of every error raised on purpose by :mod:`gradcam_model`."""
+    """Root of every error raised on purpose by :mod:`gradcam_model`.
+
+    ``cli_message``, when set, is the same message worded for the command line (flags
+    instead of Python arguments); ``gradcam`` prints it instead of ``str(exc)``.
+    """
+
+    cli_message: str | None = None
 
 
 class ArchitectureError(GradCAMError, ValueError):
@@ -89,3 +97,23 @@ class ParityError(GradCAMError):
 
 class WeightsError(GradCAMError):
     """A weights file that is missing, not a checkpoint, or does not fit the model."""
+
+
+class MissingExtraError(GradCAMError, ImportError):
+    """A build-side name used on an install without torch: names the extra to install."""
+
+
+class OutputExistsError(ExportError):
+    """An output from an earlier run exists; the message names the option (or flag) that replaces it.
+
+    ``template`` holds ``{overwrite}`` (and ``{resume}``): ``overwrite=True`` in Python,
+    ``--overwrite`` on the command line.
+    """
+
+    _API = {"overwrite": "overwrite=True", "resume": "resume=True"}
+    _CLI = {"overwrite": "--overwrite", "resume": "--resume"}
+
+    def __init__(self, template: str) -> None:
+        self.template = template
+        super().__init__(template.format(**self._API))
+        self.cli_message = template.format(**self._CLI)

@@ -13,12 +13,16 @@ import contextlib
 import io
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from gradcam_model.cli import main
+from gradcam_model.runtime.journal import SIGTERM_AFTER_ENV, partial_rows
 from gradcam_model.runtime.ray_actor import CRASH_ONCE_ENV
 from gradcam_model.runtime.ray_engine import explain_dataset, import_ray, local_cluster
 
@@ -41,6 +45,38 @@ def _summary(summary) -> dict:
             "provider": summary.provider, "seconds": summary.seconds}  # fmt: skip
 
 
+def _noise(artifact: str, inputs: list[str], work: Path) -> dict:
+    """``gradcam explain --engine ray`` in a process of its own (its own cluster): stderr, default and -v."""
+    one = sorted(str(p) for p in Path(inputs[0]).rglob("*.jpg"))[:1]
+    found = {}
+    for name, flags in (("default", []), ("verbose", ["-v"])):
+        argv = [sys.executable, "-m", "gradcam_model", "explain", artifact, *one, "--out", str(work / f"noise-{name}"),
+                "--engine", "ray", "--workers", "1", *flags]  # fmt: skip
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        found[name] = {"rc": done.returncode, "stderr": done.stderr}
+    return found
+
+
+def _sigterm_while_connecting(artifact: str, inputs: list[str], work: Path) -> dict:
+    """A listener that accepts and never answers: ``ray.init`` waits in native code; SIGTERM must end it at once."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held = []
+    threading.Thread(target=lambda: held.extend(iter(listener.accept, None)), daemon=True).start()
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    argv = [sys.executable, "-m", "gradcam_model", "explain", artifact, *inputs, "--out", str(work / "hang"),
+            "--engine", "ray", "--address", address]  # fmt: skip
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(12)  # past `import ray` and the reachability check: inside ray.init
+    alive = process.poll() is None
+    started = time.perf_counter()
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    return {"alive": alive, "rc": process.returncode, "exit_s": time.perf_counter() - started, "stderr": err,
+            "out_exists": (work / "hang").exists()}  # fmt: skip
+
+
 def run(spec: dict) -> dict:
     results: dict = {"started": time.time()}
     addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True, timeout=20, check=True)
@@ -60,6 +96,15 @@ def run(spec: dict) -> dict:
         results["cli"] = _cli(argv)
         results["cli_again"] = _cli(argv)
         results["cli_overwrite"] = _cli([*argv, "--overwrite"])
+        resumed = ["explain", artifact, *inputs, "--out", str(work / "resumed"), "--engine", "ray", "--workers", "2",
+                   "--batch-size", "2"]  # fmt: skip
+        os.environ[SIGTERM_AFTER_ENV] = "4"  # the driver stops itself after 4 rows, through the real signal path
+        try:
+            results["killed"] = _cli(resumed)
+        finally:
+            del os.environ[SIGTERM_AFTER_ENV]
+        results["killed_rows"] = len(partial_rows(work / "resumed")[0])
+        results["resumed"] = _cli([*resumed, "--resume"])
         marker.unlink()
         summary = explain_dataset(artifact, inputs, work / "crash", workers=2, batch_size=2, progress=False)
         results["crash"] = {**_summary(summary), "marker": marker.exists(), "killed_pid": marker.read_text()}
@@ -74,6 +119,8 @@ def run(spec: dict) -> dict:
     bench = ["bench", "--ray", "--artifact", artifact, "--images", "4", "--size", "64", "48", "--batch-size", "2",
              "--config", "1x1", "--workdir", str(work / "bench"), "--json", str(work / "bench-ray.json")]  # fmt: skip
     results["bench"] = _cli(bench)
+    results["quiet"] = _noise(artifact, inputs, work)
+    results["hang"] = _sigterm_while_connecting(artifact, inputs, work)
     results["seconds"] = time.time() - results["started"]
     return results
 

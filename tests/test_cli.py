@@ -137,9 +137,7 @@ def test_export_refuses_to_overwrite_without_the_flag(ws, capsys):
                 + ["--name", "top2", "--out", str(ws.onnx.parent)])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
-    assert (
-        err.strip() == f"gradcam: error: {ws.onnx} already exists; pass overwrite=True (CLI: --overwrite) to replace it"
-    )
+    assert err.strip() == f"gradcam: error: {ws.onnx} already exists; pass --overwrite to replace it"
     assert ws.onnx.read_bytes() == before
 
 
@@ -372,6 +370,89 @@ def test_explain_top_class_by_default_with_a_class_input_artifact(ws, capsys, tm
     with open(tmp_path / "predictions.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if not r["error"]]
     assert rows and all(r["explained_index"] == r["predicted_index"] for r in rows)
+
+
+def test_the_summary_says_how_many_pictures_the_grid_shows(ws, capsys, tmp_path, monkeypatch):
+    import gradcam_model.runtime.pipeline as pipeline
+
+    argv = ["explain", str(ws.onnx), str(ws.photos), "--out"]
+    assert main([*argv, str(tmp_path / "all")]) == 1
+    assert f"{tmp_path / 'all' / 'grid.png'} (every picture)" in capsys.readouterr().out
+    monkeypatch.setattr(pipeline, "GRID_LIMIT", 2)  # the grid's limit (64) at the size of this test
+    assert main([*argv, str(tmp_path / "two")]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'two' / 'grid.png'} (the first 2 of 3 pictures)" in out
+    grid = cv2.imread(str(tmp_path / "two" / "grid.png"))
+    assert grid.shape[1] < 3 * 256  # two cells wide, not three
+
+
+def test_a_gif_is_read_as_its_first_frame_in_files_and_folders(ws, capsys, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    first = cv2.resize(load_image(ws.photos / "cat" / "chelsea.png"), (64, 48))
+    second = np.ascontiguousarray(first[::-1])
+    frames = [Image.fromarray(f).quantize(colors=256, method=Image.Quantize.MEDIANCUT) for f in (first, second)]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frame0 = load_image(folder / "anim.gif")  # OpenCV's first frame (the GIF's palette)
+    assert frame0.shape == (48, 64, 3)
+    cv2.imwrite(str(folder / "frame0.png"), cv2.cvtColor(frame0, cv2.COLOR_RGB2BGR))  # lossless copy
+    code = main(["explain", str(ws.onnx), str(folder), str(folder / "anim.gif"), "--out", str(tmp_path / "out")])
+    capsys.readouterr()
+    assert code == 0
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    gifs = [r for r in rows if r["path"].endswith(".gif")]
+    [png] = [r for r in rows if r["path"].endswith("frame0.png")]
+    assert len(gifs) == 2 and len(rows) == 3
+    for gif in gifs:  # found in the folder scan and given as a file: the same first frame
+        assert gif["error"] == ""
+        assert (gif["predicted_index"], gif["probability"]) == (png["predicted_index"], png["probability"])
+
+
+def test_build_side_names_name_the_extra_without_torch():
+    """gradcam_model.<build-side name> on an install without torch: our ImportError naming [export]."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import gradcam_model as gc\n"
+        "for name in ('GradCAMModel', 'export_onnx', 'validate', 'list_layers', 'reference_cam', 'export'):\n"
+        "    try:\n"
+        "        getattr(gc, name)\n"
+        "    except ImportError as exc:\n"
+        "        print(type(exc).__name__, isinstance(exc, gc.GradCAMError), exc)\n"
+        "from gradcam_model import load_explainer\n"
+        "print('runtime', callable(load_explainer))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "runtime True" and len(lines) == 7
+    for line, name in zip(lines, ("GradCAMModel", "export_onnx", "validate", "list_layers", "reference_cam", "export"),
+                          strict=False):  # fmt: skip
+        assert line == (
+            f"MissingExtraError True gradcam_model.{name} is build side and needs torch, which this install lacks "
+            '(the base install runs artifacts only): pip install "gradcam_model[export]"'
+        )
+
+
+def test_printed_commands_work_as_printed_without_the_venv_on_path(tmp_path):
+    """The demo's closing hint: `gradcam` when it is on PATH, else a path to the script that runs from here."""
+    import os
+
+    script = Path(sys.executable).with_name("gradcam")
+    code = "from gradcam_model.cli._common import runnable_command; print(runnable_command())"
+    for path, expected in ((f"{script.parent}{os.pathsep}/usr/bin:/bin", "gradcam"), ("/usr/bin:/bin", None)):
+        env = {**os.environ, "PATH": path}
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                              cwd=tmp_path)  # fmt: skip
+        command = done.stdout.strip()
+        assert done.returncode == 0 and (expected is None or command == expected), done
+        if expected is None:
+            assert Path(command).resolve() == script.resolve()
+        ran = subprocess.run(f"{command} --version", shell=True, capture_output=True, text=True, timeout=60,
+                             env=env, cwd=tmp_path)  # fmt: skip
+        assert ran.returncode == 0 and ran.stdout.startswith("gradcam "), ran
 
 
 # ---------------------------------------------------------------------------- layers

@@ -143,6 +143,8 @@ def test_cli_demo_prints_the_summary(demo, capsys, monkeypatch, tmp_path):
     [(out_dir, kwargs)] = calls
     assert out_dir == tmp_path / "d" and kwargs["colormap"] == "inferno" and kwargs["alpha"] == 0.5
     assert result.table() in out
-    assert f"gradcam explain {result.artifacts['onnx']}" in out
+    from gradcam_model.cli._common import runnable_command
+
+    assert f"try: {runnable_command()} explain {result.artifacts['onnx']}" in out  # works as printed here
     assert main(["demo", "--alpha", "2"]) == 2
     assert capsys.readouterr().err.strip() == "gradcam: error: --alpha must be in [0, 1], got 2.0"

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -72,7 +73,7 @@ def ray_run(artifacts, tmp_path_factory):
     done = subprocess.run(_namespace_command(work / "spec.json"), env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, cwd=work)  # fmt: skip
     assert done.returncode == 0, f"helper failed ({done.returncode}):\n{done.stderr[-6000:]}"
-    local = explain_files(artifact, spec["inputs"], work / "local", batch_size=BATCH, progress=False)
+    local = explain_files(artifact, spec["inputs"], work / "local", batch_size=BATCH, progress=False, save_maps=True)
     return {"work": work, "spec": spec, "results": json.loads((work / "results.json").read_text()), "local": local}
 
 
@@ -127,6 +128,9 @@ def test_maps_and_overlays_match_the_local_engine(ray_run):
         image = preprocess(load_image(prediction.path, max_side=DEFAULT_MAX_SIDE), explainer.metadata)
         local_map = explainer(image[None]).cam[0]
         np.testing.assert_allclose(ray_map, local_map, rtol=0, atol=1e-6)
+        saved = np.load(work / "local" / "maps" / f"{key}.npy")  # --save-maps on the local engine: same format
+        assert (saved.dtype, saved.shape) == (ray_map.dtype, ray_map.shape) == (np.float32, local_map.shape)
+        np.testing.assert_allclose(saved, local_map, rtol=0, atol=1e-6)
         a = cv2.imread(str(prediction.overlays[0])).astype(int)
         b = cv2.imread(str(work / "ray" / "overlays" / f"{key}.jpg")).astype(int)
         assert np.abs(a - b).max() <= 2  # same uint8 picture up to a rounding step, through the JPEG codec
@@ -164,10 +168,64 @@ def test_cli_engine_ray_and_overwrite_refusal(ray_run):
     first, again, forced = results["cli"], results["cli_again"], results["cli_overwrite"]
     assert first["rc"] == 1 and "explained 11 of 12 images on Ray (2 actors" in first["stdout"]
     assert "predictions.parquet" in first["stdout"] and "skipped:" in first["stderr"]
-    assert again["rc"] == 2 and "already holds predictions.csv, predictions.parquet" in again["stderr"]
-    assert "--overwrite" in again["stderr"] and again["stdout"] == ""
+    assert again["rc"] == 2 and again["stdout"] == ""
+    assert again["stderr"] == (
+        f"gradcam: error: {work / 'cli'} already holds predictions.csv, predictions.parquet from an earlier run; "
+        "pass --overwrite to replace its outputs or choose another output folder\n"
+    )
     assert forced["rc"] == 1
     assert _relative(_rows(work / "cli"), work / "cli") == _relative(_rows(work / "local"), work / "local")
+
+
+def test_sigterm_keeps_rows_and_resume_ends_with_the_local_engines_rows(ray_run):
+    results, work = ray_run["results"], ray_run["work"]
+    killed, resumed = results["killed"], results["resumed"]
+    assert killed["rc"] == 143 and killed["stderr"].endswith("gradcam: terminated\n"), killed["stderr"]
+    assert "add --resume to the same command to continue" in killed["stderr"]
+    assert 4 <= results["killed_rows"] < 12
+    assert resumed["rc"] == 1, resumed["stderr"]
+    assert f"({results['killed_rows']} done by the interrupted run)" in resumed["stdout"]
+    assert _relative(_rows(work / "resumed"), work / "resumed") == _relative(_rows(work / "local"), work / "local")
+    assert not (work / "resumed" / "predictions.partial.csv").exists()
+    assert not (work / "resumed" / ".gradcam-run").exists()
+    assert len(list((work / "resumed" / "overlays").rglob("*.jpg"))) == 11
+
+
+_RAY_NOISE = ("Token authentication", "core_worker.cc", "Progress bars disabled", "streaming_executor")
+
+
+def test_ray_start_up_noise_is_hidden_unless_verbose(ray_run):
+    quiet = ray_run["results"]["quiet"]
+    assert quiet["default"]["rc"] == 0, quiet["default"]["stderr"]
+    assert quiet["default"]["stderr"] == ""
+    assert quiet["verbose"]["rc"] == 0
+    # the token notice comes only from the first cluster of a machine that has no token yet
+    shown = [n for n in _RAY_NOISE if n in quiet["verbose"]["stderr"]]
+    assert {"core_worker.cc", "Progress bars disabled"} <= set(shown), quiet["verbose"]["stderr"]
+
+
+def test_sigterm_stops_a_hanging_connection_at_once(ray_run):
+    hang = ray_run["results"]["hang"]
+    assert hang["alive"], "the command ended before the signal: the check would be vacuous"
+    assert hang["rc"] in (-15, 143) and hang["exit_s"] < 3, hang
+    assert not hang["out_exists"]  # nothing written before the cluster answered
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:1", "ray://127.0.0.1:1"])
+def test_an_unreachable_cluster_is_one_line_exit_2_within_15_s(artifacts, tmp_path, address):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    argv = [sys.executable, "-m", "gradcam_model", "explain", str(artifacts["static.onnx"]), str(image), "--out",
+            str(tmp_path / "out"), "--engine", "ray", "--address", address]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 2 and seconds < 15, (seconds, done.stderr)
+    assert done.stderr == (
+        f"gradcam: error: cannot reach the Ray cluster at {address} (connection refused); check --address (a Ray "
+        "client: ray://HOST:10001, a cluster's head: HOST:6379, or auto on a cluster node)\n"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_ray_dataset_input_keeps_its_order(ray_run):
@@ -206,8 +264,12 @@ def test_bench_section_round_trip_and_help(tmp_path, capsys):
 
 
 USER_ERRORS = [
-    (["--save-maps"], "--save-maps apply to --engine ray only"),
-    (["--threads", "2"], "--threads apply to --engine ray only"),
+    (["--threads", "2"], "--threads applies to --engine ray only"),
+    (
+        ["--engine", "ray", "--address", "127.0.0.1:1"],
+        "cannot reach the Ray cluster at 127.0.0.1:1 (connection refused)",
+    ),
+    (["--engine", "ray", "--address", "ray://127.0.0.1:1"], "cannot reach the Ray cluster at ray://127.0.0.1:1"),
     (["--engine", "ray", "--address", "nowhere"], "expected 'auto', ray://HOST:PORT or HOST:PORT"),
     (["--engine", "ray", "--artifact-pt"], "the Ray engine runs .onnx artifacts"),
     (["--engine", "ray", "--no-ray"], 'needs ray[data], which this install lacks: pip install "gradcam_model[ray]"'),

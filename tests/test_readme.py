@@ -65,5 +65,18 @@ def test_base_install_is_the_serve_side():
     assert {re.split(r"[<>=;\[ ]", d)[0] for d in extras["export"]} == {"torch", "torchvision", "onnx", "onnxscript"}
     assert "gradcam_model[export,demo,bench,serve,ray]" in extras["dev"]
     text = README.read_text()
-    for line in ("pip install gradcam_model", 'pip install "gradcam_model[export]"', 'pip install -e ".[dev]"'):
+    # not on PyPI: every install line installs from the clone (or a wheel built from it)
+    assert "is not published on PyPI: `pip install gradcam_model` finds nothing" in text
+    for line in ("| `pip install .` |", '| `pip install ".[export]"` |', 'pip install -e ".[dev]"',
+                 "pip wheel --no-deps -w dist ."):  # fmt: skip
         assert line in text
+    text = text.replace("`pip install gradcam_model` finds nothing", "")  # the one mention, saying it fails
+    installs = re.findall(r"pip install (\S+)", text)
+    assert installs and not [i for i in installs if i.strip("`\"'").startswith("gradcam_model")], installs
+
+
+def test_the_readme_puts_the_venv_on_path_before_using_gradcam():
+    text = README.read_text()
+    first_use = text.index("$ gradcam ")
+    assert text.index("source .venv/bin/activate") < first_use
+    assert "`gradcam` is the console script of the install: in `.venv/bin`" in text

@@ -211,6 +211,18 @@ def test_v2_infer_equals_in_process_explainer(server, explainer):
     assert status == 200 and [o["name"] for o in answer["outputs"]] == ["class_index", "score"]
 
 
+def test_v2_without_target_class_explains_the_top_class(server, explainer):
+    """A class-input artifact asked without target_class explains each image's top prediction (as -1 does)."""
+    images = np.random.default_rng(4).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    status, answer = server.request("/v2/models/fish/infer", _v2_body(images))
+    assert status == 200, answer
+    got = _v2_outputs(answer)
+    top = got["probabilities"].argmax(axis=1)
+    np.testing.assert_array_equal(got["class_index"][:, 0], top)
+    expected = explainer(images, np.array([-1, -1]))
+    np.testing.assert_allclose(got["cam"], expected.cam, rtol=0, atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
@@ -325,7 +337,7 @@ BAD_REQUESTS = [
     (
         "/infer",
         {"inputs": [_V2_OK, {"name": "target_class", "datatype": "INT64", "shape": [1], "data": [12]}]},
-        "out of range",
+        'input "target_class"[0] = 12 is out of range; expected 0..9, or -1',
     ),  # fmt: skip
     ("/infer", {"inputs": [_V2_OK], "outputs": [{"name": "heatmap"}]}, "unknown output"),
 ]
@@ -370,3 +382,22 @@ def test_sigterm_stops_cleanly(server):
         pass
     log = server.log.read_text()
     assert "Shutting down" in log and "Traceback" not in log
+
+
+def test_the_documented_v2_metadata_is_what_the_demo_artifact_gets():
+    """docs/serving.md's `GET /v2/models/efficientnet_lite0` sample equals v2_metadata of the demo's metadata."""
+    from gradcam_model.contract import ArtifactMetadata
+    from gradcam_model.serving.protocol import v2_metadata
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
+    [line] = [ln for ln in doc.splitlines() if ln.startswith('{"name":"efficientnet_lite0"')]
+    documented = json.loads(line)
+    demo = ArtifactMetadata(  # what gradcam_model.demo exports: class input, 1000 classes, dynamic size
+        schema_version=1, method="gradcam", target_layer="bn2", architecture="efficientnet_lite0",
+        num_classes=1000, class_names=None, input_size=None, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
+        top_k=1, class_input=True, upsample=True, normalize=True, example_size=(224, 224), format="onnx",
+        package_version="0", torch_version="0",
+    )  # fmt: skip
+    expected = v2_metadata("efficientnet_lite0", demo)
+    assert documented["inputs"] == expected["inputs"] and documented["outputs"] == expected["outputs"]
+    assert [i["name"] for i in documented["inputs"]] == ["image", "target_class"]

@@ -1,9 +1,11 @@
-"""A fresh venv with only ``pip install .`` (no torch anywhere): the serve side works and matches the dev venv.
+"""A fresh venv holding only the built wheel (no torch anywhere): the serve side works and matches the dev venv.
 
-The venv is built under the temp folder once per version of the code and
-pyproject.toml (their hash names it), so a rerun reuses it and pip's cache makes a
-new one cheap; it is never shared between different code, so concurrent sessions
-on other branches cannot change what this one tests.
+The wheel is built from a copy of this tree (``pip wheel --no-deps``, what a release would
+publish) and installed with the same pins as the dev venv; the README's install-size figure
+is measured from that venv. The venv is built under the temp folder once per version of the
+code and pyproject.toml (their hash names it), so a rerun reuses it and pip's cache makes a
+new one cheap; it is never shared between different code, so concurrent sessions on other
+branches cannot change what this one tests.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +76,7 @@ def serve_venv(tmp_path_factory) -> Path:
         digest.update(Path(constraints).read_bytes())
     for file in files:
         digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
+    digest.update(b"from the wheel")
     venv = Path(tempfile.gettempdir()) / f"gradcam-serve-venv-{digest.hexdigest()[:12]}"
     with _locked(venv.with_name(venv.name + ".lock")):
         if not (venv / ".complete").exists():
@@ -80,12 +84,63 @@ def serve_venv(tmp_path_factory) -> Path:
             for file in files:
                 (source / file.relative_to(ROOT)).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(file, source / file.relative_to(ROOT))
+            wheel = _build_wheel(source, tmp_path_factory.mktemp("wheel"))
             shutil.rmtree(venv, ignore_errors=True)
             _remove_old_venvs(venv.parent)
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-            _pip(venv / "bin" / "python", *pins, str(source))
-            (venv / ".complete").write_text("pip install . done\n")
+            _pip(venv / "bin" / "python", *pins, str(wheel))
+            (venv / ".complete").write_text(f"pip install {wheel.name} done\n")
     return venv / "bin"
+
+
+def _build_wheel(source: Path, folder: Path) -> Path:
+    """``pip wheel --no-deps``: the one wheel a release publishes, built as pip builds it (isolated backend)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--disable-pip-version-check", "-w", str(folder),
+         str(source)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [wheel] = folder.glob("gradcam_model-*.whl")
+    return wheel
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) / 1e6
+
+
+def test_the_wheel_holds_the_package_and_the_readme_size_is_measured(serve_venv):
+    """The installed files come from the wheel, and the README's serve-install size is this venv's, within 10%."""
+    code = "import gradcam_model, sys; print(gradcam_model.__file__)"
+    done = _run([serve_venv / "python", "-c", code], cwd=serve_venv)  # not this tree's folder
+    assert done.returncode == 0 and "site-packages" in done.stdout, done  # installed, not this tree
+    records = list((serve_venv.parent / "lib").glob("python*/site-packages/gradcam_model-*.dist-info/RECORD"))
+    assert len(records) == 1
+    listed = records[0].read_text()
+    for module in ("gradcam_model/runtime/pipeline.py", "gradcam_model/runtime/journal.py",
+                   "gradcam_model/serving/server.py", "gradcam_model/cli/explain.py"):  # fmt: skip
+        assert module in listed
+    measured = _size_mb(serve_venv.parent)
+    readme = (ROOT / "README.md").read_text()
+    claimed = float(re.search(r"a fresh venv with the wheel installed is (\d+) MB", readme).group(1))
+    assert abs(measured - claimed) <= 0.1 * claimed, f"README says {claimed} MB, the venv holds {measured:.0f} MB"
+
+
+def test_build_side_names_raise_our_import_error_in_the_wheel_venv(serve_venv):
+    code = (
+        "import gradcam_model as gc\n"
+        "try:\n"
+        "    gc.GradCAMModel\n"
+        "except ImportError as exc:\n"
+        "    print(type(exc).__name__, isinstance(exc, gc.GradCAMError), exc)\n"
+    )
+    done = _run([serve_venv / "python", "-c", code], cwd=serve_venv)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "MissingExtraError True gradcam_model.GradCAMModel is build side and needs torch, which this install lacks "
+        '(the base install runs artifacts only): pip install "gradcam_model[export]"\n'
+    )
 
 
 def _run(command, **kwargs) -> subprocess.CompletedProcess:
@@ -98,7 +153,7 @@ def test_no_torch_anywhere_and_the_runtime_does_not_import_it(serve_venv):
         "import importlib.util, sys; import gradcam_model.runtime, gradcam_model; "
         "print(importlib.util.find_spec('torch') is None, 'torch' in sys.modules, gradcam_model.__version__)"
     )
-    done = _run([serve_venv / "python", "-c", code])
+    done = _run([serve_venv / "python", "-c", code], cwd=serve_venv)  # not this tree's folder
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[:2] == ["True", "False"]
 

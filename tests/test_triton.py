@@ -93,7 +93,14 @@ def test_gradcam_triton_fixed_size(static_onnx, tmp_path, capsys):
     assert json.loads(config["parameters"]["gradcam.input_size"]["string_value"]) == [64, 64]
     # an existing model is kept unless --overwrite
     assert main(["triton", str(static_onnx), "--out", str(repo)]) == 2
-    assert "already exists" in capsys.readouterr().err
+    assert capsys.readouterr().err == (  # the flag, never the Python argument
+        f"gradcam: error: {folder / 'config.pbtxt'} already exists; pass --overwrite to replace it\n"
+    )
+    from gradcam_model.errors import OutputExistsError
+    from gradcam_model.serving.triton import write_repository
+
+    with pytest.raises(OutputExistsError, match=r"already exists; pass overwrite=True to replace it$"):
+        write_repository(static_onnx, repo, "static")  # the Python API names its argument
     assert main(["triton", str(static_onnx), "--out", str(repo), "--overwrite", "--instance-kind", "auto"]) == 0
     assert _parse(folder / "config.pbtxt")["instance_group"] == [{"count": 1}]
     assert not [p for p in repo.rglob("*.tmp")]

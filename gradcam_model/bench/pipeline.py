@@ -97,7 +97,7 @@ def run_pipeline_bench(
     pipeline_s = _timed(
         lambda: explain_files(
             explainer, images, out, batch_size=batch_size, workers=workers, overlay_format=overlay_format,
-            progress=False,
+            progress=False, overwrite=True,
         )
     )  # fmt: skip
     cli_s, help_s = (
@@ -128,7 +128,7 @@ def run_pipeline_bench(
 def _cli_timings(artifact, folder, workdir, batch_size, workers, overlay_format) -> tuple[float, float]:
     """Seconds of one `gradcam explain` subprocess on ``folder``, and of `gradcam explain --help` (best of 3)."""
     command = [sys.executable, "-m", "gradcam_model"]
-    argv = ["explain", str(artifact), str(folder), "--out", str(workdir / "out-cli")]
+    argv = ["explain", str(artifact), str(folder), "--out", str(workdir / "out-cli"), "--overwrite"]
     argv += ["--batch-size", str(batch_size), "--workers", str(workers), "--overlay-format", overlay_format]
     cli_s = _timed(lambda: subprocess.run([*command, *argv], check=True, capture_output=True))
     help_s = min(

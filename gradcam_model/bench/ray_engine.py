@@ -75,13 +75,17 @@ def run_ray_bench(
 
     load_before = os.getloadavg()
     meta = load_explainer(artifact).metadata
-    explain_files(artifact, images[:batch_size], workdir / "warm", batch_size=batch_size, progress=False)
+    explain_files(
+        artifact, images[:batch_size], workdir / "warm", batch_size=batch_size, progress=False, overwrite=True
+    )
     started = time.perf_counter()
-    explain_files(artifact, images, workdir / "local", batch_size=batch_size, workers=2, progress=False)
+    explain_files(artifact, images, workdir / "local", batch_size=batch_size, workers=2, progress=False, overwrite=True)
     local_s = time.perf_counter() - started
     one_thread = OnnxExplainer(artifact, providers=["CPUExecutionProvider"], threads=1)
     started = time.perf_counter()
-    explain_files(one_thread, images, workdir / "local-1", batch_size=batch_size, workers=2, progress=False)
+    explain_files(
+        one_thread, images, workdir / "local-1", batch_size=batch_size, workers=2, progress=False, overwrite=True
+    )
     local_1_thread_s = time.perf_counter() - started
     result = RayBenchResult(
         images=len(images), size=size, batch_size=batch_size,

@@ -148,6 +148,7 @@ def _guarded(run, verbose: int) -> int:
 def _fail(exc: BaseException, verbose: int) -> int:
     if verbose:
         traceback.print_exc(file=sys.stderr)
-    message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    text = getattr(exc, "cli_message", None) or str(exc)  # flags, not Python arguments, where they differ
+    message = "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(exc).__name__
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ __all__ = [
     "status",
     "load_model",
     "indent",
+    "runnable_command",
 ]
 
 PROG = "gradcam"
@@ -228,3 +230,24 @@ def load_model(args: argparse.Namespace, num_classes: int | None = None):
 def indent(text: str) -> str:
     """``text`` indented by two spaces (report tables under a heading line)."""
     return "\n".join(f"  {line}" for line in text.splitlines())
+
+
+def runnable_command() -> str:
+    """How to type ``gradcam`` so that a printed hint works as printed in this shell.
+
+    ``gradcam`` when the command on PATH is this install's; else the script beside this
+    interpreter (``.venv/bin/gradcam`` after ``scripts/demo.sh``, relative when under the
+    current folder); else ``python -m gradcam_model``.
+    """
+    bin_dir = Path(sys.executable).parent
+    script = bin_dir / PROG
+    found = shutil.which(PROG)
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return PROG
+    if script.exists():
+        try:
+            relative = os.path.relpath(script)
+        except ValueError:  # another drive (Windows)
+            relative = ".."
+        return str(script) if relative.startswith("..") else relative
+    return f"{sys.executable} -m gradcam_model"

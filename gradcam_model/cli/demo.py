@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import _common as common
 
@@ -35,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"artifacts: {', '.join(str(p) for p in result.artifacts.values())}")
     print(f"parity report: {result.report}")
     print(f"overlays: {out / 'overlays'}; grid: {result.grid}")
-    print(f"try: gradcam explain {result.artifacts['onnx']} {out / 'photos'} --out {out / 'explain'}")
+    command = common.runnable_command()
+    print(f"try: {command} explain {result.artifacts['onnx']} {out / 'photos'} --out {out / 'explain'}")
+    if command.endswith(f"/{common.PROG}"):
+        print(f"(gradcam is not on PATH here: `source {Path(command).parent}/activate` puts it there)")
     print(f"done in {result.seconds:.0f} s")
     return 0 if result.ok else 1

@@ -62,9 +62,23 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--workers", type=common.positive_int, default=2, metavar="N", help="decode/encode threads (default: 2)"
     )
+    group = p.add_argument_group("outputs of an earlier run in --out (both engines)")
+    group.add_argument("--save-maps", action="store_true", help="also write each map as maps/<name>.npy (float32)")
+    again = group.add_mutually_exclusive_group()
+    again.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of an earlier run in --out (without it, or --resume: refuse)",
+    )
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a run stopped by SIGTERM or Ctrl-C: same artifact, inputs and options; the images it "
+        "finished are skipped",
+    )
     from ..cli_ray import add_engine_arguments
 
-    add_engine_arguments(p)  # --engine ray, --address, --threads, --save-maps, --overwrite (cli_ray.py)
+    add_engine_arguments(p)  # --engine ray, --address, --threads (cli_ray.py)
     p.set_defaults(handler=run)
 
 
@@ -90,6 +104,9 @@ def _explain(args: argparse.Namespace, explainer):
             max_side=args.max_size,
             tile_size=args.tile_size,
             on_skip=lambda item, reason: print(f"{common.PROG}: skipped: {reason}", file=sys.stderr),
+            save_maps=args.save_maps,
+            overwrite=args.overwrite,
+            resume=args.resume,
         )
     except InputError as exc:
         if args.class_ is not None and str(exc).startswith("class "):
@@ -106,30 +123,63 @@ def run(args: argparse.Namespace) -> int:
     common.check_alpha(args.alpha)
     from ..cli_ray import engine_of, explain_with_ray
 
-    if engine_of(args) == "ray":
-        return explain_with_ray(args, _print_predictions)
-    with native_stderr_captured():
-        explainer = load_explainer(args.artifact)
-        meta = explainer.metadata
-        if args.class_ is not None and not meta.class_input:
-            raise InputError(
-                f"--class needs an artifact exported with --class-input; {args.artifact} explains its "
-                f"top-{meta.top_k} classes"
-            )
-        summary = _explain(args, explainer)
+    try:
+        if engine_of(args) == "ray":
+            return explain_with_ray(args, _print_predictions)
+        with native_stderr_captured():
+            explainer = load_explainer(args.artifact)
+            meta = explainer.metadata
+            if args.class_ is not None and not meta.class_input:
+                raise InputError(
+                    f"--class needs an artifact exported with --class-input; {args.artifact} explains its "
+                    f"top-{meta.top_k} classes"
+                )
+            summary = _explain(args, explainer)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # SIGTERM, Ctrl-C: say what was kept
+            report_interrupted(args.out)
+        raise
     _print_predictions([p.row() for p in summary.predictions if not p.error])
-    wrote = [str(p) for p in (summary.overlays_dir, summary.grid) if p is not None] + [str(summary.csv)]
-    print(
-        f"explained {summary.explained} of {summary.total} images with {meta.architecture} {meta.method} at "
-        f"{meta.target_layer!r} on {summary.provider} in {summary.seconds:.1f} s: "
-        + ("overlays in " if summary.overlays_dir else "")
-        + ", ".join(wrote)
-    )
+    how = f"with {meta.architecture} {meta.method} at {meta.target_layer!r} on {summary.provider}"
+    return report_summary(summary, how)
+
+
+def report_summary(summary, how: str) -> int:
+    """The closing line of ``gradcam explain`` (both engines); 1 when some inputs failed."""
+    wrote = []
+    if summary.overlays_dir is not None:
+        wrote.append(f"overlays in {summary.overlays_dir}")
+    if summary.grid is not None:
+        shown = summary.grid_tiles
+        part = f"the first {shown} of {summary.explained} pictures" if shown < summary.explained else "every picture"
+        wrote.append(f"{summary.grid} ({part})")
+    wrote += [str(p) for p in (summary.csv, summary.parquet) if p is not None]
+    resumed = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
+    print(f"explained {summary.explained} of {summary.total} images{resumed} {how} in {summary.seconds:.1f} s: "
+          + ", ".join(wrote))  # fmt: skip
     if summary.failures:
         print(
             f"{common.PROG}: {len(summary.failures)} of {summary.total} inputs could not be explained", file=sys.stderr
         )
     return 1 if summary.failures else 0
+
+
+def report_interrupted(out: str) -> None:
+    """After SIGTERM or Ctrl-C: how many images are done and how to continue (nothing when no run started)."""
+    from pathlib import Path
+
+    from ..runtime.journal import PARTIAL_CSV, partial_rows
+
+    try:
+        done, _ = partial_rows(out)
+    except (OSError, ValueError):
+        return
+    if (Path(out) / PARTIAL_CSV).exists():
+        print(
+            f"{common.PROG}: stopped with {len(done)} images done (their overlays, and their rows in "
+            f"{Path(out) / PARTIAL_CSV}); add --resume to the same command to continue",
+            file=sys.stderr,
+        )
 
 
 def _print_predictions(rows: list[dict]) -> None:

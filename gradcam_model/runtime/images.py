@@ -20,7 +20,8 @@ __all__ = [
     "target_size",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# GIF: OpenCV (>= 4.11) decodes the first frame of an animation, on every path (files, folders, the server)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DEFAULT_MAX_SIDE = 2048  # pixels: larger pictures are decoded reduced (a 12000x8000 photo needs no more)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PROBE_BYTES = 2_000_000  # only JPEG files this large can hold a picture worth decoding reduced
@@ -57,7 +58,7 @@ def decode_image(data: bytes | np.ndarray, *, max_side: int | None = DEFAULT_MAX
     if image is None:
         image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
-        raise InputError(f"{source}: not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)")
+        raise InputError(f"{source}: not a readable image (expected PNG, JPEG, BMP, TIFF, WebP or GIF)")
     if max_side and max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))

@@ -88,6 +88,8 @@ class ExplainSummary:
     parquet: Path | None = None  # the Ray engine also writes predictions.parquet
     actor_seconds: float | None = None  # Ray engine: seconds the actors spent, summed over images
     actor_peak_mb: float | None = None  # Ray engine: the largest peak resident memory of an actor
+    grid_tiles: int = 0  # pictures grid.png shows (the first GRID_LIMIT explained ones)
+    resumed: int = 0  # images an interrupted run had finished (resume): skipped by this one
 
     @property
     def total(self) -> int:

@@ -9,6 +9,7 @@ the number of images. Every file is written atomically.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -27,6 +28,7 @@ from ..errors import InputError
 from .explainer import Explainer, load_explainer
 from .images import DEFAULT_MAX_SIDE, explained_region, load_image, preprocess, target_size
 from .inputs import ImageInput, collect_images, resolve_class
+from .journal import Journal, artifact_digest
 from .outputs import (
     CSV_FIELDS,
     GRID_LIMIT,
@@ -41,7 +43,7 @@ from .outputs import (
 )
 from .visualize import OVERLAY_FORMATS, check_alpha, encode_image, overlay, thumbnail
 
-__all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files"]
+__all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files", "map_bytes", "run_record"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class _Options:
     ext: str
     tile: int
     keep_tile: bool
+    save_maps: bool = False
+    tiles_dir: Path | None = None  # the journal's lossless copies of grid thumbnails (resume)
     meta: ArtifactMetadata | None = None  # where the maps lie in each picture (explained_region)
 
 
@@ -69,8 +73,15 @@ def _decode(item: ImageInput, meta, max_side: int | None):
         return exc
 
 
-def _encode(item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options):
-    """Worker: compose, encode and write the overlays of one image; a grid thumbnail of the first."""
+def map_bytes(cams: np.ndarray) -> bytes:
+    """``maps/<key>.npy``: one image's maps as float32 ``[K, H, W]`` (both engines write this)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(cams, np.float32))
+    return buffer.getvalue()
+
+
+def _encode(index: int, item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options):
+    """Worker: compose, encode and write the overlays (and maps) of one image; a grid thumbnail of the first."""
     paths, thumb = [], None
     for k in range(cams.shape[0]):
         region = explained_region(rgb.shape, opts.meta) if opts.meta is not None else None
@@ -80,6 +91,10 @@ def _encode(item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options)
         paths.append(path)
         if k == 0 and opts.keep_tile:
             thumb = thumbnail(picture, opts.tile)
+            if opts.tiles_dir is not None:
+                write_bytes_atomic(opts.tiles_dir / f"{index}.png", encode_image(thumb, "png"), overwrite=True)
+    if opts.save_maps:
+        write_bytes_atomic(opts.out / "maps" / f"{item.key}.npy", map_bytes(cams), overwrite=True)
     return tuple(paths), thumb
 
 
@@ -109,6 +124,9 @@ def explain_files(
     tile_size: int = DEFAULT_TILE_SIZE,
     progress: bool | None = None,
     on_skip: Callable[[ImageInput, str], None] | None = None,
+    save_maps: bool = False,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> ExplainSummary:
     """Explain image files with an artifact; write overlays, ``grid.png`` and ``predictions.csv``.
 
@@ -127,9 +145,16 @@ def explain_files(
         tile_size: width of a ``grid.png`` cell; the grid keeps only such thumbnails.
         progress: a tqdm progress bar on stderr (None: only when stderr is a terminal).
         on_skip: called with each unreadable image and the reason (default: a log warning).
+        save_maps: also write each image's maps as ``maps/<key>.npy`` (float32 ``[K, H, W]``).
+        overwrite: replace the outputs of an earlier run in ``out_dir`` (else refuse, see
+            :mod:`~gradcam_model.runtime.journal`).
+        resume: continue the interrupted run in ``out_dir`` (same artifact and options): the
+            images it finished are skipped, and the outputs are those of an uninterrupted run.
 
     Returns:
         An :class:`ExplainSummary`; ``predictions`` are in input order, failures included.
+        Interrupted (SIGTERM, Ctrl-C), the finished images keep their overlays and their rows in
+        ``predictions.partial.csv``.
     """
     started = time.perf_counter()
     _check_options(alpha, overlay_format, batch_size, workers, tile_size, max_side)
@@ -146,48 +171,79 @@ def explain_files(
     given = list(inputs)
     items = given if given and all(isinstance(i, ImageInput) for i in given) else collect_images(given)
     out = Path(out_dir)
-    opts = _Options(out, colormap, float(alpha), overlay_format, int(tile_size), True, meta)
     overlay(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), colormap=colormap)  # bad colormap: now
-    state = _Run(explainer, target, opts, target_size(meta), on_skip)
+    record = run_record(explainer.path, "local", target, colormap, alpha, overlay_format, max_side, tile_size,
+                        save_maps)  # fmt: skip
+    record["batch_size"] = batch_size  # the same batches: bit-identical maps (ONNX Runtime's rounding)
+    journal = Journal(out, record, [str(i.path) for i in items], overwrite=overwrite, resume=resume).open()
+    opts = _Options(
+        out, colormap, float(alpha), overlay_format, int(tile_size), True, save_maps, journal.tiles_dir, meta
+    )
+    state = _Run(explainer, target, opts, target_size(meta), on_skip, journal)
+    todo = [(i, item) for i, item in enumerate(items) if i not in journal.done]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io")
+    finished = False
     try:
         with _Bar(len(items), progress) as bar:
-            batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+            bar.update(len(items) - len(todo))
+            batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
             decoding: deque[list[Future]] = deque()
             for batch in batches[:2]:
-                decoding.append([pool.submit(_decode, item, meta, max_side) for item in batch])
+                decoding.append([pool.submit(_decode, item, meta, max_side) for _, item in batch])
             for index, batch in enumerate(batches):
                 decoded = [f.result() for f in decoding.popleft()]
                 if index + 2 < len(batches):  # keep the next batch decoding while this one runs
-                    decoding.append([pool.submit(_decode, item, meta, max_side) for item in batches[index + 2]])
+                    decoding.append([pool.submit(_decode, item, meta, max_side) for _, item in batches[index + 2]])
                 state.run(pool, batch, decoded)
                 state.drain(keep=2)
                 bar.update(len(batch))
             state.drain(keep=0)
+        summary = state.finish(len(items), time.perf_counter() - started)
+        finished = True
+        return summary
     finally:
-        # on an error, Ctrl-C or SIGTERM: drop queued work; files being written are finished or removed
+        # on an error, Ctrl-C or SIGTERM: drop queued work; files being written are finished or removed;
+        # the rows of the images finished so far stay in the journal (resume continues from them)
         pool.shutdown(wait=True, cancel_futures=True)
-    return state.finish(time.perf_counter() - started)
+        journal.close(finished=finished)
+
+
+def run_record(artifact, engine, target, colormap, alpha, overlay_format, max_side, tile_size, save_maps) -> dict:
+    """What decides a run's outputs: a resumed run must match it (the journal keeps it)."""
+    return {
+        "artifact_sha256": artifact_digest(artifact),
+        "engine": engine,
+        "class": target,
+        "colormap": colormap,
+        "alpha": float(alpha),
+        "overlay_format": overlay_format,
+        "max_side": max_side,
+        "tile_size": int(tile_size),
+        "save_maps": bool(save_maps),
+    }
 
 
 class _Run:
     """The state of one :func:`explain_files` call (the main thread's side of the pipeline)."""
 
-    def __init__(self, explainer: Explainer, target, opts: _Options, size, on_skip) -> None:
+    def __init__(self, explainer: Explainer, target, opts: _Options, size, on_skip, journal: Journal) -> None:
         self.explainer = explainer
         self.meta = explainer.metadata
         self.target = target
         self.opts = opts
         self.size = size
         self.on_skip = on_skip or (lambda item, reason: log.warning("skipped: %s", reason))
-        self.predictions: list[Prediction] = []
-        self.pending: deque[tuple[list, list[Future]]] = deque()
-        self.tiles: list[tuple[np.ndarray, str, tuple[int, int, int] | None]] = []
-        self.thumbnails = 0  # thumbnails asked for so far
+        self.journal = journal
+        self.predictions: dict[int, Prediction] = dict(journal.done)  # by input index
+        self.pending: deque[tuple[list, list, list[Future]]] = deque()
+        self.tiles: dict[int, np.ndarray] = {}  # grid thumbnails made by this run, by input index
+        self.thumbnails = sum(1 for p in journal.done.values() if not p.error)  # thumbnails asked for so far
         self.small = 0
 
-    def run(self, pool: ThreadPoolExecutor, batch: list[ImageInput], decoded: list) -> None:
+    def run(self, pool: ThreadPoolExecutor, batch: list[tuple[int, ImageInput]], decoded: list) -> None:
         """Run the graph on the readable images of ``batch``; queue their overlays on the pool."""
+        indices = [i for i, _ in batch]
+        batch = [item for _, item in batch]
         ok = [(item, d) for item, d in zip(batch, decoded, strict=True) if not isinstance(d, Exception)]
         rows: list = [None] * len(batch)
         for i, (item, d) in enumerate(zip(batch, decoded, strict=True)):
@@ -207,8 +263,8 @@ class _Run:
                 rows[slot] = prediction_of(item.path, item.label, result, j, self.meta)
                 opts = self.opts if self.thumbnails < GRID_LIMIT else no_tile  # the grid's first 64 only
                 self.thumbnails += 1
-                futures.append(pool.submit(_encode, item, rgb, result.cam[j], opts))
-        self.pending.append((rows, futures))
+                futures.append(pool.submit(_encode, indices[slot], item, rgb, result.cam[j], opts))
+        self.pending.append((indices, rows, futures))
 
     def _check_small(self, item: ImageInput, rgb: np.ndarray) -> None:
         h, w = self.size
@@ -224,26 +280,42 @@ class _Run:
     def drain(self, *, keep: int) -> None:
         """Finish queued overlay batches until at most ``keep`` remain (the memory bound)."""
         while len(self.pending) > keep:
-            rows, futures = self.pending.popleft()
+            indices, rows, futures = self.pending.popleft()
             done = iter(futures)
-            for row in rows:
-                if row.error:
-                    self.predictions.append(row)
-                    continue
-                paths, thumb = next(done).result()
-                row = Prediction(**{**row.__dict__, "overlays": paths})
-                self.predictions.append(row)
-                if thumb is not None and len(self.tiles) < GRID_LIMIT:
-                    self.tiles.append((thumb, tile_caption(row), tile_color(row)))
+            finished = []
+            for index, row in zip(indices, rows, strict=True):
+                if not row.error:
+                    paths, thumb = next(done).result()
+                    row = Prediction(**{**row.__dict__, "overlays": paths})
+                    if thumb is not None:
+                        self.tiles[index] = thumb
+                finished.append((index, row))
+            self.predictions.update(finished)
+            self.journal.add(finished)  # after the batch's files: a row in the journal is an image done
 
-    def finish(self, seconds: float) -> ExplainSummary:
+    def _grid_tiles(self, rows: list[Prediction]) -> list:
+        """grid.png's cells: the first explained images in input order (resumed ones from the journal)."""
+        tiles = []
+        for index, row in enumerate(rows):
+            if len(tiles) >= GRID_LIMIT:
+                break
+            if not row.error:
+                thumb = self.tiles.get(index)
+                thumb = self.journal.tile(index) if thumb is None else thumb
+                if thumb is not None:
+                    tiles.append((thumb, tile_caption(row), tile_color(row)))
+        return tiles
+
+    def finish(self, total: int, seconds: float) -> ExplainSummary:
         out = self.opts.out
-        csv_path = write_csv(self.predictions, out)
-        grid_path = write_grid(self.tiles, out, self.opts.tile)
-        failures = [p for p in self.predictions if p.error]
-        wrote_overlays = len(failures) < len(self.predictions)
+        predictions = [self.predictions[i] for i in range(total)]
+        csv_path = write_csv(predictions, out)
+        tiles = self._grid_tiles(predictions)
+        grid_path = write_grid(tiles, out, self.opts.tile)
+        failures = [p for p in predictions if p.error]
+        wrote_overlays = len(failures) < len(predictions)
         return ExplainSummary(
-            predictions=self.predictions,
+            predictions=predictions,
             csv=csv_path,
             overlays_dir=out / "overlays" if wrote_overlays else None,
             grid=grid_path,
@@ -252,6 +324,8 @@ class _Run:
             seconds=seconds,
             small_images=self.small,
             failures=failures,
+            grid_tiles=len(tiles),
+            resumed=len(self.journal.done),
         )
 
 

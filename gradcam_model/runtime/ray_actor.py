@@ -10,7 +10,6 @@ overlays are composed and encoded here; the driver only writes the bytes it gets
 
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ from ..errors import InputError
 from .explainer import OnnxExplainer
 from .images import decode_image, explained_region, load_image, preprocess, target_size
 from .outputs import prediction_of
+from .pipeline import map_bytes
 from .visualize import encode_image, overlay
 
 __all__ = ["CRASH_ONCE_ENV", "ExplainActor", "result_schema"]
@@ -200,9 +200,7 @@ class ExplainActor:
             "error": "",
         }
         if self.include_maps:
-            buffer = io.BytesIO()
-            np.save(buffer, np.ascontiguousarray(cams, np.float32))
-            row["cam_npy"] = buffer.getvalue()
+            row["cam_npy"] = map_bytes(cams)  # the local engine's format (pipeline.map_bytes)
         return row
 
 

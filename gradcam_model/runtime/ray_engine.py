@@ -9,22 +9,22 @@ extra; ``ray`` is imported only when this engine runs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .._atomic import write_bytes_atomic
-from ..errors import ArtifactError, ExportError, GradCAMError, InputError
+from ..errors import ArtifactError, GradCAMError, InputError
 from .explainer import load_explainer
 from .images import DEFAULT_MAX_SIDE
 from .inputs import ImageInput, collect_images, resolve_class
+from .journal import Journal
 from .outputs import (
     GRID_LIMIT,
     ExplainSummary,
@@ -35,85 +35,19 @@ from .outputs import (
     write_csv,
     write_grid,
 )
-from .pipeline import DEFAULT_TILE_SIZE, _Bar, _check_options
+from .pipeline import DEFAULT_TILE_SIZE, _Bar, _check_options, run_record
 from .ray_actor import ExplainActor
+from .ray_cluster import DEFAULT_OBJECT_STORE_MB, _cluster, import_ray, local_cluster
 from .visualize import overlay, thumbnail
 
-__all__ = ["OUTPUT_FILES", "explain_dataset", "import_ray", "local_cluster", "write_parquet"]
+__all__ = ["explain_dataset", "import_ray", "local_cluster", "write_parquet"]
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("predictions.csv", "predictions.parquet")  # their presence marks an earlier run's --out
-DEFAULT_OBJECT_STORE_MB = 512
 
-
-def import_ray():
-    """``ray`` and ``ray.data``, or one line naming the extra to install."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise GradCAMError(
-            'the Ray engine needs ray[data], which this install lacks: pip install "gradcam_model[ray]"'
-        ) from None
-    return ray
-
-
-@contextlib.contextmanager
-def local_cluster(*, num_cpus: int | None = None, object_store_mb: int = DEFAULT_OBJECT_STORE_MB) -> Iterator[None]:
-    """Start a single-node Ray cluster on loopback only, shut it down on the way out (errors included).
-
-    Every Ray process is told to use 127.0.0.1 and no dashboard is started: a throwaway
-    cluster has no business listening on the machine's external interface.
-    """
-    ray = import_ray()
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves this machine
-    started = time.perf_counter()
-    ray.init(
-        num_cpus=num_cpus,
-        object_store_memory=int(object_store_mb) * 1024 * 1024,
-        include_dashboard=False,
-        _node_ip_address="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
-    log.info("started a local Ray cluster in %.1f s", time.perf_counter() - started)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-@contextlib.contextmanager
-def _cluster(address: str | None, num_cpus: int | None, object_store_mb: int) -> Iterator[None]:
-    ray = import_ray()
-    if ray.is_initialized():  # the caller's own session: use it, leave it running
-        yield
-    elif address:
-        if not (address == "auto" or address.startswith("ray://") or ":" in address):
-            raise InputError(f"--address {address!r}: expected 'auto', ray://HOST:PORT or HOST:PORT")
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()  # disconnects; the cluster keeps running
-    else:
-        with local_cluster(num_cpus=num_cpus, object_store_mb=object_store_mb):
-            yield
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    found = [name for name in OUTPUT_FILES if (out / name).exists()]
-    if found and not overwrite:
-        raise ExportError(
-            f"{out} already holds {', '.join(found)} from an earlier run; pass overwrite=True (CLI: --overwrite) "
-            "to replace its outputs, or choose another output folder"
-        )
-
-
-def _rows_of(items: list[ImageInput]) -> list[dict]:
+def _rows_of(items: list[tuple[int, ImageInput]]) -> list[dict]:
     # "" for no label: a None among strings does not survive Arrow -> numpy batches (it becomes "nan")
-    return [{"index": i, "path": str(t.path), "key": t.key, "label": t.label or ""} for i, t in enumerate(items)]
+    return [{"index": i, "path": str(t.path), "key": t.key, "label": t.label or ""} for i, t in items]
 
 
 def explain_dataset(
@@ -134,6 +68,7 @@ def explain_dataset(
     num_cpus: int | None = None,
     object_store_mb: int = DEFAULT_OBJECT_STORE_MB,
     overwrite: bool = False,
+    resume: bool = False,
     save_maps: bool = False,
     max_restarts: int = 3,
     max_task_retries: int = 3,
@@ -157,6 +92,8 @@ def explain_dataset(
             loopback and shuts it down. A session the caller already opened is used as is.
         num_cpus, object_store_mb: the local cluster's size (ignored with ``address``).
         overwrite: replace the outputs of an earlier run in ``out`` (else refuse).
+        resume: continue the interrupted run in ``out`` (file inputs only; see
+            :mod:`~gradcam_model.runtime.journal`): the images it finished are skipped.
         save_maps: also write each image's maps as ``maps/<key>.npy`` (float32 ``[K, H, W]``).
         max_restarts, max_task_retries: how often Ray restarts a dead actor and retries its batch.
         progress: a tqdm bar on stderr (None: only when stderr is a terminal).
@@ -171,7 +108,6 @@ def explain_dataset(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     out = Path(out)
-    _check_out(out, overwrite)
     if Path(artifact).suffix.lower() != ".onnx":
         raise ArtifactError(f"{artifact}: the Ray engine runs .onnx artifacts (ONNX Runtime, no torch in the workers)")
     explainer = load_explainer(artifact, providers=["CPUExecutionProvider"])
@@ -194,28 +130,46 @@ def explain_dataset(
     on_skip = on_skip or (lambda path, reason: log.warning("skipped: %s", reason))
     kwargs = {"threads": threads, "max_side": max_side, "colormap": colormap, "alpha": float(alpha),
               "ext": overlay_format, "target": target, "include_maps": save_maps}  # fmt: skip
-    with _cluster(address, num_cpus, object_store_mb):
-        run = _Collector(out, meta, overlay_format, save_maps, on_skip, items)
-        with _Bar(len(items) if items else 0, progress) as bar:
-            for table in _execute(ray, artifact, dataset_or_paths if is_dataset else items, kwargs,
-                                  batch_size, workers, threads, max_restarts, max_task_retries):  # fmt: skip
-                bar.update(run.add(table))
-    predictions = run.finish()
-    tiles = _tiles(predictions, colormap, int(tile_size))
-    failures = [p for p in predictions if p.error]
+    if resume and is_dataset:
+        raise InputError("resume needs image files and folders as inputs; a Ray Dataset cannot be resumed")
+    record = run_record(artifact, "ray", target, colormap, alpha, overlay_format, max_side, tile_size, save_maps)
+    names = ["<a Ray Dataset>"] if is_dataset else [str(i.path) for i in items]
+    journal = Journal(out, record, names, overwrite=overwrite, resume=resume)
+    finished = False
+    try:
+        with _cluster(address, num_cpus, object_store_mb):
+            journal.open()  # once the cluster is up: a failed connection leaves nothing behind
+            run = _Collector(out, meta, overlay_format, save_maps, on_skip, items, journal)
+            todo = None if is_dataset else [(i, t) for i, t in enumerate(items) if i not in journal.done]
+            with _Bar(len(items) if items else 0, progress) as bar:
+                bar.update(len(journal.done))
+                if todo is None or todo:
+                    for table in _execute(ray, artifact, dataset_or_paths if is_dataset else todo, kwargs,
+                                          batch_size, workers, threads, max_restarts, max_task_retries):  # fmt: skip
+                        bar.update(run.add(table))
+        predictions = run.finish()
+        tiles = _tiles(predictions, colormap, int(tile_size))
+        failures = [p for p in predictions if p.error]
+        csv_path, grid_path = write_csv(predictions, out), write_grid(tiles, out, int(tile_size))
+        parquet = write_parquet(predictions, out / "predictions.parquet")
+        finished = True
+    finally:
+        journal.close(finished=finished)
     return ExplainSummary(
         predictions=predictions,
-        csv=write_csv(predictions, out),
+        csv=csv_path,
         overlays_dir=out / "overlays" if len(failures) < len(predictions) else None,
-        grid=write_grid(tiles, out, int(tile_size)),
+        grid=grid_path,
         provider=f"Ray ({workers} actor{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
         f"{', '.join(sorted(run.providers)) or 'no images'})",
         seconds=time.perf_counter() - started,
         small_images=run.small,
         failures=failures,
-        parquet=write_parquet(predictions, out / "predictions.parquet"),
+        parquet=parquet,
         actor_seconds=run.actor_seconds,
         actor_peak_mb=run.actor_peak_mb,
+        grid_tiles=len(tiles),
+        resumed=len(journal.done),
     )
 
 
@@ -256,10 +210,11 @@ def _execute(ray, artifact, source, kwargs, batch_size, workers, threads, max_re
 class _Collector:
     """The driver's side: write each result's overlays (and maps), keep its row, check exactly-once."""
 
-    def __init__(self, out: Path, meta, ext: str, save_maps: bool, on_skip, items) -> None:
+    def __init__(self, out: Path, meta, ext: str, save_maps: bool, on_skip, items, journal: Journal) -> None:
         self.out, self.meta, self.ext, self.save_maps, self.on_skip = out, meta, ext, save_maps, on_skip
         self.expected = len(items) if items is not None else None
-        self.rows: dict[int, Prediction] = {}
+        self.journal = journal
+        self.rows: dict[int, Prediction] = dict(journal.done)
         self.keys: dict[str, int] = {}
         self.small = 0
         self.duplicates = 0
@@ -287,6 +242,7 @@ class _Collector:
             self.actor_peak_mb = max(self.actor_peak_mb, row["actor_peak_mb"])
             self.providers.add(row["actor_provider"])
             self.rows[index] = self._prediction(row)
+            self.journal.add([(index, self.rows[index])])  # after its files: a row in the journal is an image done
         return table.num_rows
 
     def _prediction(self, row: dict) -> Prediction:

@@ -250,6 +250,14 @@ def v2_inputs(tensors: dict[str, tuple[str, np.ndarray]], meta: ArtifactMetadata
     target = tensors.get("target_class", (None, None))[1]
     if target is not None and target.shape != (image.shape[0],):
         raise InputError(f'input "target_class" must have shape [{image.shape[0]}] (one per image), got {target.shape}')
+    if target is not None:  # checked here so the message names the input the client sent
+        bad = np.flatnonzero((target < -1) | (target >= meta.num_classes))
+        if bad.size:
+            i = int(bad[0])
+            raise InputError(
+                f'input "target_class"[{i}] = {int(target[i])} is out of range; expected 0..{meta.num_classes - 1}, '
+                "or -1 for the top prediction"
+            )
     return image.astype(np.float32, copy=False), None if target is None else target.astype(np.int64)
 
 
