@@ -95,11 +95,8 @@ class Comparison:
             cells = " | ".join("-" if not math.isfinite(summary.get(m, math.nan)) else f"{summary[m]:.4f}"
                                for m in metrics)  # fmt: skip
             rows.append(f"| baseline: {name} | {cells} | |")
-        verdicts = [
-            f"- {method}: " + "; ".join(f"{_SHORT[g.metric]} {g.verdict} ({g.margin:+.4f} [{g.low:+.4f}, {g.high:+.4f}] "
-                                        f"vs {g.best_baseline})" for g in e.margins())
-            for method, e in self.evaluations.items() if e.baseline_scores
-        ]  # fmt: skip
+        verdicts = [f"- {method}: " + "; ".join(_verdict(g) for g in e.margins())
+                    for method, e in self.evaluations.items() if e.baseline_scores]  # fmt: skip
         for method, why in self.not_scored.items():
             rows.append(f"| {method} | not scored: {why.splitlines()[0]} |" + " |" * len(metrics))
         if self.evaluations:
@@ -116,6 +113,10 @@ class Comparison:
             "not_scored": dict(self.not_scored),
             "seconds": {m: {k: round(v, 2) for k, v in s.items()} for m, s in self.seconds.items()},
         }
+
+
+def _verdict(g) -> str:
+    return f"{_SHORT[g.metric]} {g.verdict} ({g.margin:+.4f} [{g.low:+.4f}, {g.high:+.4f}] vs {g.best_baseline})"
 
 
 def _slug(method: str) -> str:

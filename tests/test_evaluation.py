@@ -172,7 +172,7 @@ def test_cli_build_side_needs_arch(compared, photos, tmp_path, capsys):
         ["evaluate", str(result.artifacts["gradcam"]), str(photos), "--out", str(tmp_path), "--compare-methods"]
     )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "pass --arch" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "it needs --arch NAME" in err and "[export]" not in err
     assert not list(tmp_path.iterdir())
 
 

@@ -17,40 +17,40 @@ __all__ = ["register", "run"]
 _BUILD_SIDE = ("[export]", ("torch", "torchvision", "onnx", "onnxscript"))
 
 
-def _names(allowed: Sequence[str], what: str, aliases: dict[str, tuple[str, ...]] | None = None):
-    """An argparse type: names from ``allowed``, comma-separated (``none``: no name, for baselines)."""
+# The list flags are checked in run(), not by argparse types, so that a bad value is one line (no usage).
+def _names(text: str, flag: str, allowed: Sequence[str], aliases: dict[str, tuple[str, ...]] | None = None):
+    """``--metrics``/``--baselines``: names from ``allowed``, comma-separated (``none``: no baseline)."""
+    from ..errors import InputError
 
-    def parse(text: str) -> tuple[str, ...]:
-        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
-        if what == "baseline" and chosen == ("none",):
-            return ()
-        expanded = tuple(n for m in chosen for n in (aliases or {}).get(m, (m,)))
-        unknown = [m for m in expanded if m not in allowed]
-        if unknown or not chosen:
-            raise argparse.ArgumentTypeError(
-                f"unknown {what} {(unknown or [text])[0]!r}; expected some of: {','.join([*allowed, *(aliases or {})])}"
-            )
-        return expanded
-
-    return parse
+    chosen = tuple(part.strip() for part in text.split(",") if part.strip())
+    if flag == "--baselines" and chosen == ("none",):
+        return ()
+    expanded = tuple(n for m in chosen for n in (aliases or {}).get(m, (m,)))
+    unknown = [m for m in expanded if m not in allowed]
+    if unknown or not chosen:
+        what = flag.lstrip("-").rstrip("s")
+        raise InputError(
+            f"{flag}: unknown {what} {(unknown or [text])[0]!r}; expected some of: "
+            + ",".join([*allowed, *(aliases or {})])
+        )
+    return expanded
 
 
 def _percentiles(text: str) -> tuple[float, ...]:
-    """An argparse type: ROAD percentiles, comma-separated, each in (0, 100)."""
+    """``--road-percentiles``: comma-separated, each in (0, 100)."""
     from ..errors import InputError
     from ..runtime.road import check_percentiles
 
     try:
-        return check_percentiles([float(p) for p in text.split(",") if p.strip()])
-    except (ValueError, InputError) as exc:
-        raise argparse.ArgumentTypeError(f"percentiles are numbers in (0, 100) separated by commas: {exc}") from None
-
-
-def _steps(text: str) -> int:
-    value = common.positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"needs at least 2 steps, got {value}")
-    return value
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise InputError(
+            f"--road-percentiles: expected numbers in (0, 100) separated by commas, got {text!r}"
+        ) from None
+    try:
+        return check_percentiles(values)
+    except InputError as exc:
+        raise InputError(f"--road-percentiles: {exc}") from None
 
 
 def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
@@ -76,18 +76,15 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--metrics",
-        type=_names(METRICS, "metric", {"road": ("road_morf", "road_lerf", "road_combined")}),
         metavar="M,...",
         help=f"some of {','.join(METRICS)}, or road for the three ROAD scores (default: average_drop, "
         "increase_in_confidence, deletion, insertion; pointing_game with --boxes)",
     )
     p.add_argument(
         "--baselines",
-        type=_names(BASELINE_MAPS, "baseline"),
-        default=BASELINE_MAPS,
+        default=",".join(BASELINE_MAPS),
         metavar="B,...|none",
-        help=f"baseline maps scored beside the method's: some of {','.join(BASELINE_MAPS)}, or none "
-        f"(default: all)",
+        help=f"baseline maps scored beside the method's: some of {','.join(BASELINE_MAPS)}, or none (default: all)",
     )
     p.add_argument(
         "--random-draws",
@@ -98,7 +95,7 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--steps",
-        type=_steps,
+        type=common.positive_int,
         default=DEFAULT_STEPS,
         metavar="N",
         help=f"deletion/insertion steps, at least 2 (default: {DEFAULT_STEPS})",
@@ -114,8 +111,7 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--road-percentiles",
-        type=_percentiles,
-        default=DEFAULT_PERCENTILES,
+        default=",".join(f"{p:g}" for p in DEFAULT_PERCENTILES),
         metavar="P,...",
         help="ROAD's percentiles, each in (0, 100) (default: " + ",".join(f"{p:g}" for p in DEFAULT_PERCENTILES) + ")",
     )
@@ -191,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.methods and not (args.compare_methods or args.randomize_check):
         raise InputError("--methods applies to --compare-methods and --randomize-check")
+    options = evaluate_options(args)  # bad flags: one line before any work
     items = collect_images(args.inputs)
     out = common.output_dir(args.out)
     if args.compare_methods or args.randomize_check:
@@ -220,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
             names=image_names(items),
             class_index=class_index,
             progress=sys.stderr.isatty(),
-            **evaluate_options(args),
+            **options,
             boxes=boxes,
         )
     written = evaluation.write(out)
@@ -233,15 +230,22 @@ def run(args: argparse.Namespace) -> int:
 
 def evaluate_options(args: argparse.Namespace) -> dict:
     """``runtime.evaluate`` keywords from the ``gradcam evaluate`` flags (both sides read them here)."""
+    from ..errors import InputError
+    from ..runtime.baselines import BASELINE_MAPS
+    from ..runtime.evaluate import METRICS, ROAD_METRICS
+
+    if args.steps < 2:
+        raise InputError(f"--steps needs at least 2 steps, got {args.steps}")
+    metrics = None if args.metrics is None else _names(args.metrics, "--metrics", METRICS, {"road": ROAD_METRICS})
     return {
-        "metrics": args.metrics,
+        "metrics": metrics,
         "steps": args.steps,
         "baseline": args.baseline,
         "batch_size": args.batch_size,
         "pointing_tolerance": args.pointing_tolerance,
-        "baselines": args.baselines,
+        "baselines": _names(args.baselines, "--baselines", BASELINE_MAPS),
         "random_draws": args.random_draws,
-        "percentiles": args.road_percentiles,
+        "percentiles": _percentiles(args.road_percentiles),
         "road_noise": args.road_noise,
     }
 
@@ -262,4 +266,6 @@ def _require_model_and_build_side(args: argparse.Namespace) -> None:
     if missing:
         needs.append(f'the build side (this install lacks {", ".join(missing)}): pip install "gradcam_model{extra}"')
     if needs:
-        raise GradCAMError(f"{flag} rebuilds the model the artifact was exported from: it needs " + "; and ".join(needs))
+        raise GradCAMError(
+            f"{flag} rebuilds the model the artifact was exported from: it needs " + "; and ".join(needs)
+        )

@@ -52,6 +52,7 @@ baseline with a bootstrap interval and a verdict. Images are decoded and scored 
 chunks (a small decode pool reads ahead), so memory does not grow with their number; a
 picture that cannot be read gets an error row and the rest are scored.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,8 @@ from ..contract import ArtifactMetadata
 from ..errors import ArtifactError, InputError
 from .baselines import RANDOM_DRAWS, Margin, baseline_maps, check_baselines, feature_grid, margins
 from .boxes import Box, check_boxes
-from .explainer import Explainer, load_explainer
 from .evaluate_stream import chunks, inputs, progress_bar
+from .explainer import Explainer, load_explainer
 from .perturbation import PerturbationOptions, jobs_per_image, pointing, score_maps
 from .road import DEFAULT_PERCENTILES, ROAD_NOISE, check_percentiles
 
@@ -83,7 +84,8 @@ DEFAULT_STEPS = 50
 DEFAULT_BATCH_SIZE = 16
 POINTING_TOLERANCE = 15.0  # pixels, Zhang et al.'s tolerance
 BETTER = {"average_drop": "lower", "increase_in_confidence": "higher", "deletion": "lower", "insertion": "higher",
-          "road_morf": "lower", "road_lerf": "higher", "road_combined": "higher", "pointing_game": "higher"}  # fmt: skip
+          "road_morf": "lower", "road_lerf": "higher", "road_combined": "higher",
+          "pointing_game": "higher"}  # fmt: skip
 TITLES = {"average_drop": "Average Drop", "increase_in_confidence": "Increase in Confidence",
           "deletion": "Deletion AUC", "insertion": "Insertion AUC", "road_morf": "ROAD MoRF",
           "road_lerf": "ROAD LeRF", "road_combined": "ROAD combined", "pointing_game": "Pointing game"}  # fmt: skip
@@ -246,8 +248,8 @@ def evaluate(
         images: float32 ``[N, C, H, W]`` already normalized (what an Explainer takes), or
             image files and folders, or :class:`ImageInput` items (decoded in chunks;
             names are the files' relative paths with their extension).
-        metrics: some of :data:`METRICS`, ``"road"`` for the three ROAD scores (default: Average Drop, Increase in Confidence,
-            deletion, insertion, and the pointing game with ``boxes``; ROAD when asked).
+        metrics: some of :data:`METRICS`, ``"road"`` for the three ROAD scores (default: Average Drop,
+            Increase in Confidence, deletion, insertion, and the pointing game with ``boxes``; ROAD when asked).
         steps: deletion/insertion steps ``S >= 2`` (curves have ``S + 1`` points).
         baseline: the deletion/insertion substrate, ``"blur"`` or ``"mean"``.
         batch_size: images per artifact call, perturbed images of several images mixed.
@@ -284,7 +286,9 @@ def evaluate(
         raise InputError(f"got {len(names)} names for {n} images; give one each")
     target = explainer.check_class_index(class_index, n)
     per_image_boxes = check_boxes(boxes, names) if "pointing_game" in options.metrics else None
-    runs = 1 + jobs_per_image(options) * (1 + len(chosen_baselines) + (random_draws - 1) * ("random" in chosen_baselines))
+    runs = 1 + jobs_per_image(options) * (
+        1 + len(chosen_baselines) + (random_draws - 1) * ("random" in chosen_baselines)
+    )
     parts: list[dict] = []
     errors: dict[str, str] = {}
     grid = None
@@ -299,7 +303,9 @@ def evaluate(
             y, classes, maps = _explained(explainer, array, None if target is None else target[rows], batch_size, bar)
             if grid is None and "random" in chosen_baselines:
                 varied = maps[np.ptp(maps.reshape(len(maps), -1), axis=1) > 0]
-                grid = feature_grid(varied) if len(varied) else (max(1, maps.shape[1] // 32), max(1, maps.shape[2] // 32))
+                grid = (
+                    feature_grid(varied) if len(varied) else (max(1, maps.shape[1] // 32), max(1, maps.shape[2] // 32))
+                )
             part = {"names": chunk_names, "rows": rows, "y": y, "classes": classes,
                     "constant": np.ptp(maps.reshape(len(maps), -1), axis=1) == 0}  # fmt: skip
 
@@ -315,7 +321,9 @@ def evaluate(
             part["method"] = scored(maps)
             for name in chosen_baselines:
                 draws = random_draws if name == "random" else 1
-                results = [scored(baseline_maps(name, maps, draw=d, grid=grid, seed=int(rows[0]))) for d in range(draws)]
+                results = [
+                    scored(baseline_maps(name, maps, draw=d, grid=grid, seed=int(rows[0]))) for d in range(draws)
+                ]
                 part[name] = _average(results)
             parts.append(part)
     return _assemble(parts, errors, chosen_baselines, meta, options, float(pointing_tolerance), grid)

@@ -77,11 +77,19 @@ def evaluation_dict(evaluation) -> dict:
         "pointing_tolerance": evaluation.pointing_tolerance,
         "summary": {m: _finite_or_none(v) for m, v in evaluation.summary().items()},
         "counts": dict(evaluation.counts),
-        "baselines": {b: {m: _finite_or_none(v) for m, v in s.items()} for b, s in evaluation.baseline_summary().items()},
+        "baselines": {
+            b: {m: _finite_or_none(v) for m, v in s.items()} for b, s in evaluation.baseline_summary().items()
+        },
         "random_grid": None if evaluation.random_grid is None else list(evaluation.random_grid),
         "margins": [
-            {"metric": g.metric, "best_baseline": g.best_baseline, "margin": round(g.margin, 6),
-             "ci95": [round(g.low, 6), round(g.high, 6)], "images": g.images, "verdict": g.verdict}
+            {
+                "metric": g.metric,
+                "best_baseline": g.best_baseline,
+                "margin": round(g.margin, 6),
+                "ci95": [round(g.low, 6), round(g.high, 6)],
+                "images": g.images,
+                "verdict": g.verdict,
+            }
             for g in evaluation.margins()
         ],  # fmt: skip
         "mean_curves": {k: [_finite_or_none(p) for p in np.nanmean(c, axis=0)] for k, c in evaluation.curves.items()},
@@ -160,6 +168,6 @@ def write_evaluation(evaluation, out: Path) -> list[Path]:
         picture = mean_curve_plot(series, title=title, xlabel=CURVE_LABELS[name], ylabel=_Y_LABEL, xs=xs)
         written.append(save_png(out / f"{name}.png", picture))
         picture = curve_plot(curves, title=f"{title}, one line each", xlabel=CURVE_LABELS[name], ylabel=_Y_LABEL,
-                             xs=xs)  # fmt: skip
+                             xs=xs, size=(400, 560))  # fmt: skip
         written.append(save_png(out / f"{name}_images.png", picture))
     return written

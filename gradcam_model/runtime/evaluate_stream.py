@@ -35,8 +35,12 @@ def chunks(images, names, meta) -> Iterator[tuple[list[str], np.ndarray | None, 
         decoded = pool.map(decode, images)  # reads ahead of the artifact runs
         for start in range(0, len(images), CHUNK_IMAGES):
             part = [next(decoded) for _ in images[start : start + CHUNK_IMAGES]]
-            good = [(n, x) for n, x in zip(names[start : start + CHUNK_IMAGES], part, strict=True) if not isinstance(x, str)]
-            errors = {n: x for n, x in zip(names[start : start + CHUNK_IMAGES], part, strict=True) if isinstance(x, str)}
+            good = [
+                (n, x) for n, x in zip(names[start : start + CHUNK_IMAGES], part, strict=True) if not isinstance(x, str)
+            ]
+            errors = {
+                n: x for n, x in zip(names[start : start + CHUNK_IMAGES], part, strict=True) if isinstance(x, str)
+            }
             array = np.stack([x for _, x in good]) if good else None
             yield [n for n, _ in good], array, errors
 
@@ -58,7 +62,6 @@ def inputs(images, names, explainer):
         return items, image_names(items) if names is None else [str(x) for x in names]
     array = explainer.check_images(images)
     return array, [str(i) for i in range(len(array))] if names is None else [str(x) for x in names]
-
 
 
 class progress_bar:

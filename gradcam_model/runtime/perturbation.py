@@ -107,7 +107,9 @@ def run_jobs(explainer, jobs, images, maps, classes, options: PerturbationOption
     def flush():
         where = np.array([k for k, _ in pending])
         which = np.array([jobs[k][0] for k in where])
-        result = explainer(np.stack([x for _, x in pending]).astype(np.float32), classes[which] if class_input else None)
+        result = explainer(
+            np.stack([x for _, x in pending]).astype(np.float32), classes[which] if class_input else None
+        )
         p = probabilities(result, len(pending))
         out[where] = p[np.arange(len(pending)), classes[which]]
         bar.update(len(pending))

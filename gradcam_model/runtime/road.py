@@ -50,7 +50,7 @@ def check_percentiles(percentiles: Sequence[float]) -> tuple[float, ...]:
         raise InputError(f"ROAD percentiles must be numbers in (0, 100), got {percentiles!r}") from None
     bad = [p for p in values if not 0.0 < p < 100.0]
     if bad or not values:
-        raise InputError(f"ROAD percentiles must lie in (0, 100), got {(bad or [percentiles])[0]!r}")
+        raise InputError(f"ROAD percentiles must lie in (0, 100), got {f'{bad[0]:g}' if bad else 'none'}")
     return tuple(sorted(set(values)))
 
 
@@ -89,7 +89,6 @@ def impute(image: np.ndarray, removed: np.ndarray, *, noise: float = ROAD_NOISE,
     image = np.asarray(image, dtype=np.float64)
     c, h, w = image.shape
     removed = np.asarray(removed, dtype=bool)
-    known = np.pad(~removed, 1)  # padding: outside the picture, neither known nor unknown
     inside = np.pad(np.ones((h, w), bool), 1)
     values = np.pad(np.where(removed[None], 0.0, image), ((0, 0), (1, 1), (1, 1)))
     offsets = [(dy, dx, _CORNER if dy and dx else _EDGE) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
