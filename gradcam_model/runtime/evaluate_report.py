@@ -64,6 +64,15 @@ def _x_values(evaluation, name: str) -> np.ndarray | None:
     return None
 
 
+def _mean_curves(curves) -> dict:
+    """Curve -> its mean over the images where every point is finite (ROAD: NaN rows left out)."""
+    out = {}
+    for name, c in curves.items():
+        finite = c[np.isfinite(c).all(axis=1)]
+        out[name] = [_finite_or_none(p) for p in finite.mean(axis=0)] if len(finite) else None
+    return out
+
+
 def evaluation_dict(evaluation) -> dict:
     """Everything :meth:`Evaluation.to_json` writes."""
     meta = evaluation.metadata
@@ -92,7 +101,8 @@ def evaluation_dict(evaluation) -> dict:
             }
             for g in evaluation.margins()
         ],  # fmt: skip
-        "mean_curves": {k: [_finite_or_none(p) for p in np.nanmean(c, axis=0)] for k, c in evaluation.curves.items()},
+        "mean_curves": _mean_curves(evaluation.curves),
+        "baseline_mean_curves": {b: _mean_curves(c) for b, c in evaluation.baseline_curves.items()},
     }
 
 
