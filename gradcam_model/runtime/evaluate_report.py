@@ -115,9 +115,12 @@ def summary_markdown(evaluation) -> str:
     margins = {g.metric: g for g in evaluation.margins()}
     head = (
         f"{meta.architecture} {meta.method} at `{meta.target_layer}`: {len(evaluation.names)} images"
-        f"{f' ({len(evaluation.errors)} unreadable, listed in evaluation.csv)' if evaluation.errors else ''}, "
-        f"{evaluation.steps} deletion/insertion steps, {evaluation.baseline} substrate"
+        f"{f' ({len(evaluation.errors)} unreadable, listed in evaluation.csv)' if evaluation.errors else ''}"
     )
+    if "deletion" in evaluation.curves or "insertion" in evaluation.curves:
+        head += f", {evaluation.steps} deletion/insertion steps, {evaluation.baseline} substrate"
+    if "road_morf" in evaluation.curves or "road_lerf" in evaluation.curves:
+        head += ", ROAD percentiles " + ",".join(f"{p:g}" for p in evaluation.percentiles)
     columns = ["metric", "better", meta.method, *baselines]
     lines = [head, ""]
     if margins:
@@ -175,6 +178,11 @@ def write_evaluation(evaluation, out: Path) -> list[Path]:
         series = {meta.method: curves}
         series.update({b: c[name] for b, c in evaluation.baseline_curves.items() if name in c})
         xs = _x_values(evaluation, name)
+        if xs is not None:  # ROAD: start every curve at the unperturbed image (nothing removed)
+            order = np.argsort(xs)
+            xs = np.concatenate([[0.0], xs[order]])
+            series = {k: np.column_stack([evaluation.probabilities, v[:, order]]) for k, v in series.items()}
+            curves = series[meta.method]
         picture = mean_curve_plot(series, title=title, xlabel=CURVE_LABELS[name], ylabel=_Y_LABEL, xs=xs)
         written.append(save_png(out / f"{name}.png", picture))
         picture = curve_plot(curves, title=f"{title}, one line each", xlabel=CURVE_LABELS[name], ylabel=_Y_LABEL,
