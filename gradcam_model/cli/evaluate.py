@@ -223,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     written = evaluation.write(out)
     for name, why in evaluation.errors.items():
         print(f"{name}: not scored: {why}", file=sys.stderr)
-    print(evaluation.to_markdown(), end="")
+    table = evaluation.to_markdown().split("\n## How to read it")[0].rstrip()
+    print(table + f"\n\nhow to read it: {out / 'summary.md'}")
     print("wrote " + ", ".join(str(p) for p in written))
     return 1 if evaluation.errors else 0
 
