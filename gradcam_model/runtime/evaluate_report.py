@@ -36,8 +36,10 @@ READING = {
     "reads; pixel-order random deletion scatters holes everywhere and scores *better* than many real maps "
     "(the reason the random baseline here is smooth).",
     "insertion": "Insertion AUC: the area under the probability as pixels are revealed from the substrate in "
-    "map order (0 to 1); higher is better. With the blur substrate the blurred image alone often keeps much "
-    "of the probability: read the margin over the baselines, not the value.",
+    "map order (0 to 1); higher is better. Substrate bias: a blurred object often still looks like itself, so "
+    "with blur deletion AUCs come out higher and insertion starts high; the mean (grey) substrate is further "
+    "from the image and gives lower values of both. Compare numbers only at the same substrate and steps, and "
+    "read the margin over the baselines, not the value.",
     "road_morf": "ROAD MoRF: the mean change of the probability when the most relevant pixels are removed and "
     "imputed from their neighbours (negative: it fell); lower is better. Imputation avoids the holes' shape "
     "leaking the map (the ROAD paper's point).",
