@@ -115,3 +115,16 @@ def test_unknown_baselines_are_refused():
     assert check_baselines(["inverted", "random"]) == ("random", "inverted")
     with pytest.raises(InputError, match="unknown baseline 'noise'; expected some of: random, centre, inverted"):
         check_baselines(["noise"])
+
+
+def test_baselines_play_the_pointing_game_too(static, images):
+    boxes = {"0": [(28, 28, 36, 36)], "1": [(0, 0, 8, 8)]}  # around the centre; a corner
+    evaluation = evaluate(static, images[:2], metrics=["pointing_game"], boxes=boxes, pointing_tolerance=2,
+                          baselines=["centre", "inverted"])  # fmt: skip
+    np.testing.assert_array_equal(evaluation.baseline_scores["centre"]["pointing_game"], [1.0, 0.0])
+    cams = 1 - static(images[:2]).cam[:, 0]
+    for i, (x0, y0, x1, y1) in enumerate([boxes["0"][0], boxes["1"][0]]):
+        row, col = np.unravel_index(np.argmax(cams[i]), cams[i].shape)
+        dx, dy = max(x0 - col - 0.5, 0, col + 0.5 - x1), max(y0 - row - 0.5, 0, row + 0.5 - y1)
+        hit = float(np.hypot(dx, dy) <= 2)
+        assert evaluation.baseline_scores["inverted"]["pointing_game"][i] == hit
