@@ -293,6 +293,8 @@ def evaluate(
     errors: dict[str, str] = {}
     grid = None
     position = {name: i for i, name in enumerate(names)}
+    scoring = _Scoring(explainer, options, chosen_baselines, int(random_draws), per_image_boxes,
+                       float(pointing_tolerance))  # fmt: skip
     with progress_bar(n * runs, progress) as bar:
         for chunk_names, array, failed in chunks(source, names, meta):
             errors.update(failed)
@@ -300,33 +302,50 @@ def evaluate(
             if array is None:
                 continue
             rows = np.array([position[name] for name in chunk_names])
-            y, classes, maps = _explained(explainer, array, None if target is None else target[rows], batch_size, bar)
-            if grid is None and "random" in chosen_baselines:
-                varied = maps[np.ptp(maps.reshape(len(maps), -1), axis=1) > 0]
-                grid = (
-                    feature_grid(varied) if len(varied) else (max(1, maps.shape[1] // 32), max(1, maps.shape[2] // 32))
-                )
-            part = {"names": chunk_names, "rows": rows, "y": y, "classes": classes,
-                    "constant": np.ptp(maps.reshape(len(maps), -1), axis=1) == 0}  # fmt: skip
-
-            def scored(m, part=part, array=array, classes=classes, y=y):
-                s, c = score_maps(explainer, array, m, classes, y, options, bar,
-                                  lambda r, k: _probabilities(r.probabilities, k, meta, explainer.path))  # fmt: skip
-                if per_image_boxes is not None:
-                    constant = np.ptp(m.reshape(len(m), -1), axis=1) == 0
-                    s["pointing_game"] = pointing(m, constant, [per_image_boxes[r] for r in part["rows"]],
-                                                  float(pointing_tolerance))  # fmt: skip
-                return s, c
-
-            part["method"] = scored(maps)
-            for name in chosen_baselines:
-                draws = random_draws if name == "random" else 1
-                results = [
-                    scored(baseline_maps(name, maps, draw=d, grid=grid, seed=int(rows[0]))) for d in range(draws)
-                ]
-                part[name] = _average(results)
-            parts.append(part)
+            part, grid = scoring.chunk(array, rows, None if target is None else target[rows], grid, bar)
+            parts.append({"names": chunk_names, **part})
     return _assemble(parts, errors, chosen_baselines, meta, options, float(pointing_tolerance), grid)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """Scores one chunk of images: the method's maps, then each baseline's, through the same artifact."""
+
+    explainer: Explainer
+    options: PerturbationOptions
+    baselines: tuple[str, ...]
+    random_draws: int
+    boxes: list[list[Box]] | None  # per image of the whole run, or None without the pointing game
+    tolerance: float
+
+    def chunk(self, array: np.ndarray, rows: np.ndarray, target, grid, bar) -> tuple[dict, tuple | None]:
+        """``(part, grid)``: the chunk's classes, probabilities and scores; the random baseline's grid, found
+        from the first chunk's maps that are not flat (input / 32 when all are)."""
+        y, classes, maps = _explained(self.explainer, array, target, self.options.batch_size, bar)
+        flat = np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
+        if grid is None and "random" in self.baselines:
+            h, w = maps.shape[1:]
+            grid = feature_grid(maps[~flat]) if (~flat).any() else (max(1, h // 32), max(1, w // 32))
+        part = {"rows": rows, "y": y, "classes": classes, "constant": flat}
+        part["method"] = self._scored(array, maps, rows, classes, y, bar)
+        for name in self.baselines:
+            draws = self.random_draws if name == "random" else 1
+            results = [
+                self._scored(array, baseline_maps(name, maps, draw=d, grid=grid, seed=int(rows[0])), rows, classes, y,
+                             bar)
+                for d in range(draws)
+            ]  # fmt: skip
+            part[name] = _average(results)
+        return part, grid
+
+    def _scored(self, array, maps, rows, classes, y, bar):
+        meta, path = self.explainer.metadata, self.explainer.path
+        scores, curves = score_maps(self.explainer, array, maps, classes, y, self.options, bar,
+                                    lambda r, k: _probabilities(r.probabilities, k, meta, path))  # fmt: skip
+        if self.boxes is not None:
+            flat = np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
+            scores["pointing_game"] = pointing(maps, flat, [self.boxes[r] for r in rows], self.tolerance)
+        return scores, curves
 
 
 def _average(results):
