@@ -26,7 +26,7 @@ from ._atomic import write_bytes_atomic
 from .errors import InputError, MethodError
 from .methods import METHODS, get_method
 from .parity import ParityReport, parity_document, validate
-from .runtime.evaluate import METRICS, Evaluation, evaluate
+from .runtime.evaluate import BETTER, METRICS, Evaluation, evaluate
 from .tolerances import Tolerance
 from .wrapper import GradCAMModel
 
@@ -34,9 +34,9 @@ __all__ = ["Comparison", "build_wrappers", "compare_methods"]
 
 log = logging.getLogger(__name__)
 
-_BETTER = {"average_drop": "↓", "increase_in_confidence": "↑", "deletion": "↓", "insertion": "↑", "pointing_game": "↑"}
 _SHORT = {"average_drop": "Average Drop", "increase_in_confidence": "Increase in Conf.", "deletion": "Deletion AUC",
-          "insertion": "Insertion AUC", "pointing_game": "Pointing game"}  # fmt: skip
+          "insertion": "Insertion AUC", "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF",
+          "road_combined": "ROAD combined", "pointing_game": "Pointing game"}  # fmt: skip
 
 
 def build_wrappers(
@@ -79,7 +79,8 @@ class Comparison:
     def table(self) -> str:
         """Markdown: one row per method, the mean of each metric (arrows: which way is better)."""
         metrics = [m for m in METRICS if any(m in e.scores for e in self.evaluations.values())]
-        head = "| method | " + " | ".join(f"{_SHORT[m]} {_BETTER[m]}" for m in metrics) + " | export s |"
+        arrows = {"lower": "↓", "higher": "↑"}
+        head = "| method | " + " | ".join(f"{_SHORT[m]} {arrows[BETTER[m]]}" for m in metrics) + " | export s |"
         rows = [head, "|---|" + "---:|" * (len(metrics) + 1)]
         for method, evaluation in self.evaluations.items():
             summary = evaluation.summary()
@@ -87,11 +88,23 @@ class Comparison:
                 "-" if not math.isfinite(summary.get(m, math.nan)) else f"{summary[m]:.4f}" for m in metrics
             )
             rows.append(f"| {method} | {cells} | {self.seconds[method].get('export', math.nan):.0f} |")
+        first = next(iter(self.evaluations.values()), None)
+        for name, summary in (first.baseline_summary() if first else {}).items():
+            if name == "inverted":
+                continue  # each method's own map inverted: in its summary.md
+            cells = " | ".join("-" if not math.isfinite(summary.get(m, math.nan)) else f"{summary[m]:.4f}"
+                               for m in metrics)  # fmt: skip
+            rows.append(f"| baseline: {name} | {cells} | |")
+        verdicts = [f"- {method}: " + "; ".join(_verdict(g) for g in e.margins())
+                    for method, e in self.evaluations.items() if e.baseline_scores]  # fmt: skip
         for method, why in self.not_scored.items():
             rows.append(f"| {method} | not scored: {why.splitlines()[0]} |" + " |" * len(metrics))
         if self.evaluations:
             e = next(iter(self.evaluations.values()))
-            rows += ["", f"{len(e.names)} images, {e.steps} deletion/insertion steps, {e.baseline} baseline"]
+            rows += ["", f"{len(e.names)} images, {e.steps} deletion/insertion steps, {e.baseline} substrate"]
+            if verdicts:
+                rows += ["", "Each method against the best baseline (margin, bootstrap 95% interval; positive: "
+                         "better):", "", *verdicts]  # fmt: skip
         return "\n".join(rows) + "\n"
 
     def to_dict(self) -> dict:
@@ -100,6 +113,10 @@ class Comparison:
             "not_scored": dict(self.not_scored),
             "seconds": {m: {k: round(v, 2) for k, v in s.items()} for m, s in self.seconds.items()},
         }
+
+
+def _verdict(g) -> str:
+    return f"{_SHORT[g.metric]} {g.verdict} ({g.margin:+.4f} [{g.low:+.4f}, {g.high:+.4f}] vs {g.best_baseline})"
 
 
 def _slug(method: str) -> str:

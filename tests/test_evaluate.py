@@ -234,8 +234,8 @@ def test_box_csv_rows_are_mapped_to_the_input_size(picture_dir, tmp_path):
     csv = tmp_path / "boxes.csv"
     csv.write_text("image,x0,y0,x1,y1\na.png,10,20,60,80\na.png,0,0,100,40\nb,50,0,100,80\n")
     boxes = read_boxes(csv, items, [(80, 100)] * 3, (64, 64))
-    key_a, key_b = items[0].key, items[1].key
-    assert boxes == {key_a: [(6.4, 16.0, 38.4, 64.0), (0.0, 0.0, 64.0, 32.0)], key_b: [(32.0, 0.0, 64.0, 64.0)]}
+    name_a, name_b = f"{picture_dir.name}/a.png", f"{picture_dir.name}/b.png"  # the names keep the extension
+    assert boxes == {name_a: [(6.4, 16.0, 38.4, 64.0), (0.0, 0.0, 64.0, 32.0)], name_b: [(32.0, 0.0, 64.0, 64.0)]}
 
 
 @pytest.mark.parametrize(
@@ -262,8 +262,13 @@ def test_bad_box_files_are_refused(picture_dir, tmp_path, text, match):
     [
         ({"metrics": ["deletion", "auc"]}, "unknown metric"),
         ({"metrics": ["pointing_game"]}, "the pointing game needs object boxes"),
-        ({"steps": 0}, "steps must be a positive integer"),
-        ({"baseline": "black"}, "unknown baseline 'black'"),
+        ({"steps": 1}, "steps must be an integer >= 2"),
+        ({"baseline": "black"}, "unknown substrate .* 'black'"),
+        ({"baselines": ["random", "noise"]}, "unknown baseline 'noise'"),
+        ({"percentiles": [0, 50]}, r"ROAD percentiles must lie in \(0, 100\), got 0"),
+        ({"percentiles": [50, 100]}, "got 100"),
+        ({"metrics": ["road_morf"], "percentiles": []}, "ROAD percentiles"),
+        ({"random_draws": 0}, "random_draws must be a positive integer"),
         ({"boxes": {"zebra": [(0, 0, 1, 1)]}}, "boxes name image 'zebra', which is not among the 3 inputs"),
         ({"boxes": [[(0, 0, 1, 1)]]}, "got boxes for 1 images and 3 images"),
         ({"class_index": 2}, "takes no class"),
@@ -282,24 +287,26 @@ def test_the_cli_writes_csv_markdown_json_and_plots(artifacts, static, picture_d
     csv.write_text("image,x0,y0,x1,y1\na.png,0,0,100,80\nb.png,0,0,10,10\n")
     out = tmp_path / "eval"
     args = ["evaluate", str(artifacts["static.onnx"]), str(picture_dir), "--out", str(out), "--steps", "4"]
-    assert main([*args, "--boxes", str(csv), "--batch-size", "7"]) == 0
+    assert main([*args, "--boxes", str(csv), "--batch-size", "7", "--baselines", "none"]) == 0
     printed = capsys.readouterr().out
     assert "| Deletion AUC |" in printed and "wrote " in printed
     assert sorted(p.name for p in out.iterdir()) == [
-        "deletion.png", "evaluation.csv", "insertion.png", "summary.json", "summary.md"
+        "deletion.png", "deletion_images.png", "evaluation.csv", "insertion.png", "insertion_images.png",
+        "summary.json", "summary.md"
     ]  # fmt: skip
     rows = (out / "evaluation.csv").read_text().splitlines()
     assert rows[0] == (
         "image,class_index,class_label,probability,constant_map,average_drop,increase_in_confidence,"
-        "deletion,insertion,pointing_game"
+        "deletion,insertion,pointing_game,error"
     )
-    assert len(rows) == 4 and rows[1].endswith(",1.000000") and rows[3].endswith(",")  # a: hit; c: no box
+    assert len(rows) == 4 and rows[1].endswith(",1.000000,") and rows[3].endswith(",,")  # a: hit; c: no box
+    assert [row.split(",")[0] for row in rows[1:]] == [f"{picture_dir.name}/{n}.png" for n in "abc"]
     library = evaluate(static, [picture_dir], steps=4, metrics=["deletion"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary["summary"]["deletion"] == pytest.approx(library.summary()["deletion"], abs=1e-6)
     assert summary["counts"]["pointing_game"] == 2 and summary["images"] == 3
-    deletion, insertion = (cv2.imread(str(out / f"{name}.png")) for name in ("deletion", "insertion"))
-    assert deletion.shape == (360, 480, 3) and deletion.std() > 10  # not one colour
+    deletion, insertion = (cv2.imread(str(out / f"{name}_images.png")) for name in ("deletion", "insertion"))
+    assert deletion.shape == (400, 560, 3) and deletion.std() > 10  # not one colour
     assert (deletion.sum(axis=2) < 200).sum() > 500  # dark pixels: axes, ticks, labels
     assert np.abs(deletion.astype(int) - insertion.astype(int)).sum(axis=2).astype(bool).sum() > 200  # other curves
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporaries left

@@ -172,7 +172,7 @@ def test_cli_build_side_needs_arch(compared, photos, tmp_path, capsys):
         ["evaluate", str(result.artifacts["gradcam"]), str(photos), "--out", str(tmp_path), "--compare-methods"]
     )
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "pass --arch" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "it needs --arch NAME" in err and "[export]" not in err
     assert not list(tmp_path.iterdir())
 
 
@@ -206,3 +206,20 @@ def test_cli_randomize_check(compared, photos, tmp_path, capsys):
     assert set(report["steps"][0]["mean_abs_rho"]) == {"gradcam", "layercam"}
     assert code == (1 if report["flagged"] else 0)
     assert "| 1 | `fc` (flag step) | 1 |" in capsys.readouterr().out
+
+
+def test_the_comparison_table_holds_the_baselines_and_each_methods_verdicts(compared, images):
+    from gradcam_model.evaluation import Comparison
+
+    _, result = compared
+    evaluations = {
+        m: evaluate(result.artifacts[m], images, steps=STEPS, baselines=["centre", "inverted"], metrics=["deletion"])
+        for m in ("gradcam", "layercam")
+    }
+    table = Comparison(evaluations, {}, {m: {"export": 1.0} for m in evaluations}).table()
+    centre = evaluations["gradcam"].baseline_summary()["centre"]["deletion"]
+    assert f"| baseline: centre | {centre:.4f} | |" in table
+    assert "baseline: inverted" not in table  # each method's own map inverted: not one row
+    for method, evaluation in evaluations.items():
+        (g,) = evaluation.margins()
+        assert f"- {method}: Deletion AUC {g.verdict} ({g.margin:+.4f}" in table

@@ -10,7 +10,6 @@ import argparse
 import numpy as np
 import torch
 
-from ..errors import GradCAMError
 from ..evaluation import build_wrappers, compare_methods
 from ..methods import get_method
 from . import _common as common
@@ -21,18 +20,15 @@ __all__ = ["run_build_side"]
 
 def _evaluate_options(args: argparse.Namespace, items, images: np.ndarray, sizes, meta) -> dict:
     """``runtime.evaluate`` keywords from the ``gradcam evaluate`` flags (as its serve-side path reads them)."""
-    from ..runtime.boxes import read_boxes
+    from ..runtime.boxes import image_names, read_boxes
     from ..runtime.inputs import resolve_class
+    from .evaluate import evaluate_options
 
     return {
-        "metrics": args.metrics,
-        "steps": args.steps,
-        "baseline": args.baseline,
-        "batch_size": args.batch_size,
+        **evaluate_options(args),
         "boxes": read_boxes(args.boxes, items, sizes, images.shape[2:]) if args.boxes else None,
         "class_index": None if args.class_ is None else resolve_class(args.class_, meta),
-        "names": [item.key for item in items],
-        "pointing_tolerance": args.pointing_tolerance,
+        "names": image_names(items),
     }
 
 
@@ -43,11 +39,6 @@ def run_build_side(args: argparse.Namespace, items) -> int:
     from ..runtime import load_explainer
     from ..runtime.boxes import load_inputs
 
-    if not args.arch:
-        raise GradCAMError(
-            "--compare-methods and --randomize-check rebuild the model the artifact was exported from: "
-            "pass --arch NAME (and --weights FILE)"
-        )
     methods = [get_method(m).name for m in args.methods] if args.methods else None  # unknown names: before any work
     meta = load_explainer(args.artifact, device="cpu").metadata
     out = common.output_dir(args.out)

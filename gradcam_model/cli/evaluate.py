@@ -17,31 +17,58 @@ __all__ = ["register", "run"]
 _BUILD_SIDE = ("[export]", ("torch", "torchvision", "onnx", "onnxscript"))
 
 
-def _metrics(text: str) -> tuple[str, ...]:
-    """An argparse type: metric names, comma-separated."""
-    from ..runtime.evaluate import METRICS
+# The list flags are checked in run(), not by argparse types, so that a bad value is one line (no usage).
+def _names(text: str, flag: str, allowed: Sequence[str], aliases: dict[str, tuple[str, ...]] | None = None):
+    """``--metrics``/``--baselines``: names from ``allowed``, comma-separated (``none``: no baseline)."""
+    from ..errors import InputError
 
     chosen = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [m for m in chosen if m not in METRICS]
+    if flag == "--baselines" and chosen == ("none",):
+        return ()
+    expanded = tuple(n for m in chosen for n in (aliases or {}).get(m, (m,)))
+    unknown = [m for m in expanded if m not in allowed]
     if unknown or not chosen:
-        raise argparse.ArgumentTypeError(
-            f"unknown metric {(unknown or [text])[0]!r}; expected some of: {','.join(METRICS)}"
+        what = flag.lstrip("-").rstrip("s")
+        raise InputError(
+            f"{flag}: unknown {what} {(unknown or [text])[0]!r}; expected some of: "
+            + ",".join([*allowed, *(aliases or {})])
         )
-    return chosen
+    return expanded
+
+
+def _percentiles(text: str) -> tuple[float, ...]:
+    """``--road-percentiles``: comma-separated, each in (0, 100)."""
+    from ..errors import InputError
+    from ..runtime.road import check_percentiles
+
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise InputError(
+            f"--road-percentiles: expected numbers in (0, 100) separated by commas, got {text!r}"
+        ) from None
+    try:
+        return check_percentiles(values)
+    except InputError as exc:
+        raise InputError(f"--road-percentiles: {exc}") from None
 
 
 def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     """Add ``evaluate`` to the ``gradcam`` subcommands."""
+    from ..runtime.baselines import BASELINE_MAPS, RANDOM_DRAWS
     from ..runtime.evaluate import BASELINES, DEFAULT_BATCH_SIZE, DEFAULT_STEPS, METRICS, POINTING_TOLERANCE
+    from ..runtime.road import DEFAULT_PERCENTILES, ROAD_NOISE
 
     p = sub.add_parser(
         "evaluate",
-        help="score an artifact's maps (Average Drop, deletion/insertion AUC, pointing game)",
-        description="Score an artifact's maps on image files and folders: Average Drop and Increase in Confidence "
-        "(Grad-CAM++), deletion and insertion AUC (RISE) and, with --boxes, the pointing game; every perturbed "
-        "image runs through the artifact in batches. Writes evaluation.csv (per image), summary.md, summary.json, "
-        "deletion.png and insertion.png in --out. Needs no torch for .onnx artifacts, except --compare-methods "
-        "and --randomize-check (the eager model: --arch, --weights).",
+        help="score an artifact's maps against baseline maps (Average Drop, deletion/insertion AUC, ROAD...)",
+        description="Score an artifact's maps on image files and folders, side by side with baseline maps "
+        "(smooth random, centre prior, inverted map): Average Drop and Increase in Confidence (Grad-CAM++), "
+        "deletion and insertion AUC (RISE), ROAD (--metrics road) and, with --boxes, the pointing game; every "
+        "perturbed image runs through the artifact in batches. Writes evaluation.csv (per image), summary.md "
+        "(the table, each margin over the best baseline with a 95%% interval and a verdict, how to read it), "
+        "summary.json and one mean-curve and one per-image plot per curve in --out. Needs no torch for .onnx "
+        "artifacts, except --compare-methods and --randomize-check (the eager model: --arch, --weights).",
         parents=[common.model_options(arch_required=False), *parents],
     )
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
@@ -49,22 +76,51 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--metrics",
-        type=_metrics,
         metavar="M,...",
-        help=f"some of {','.join(METRICS)} (default: all; pointing_game with --boxes)",
+        help=f"some of {','.join(METRICS)}, or road for the three ROAD scores (default: average_drop, "
+        "increase_in_confidence, deletion, insertion; pointing_game with --boxes)",
+    )
+    p.add_argument(
+        "--baselines",
+        default=",".join(BASELINE_MAPS),
+        metavar="B,...|none",
+        help=f"baseline maps scored beside the method's: some of {','.join(BASELINE_MAPS)}, or none (default: all)",
+    )
+    p.add_argument(
+        "--random-draws",
+        type=common.positive_int,
+        default=RANDOM_DRAWS,
+        metavar="N",
+        help=f"draws of the random baseline per image, averaged (default: {RANDOM_DRAWS})",
     )
     p.add_argument(
         "--steps",
         type=common.positive_int,
         default=DEFAULT_STEPS,
         metavar="N",
-        help=f"deletion/insertion steps (default: {DEFAULT_STEPS})",
+        help=f"deletion/insertion steps, at least 2 (default: {DEFAULT_STEPS})",
     )
     p.add_argument(
+        "--substrate",
         "--baseline",
+        dest="baseline",
         choices=BASELINES,
         default="blur",
-        help="what deleted pixels become: blur (of the image) or mean (the dataset mean colour); default: blur",
+        help="what deletion/insertion put in place of pixels: blur (of the image) or mean (the dataset mean "
+        "colour); default: blur (--baseline is the old name)",
+    )
+    p.add_argument(
+        "--road-percentiles",
+        default=",".join(f"{p:g}" for p in DEFAULT_PERCENTILES),
+        metavar="P,...",
+        help="ROAD's percentiles, each in (0, 100) (default: " + ",".join(f"{p:g}" for p in DEFAULT_PERCENTILES) + ")",
+    )
+    p.add_argument(
+        "--road-noise",
+        type=common.non_negative_float,
+        default=ROAD_NOISE,
+        metavar="SD",
+        help=f"standard deviation of ROAD's imputation noise, normalized input units (default: {ROAD_NOISE:g})",
     )
     p.add_argument(
         "--batch-size",
@@ -126,15 +182,16 @@ def run(args: argparse.Namespace) -> int:
     from .._process import native_stderr_captured
     from ..errors import InputError
     from ..runtime import collect_images, evaluate, load_explainer
-    from ..runtime.boxes import load_inputs, read_boxes
+    from ..runtime.boxes import image_names, load_inputs, read_boxes
     from ..runtime.inputs import resolve_class
 
     if args.methods and not (args.compare_methods or args.randomize_check):
         raise InputError("--methods applies to --compare-methods and --randomize-check")
+    options = evaluate_options(args)  # bad flags: one line before any work
     items = collect_images(args.inputs)
     out = common.output_dir(args.out)
     if args.compare_methods or args.randomize_check:
-        common.require_build_side(args.command, *_BUILD_SIDE)
+        _require_model_and_build_side(args)
         from ._evaluate_build import run_build_side
 
         return int(run_build_side(args, items))
@@ -149,23 +206,67 @@ def run(args: argparse.Namespace) -> int:
                     f"top-{meta.top_k} classes"
                 )
             class_index = resolve_class(args.class_, meta)
-        common.status(f"reading {len(items)} images")
-        images, sizes = load_inputs(items, meta)
-        boxes = read_boxes(args.boxes, items, sizes, images.shape[2:]) if args.boxes else None
+        images, boxes = items, None
+        if args.boxes:  # box coordinates need each picture's size: decode them all first
+            common.status(f"reading {len(items)} images")
+            images, sizes = load_inputs(items, meta)
+            boxes = read_boxes(args.boxes, items, sizes, images.shape[2:])
         evaluation = evaluate(
             explainer,
             images,
-            metrics=args.metrics,
-            steps=args.steps,
-            baseline=args.baseline,
-            batch_size=args.batch_size,
-            boxes=boxes,
+            names=image_names(items),
             class_index=class_index,
             progress=sys.stderr.isatty(),
-            names=[item.key for item in items],
-            pointing_tolerance=args.pointing_tolerance,
+            **options,
+            boxes=boxes,
         )
     written = evaluation.write(out)
-    print(evaluation.to_markdown(), end="")
+    for name, why in evaluation.errors.items():
+        print(f"{name}: not scored: {why}", file=sys.stderr)
+    table = evaluation.to_markdown().split("\n## How to read it")[0].rstrip()
+    print(table + f"\n\nhow to read it: {out / 'summary.md'}")
     print("wrote " + ", ".join(str(p) for p in written))
-    return 0
+    return 1 if evaluation.errors else 0
+
+
+def evaluate_options(args: argparse.Namespace) -> dict:
+    """``runtime.evaluate`` keywords from the ``gradcam evaluate`` flags (both sides read them here)."""
+    from ..errors import InputError
+    from ..runtime.baselines import BASELINE_MAPS
+    from ..runtime.evaluate import METRICS, ROAD_METRICS
+
+    if args.steps < 2:
+        raise InputError(f"--steps needs at least 2 steps, got {args.steps}")
+    metrics = None if args.metrics is None else _names(args.metrics, "--metrics", METRICS, {"road": ROAD_METRICS})
+    return {
+        "metrics": metrics,
+        "steps": args.steps,
+        "baseline": args.baseline,
+        "batch_size": args.batch_size,
+        "pointing_tolerance": args.pointing_tolerance,
+        "baselines": _names(args.baselines, "--baselines", BASELINE_MAPS),
+        "random_draws": args.random_draws,
+        "percentiles": _percentiles(args.road_percentiles),
+        "road_noise": args.road_noise,
+    }
+
+
+def _require_model_and_build_side(args: argparse.Namespace) -> None:
+    """--compare-methods/--randomize-check need the eager model (--arch) and torch: one line naming all that is
+    missing."""
+    import importlib.util
+
+    from ..errors import GradCAMError
+
+    flag = "--compare-methods" if args.compare_methods else "--randomize-check"
+    extra, modules = _BUILD_SIDE
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    needs = []
+    if not args.arch:
+        needs.append("--arch NAME (and --weights FILE for a torchvision or timm architecture)")
+    if missing:
+        needs.append(f'the build side (this install lacks {", ".join(missing)}): pip install "gradcam_model{extra}"')
+    if needs:
+        raise GradCAMError(
+            f"{flag} rebuilds the model the artifact was exported from: it needs " + "; and ".join(needs)
+        )

@@ -25,10 +25,27 @@ from ..errors import InputError
 from .images import load_image, preprocess
 from .inputs import ImageInput
 
-__all__ = ["BOX_FIELDS", "Box", "check_boxes", "load_inputs", "read_boxes"]
+__all__ = ["BOX_FIELDS", "Box", "check_boxes", "image_names", "load_inputs", "read_boxes"]
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1
 BOX_FIELDS = ("image", "x0", "y0", "x1", "y1")
+
+
+def image_names(items: Sequence[ImageInput]) -> list[str]:
+    """How evaluate names each input: its key with the file's extension (``photos/cat.png``), unique.
+
+    The key is the relative path without the suffix (``photos/cat``, or ``photos/cat-2`` for a
+    repeated one); the name puts the suffix back, so the CSV shows the file a reader can open.
+    """
+    names, seen = [], set()
+    for item in items:
+        name = item.key + item.path.suffix
+        n = 2
+        while name in seen:
+            name, n = f"{item.key}-{n}{item.path.suffix}", n + 1
+        seen.add(name)
+        names.append(name)
+    return names
 
 
 def load_inputs(items: Sequence[ImageInput], metadata: ArtifactMetadata) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -80,7 +97,7 @@ def check_boxes(boxes: Mapping[str, Sequence] | Sequence[Sequence], names: Seque
     ]
 
 
-def _index(items: Sequence[ImageInput]) -> dict[str, int]:
+def _index(items: Sequence[ImageInput], names: Sequence[str]) -> dict[str, int]:
     """Every way a CSV row may name an input -> its position; file names and stems only when unique."""
     index: dict[str, int] = {}
     short: dict[str, set[int]] = {}
@@ -92,6 +109,7 @@ def _index(items: Sequence[ImageInput]) -> dict[str, int]:
         index[str(item.path)] = i
         index[item.path.as_posix()] = i
         index[item.key] = i
+        index[names[i]] = i
     return index
 
 
@@ -101,7 +119,7 @@ def read_boxes(
     sizes: Sequence[tuple[int, int]],
     input_size: tuple[int, int],
 ) -> dict[str, list[Box]]:
-    """Read a box CSV (see the module docstring): input key -> boxes in input pixels.
+    """Read a box CSV (see the module docstring): image name (:func:`image_names`) -> boxes in input pixels.
 
     Raises:
         InputError: an unreadable file, a wrong header, a malformed row, or a row naming no input.
@@ -118,7 +136,8 @@ def read_boxes(
         raise InputError(
             f"box file {path}: the header must be {','.join(BOX_FIELDS)}, got {','.join(header) or 'nothing'}"
         )
-    index = _index(items)
+    names = image_names(items)
+    index = _index(items, names)
     h_in, w_in = int(input_size[0]), int(input_size[1])
     found: dict[str, list[Box]] = {}
     for line, row in enumerate(reader, start=2):
@@ -129,7 +148,7 @@ def read_boxes(
             raise InputError(f"{where}: expected {len(BOX_FIELDS)} fields ({','.join(BOX_FIELDS)}), got {len(row)}")
         name = row[0].strip()
         if name not in index:
-            hint = did_you_mean(name, [item.key for item in items])
+            hint = did_you_mean(name, names)
             raise InputError(f"{where}: image {name!r} is not among the {len(items)} inputs{hint}")
         i = index[name]
         height, width = sizes[i]
@@ -137,7 +156,7 @@ def read_boxes(
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
             raise InputError(f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} picture")
         sx, sy = w_in / width, h_in / height
-        found.setdefault(items[i].key, []).append((x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+        found.setdefault(names[i], []).append((x0 * sx, y0 * sy, x1 * sx, y1 * sy))
     if not found:
         raise InputError(f"box file {path} holds no boxes")
     return found

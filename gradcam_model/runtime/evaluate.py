@@ -1,4 +1,5 @@
-"""Score an artifact's own maps: Average Drop, Increase in Confidence, deletion/insertion AUC, pointing game.
+"""Score an artifact's own maps against baseline maps: Average Drop, Increase in Confidence, deletion/insertion
+AUC, ROAD, pointing game.
 
 Every perturbed image goes through the same artifact, in batches; numpy, ONNX Runtime
 and OpenCV only. The explained class ``c`` of image ``x`` is the artifact's top class
@@ -34,6 +35,22 @@ Definitions, per image (:meth:`Evaluation.summary` averages them over the images
   within ``tolerance`` pixels (Euclidean, default 15, in input pixels) of one of the
   image's boxes, else a miss (0); only for images that have boxes (NaN otherwise).
   A constant map (all zeros, say) points nowhere and counts as a miss.
+- **ROAD** (Rong et al. 2022, arXiv:2202.00449), as pytorch-grad-cam's
+  ``ROADMostRelevantFirstAverage``, ``ROADLeastRelevantFirstAverage`` and ``ROADCombined``
+  with the softmax probability as target: for each percentile ``p`` (default 10, ..., 90)
+  the pixels at or above the map's ``p``-th percentile (``road_morf``) or at or below the
+  ``(100 - p)``-th (``road_lerf``) are removed and imputed from their neighbours
+  (:mod:`.road`); the score is the mean over the percentiles of ``p_c(x') - p_c(x)``.
+  ``road_morf``: lower is better (removing the relevant pixels hurts); ``road_lerf``:
+  higher is better; ``road_combined = (road_lerf - road_morf) / 2``: higher is better.
+  NaN for a map where a percentile keeps no pixel (a flat map, or more zeros than the
+  lowest percentile for MoRF): upstream's system is singular there too.
+
+Baseline maps (:mod:`.baselines`: smooth random, centre prior, inverted) go through the
+same metrics, and :meth:`Evaluation.margins` gives each metric's margin over the best
+baseline with a bootstrap interval and a verdict. Images are decoded and scored in
+chunks (a small decode pool reads ahead), so memory does not grow with their number; a
+picture that cannot be read gets an error row and the rest are scored.
 """
 
 from __future__ import annotations
@@ -41,7 +58,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,38 +66,50 @@ import numpy as np
 
 from ..contract import ArtifactMetadata
 from ..errors import ArtifactError, InputError
-from .boxes import Box, check_boxes, load_inputs
+from .baselines import RANDOM_DRAWS, Margin, baseline_maps, check_baselines, feature_grid, margins
+from .boxes import Box, check_boxes
+from .evaluate_stream import chunks, inputs, progress_bar
 from .explainer import Explainer, load_explainer
+from .perturbation import PerturbationOptions, jobs_per_image, pointing, score_maps
+from .road import DEFAULT_PERCENTILES, ROAD_NOISE, check_percentiles
 
 __all__ = ["BASELINES", "METRICS", "Evaluation", "evaluate"]
 
-METRICS = ("average_drop", "increase_in_confidence", "deletion", "insertion", "pointing_game")
-BASELINES = ("blur", "mean")
+METRICS = ("average_drop", "increase_in_confidence", "deletion", "insertion", "road_morf", "road_lerf",
+           "road_combined", "pointing_game")  # fmt: skip
+ROAD_METRICS = ("road_morf", "road_lerf", "road_combined")  # "road" asks for the three
+DEFAULT_METRICS = ("average_drop", "increase_in_confidence", "deletion", "insertion")  # + pointing_game with boxes
+BASELINES = ("blur", "mean")  # deletion/insertion substrates
 DEFAULT_STEPS = 50
 DEFAULT_BATCH_SIZE = 16
 POINTING_TOLERANCE = 15.0  # pixels, Zhang et al.'s tolerance
-BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's blurred substrate
-_BETTER = {"average_drop": "lower", "increase_in_confidence": "higher", "deletion": "lower", "insertion": "higher",
-           "pointing_game": "higher"}  # fmt: skip
-_TITLES = {"average_drop": "Average Drop", "increase_in_confidence": "Increase in Confidence",
-           "deletion": "Deletion AUC", "insertion": "Insertion AUC", "pointing_game": "Pointing game"}  # fmt: skip
-_MAP, _DELETE, _INSERT = 0, 1, 2  # kinds of perturbed images
+BETTER = {"average_drop": "lower", "increase_in_confidence": "higher", "deletion": "lower", "insertion": "higher",
+          "road_morf": "lower", "road_lerf": "higher", "road_combined": "higher",
+          "pointing_game": "higher"}  # fmt: skip
+TITLES = {"average_drop": "Average Drop", "increase_in_confidence": "Increase in Confidence",
+          "deletion": "Deletion AUC", "insertion": "Insertion AUC", "road_morf": "ROAD MoRF",
+          "road_lerf": "ROAD LeRF", "road_combined": "ROAD combined", "pointing_game": "Pointing game"}  # fmt: skip
 
 
 @dataclass(frozen=True, eq=False)
 class Evaluation:
-    """Per-image scores of one artifact's maps; :meth:`summary` averages them, :meth:`write` saves them."""
+    """Per-image scores of one artifact's maps and of the baseline maps; :meth:`summary`, :meth:`margins`."""
 
-    names: list[str]  # one per image
+    names: list[str]  # one per scored image
     classes: np.ndarray  # [N] the explained class
     scores: dict[str, np.ndarray]  # metric -> [N]; NaN where it does not apply
-    curves: dict[str, np.ndarray]  # "deletion"/"insertion" -> [N, steps + 1] probabilities of the class
+    curves: dict[str, np.ndarray]  # "deletion"/"insertion"/"road_morf"/"road_lerf" -> [N, points] p_c
     metadata: ArtifactMetadata
     probabilities: np.ndarray  # [N] Y_c: the class's probability on the unperturbed image
     constant_maps: np.ndarray  # [N] bool: the map has one value everywhere (no ranking, no maximum)
     steps: int
-    baseline: str
+    baseline: str  # the deletion/insertion substrate: "blur" or "mean"
     pointing_tolerance: float = POINTING_TOLERANCE
+    baseline_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # baseline -> metric -> [N]
+    baseline_curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # baseline -> curve -> [N, M]
+    percentiles: tuple[float, ...] = DEFAULT_PERCENTILES
+    errors: dict[str, str] = field(default_factory=dict)  # image name -> why it was not scored
+    random_grid: tuple[int, int] | None = None  # the grid the random baseline's noise was drawn on
     counts: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -89,41 +117,33 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         """Metric -> mean over the images it applies to (NaN when none)."""
-        return {m: float(np.mean(v[np.isfinite(v)])) if self.counts[m] else math.nan for m, v in self.scores.items()}
+        return _means(self.scores)
+
+    def baseline_summary(self) -> dict[str, dict[str, float]]:
+        """Baseline -> metric -> mean over the images."""
+        return {name: _means(scores) for name, scores in self.baseline_scores.items()}
+
+    def margins(self, *, seed: int = 0) -> list[Margin]:
+        """Per metric: the margin over the best baseline, its bootstrap 95% interval and the verdict."""
+        return margins(self.scores, self.baseline_scores, BETTER, seed=seed)
 
     def to_dict(self) -> dict:
-        meta = self.metadata
-        return {
-            "artifact": {"architecture": meta.architecture, "method": meta.method, "target_layer": meta.target_layer},
-            "images": len(self.names),
-            "steps": self.steps,
-            "baseline": self.baseline,
-            "pointing_tolerance": self.pointing_tolerance,
-            "summary": {m: _finite_or_none(v) for m, v in self.summary().items()},
-            "counts": dict(self.counts),
-            "mean_curves": {k: [round(float(p), 6) for p in c.mean(axis=0)] for k, c in self.curves.items()},
-        }
+        from .evaluate_report import evaluation_dict
+
+        return evaluation_dict(self)
 
     def to_json(self) -> str:
         """The summary as JSON (NaN written as null)."""
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def to_markdown(self) -> str:
-        """The summary as a Markdown table: metric, mean, images scored, which direction is better."""
-        meta = self.metadata
-        lines = [
-            f"{meta.architecture} {meta.method} at `{meta.target_layer}`: {len(self.names)} images, "
-            f"{self.steps} steps, {self.baseline} baseline",
-            "",
-            "| metric | mean | images | better |",
-            "|---|---:|---:|---|",
-        ]
-        for metric, value in self.summary().items():
-            lines.append(f"| {_TITLES[metric]} | {value:.4f} | {self.counts[metric]} | {_BETTER[metric]} |")
-        return "\n".join(lines) + "\n"
+        """The summary as Markdown: the table (method, baselines, margin, verdict) and how to read it."""
+        from .evaluate_report import summary_markdown
+
+        return summary_markdown(self)
 
     def rows(self) -> list[dict[str, str]]:
-        """One CSV row per image: name, class, probability, constant map, each metric (empty for NaN)."""
+        """One CSV row per image (errors last): name, class, probability, constant map, each metric, error."""
         rows = []
         for i, name in enumerate(self.names):
             c = int(self.classes[i])
@@ -135,119 +155,72 @@ class Evaluation:
                 "constant_map": str(bool(self.constant_maps[i])),
             }
             row.update({m: "" if not np.isfinite(v[i]) else f"{v[i]:.6f}" for m, v in self.scores.items()})
+            row["error"] = ""
             rows.append(row)
+        empty = dict.fromkeys(["class_index", "class_label", "probability", "constant_map", *self.scores], "")
+        rows += [{"image": name, **empty, "error": why} for name, why in self.errors.items()]
         return rows
 
     def write(self, out_dir: str | os.PathLike) -> list[Path]:
-        """Write ``evaluation.csv``, ``summary.md``, ``summary.json`` and ``deletion.png``/``insertion.png``.
-
-        Each file atomically; returns the paths written.
-        """
+        """Write ``evaluation.csv``, ``summary.md``, ``summary.json`` and the curve plots, each atomically."""
         from .evaluate_report import write_evaluation
 
         return write_evaluation(self, Path(out_dir))
 
 
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
+def _means(scores: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {m: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else math.nan for m, v in scores.items()}
 
 
-def _check_options(metrics, steps, baseline, batch_size, boxes, tolerance) -> tuple[str, ...]:
+def _check_options(metrics, steps, baseline, batch_size, boxes, tolerance, percentiles, noise):
     if metrics is None:
-        chosen = tuple(m for m in METRICS if m != "pointing_game" or boxes is not None)
+        chosen = DEFAULT_METRICS + (("pointing_game",) if boxes is not None else ())
     else:
         chosen = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        chosen = tuple(n for m in chosen for n in (ROAD_METRICS if m == "road" else (m,)))
         unknown = [m for m in chosen if m not in METRICS]
         if unknown or not chosen:
-            raise InputError(f"unknown metric(s) {unknown or chosen!r}; expected some of: {', '.join(METRICS)}")
+            raise InputError(f"unknown metric {(unknown or [chosen])[0]!r}; expected some of: {', '.join(METRICS)}")
         if "pointing_game" in chosen and boxes is None:
             raise InputError("the pointing game needs object boxes (boxes=..., CLI: --boxes CSV)")
         chosen = tuple(m for m in METRICS if m in chosen)  # canonical order, no repeats
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    for name, value, least in (("steps", steps, 2), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise InputError(f"{name} must be an integer >= {least}, got {value!r}")
     if baseline not in BASELINES:
-        raise InputError(f"unknown baseline {baseline!r}; expected one of: {', '.join(BASELINES)}")
+        raise InputError(f"unknown substrate (baseline=) {baseline!r}; expected one of: {', '.join(BASELINES)}")
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
         raise InputError(f"pointing_tolerance must be a number >= 0, got {tolerance!r}")
-    return chosen
+    if not (isinstance(noise, (int, float)) and math.isfinite(noise) and noise >= 0):
+        raise InputError(f"road_noise must be a number >= 0, got {noise!r}")
+    return PerturbationOptions(chosen, int(steps), baseline, int(batch_size), check_percentiles(percentiles),
+                               float(noise))  # fmt: skip
+
+
+def _probabilities(value, batch: int, meta: ArtifactMetadata, path) -> np.ndarray:
+    array = None if value is None else np.asarray(value)
+    if array is None or array.shape != (batch, meta.num_classes) or not np.isfinite(array).all():
+        shape = None if array is None else array.shape
+        raise ArtifactError(
+            f"{path} returns no class probabilities (got {shape}, expected [{batch}, {meta.num_classes}] "
+            "finite values in its 'probabilities' output); evaluate needs them: export it with gradcam_model"
+        )
+    return array.astype(np.float64)
 
 
 def _explained(explainer: Explainer, images: np.ndarray, target, batch_size: int, bar):
     """The first pass: ``Y_c``, the classes and the maps of every image."""
-    meta = explainer.metadata
-    if not (meta.upsample and meta.normalize):
-        raise ArtifactError(
-            f"{explainer.path} returns raw maps (exported with upsample/normalize off); the metrics need maps at "
-            "the input size in [0, 1]: export it with the defaults"
-        )
     probs, classes, maps = [], [], []
     for start in range(0, len(images), batch_size):
         part = slice(start, start + batch_size)
         result = explainer(images[part], None if target is None else target[part])
-        p = _probabilities(result.probabilities, len(images[part]), meta, explainer)
+        p = _probabilities(result.probabilities, len(images[part]), explainer.metadata, explainer.path)
         c = np.asarray(result.class_index)[:, 0].astype(np.int64)
         probs.append(p[np.arange(len(c)), c])
         classes.append(c)
         maps.append(np.asarray(result.cam, dtype=np.float32)[:, 0])
         bar.update(len(c))
     return np.concatenate(probs), np.concatenate(classes), np.concatenate(maps)
-
-
-def _probabilities(value, batch: int, meta: ArtifactMetadata, explainer: Explainer) -> np.ndarray:
-    array = None if value is None else np.asarray(value)
-    if array is None or array.shape != (batch, meta.num_classes) or not np.isfinite(array).all():
-        shape = None if array is None else array.shape
-        raise ArtifactError(
-            f"{explainer.path} returns no class probabilities (got {shape}, expected [{batch}, {meta.num_classes}] "
-            "finite values in its 'probabilities' output); evaluate needs them: export it with gradcam_model"
-        )
-    return array.astype(np.float64)
-
-
-def _baseline(image: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "mean":
-        return np.zeros_like(image)  # the dataset mean colour, normalized
-    import cv2
-
-    return np.stack([cv2.GaussianBlur(ch, (BLUR_KERNEL, BLUR_KERNEL), BLUR_SIGMA) for ch in image])
-
-
-def _ranks(cam: np.ndarray) -> np.ndarray:
-    """Rank of each pixel by map value, descending, ties in raster order: ``[H, W]`` int."""
-    order = np.argsort(-cam.ravel(), kind="stable")
-    ranks = np.empty(order.size, dtype=np.int64)
-    ranks[order] = np.arange(order.size)
-    return ranks.reshape(cam.shape)
-
-
-def _perturbation_jobs(n_images: int, steps: int, chosen: tuple[str, ...]) -> list[tuple[int, int, int]]:
-    """``(image, kind, step)`` of each perturbed image to run; the unperturbed image is never rerun.
-
-    Deletion's last step and insertion's first are both the baseline: run once, as a deletion.
-    """
-    jobs = []
-    for i in range(n_images):
-        if "average_drop" in chosen or "increase_in_confidence" in chosen:
-            jobs.append((i, _MAP, 0))
-        if "deletion" in chosen or "insertion" in chosen:
-            jobs.append((i, _DELETE, steps))
-        if "deletion" in chosen:
-            jobs.extend((i, _DELETE, s) for s in range(1, steps))
-        if "insertion" in chosen:
-            jobs.extend((i, _INSERT, s) for s in range(1, steps))
-    return jobs
-
-
-def _perturbed(job, image: np.ndarray, cam: np.ndarray, prepared, steps: int) -> np.ndarray:
-    _, kind, step = job
-    if kind == _MAP:
-        return image * cam[None]
-    base, ranks = prepared
-    revealed = ranks < (step * ranks.size) // steps  # the first n_s pixels of the ranking
-    if kind == _DELETE:
-        return np.where(revealed[None], base, image)
-    return np.where(revealed[None], image, base)
 
 
 def evaluate(
@@ -263,156 +236,146 @@ def evaluate(
     progress: bool = False,
     names: Sequence[str] | None = None,
     pointing_tolerance: float = POINTING_TOLERANCE,
+    baselines: Sequence[str] | None = (),
+    random_draws: int = RANDOM_DRAWS,
+    percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    road_noise: float = ROAD_NOISE,
 ) -> Evaluation:
     """Score the artifact's maps of ``images`` (see the module docstring for each definition).
 
     Args:
         artifact: an artifact file or a loaded :class:`Explainer`.
         images: float32 ``[N, C, H, W]`` already normalized (what an Explainer takes), or
-            image files and folders (loaded and preprocessed from the artifact's metadata;
-            names are :func:`collect_images` keys).
-        metrics: some of :data:`METRICS` (default: all; the pointing game only with ``boxes``).
-        steps: deletion/insertion steps ``S`` (curves have ``S + 1`` points).
-        baseline: ``"blur"`` or ``"mean"`` (see the module docstring).
-        batch_size: images per artifact call, perturbed images of all images mixed.
-        boxes: object boxes ``(x0, y0, x1, y1)`` in input pixels (the artifact's input size,
-            edges: pixel ``(col j, row i)`` has centre ``(j + 0.5, i + 0.5)``), by image name or
-            one list per image; images without boxes get NaN for the pointing game.
+            image files and folders, or :class:`ImageInput` items (decoded in chunks;
+            names are the files' relative paths with their extension).
+        metrics: some of :data:`METRICS`, ``"road"`` for the three ROAD scores (default: Average Drop,
+            Increase in Confidence, deletion, insertion, and the pointing game with ``boxes``; ROAD when asked).
+        steps: deletion/insertion steps ``S >= 2`` (curves have ``S + 1`` points).
+        baseline: the deletion/insertion substrate, ``"blur"`` or ``"mean"``.
+        batch_size: images per artifact call, perturbed images of several images mixed.
+        boxes: object boxes ``(x0, y0, x1, y1)`` in input pixels, by image name or one list
+            per image; images without boxes get NaN for the pointing game.
         class_index: class-input artifacts only: one class or ``[N]`` (``-1``: the top class).
         progress: show a tqdm bar on stderr.
-        names: one per image (default: the keys of files, ``"0"``, ``"1"``, ... for arrays).
+        names: one per image (default: file names, ``"0"``, ``"1"``, ... for arrays).
         pointing_tolerance: pointing-game tolerance in input pixels.
+        baselines: baseline maps scored beside the method's (:data:`~.baselines.BASELINE_MAPS`;
+            None: all of them; default: none).
+        random_draws: draws of the random baseline per image.
+        percentiles: ROAD's percentiles, each in (0, 100).
+        road_noise: the standard deviation of ROAD's imputation noise.
 
     Raises:
         InputError: bad images, options, classes or boxes.
         ArtifactError: the artifact gives no class probabilities or only raw maps.
     """
-    chosen = _check_options(metrics, steps, baseline, batch_size, boxes, pointing_tolerance)
+    options = _check_options(metrics, steps, baseline, batch_size, boxes, pointing_tolerance, percentiles, road_noise)
+    chosen_baselines = check_baselines(baselines)
+    if isinstance(random_draws, bool) or not isinstance(random_draws, (int, np.integer)) or random_draws < 1:
+        raise InputError(f"random_draws must be a positive integer, got {random_draws!r}")
     explainer = artifact if isinstance(artifact, Explainer) else load_explainer(artifact)
     meta = explainer.metadata
-    if isinstance(images, (str, os.PathLike)) or (
-        isinstance(images, (list, tuple)) and images and all(isinstance(p, (str, os.PathLike)) for p in images)
-    ):
-        from .inputs import collect_images
-
-        items = collect_images([images] if isinstance(images, (str, os.PathLike)) else images)
-        array, _ = load_inputs(items, meta)
-        names = [item.key for item in items] if names is None else names
-    else:
-        array = explainer.check_images(images)
-    n = len(array)
-    names = [str(i) for i in range(n)] if names is None else [str(x) for x in names]
+    if not (meta.upsample and meta.normalize):
+        raise ArtifactError(
+            f"{explainer.path} returns raw maps (exported with upsample/normalize off); the metrics need maps at "
+            "the input size in [0, 1]: export it with the defaults"
+        )
+    source, names = inputs(images, names, explainer)
+    n = len(source)
     if len(names) != n:
         raise InputError(f"got {len(names)} names for {n} images; give one each")
     target = explainer.check_class_index(class_index, n)
-    per_image_boxes = check_boxes(boxes, names) if "pointing_game" in chosen else None
-    jobs = _perturbation_jobs(n, steps, chosen)
-    with _progress(n + len(jobs), progress) as bar:
-        y, classes, maps = _explained(explainer, array, target, batch_size, bar)
-        probs = _run_jobs(explainer, jobs, array, maps, classes, baseline, steps, batch_size, bar)
-    constant = maps.reshape(n, -1).max(axis=1) == maps.reshape(n, -1).min(axis=1)
-    scores, curves = _scores(chosen, jobs, probs, y, steps, n)
-    if per_image_boxes is not None:
-        scores["pointing_game"] = _pointing(maps, constant, per_image_boxes, float(pointing_tolerance))
-    return Evaluation(
-        names=names,
-        classes=classes,
-        scores=scores,
-        curves=curves,
-        metadata=meta,
-        probabilities=y,
-        constant_maps=constant,
-        steps=int(steps),
-        baseline=baseline,
-        pointing_tolerance=float(pointing_tolerance),
+    per_image_boxes = check_boxes(boxes, names) if "pointing_game" in options.metrics else None
+    runs = 1 + jobs_per_image(options) * (
+        1 + len(chosen_baselines) + (random_draws - 1) * ("random" in chosen_baselines)
     )
+    parts: list[dict] = []
+    errors: dict[str, str] = {}
+    grid = None
+    position = {name: i for i, name in enumerate(names)}
+    scoring = _Scoring(explainer, options, chosen_baselines, int(random_draws), per_image_boxes,
+                       float(pointing_tolerance))  # fmt: skip
+    with progress_bar(n * runs, progress) as bar:
+        for chunk_names, array, failed in chunks(source, names, meta):
+            errors.update(failed)
+            bar.update(len(failed) * runs)
+            if array is None:
+                continue
+            rows = np.array([position[name] for name in chunk_names])
+            part, grid = scoring.chunk(array, rows, None if target is None else target[rows], grid, bar)
+            parts.append({"names": chunk_names, **part})
+    return _assemble(parts, errors, chosen_baselines, meta, options, float(pointing_tolerance), grid)
 
 
-def _run_jobs(explainer, jobs, images, maps, classes, baseline, steps, batch_size, bar) -> np.ndarray:
-    """``p_c`` of every perturbed image, ``batch_size`` at a time, built just before its batch runs.
+@dataclass(frozen=True)
+class _Scoring:
+    """Scores one chunk of images: the method's maps, then each baseline's, through the same artifact."""
 
-    An image's jobs are contiguous, so its baseline and pixel ranking are kept only while
-    its jobs run: memory beyond the images does not grow with their number.
-    """
-    class_input = explainer.metadata.class_input
-    prepared: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    out = np.empty(len(jobs), dtype=np.float64)
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start : start + batch_size]
-        which = np.array([i for i, _, _ in batch])
-        for i in [i for i in prepared if i < which.min()]:
-            del prepared[i]
-        stack = []
-        for job in batch:
-            i = job[0]
-            if job[1] != _MAP and i not in prepared:
-                prepared[i] = (_baseline(images[i], baseline), _ranks(maps[i]))
-            stack.append(_perturbed(job, images[i], maps[i], prepared.get(i), steps))
-        result = explainer(np.stack(stack).astype(np.float32), classes[which] if class_input else None)
-        p = _probabilities(result.probabilities, len(batch), explainer.metadata, explainer)
-        out[start : start + len(batch)] = p[np.arange(len(batch)), classes[which]]
-        bar.update(len(batch))
-    return out
+    explainer: Explainer
+    options: PerturbationOptions
+    baselines: tuple[str, ...]
+    random_draws: int
+    boxes: list[list[Box]] | None  # per image of the whole run, or None without the pointing game
+    tolerance: float
+
+    def chunk(self, array: np.ndarray, rows: np.ndarray, target, grid, bar) -> tuple[dict, tuple | None]:
+        """``(part, grid)``: the chunk's classes, probabilities and scores; the random baseline's grid, found
+        from the first chunk's maps that are not flat (input / 32 when all are)."""
+        y, classes, maps = _explained(self.explainer, array, target, self.options.batch_size, bar)
+        flat = np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
+        if grid is None and "random" in self.baselines:
+            h, w = maps.shape[1:]
+            grid = feature_grid(maps[~flat]) if (~flat).any() else (max(1, h // 32), max(1, w // 32))
+        part = {"rows": rows, "y": y, "classes": classes, "constant": flat}
+        part["method"] = self._scored(array, maps, rows, classes, y, bar)
+        for name in self.baselines:
+            draws = self.random_draws if name == "random" else 1
+            results = [
+                self._scored(array, baseline_maps(name, maps, draw=d, grid=grid, seed=int(rows[0])), rows, classes, y,
+                             bar)
+                for d in range(draws)
+            ]  # fmt: skip
+            part[name] = _average(results)
+        return part, grid
+
+    def _scored(self, array, maps, rows, classes, y, bar):
+        meta, path = self.explainer.metadata, self.explainer.path
+        scores, curves = score_maps(self.explainer, array, maps, classes, y, self.options, bar,
+                                    lambda r, k: _probabilities(r.probabilities, k, meta, path))  # fmt: skip
+        if self.boxes is not None:
+            flat = np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
+            scores["pointing_game"] = pointing(maps, flat, [self.boxes[r] for r in rows], self.tolerance)
+        return scores, curves
 
 
-def _scores(chosen, jobs, probs, y, steps, n) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    found = {job: p for job, p in zip(jobs, probs, strict=True)}
-    scores: dict[str, np.ndarray] = {}
-    curves: dict[str, np.ndarray] = {}
-    if "average_drop" in chosen or "increase_in_confidence" in chosen:
-        o = np.array([found[(i, _MAP, 0)] for i in range(n)])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            drop = np.where(y > 0, np.maximum(0.0, y - o) / y, np.nan)
-        if "average_drop" in chosen:
-            scores["average_drop"] = drop
-        if "increase_in_confidence" in chosen:
-            scores["increase_in_confidence"] = (o > y).astype(np.float64)
-    for name, kind in (("deletion", _DELETE), ("insertion", _INSERT)):
-        if name not in chosen:
-            continue
-        curve = np.empty((n, steps + 1))
-        for i in range(n):
-            inner = [found[(i, kind, s)] for s in range(1, steps)]
-            base = found[(i, _DELETE, steps)]
-            curve[i] = [y[i], *inner, base] if kind == _DELETE else [base, *inner, y[i]]
-        curves[name] = curve
-        scores[name] = (curve.sum(axis=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps  # trapezoid, dx = 1/S
+def _average(results):
+    """The per-image mean of several draws' scores and curves."""
+    scores = {m: np.mean([s[m] for s, _ in results], axis=0) for m in results[0][0]}
+    curves = {k: np.mean([c[k] for _, c in results], axis=0) for k in results[0][1]}
     return scores, curves
 
 
-def _pointing(maps, constant, boxes: list[list[Box]], tolerance: float) -> np.ndarray:
-    hits = np.full(len(maps), np.nan)
-    for i, image_boxes in enumerate(boxes):
-        if not image_boxes:
-            continue
-        if constant[i]:
-            hits[i] = 0.0
-            continue
-        row, col = np.unravel_index(int(np.argmax(maps[i])), maps[i].shape)
-        px, py = col + 0.5, row + 0.5
-        near = [math.hypot(max(x0 - px, 0.0, px - x1), max(y0 - py, 0.0, py - y1)) <= tolerance
-                for x0, y0, x1, y1 in image_boxes]  # fmt: skip
-        hits[i] = float(any(near))
-    return hits
+def _assemble(parts, errors, chosen_baselines, meta, options, tolerance, grid) -> Evaluation:
+    if not parts:
+        raise InputError(f"no image could be read: {next(iter(errors.values()), 'no images')}")
 
+    def joined(key, index):
+        return {m: np.concatenate([p[key][index][m] for p in parts]) for m in parts[0][key][index]}
 
-class _progress:
-    """A tqdm bar on stderr counting images run through the artifact, or nothing."""
-
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="img", desc="evaluate", file=sys.stderr, dynamic_ncols=True)
-
-    def __enter__(self):
-        return self
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return Evaluation(
+        names=[name for p in parts for name in p["names"]],
+        classes=np.concatenate([p["classes"] for p in parts]),
+        scores=joined("method", 0),
+        curves=joined("method", 1),
+        metadata=meta,
+        probabilities=np.concatenate([p["y"] for p in parts]),
+        constant_maps=np.concatenate([p["constant"] for p in parts]),
+        steps=options.steps,
+        baseline=options.substrate,
+        pointing_tolerance=tolerance,
+        baseline_scores={b: joined(b, 0) for b in chosen_baselines},
+        baseline_curves={b: joined(b, 1) for b in chosen_baselines},
+        percentiles=options.percentiles,
+        errors=errors,
+        random_grid=grid,
+    )
