@@ -7,6 +7,7 @@ them. Nothing here imports torch or the build side.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 
 from .errors import ArtifactError
@@ -90,7 +91,11 @@ class Preprocessing:
         how = self.interpolation + ("" if self.interpolation in ("area", "nearest") else
                                     ", antialiased" if self.antialias else ", not antialiased")  # fmt: skip
         if self.resize == "shorter":
-            side = self.resize_size if self.resize_size else f"{crop} / {self.crop_pct:g}"
+            side = self.resize_size or (
+                f"{math.floor(size[0] / self.crop_pct)} ({size[0]} / {self.crop_pct:g})"
+                if size and size[0] == size[1]
+                else f"{crop} / {self.crop_pct:g}"
+            )
             text = f"shorter side to {side} ({how}), centre crop {crop}"
         elif self.crop_pct == 1.0:
             text = f"stretch to {crop} ({how}, aspect ratio not kept)"

@@ -268,3 +268,40 @@ def test_export_refuses_bad_preprocessing_flags(tmp_path, capsys, flags, message
     err = capsys.readouterr().err
     assert message in err
     assert not list(tmp_path.iterdir())
+
+
+def test_pointing_game_boxes_move_with_the_crop(tmp_path):
+    """A box in the original picture lands where the crop put its pixels; outside the crop it is cut or refused."""
+    from gradcam_model.runtime.boxes import read_boxes
+    from gradcam_model.runtime.inputs import collect_images
+
+    picture = tmp_path / "p.png"
+    cv2.imwrite(str(picture), np.zeros((80, 100, 3), np.uint8))
+    items = collect_images([picture])
+    # shorter side 80 -> floor(40 / 0.5) = 80: no resize; the centre 40x40 crop starts at (30, 20)
+    meta = _meta(Preprocessing(resize="shorter", crop_pct=0.5, interpolation="bilinear"), size=(40, 40))
+    csv = tmp_path / "boxes.csv"
+    csv.write_text("image,x0,y0,x1,y1\np.png,35,25,45,35\np.png,0,0,40,30\n")
+    assert read_boxes(csv, items, [(80, 100)], (40, 40), meta) == {
+        "p.png": [(5.0, 5.0, 15.0, 15.0), (0.0, 0.0, 10.0, 10.0)]
+    }
+    csv.write_text("image,x0,y0,x1,y1\np.png,0,0,20,20\n")
+    with pytest.raises(InputError, match=r"lies outside the region the model sees \(x 30\.\.70, y 20\.\.60"):
+        read_boxes(csv, items, [(80, 100)], (40, 40), meta)
+
+
+def test_a_stretch_that_squashes_pictures_is_named_once(tmp_path, caplog):
+    gc.export_onnx(_wrapper(), tmp_path / "stretch.onnx")  # no preprocessing stated: a stretch
+    explainer = load_explainer(tmp_path / "stretch.onnx", providers=["CPUExecutionProvider"])
+    names = {"wide": PICTURES["wide"], "tall": PICTURES["tall"], "cat": PICTURES["chelsea"]}  # 10:1, 1:10, 3:2
+    paths = []
+    for name, rgb in names.items():
+        paths.append(tmp_path / f"{name}.png")
+        cv2.imwrite(str(paths[-1]), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    with caplog.at_level("WARNING", logger="gradcam_model.runtime.pipeline"):
+        explain_files(explainer, paths, tmp_path / "out", overlay_format="png")
+    warnings = [r.getMessage() for r in caplog.records if "aspect ratio" in r.getMessage()]
+    assert warnings == [
+        "2 picture(s) have an aspect ratio more than 2x from the model's 32x32 input: the artifact records a stretch, "
+        "so they were squashed (export with --resize shorter to keep the aspect ratio and crop)"
+    ]

@@ -26,7 +26,7 @@ def _evaluate_options(args: argparse.Namespace, items, images: np.ndarray, sizes
 
     return {
         **evaluate_options(args),
-        "boxes": read_boxes(args.boxes, items, sizes, images.shape[2:]) if args.boxes else None,
+        "boxes": read_boxes(args.boxes, items, sizes, images.shape[2:], meta) if args.boxes else None,
         "class_index": None if args.class_ is None else resolve_class(args.class_, meta),
         "names": image_names(items),
     }

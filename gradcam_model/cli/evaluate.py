@@ -210,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         if args.boxes:  # box coordinates need each picture's size: decode them all first
             common.status(f"reading {len(items)} images")
             images, sizes = load_inputs(items, meta)
-            boxes = read_boxes(args.boxes, items, sizes, images.shape[2:])
+            boxes = read_boxes(args.boxes, items, sizes, images.shape[2:], meta)
         evaluation = evaluate(
             explainer,
             images,

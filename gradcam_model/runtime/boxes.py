@@ -4,9 +4,11 @@ A box CSV has the header ``image,x0,y0,x1,y1`` and one row per box (several rows
 image allowed). ``image`` names an input file: its path as given or found in a folder,
 its output key (relative path without suffix), or its file name or stem when unique.
 Coordinates are pixel edges in the ORIGINAL picture (``0 <= x0 < x1 <= width``): the
-box of pixel columns ``x0 .. x1 - 1``. Preprocessing resizes the whole picture to the
-input size without cropping (:func:`~gradcam_model.runtime.preprocess`), so a box maps
-to the input by scaling x by ``input_width / width`` and y by ``input_height / height``.
+box of pixel columns ``x0 .. x1 - 1``. The input shows the picture's explained region
+(:func:`~gradcam_model.runtime.explained_region`: all of it for a stretch, the centre
+crop otherwise), so a box maps to the input by moving it to the region's corner and
+scaling by ``input size / region size``; the part of a box outside the crop is cut off,
+and a box wholly outside it is an error (the model never saw that object).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from .._suggest import did_you_mean
 from ..contract import ArtifactMetadata
 from ..errors import InputError
-from .images import load_image, preprocess
+from .images import explained_region, load_image, preprocess
 from .inputs import ImageInput
 
 __all__ = ["BOX_FIELDS", "Box", "check_boxes", "image_names", "load_inputs", "read_boxes"]
@@ -118,6 +120,7 @@ def read_boxes(
     items: Sequence[ImageInput],
     sizes: Sequence[tuple[int, int]],
     input_size: tuple[int, int],
+    metadata: ArtifactMetadata | None = None,
 ) -> dict[str, list[Box]]:
     """Read a box CSV (see the module docstring): image name (:func:`image_names`) -> boxes in input pixels.
 
@@ -155,8 +158,22 @@ def read_boxes(
         x0, y0, x1, y1 = _box(row[1:], where)
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
             raise InputError(f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the {width}x{height} picture")
-        sx, sy = w_in / width, h_in / height
-        found.setdefault(names[i], []).append((x0 * sx, y0 * sy, x1 * sx, y1 * sy))
+        rx, ry, rw, rh = (0.0, 0.0, float(width), float(height))
+        if metadata is not None:
+            rx, ry, rw, rh = explained_region((height, width), metadata, (h_in, w_in))
+        sx, sy = w_in / rw, h_in / rh
+        box = (
+            min(max((x0 - rx) * sx, 0.0), w_in),
+            min(max((y0 - ry) * sy, 0.0), h_in),
+            min(max((x1 - rx) * sx, 0.0), w_in),
+            min(max((y1 - ry) * sy, 0.0), h_in),
+        )
+        if not (box[0] < box[2] and box[1] < box[3]):
+            raise InputError(
+                f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) lies outside the region the model sees "
+                f"(x {rx:.0f}..{rx + rw:.0f}, y {ry:.0f}..{ry + rh:.0f}: the artifact's centre crop)"
+            )
+        found.setdefault(names[i], []).append(box)
     if not found:
         raise InputError(f"box file {path} holds no boxes")
     return found

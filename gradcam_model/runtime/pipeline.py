@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TILE_SIZE = 256
 _SMALL = 0.5  # pictures under half the model's input size on a side get a warning (once)
+_SQUASH = 2.0  # a stretch that changes a picture's aspect ratio by more than this: one warning per run
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ def explain_files(
     opts = _Options(
         out, colormap, float(alpha), overlay_format, int(tile_size), True, save_maps, journal.tiles_dir, meta
     )
+    log.info("preprocessing: %s", meta.preprocessing.describe(target_size(meta)))  # shown by --verbose
     state = _Run(explainer, target, opts, target_size(meta), on_skip, journal)
     todo = [(i, item) for i, item in enumerate(items) if i not in journal.done]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io")
@@ -239,6 +241,7 @@ class _Run:
         self.tiles: dict[int, np.ndarray] = {}  # grid thumbnails made by this run, by input index
         self.thumbnails = sum(1 for p in journal.done.values() if not p.error)  # thumbnails asked for so far
         self.small = 0
+        self.squashed = 0  # pictures a stretch distorts by more than _SQUASH
 
     def run(self, pool: ThreadPoolExecutor, batch: list[tuple[int, ImageInput]], decoded: list) -> None:
         """Run the graph on the readable images of ``batch``; queue their overlays on the pool."""
@@ -252,6 +255,7 @@ class _Run:
                 rows[i] = Prediction(item.path, item.label, error=str(d))
             else:
                 self._check_small(item, d[0])
+                self._check_aspect(d[0])
         futures: list[Future] = []
         if ok:
             images = np.stack([d[1] for _, d in ok])
@@ -306,7 +310,21 @@ class _Run:
                     tiles.append((thumb, tile_caption(row), tile_color(row)))
         return tiles
 
+    def _check_aspect(self, rgb: np.ndarray) -> None:
+        if self.meta.preprocessing.resize != "stretch":
+            return
+        h, w = self.size
+        change = (rgb.shape[1] / rgb.shape[0]) / (w / h)
+        if change > _SQUASH or change < 1 / _SQUASH:
+            self.squashed += 1
+
     def finish(self, total: int, seconds: float) -> ExplainSummary:
+        if self.squashed:
+            log.warning(
+                "%d picture(s) have an aspect ratio more than %gx from the model's %dx%d input: the artifact records "
+                "a stretch, so they were squashed (export with --resize shorter to keep the aspect ratio and crop)",
+                self.squashed, _SQUASH, *self.size,
+            )  # fmt: skip
         out = self.opts.out
         predictions = [self.predictions[i] for i in range(total)]
         csv_path = write_csv(predictions, out)
