@@ -220,6 +220,21 @@ def _feeds(image: np.ndarray, target_class: np.ndarray | None) -> dict[str, np.n
     return feeds
 
 
+def _refuse_unit_maxpool_indices(proto, path: Path) -> None:
+    """onnx.reference (1.23) returns a 1x1 ``MaxPool``'s ``Indices`` per (n, c) plane, where the
+    specification and ONNX Runtime flatten them over the whole tensor; torch.onnx's max-pool
+    backward reads them through such a pool (its offsets), and the evaluator's ``ScatterElements``
+    then indexes out of range. Refuse up front rather than fail mid-run."""
+    for node in proto.graph.node:
+        kernel = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+        if node.op_type == "MaxPool" and len(node.output) > 1 and node.output[1] and kernel == [1, 1]:
+            raise RuntimeUnavailableError(
+                f"onnx-reference cannot run {path.name}: its max-pool gradient reads a 1x1 MaxPool's indices, "
+                "which onnx.reference computes per plane, not over the tensor as the ONNX spec says; "
+                "use onnxruntime or openvino"
+            )
+
+
 class ReferenceExplainer(Explainer):
     """An ONNX artifact under ``onnx.reference.ReferenceEvaluator``: the specification, in numpy (slow)."""
 
@@ -228,6 +243,7 @@ class ReferenceExplainer(Explainer):
         proto, metadata = _onnx_metadata(path)
         from onnx.reference import ReferenceEvaluator
 
+        _refuse_unit_maxpool_indices(proto, path)
         try:
             self.evaluator = ReferenceEvaluator(proto)
         except Exception as exc:  # an operator or opset the evaluator lacks
