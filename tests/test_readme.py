@@ -63,7 +63,7 @@ def test_base_install_is_the_serve_side():
     assert base == {"numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "tqdm"}
     extras = project["optional-dependencies"]
     assert {re.split(r"[<>=;\[ ]", d)[0] for d in extras["export"]} == {"torch", "torchvision", "onnx", "onnxscript"}
-    assert "gradcam_model[export,demo,bench,serve,ray]" in extras["dev"]
+    assert "gradcam_model[export,demo,bench,serve,ray,openvino]" in extras["dev"]
     text = README.read_text()
     for line in ("pip install gradcam_model", 'pip install "gradcam_model[export]"', 'pip install -e ".[dev]"'):
         assert line in text
