@@ -63,6 +63,31 @@ def test_relu_mask_becomes_a_sign_with_the_same_values():
     np.testing.assert_array_equal(_run(signed, {"x": x})[0], (x > 0).astype(np.float32))
 
 
+def _run_elsewhere(model, feeds, runtime: str, tmp_path) -> np.ndarray:
+    """The first output of ``model`` under OpenVINO (CPU, f32) or onnx.reference."""
+    if runtime == "onnx-reference":
+        from onnx.reference import ReferenceEvaluator
+
+        with np.errstate(over="ignore"):  # 2^100 * inf: IEEE's inf, clamped; numpy warns
+            return ReferenceEvaluator(model).run(None, feeds)[0]
+    ov = pytest.importorskip("openvino")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled(feeds)[compiled.output(0)]
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnx-reference"])
+def test_the_rewritten_masks_are_read_the_same_by_other_runtimes(runtime, tmp_path):
+    """OpenVINO read the former HardSigmoid(alpha=2^127, beta=0) step as beta 0.5 (0.5 where y = 0)."""
+    x = np.array([[-np.inf, -1.0, -1e-30, 0.0, 1e-40, 2.0**-126, 1e-30, 0.5, 1e30, np.inf]], np.float32)
+    signed, _ = _rewritten(_mask_model("Relu"), lambda graph, _: relu_masks_as_signs(graph))
+    want = (x > 0).astype(np.float32)
+    if runtime == "openvino":  # its CPU plugin flushes denormals: 1e-40 is 0 after its Relu
+        want[0, 4] = _run_elsewhere(_mask_model("Relu"), {"x": x}, runtime, tmp_path)[0, 4]
+    np.testing.assert_array_equal(_run_elsewhere(signed, {"x": x}, runtime, tmp_path), want)
+
+
 def test_a_mask_of_a_tensor_that_can_be_negative_is_left_as_it_is():
     model = _mask_model("Identity")
     kept, count = _rewritten(model, lambda graph, _: relu_masks_as_signs(graph))
