@@ -271,7 +271,7 @@ def threshold_backward(grad_output, self, threshold):
     # A product with the mask instead of torch's Where (see above); the differences: a
     # NaN or infinite gradient at a blocked position stays NaN, and a NaN input blocks
     # the gradient (the kernel passes it). The ONNX export writes the float32 mask of a
-    # zero threshold as a HardSigmoid step (gradcam_model.export.onnx_backward).
+    # ReLU output as Sign (gradcam_model.export.onnx_backward).
     return grad_output * (self > threshold).to(grad_output.dtype)
 
 

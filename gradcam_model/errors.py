@@ -16,6 +16,7 @@ __all__ = [
     "UnsupportedOperatorError",
     "ExportError",
     "ArtifactError",
+    "ArtifactLoadError",
     "InputError",
     "ParityError",
     "WeightsError",
@@ -85,6 +86,11 @@ class ExportError(GradCAMError):
 
 class ArtifactError(GradCAMError):
     """A file that is missing, unreadable, or not a gradcam_model artifact."""
+
+
+class ArtifactLoadError(ArtifactError):
+    """An artifact file that its runtime cannot load (corrupt, or an operator the runtime lacks):
+    the message carries the runtime's own first error line (``gradcam validate`` exits 4)."""
 
 
 class InputError(GradCAMError, ValueError):

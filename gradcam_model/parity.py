@@ -19,6 +19,7 @@ from .errors import ParityError
 from .gates import Chosen, disagreements, traced
 from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish
 from .runtime.explainer import Explainer, load_explainer
+from .runtimes import load_under, runtime_info
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
 from .wrapper import reference_cam, reference_reshape
 
@@ -65,6 +66,8 @@ class ParityReport:
     structured_maps: float = 0.0  # fraction of compared reference maps that are not flat
     near_ties: int = 0  # samples left out because eager float32 and float64 pick different classes
     maps: list[MapDiagnosis] = field(default_factory=list)  # every map beyond its limit, diagnosed
+    runtime: dict = field(default_factory=dict)  # what ran the artifact: name, version, device, settings
+    per_batch: list[dict] = field(default_factory=list)  # each batch's worst differences (for --junit)
 
     @property
     def ok(self) -> bool:
@@ -95,6 +98,7 @@ class ParityReport:
         return {
             "artifact": self.artifact,
             "format": self.format,
+            "runtime": self.runtime,
             "ok": self.ok,
             "batches": [list(b) for b in self.batches],
             "class_agreement": self.class_agreement,
@@ -138,6 +142,7 @@ class _Tally:
     maps: int = 0
     structured: int = 0
     beyond: list[_MapBatch] = field(default_factory=list)  # batches with maps beyond the plain tolerance
+    per_batch: list[dict] = field(default_factory=list)  # see _batch_record
 
 
 @dataclass
@@ -162,6 +167,7 @@ def validate(
     batch_sizes: tuple[int, ...] = (1, 3),
     seed: int = 0,
     tolerance: Tolerance | None = None,
+    runtime: str | None = None,
 ) -> ParityReport:
     """Compare an artifact with ``reference_cam`` on ``model`` and report every difference.
 
@@ -179,9 +185,13 @@ def validate(
     *explained*; the report lists every such map. Never raises on mismatch: see
     :func:`assert_parity`. :func:`validate_each` checks several artifacts of one
     graph for the price of one set of references.
+
+    ``runtime`` (``NAME[:DEVICE]``, see :mod:`gradcam_model.runtimes`) runs the artifact
+    under another runtime than ONNX Runtime's CPU provider (``.onnx``) or libtorch on the
+    CPU (``.pt``); the report's ``runtime`` names what ran it, its version and settings.
     """
     (report,) = validate_each(
-        [artifact], model, inputs=inputs, batch_sizes=batch_sizes, seed=seed, tolerances=[tolerance]
+        [artifact], model, inputs=inputs, batch_sizes=batch_sizes, seed=seed, tolerances=[tolerance], runtime=runtime
     )
     return report
 
@@ -194,14 +204,16 @@ def validate_each(
     batch_sizes: tuple[int, ...] = (1, 3),
     seed: int = 0,
     tolerances: Sequence[Tolerance | None] | None = None,
+    runtime: str | None = None,
 ) -> list[ParityReport]:
     """:func:`validate` for several artifacts of one graph (the ONNX and TorchScript exports of
     one wrapper), one report each: every batch's eager references, most of the cost, are
     computed once and compared with each artifact. The artifacts must agree on everything
     the references depend on (layer, method, classes, sizes); ``tolerances`` go with them
-    in order (None: :func:`tolerance_for` the artifact's format).
+    in order (None: :func:`tolerance_for` the artifact's format). ``runtime``: as for
+    :func:`validate`, for the artifacts given as paths.
     """
-    explainers = [a if isinstance(a, Explainer) else load_explainer(a, device="cpu") for a in artifacts]
+    explainers = [_load(a, runtime) for a in artifacts]
     meta = _common_graph(explainers)
     tols = [t or tolerance_for(e.metadata.format) for t, e in zip(tolerances or [None] * len(explainers), explainers)]
     if len(tols) != len(explainers):
@@ -231,6 +243,7 @@ def validate_each(
         ref = _References(model, model64, meta, image, classes, reshapes[size])
         for outputs, tally, tol in zip(got, tallies, tols, strict=True):
             _compare(ref, outputs, tally, tol, index)
+            tally.per_batch.append(_batch_record(ref, outputs, tuple(image.shape)))
     reports = []
     for explainer, tally, tol in zip(explainers, tallies, tols, strict=True):
         report = ParityReport(
@@ -242,12 +255,38 @@ def validate_each(
             cam_signal=tally.signal,
             near_ties=tally.ties,
             structured_maps=tally.structured / tally.maps if tally.maps else 0.0,
+            runtime=runtime_info(explainer).to_dict(),
+            per_batch=tally.per_batch,
         )
         report.outputs = _output_diffs(tally, tol)
         _diagnose_maps(report, tally.beyond)
         log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
         reports.append(report)
     return reports
+
+
+def _load(artifact, runtime: str | None) -> Explainer:
+    """An explainer for ``artifact``: as given, under ``runtime``, or the CPU default of its format."""
+    if isinstance(artifact, Explainer):
+        return artifact
+    return load_explainer(artifact, device="cpu") if runtime is None else load_under(artifact, runtime)
+
+
+def _batch_record(ref: _References, got: list[np.ndarray], shape: tuple[int, ...]) -> dict:
+    """One batch's worst [max abs, max rel] |artifact - eager float32| per output (maps and scores:
+    over the samples whose classes agree; None where none do)."""
+    same = (got[2] == ref.want[2]).all(axis=1) & (ref.want[2] == ref.want64[2]).all(axis=1)
+    worst: dict[str, list[float] | None] = {}
+    for name, a, b in zip(OUTPUT_NAMES, got, ref.want, strict=True):
+        if name == "class_index":
+            continue
+        if name in ("score", "cam"):
+            a, b = a[same], b[same]
+        worst[name] = None
+        if a.size:
+            worst[name] = [0.0, 0.0]
+            _accumulate(worst[name], a, b)
+    return {"shape": list(shape), "agree": int(same.sum()), "stable": int(ref.stable_count), "worst": worst}
 
 
 # what the eager references depend on: artifacts validated together must agree on all of it
@@ -317,6 +356,7 @@ class _References:
         run64 = functools.partial(_reference, model64, meta, image, classes, self.device, torch.float64, reshape)
         self.want64, self.calls64 = traced(run64, model64, meta.target_layer)
         self._noise: dict[tuple, float] = {}
+        self.stable_count = int((self.want[2] == self.want64[2]).all(axis=1).sum())
 
     def rerun(self, rows: list[int], chosen: Chosen) -> np.ndarray:
         """float32 saliency before the ReLU (:meth:`finish` makes maps) of the samples ``rows``, ``chosen`` flipped."""

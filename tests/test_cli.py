@@ -528,7 +528,7 @@ USER_ERRORS = [
     ),
     (
         "unreadable-onnx",
-        lambda w: ["validate", w.garbage, "--arch", "resnet18"],
+        lambda w: ["explain", w.garbage, w.photos, "--out", w.root / "never"],
         r"garbage\.onnx is not a loadable ONNX model",
     ),
     (
@@ -636,6 +636,18 @@ USER_ERRORS = [
         r"cannot read class names from .*nope\.txt: No such file or directory",
     ),
 ]
+
+
+@pytest.mark.parametrize("runtime", [None, "onnxruntime", "onnx-reference", "openvino"])
+def test_validate_exits_4_when_the_runtime_cannot_load_the_artifact(ws, capsys, runtime):
+    if runtime == "openvino":
+        pytest.importorskip("openvino")  # [dev] installs it
+    code = main(["validate", str(ws.garbage), "--arch", "resnet18", *(["--runtime", runtime] if runtime else [])])
+    out, err = capsys.readouterr()
+    assert code == 4 and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gradcam: error: "), err
+    assert "garbage.onnx" in lines[0] and ("cannot load" in lines[0] or "is not a loadable ONNX model" in lines[0])
 
 
 @pytest.mark.parametrize(("argv", "match"), [pytest.param(a, m, id=i) for i, a, m in USER_ERRORS])

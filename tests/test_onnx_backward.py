@@ -14,7 +14,7 @@ from gradcam_model import GradCAMModel, export_onnx, load_explainer, reference_c
 from gradcam_model.export.onnx_backward import (
     broadcast_instead_of_expand,
     clamped_affines_as_hardsigmoid,
-    relu_masks_as_steps,
+    relu_masks_as_signs,
     simplify_backward,
 )
 
@@ -45,18 +45,53 @@ def _rewritten(model, rewrite) -> tuple[onnx.ModelProto, int]:
     return copy, count
 
 
-def test_relu_mask_step_has_the_same_values():
-    y = np.array([[-np.inf, -1.0, -1e-38, 0.0, 2.0**-126, 1e-30, 0.5, 3.0, 1e30, np.inf]], np.float32)
+def _mask_model(source: str) -> onnx.ModelProto:
+    """``Cast(Greater(s, 0))`` of ``s = source(x)`` (``Identity``: a tensor that can be negative)."""
     nodes = [
+        helper.make_node(source, ["x"], ["y"]),
         helper.make_node("Greater", ["y", "zero"], ["gt"]),
         helper.make_node("Cast", ["gt"], ["mask"], to=TensorProto.FLOAT),
     ]
-    model = _model(
-        nodes, [_value("y", [1, 10])], [_value("mask", [None] * 2)], [numpy_helper.from_array(np.float32(0), "zero")]
-    )
-    stepped, count = _rewritten(model, lambda graph, _: relu_masks_as_steps(graph))
-    assert count == 1 and [n.op_type for n in stepped.graph.node] == ["HardSigmoid"]
-    np.testing.assert_array_equal(_run(stepped, {"y": y})[0], (y > 0).astype(np.float32))
+    zero = numpy_helper.from_array(np.float32(0), "zero")
+    return _model(nodes, [_value("x", [1, 10])], [_value("mask", [None] * 2)], [zero])
+
+
+def test_relu_mask_becomes_a_sign_with_the_same_values():
+    x = np.array([[-np.inf, -1.0, -1e-38, 0.0, 1e-40, 2.0**-126, 1e-30, 0.5, 1e30, np.inf]], np.float32)
+    signed, count = _rewritten(_mask_model("Relu"), lambda graph, _: relu_masks_as_signs(graph))
+    assert count == 1 and [n.op_type for n in signed.graph.node] == ["Relu", "Sign"]
+    np.testing.assert_array_equal(_run(signed, {"x": x})[0], (x > 0).astype(np.float32))
+
+
+def _run_elsewhere(model, feeds, runtime: str, tmp_path) -> np.ndarray:
+    """The first output of ``model`` under OpenVINO (CPU, f32) or onnx.reference."""
+    if runtime == "onnx-reference":
+        from onnx.reference import ReferenceEvaluator
+
+        with np.errstate(over="ignore"):  # 2^100 * inf: IEEE's inf, clamped; numpy warns
+            return ReferenceEvaluator(model).run(None, feeds)[0]
+    ov = pytest.importorskip("openvino")
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled(feeds)[compiled.output(0)]
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnx-reference"])
+def test_the_rewritten_masks_are_read_the_same_by_other_runtimes(runtime, tmp_path):
+    """OpenVINO read the former HardSigmoid(alpha=2^127, beta=0) step as beta 0.5 (0.5 where y = 0)."""
+    x = np.array([[-np.inf, -1.0, -1e-30, 0.0, 1e-40, 2.0**-126, 1e-30, 0.5, 1e30, np.inf]], np.float32)
+    signed, _ = _rewritten(_mask_model("Relu"), lambda graph, _: relu_masks_as_signs(graph))
+    want = (x > 0).astype(np.float32)
+    if runtime == "openvino":  # its CPU plugin flushes denormals: 1e-40 is 0 after its Relu
+        want[0, 4] = _run_elsewhere(_mask_model("Relu"), {"x": x}, runtime, tmp_path)[0, 4]
+    np.testing.assert_array_equal(_run_elsewhere(signed, {"x": x}, runtime, tmp_path), want)
+
+
+def test_a_mask_of_a_tensor_that_can_be_negative_is_left_as_it_is():
+    model = _mask_model("Identity")
+    kept, count = _rewritten(model, lambda graph, _: relu_masks_as_signs(graph))
+    assert count == 0 and [n.op_type for n in kept.graph.node] == ["Identity", "Greater", "Cast"]
 
 
 def test_clamped_affine_becomes_one_hardsigmoid():
@@ -75,6 +110,20 @@ def test_clamped_affine_becomes_one_hardsigmoid():
     want = np.array([[1, 1, 1, 1, 0, 0, 0, 0]], np.float32)
     np.testing.assert_array_equal(_run(model, {"q": q})[0], want)
     np.testing.assert_array_equal(_run(rewritten, {"q": q})[0], want)
+
+
+@pytest.mark.parametrize("alpha, beta", [(0.0, 0.5), (0.25, 0.0)])
+def test_a_clamp_with_a_zero_coefficient_stays_a_clamp(alpha, beta):
+    """OpenVINO 2026.4 reads an explicit zero HardSigmoid beta as the default 0.5: never write one."""
+    nodes = [
+        helper.make_node("Mul", ["q", "a"], ["m"]),
+        helper.make_node("Add", ["m", "b"], ["s"]),
+        helper.make_node("Clip", ["s", "lo", "hi"], ["step"]),
+    ]
+    inits = [numpy_helper.from_array(np.float32(v), n) for n, v in (("a", alpha), ("b", beta), ("lo", 0), ("hi", 1))]
+    model = _model(nodes, [_value("q", [1, 8])], [_value("step", [None] * 2)], inits)
+    kept, count = _rewritten(model, lambda graph, _: clamped_affines_as_hardsigmoid(graph))
+    assert count == 0 and [n.op_type for n in kept.graph.node] == ["Mul", "Add", "Clip"]
 
 
 def test_expand_is_left_to_broadcasting():
@@ -137,7 +186,7 @@ def test_the_exported_gradient_has_no_mask_compare_or_expand_left(block_artifact
     _, path = block_artifact
     graph = onnx.load(str(path)).graph
     ops = [n.op_type for n in graph.node]
-    assert "Greater" not in ops and "Expand" not in ops
+    assert "Greater" not in ops and "Expand" not in ops and "Sign" in ops
     # the hardswish backward: HardSigmoid steps, no Abs or two-sided Clip (the map's clamp_min has one bound)
     assert "Abs" not in ops and not [n for n in graph.node if n.op_type == "Clip" and len(n.input) == 3]
     assert "HardSigmoid" in ops

@@ -63,7 +63,7 @@ def test_base_install_is_the_serve_side():
     assert base == {"numpy", "opencv-python-headless", "onnxruntime-gpu", "onnxruntime", "tqdm"}
     extras = project["optional-dependencies"]
     assert {re.split(r"[<>=;\[ ]", d)[0] for d in extras["export"]} == {"torch", "torchvision", "onnx", "onnxscript"}
-    assert "gradcam_model[export,demo,bench,serve,ray]" in extras["dev"]
+    assert "gradcam_model[export,demo,bench,serve,ray,openvino]" in extras["dev"]
     text = README.read_text()
     # not on PyPI: every install line installs from the clone (or a wheel built from it)
     assert "is not published on PyPI: `pip install gradcam_model` finds nothing" in text

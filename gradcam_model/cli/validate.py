@@ -17,11 +17,20 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "validate",
         help="check an artifact's parity with its model",
-        description="Compare an artifact's outputs with the eager reference; exit 1 beyond tolerance.",
+        description="Compare an artifact's outputs with the eager reference; exit 1 beyond tolerance, "
+        "4 when the runtime cannot load the artifact.",
         parents=[common.model_options(arch_required=False), common.tolerance_options(), *parents],
     )
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
     p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-' for stdout)")
+    p.add_argument(
+        "--runtime",
+        metavar="R",
+        help="run the artifact under R, in float32: onnxruntime[:cpu|cuda|tensorrt], openvino[:CPU|GPU], "
+        "onnx-reference, libtorch[:cpu|cuda] (default: ONNX Runtime, CUDA when usable, for .onnx; "
+        "libtorch:cpu for .pt)",
+    )
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report (one case per output and batch)")
     p.set_defaults(handler=run, needs=("[export]", ("torch", "torchvision")))
 
 
@@ -59,12 +68,31 @@ def _reference_model(args: argparse.Namespace, meta):
     return model
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the parity table (and write it as JSON); 1 beyond tolerance."""
-    from ..parity import tolerance_for, validate
-    from ..runtime import load_explainer
+def _load(args: argparse.Namespace):
+    """The artifact under the chosen runtime; ``None`` (after one line on stderr) when the runtime cannot
+    load it (exit 4). A missing file or one that is no artifact stays a user error (exit 2)."""
+    import sys
 
-    explainer = load_explainer(args.artifact, device="cpu")
+    from ..errors import ArtifactLoadError
+    from ..runtime import load_explainer
+    from ..runtimes import load_under, parse_runtime
+
+    choice = parse_runtime(args.runtime, args.artifact) if args.runtime else None  # exit 2 when unknown
+    try:
+        return load_explainer(args.artifact, device="cpu") if choice is None else load_under(args.artifact, choice)
+    except ArtifactLoadError as exc:
+        print(f"{common.PROG}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the parity table (and write it as JSON or JUnit XML); 1 beyond tolerance, 4 unloadable."""
+    from ..parity import tolerance_for, validate
+    from ..runtimes import runtime_info
+
+    explainer = _load(args)
+    if explainer is None:
+        return 4
     meta = explainer.metadata
     model = _reference_model(args, meta)
     common.status(f"validating {args.artifact}")
@@ -73,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     )
     report = validate(explainer, model, tolerance=tolerance)
     print(f"parity of {args.artifact} ({meta.format}, {meta.architecture} {meta.method} at {meta.target_layer!r}):")
+    print(common.indent(f"runtime: {runtime_info(explainer).describe()}"))
     print(common.indent(report.table()))
     print("ok" if report.ok else "FAILED: " + "; ".join(report.failures()))
     if args.json == "-":
@@ -80,4 +109,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.json:
         common.write_text(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
         print(f"wrote {args.json}")
+    if args.junit:
+        from ..junit import junit_document
+
+        common.write_text(Path(args.junit), junit_document([report]))
+        print(f"wrote {args.junit}")
     return 0 if report.ok else 1

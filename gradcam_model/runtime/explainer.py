@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..contract import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
-from ..errors import ArtifactError, InputError
+from ..errors import ArtifactError, ArtifactLoadError, InputError
 
 __all__ = [
     "Explanation",
@@ -209,7 +209,7 @@ class OnnxExplainer(Explainer):
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
-            raise ArtifactError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0]}") from exc
+            raise ArtifactLoadError(f"{path} is not a loadable ONNX model: {str(exc).splitlines()[0]}") from exc
         props = session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in props:
             raise ArtifactError(f"{path} is an ONNX model without gradcam_model metadata; export it with gradcam_model")
@@ -312,7 +312,7 @@ class TorchScriptExplainer(Explainer):
                 warnings.simplefilter("ignore")  # torch.jit's deprecation notice
                 module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
         except Exception as exc:  # torch raises RuntimeError/ValueError/pickle errors for bad files
-            raise ArtifactError(f"{path} is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from exc
+            raise ArtifactLoadError(f"{path} is not a loadable TorchScript file: {str(exc).splitlines()[0]}") from exc
         if not extra[METADATA_KEY]:
             raise ArtifactError(f"{path} is a TorchScript file without gradcam_model metadata (gradcam.json)")
         metadata = ArtifactMetadata.from_json(extra[METADATA_KEY], str(path))
