@@ -7,14 +7,13 @@ runtime). Every method runs on resnet18 at an inner layer (the methods differ on
 CAM maths after the gradient, which every model shares), CAM at its last stage; the other
 families (MobileNetV3 with hardswish/hardsigmoid, VGG with max-pool backward, a timm
 EfficientNet with SiLU and squeeze-excitation, a 4-block ViT) run Grad-CAM at an inner
-layer, and at their last stage too with ``GRADCAM_PORTABILITY=full`` (see :func:`_cases`).
+layer and at their last stage (see :func:`_cases`).
 Small inputs: onnx.reference runs convolutions in numpy.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import onnx
 import pytest
@@ -45,19 +44,16 @@ FAMILIES = {
 
 
 def _cases():
-    """In the suite: every method at resnet18's inner layer, CAM at its last stage, and every other
-    family at its inner layer (where ReLU-family masks after the layer are in the gradient: the
-    kind of layer a runtime got wrong). ``GRADCAM_PORTABILITY=full`` adds the other families'
-    last-stage layers (measured once for docs/embedding.md; 3 more minutes on 2 cores)."""
-    full = os.environ.get("GRADCAM_PORTABILITY") == "full"
+    """Every method at resnet18's inner layer, CAM and Grad-CAM at its last stage, and every other
+    family at its last stage and at its inner layer (where ReLU-family masks after the layer are in
+    the gradient: the kind of layer a runtime got wrong)."""
     yield "resnet18", "layer4", "cam"
-    if full:
-        yield "resnet18", "layer4", "gradcam"
+    yield "resnet18", "layer4", "gradcam"
     for method in GRADIENT_METHODS:
         yield "resnet18", "layer3", method
     for arch, (_, last, inner) in FAMILIES.items():
         if arch != "resnet18":
-            yield from ([(arch, last, "gradcam")] if full else [])
+            yield arch, last, "gradcam"
             yield arch, inner, "gradcam"
 
 
