@@ -6,6 +6,8 @@ it as a single line.
 
 from __future__ import annotations
 
+import contextlib
+
 __all__ = [
     "GradCAMError",
     "ArchitectureError",
@@ -19,6 +21,9 @@ __all__ = [
     "InputError",
     "ParityError",
     "WeightsError",
+    "BackendError",
+    "foreign_errors",
+    "first_line",
 ]
 
 
@@ -89,3 +94,25 @@ class ParityError(GradCAMError):
 
 class WeightsError(GradCAMError):
     """A weights file that is missing, not a checkpoint, or does not fit the model."""
+
+
+class BackendError(GradCAMError):
+    """torch, a runtime or the model itself raised while we built or checked a graph (first line kept)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message (its type name when empty), at most ``limit`` characters."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {line[:limit]}" if line else type(exc).__name__
+
+
+@contextlib.contextmanager
+def foreign_errors(stage: str, cls: type[GradCAMError] = BackendError):
+    """Let only our own errors out (also usable as a decorator): anything else raised inside
+    becomes ``cls("<stage> failed: <type>: <first line>")``, the original kept as ``__cause__``."""
+    try:
+        yield
+    except GradCAMError:
+        raise
+    except Exception as exc:
+        raise cls(f"{stage} failed: {first_line(exc)}") from exc

@@ -174,6 +174,11 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
     for name, layer in seen.items():
         info = LayerInfo(name, layer.type, layer.shape, layer.reaches_logits, layer.calls, layout=layer.layout)
         problem = layer.problem
+        if problem is None and layer.calls != 1:
+            problem = (
+                f"it runs {layer.calls} times in one forward pass (a module reused at several places); "
+                "a target layer must run exactly once"
+            )
         if problem is None and name in taller and layer.layout is not None and len(layer.shape) == 4:
             layout, problem = axis_problem(layer.layout, layer.shape, taller[name])
             info = replace(info, layout=layout)
