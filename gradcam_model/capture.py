@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +27,7 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from ._trace_state import fresh_caches, reparametrized, without_mkldnn
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
@@ -75,41 +75,13 @@ def explain_function(
     """
 
     def explain(tensors, image, class_index):
-        with _ExportableForward() as forward, _reparametrized(model, originals, tensors):
+        with _ExportableForward() as forward, reparametrized(model, originals, tensors):
             logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
         return cam_outputs(logits, activations, image, spec, class_index, head=forward.head_of(logits))
 
     if spec.class_input:
         return explain
     return lambda tensors, image: explain(tensors, image, None)
-
-
-@contextmanager
-def _reparametrized(model: nn.Module, originals: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]):
-    """Run the model with each of its parameters and buffers replaced by the tensor standing in for it.
-
-    In place of ``torch.func.functional_call``, which mishandles a module reached under two
-    names (CoaT shares its convolutional position encodings between blocks): given one name,
-    its ``tie_weights`` swaps the module's parameter once per name and restores it once per
-    name, so the second restore puts the traced stand-in back and the caller's model keeps a
-    fake tensor; given both names it refuses them as "multiple values for keys ... tied".
-    Here each module is visited once and every place holding an original gets its stand-in,
-    so a shared module or a tied parameter stays one tensor in the graph.
-    """
-    stand_in = {id(t): s for t, s in zip(originals, tensors, strict=True)}
-    saved = []
-    for module in model.modules():  # each module object once, however many names reach it
-        for store in (module._parameters, module._buffers):
-            for key, tensor in store.items():
-                if tensor is not None and id(tensor) in stand_in:
-                    saved.append((store, key, tensor))
-    try:
-        for store, key, tensor in saved:
-            store[key] = stand_in[id(tensor)]
-        yield
-    finally:
-        for store, key, tensor in saved:
-            store[key] = tensor
 
 
 class _GlobalMean(torch.autograd.Function):
@@ -303,47 +275,10 @@ def trace_explainer(
     # Without MKLDNN, torch's LSTM decomposition takes its plain form (matmuls, sigmoid, tanh)
     # instead of aten.mkldnn_rnn_layer, the CPU kernel, which has no backward lowering and no
     # ONNX translation; the numbers are the same LSTM.
-    with sdpa_kernel(SDPBackend.MATH), _without_mkldnn(), _fresh_caches(model):
+    with sdpa_kernel(SDPBackend.MATH), without_mkldnn(), fresh_caches(model):
         gm = make_fx(fn, decomposition_table=backward_decompositions(), tracing_mode="symbolic")(*args)
     _finalize(gm, names, tensors, spec)
     return gm
-
-
-@contextmanager
-def _without_mkldnn():
-    # torch.backends.mkldnn.flags() would also set oneDNN's TF32 flag, which warns on CPUs
-    enabled = torch._C._get_mkldnn_enabled()
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        yield
-    finally:
-        torch._C._set_mkldnn_enabled(enabled)
-
-
-@contextmanager
-def _fresh_caches(model: nn.Module):
-    """Trace with every plain dict attribute of a sub-module copied without its tensors.
-
-    timm's LeViT, EfficientFormer(V2) and EfficientViT attention blocks keep
-    ``attention_biases[:, attention_bias_idxs]`` in ``attention_bias_cache`` (a dict, neither
-    parameter nor buffer) in eval mode. Filled by an eager pass, the trace would meet a real
-    tensor among fake ones (FakeTensorMode refuses it) or bake the bias as a constant cut off
-    from its parameter; without it, the trace computes it from the traced parameters. The
-    copy (with the fake tensor the trace stored) is dropped and the caller's own dict object,
-    contents unchanged, put back.
-    """
-    saved = []
-    for module in model.modules():
-        for attr, value in vars(module).items():
-            if type(value) is dict and not attr.startswith("_"):
-                saved.append((module, attr, value))
-    try:
-        for module, attr, value in saved:
-            object.__setattr__(module, attr, {k: v for k, v in value.items() if not isinstance(v, torch.Tensor)})
-        yield
-    finally:
-        for module, attr, value in saved:
-            object.__setattr__(module, attr, value)
 
 
 def _finalize(gm: fx.GraphModule, names: Sequence[str], tensors: Sequence[torch.Tensor], spec: CaptureSpec) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import logging
 import math
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._trace_state import copy_model
 from .contract import OUTPUT_NAMES
 from .errors import ParityError, foreign_errors
 from .gates import Chosen, disagreements, traced
@@ -208,7 +208,7 @@ def validate_each(
     if len(tols) != len(explainers):
         raise ValueError(f"{len(explainers)} artifacts but {len(tols)} tolerances")
     gen = torch.Generator().manual_seed(seed)
-    model64 = copy.deepcopy(model).double()
+    model64 = copy_model(model).double()
     batches = _batches(meta, batch_sizes, inputs, gen)
     reshapes: dict[tuple[int, ...], Callable] = {}  # per image size: the layer probe runs once, not per reference
     tallies = [_Tally() for _ in explainers]

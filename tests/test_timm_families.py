@@ -224,3 +224,49 @@ def test_layers_refuses_a_module_called_twice_and_says_why():
     assert info.problem.startswith("it runs 2 times in one forward pass")
     with pytest.raises(GradCAMError, match="runs 2 times in one forward pass"):
         GradCAMModel(model, "layer4.1.relu", example_input=torch.randn(1, 3, 64, 64))
+
+
+class _ParallelAggregate(nn.Module):
+    """coat_tiny's parallel blocks: three token streams mixed by a kernel-1 Conv1d over the stream axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.branches = nn.ModuleList(nn.Conv2d(6, 6, 3, padding=1) for _ in range(3))
+        self.aggregate = nn.Conv1d(3, 1, 1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        streams = torch.stack([b(x).mean((2, 3)) for b in self.branches], dim=1)  # [N, 3, C]
+        return self.head(self.aggregate(streams).squeeze(1))
+
+
+def test_a_conv1d_after_the_layer_is_lowered_and_matches_pytorch_grad_cam():
+    torch.manual_seed(0)
+    model = _ParallelAggregate().eval()
+    images = torch.randn(2, 3, 10, 10)
+    wrapper = GradCAMModel(model, "stem", example_input=images)
+    with torch.inference_mode():
+        got = wrapper(images)
+    want = oracle_cam(model, "stem", images, got[2][:, 0].tolist(), "gradcam")
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+
+
+def test_a_cache_filled_with_gradients_on_does_not_stop_validate_copying_the_model():
+    import copy
+
+    from gradcam_model._trace_state import copy_model
+
+    torch.manual_seed(0)
+    model = _LeViTLike().eval()
+    model(torch.randn(1, 3, 16, 16))  # eval-mode inference outside no_grad: the cache holds a non-leaf
+    (cached,) = model.attn.attention_bias_cache.values()
+    assert cached.grad_fn is not None
+    with pytest.raises(RuntimeError, match="deepcopy"):
+        copy.deepcopy(model)  # what validate's float64 copy met on levit_128s
+    clone = copy_model(model).double()
+    assert model.attn.attention_bias_cache["cpu"] is cached  # the caller's cache untouched
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x.double()).float(), model(x), atol=1e-5, rtol=1e-5)
