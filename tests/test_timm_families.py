@@ -214,18 +214,6 @@ def test_softmax_moves_no_probability_by_more_than_half_the_logits_change():
     assert float((moved / (dz.abs().max(1).values / 2)).max()) > 0.5  # and the bound is not loose
 
 
-def test_layers_refuses_a_module_called_twice_and_says_why():
-    import torchvision
-
-    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
-    infos = {i.name: i for i in list_layers(model, torch.randn(1, 3, 64, 64))}
-    info = infos["layer4.1.relu"]
-    assert info.calls == 2 and not info.auto
-    assert info.problem.startswith("it runs 2 times in one forward pass")
-    with pytest.raises(GradCAMError, match="runs 2 times in one forward pass"):
-        GradCAMModel(model, "layer4.1.relu", example_input=torch.randn(1, 3, 64, 64))
-
-
 class _ParallelAggregate(nn.Module):
     """coat_tiny's parallel blocks: three token streams mixed by a kernel-1 Conv1d over the stream axis."""
 
@@ -270,3 +258,63 @@ def test_a_cache_filled_with_gradients_on_does_not_stop_validate_copying_the_mod
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(clone(x.double()).float(), model(x), atol=1e-5, rtol=1e-5)
+
+
+class _Affine(nn.Module):
+    """ResMLP's normalization-free token layer: ``alpha * x + beta`` (no "Norm" in its name)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.randn(dim))
+        self.beta = nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        return self.alpha * x + self.beta
+
+
+class _PooledTokens(nn.Module):
+    """MViT/LeViT's pattern: patch tokens, a stage that pools the token grid by 2, a token
+    mixer without a norm, an inner MLP of another width, a pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 4, 4)
+        self.stage1 = nn.Linear(8, 8)
+        self.pool = nn.AvgPool2d(2, ceil_mode=True)
+        self.mlp = nn.Sequential(nn.Linear(8, 24), nn.ReLU(), nn.Linear(24, 8))  # inner width 24
+        self.affine = _Affine(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x)  # [N, 8, h, w]
+        n, c, h, w = x.shape
+        t = self.stage1(x.flatten(2).transpose(1, 2))  # [N, h*w, 8]
+        grid = self.pool(t.transpose(1, 2).reshape(n, c, h, w))  # pooled by 2, ceil
+        t = grid.flatten(2).transpose(1, 2)
+        t = self.affine(t + self.mlp(t))
+        return self.head(t.mean(1))
+
+
+def test_auto_follows_the_token_grid_through_pooling_to_the_last_token_layer():
+    torch.manual_seed(0)
+    model = _PooledTokens().eval()
+    images = torch.randn(2, 3, 40, 36)  # a 10x9 patch grid, pooled to 5x5
+    layers = {i.name: i for i in list_layers(model, images[:1])}
+    assert layers["affine"].auto and layers["affine"].layout.grid == (5, 5)
+    assert layers["mlp.0"].inner and layers["mlp.0"].problem is None  # explainable, but not the stream
+    assert layers["stage1"].layout.grid == (10, 9)
+    wrapper = GradCAMModel(model, "auto", example_input=images)
+    assert wrapper.target_layer == "affine"
+    with torch.inference_mode():
+        got = wrapper(images)
+
+    def reshape(t):  # pytorch-grad-cam's reshape_transform for a 5x5 token grid
+        return t.reshape(t.size(0), 5, 5, t.size(2)).permute(0, 3, 1, 2)
+
+    layer = model.affine
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    with GradCAM(model, [layer], reshape_transform=reshape) as cam:
+        want = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in got[2][:, 0]])
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
