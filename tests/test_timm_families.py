@@ -127,10 +127,10 @@ class _RowLSTM(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Conv2d(3, 8, 4, 4)
-        self.norm = nn.LayerNorm(8)
-        self.rnn = nn.LSTM(8, 4, batch_first=True, bidirectional=True)
-        self.head = nn.Linear(8, 5)
+        self.stem = nn.Conv2d(3, 4, 4, 4)
+        self.norm = nn.LayerNorm(4)
+        self.rnn = nn.LSTM(4, 2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(4, 5)
 
     def forward(self, x):
         x = self.norm(self.stem(x).permute(0, 2, 3, 1))  # [N, h, w, C]
@@ -143,12 +143,12 @@ def test_an_lstm_after_the_layer_exports_in_its_plain_form(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     model = _RowLSTM().eval()
-    wrapper = GradCAMModel(model, "norm", example_input=torch.randn(2, 3, 12, 12))
+    wrapper = GradCAMModel(model, "norm", example_input=torch.randn(2, 3, 8, 12))
     assert wrapper.layout == "NHWC"
     ops = {str(n.target) for n in wrapper.graph.graph.nodes if n.op == "call_function"}
     assert not any("mkldnn" in op for op in ops)  # the CPU kernel has no ONNX translation
     path = export_onnx(wrapper, tmp_path / "rnn.onnx")
-    images = torch.randn(3, 3, 12, 12)
+    images = torch.randn(3, 3, 8, 12)
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
     want = reference_cam(model, "norm", images, return_all=True)
     np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-5, rtol=1e-5)
