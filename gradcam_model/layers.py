@@ -102,8 +102,8 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
     in call order, how it covers the image (``layout``: ``[N, C, h, w]``, channels-last
     or tokens), whether its gradient reaches the logits, why it cannot be explained
     (``problem``), and which one ``target_layer="auto"`` picks: the last map on the
-    path to the logits (for token layers: the last normalization layer whose patch
-    tokens still reach the logits, the literature's choice for ViT).
+    path to the logits (for token layers: the last layer of the token stream whose patch
+    tokens still reach the logits, which for ViT is the literature's last ``norm1``).
     """
     with eval_state(model):
         with torch.enable_grad():
