@@ -115,7 +115,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
         problem = layer.problem
         if problem is None and layer.calls != 1:
             problem = (
-                f"it runs {layer.calls} times in one forward pass (a module reused at several places); "
+                f"it ran {layer.calls} times in one forward pass (a module reused at several places); "
                 "a target layer must run exactly once"
             )
         if problem is None and name in taller and layer.layout is not None and len(layer.shape) == 4:

@@ -195,7 +195,7 @@ def test_layers_command_marks_a_module_called_twice_refused_with_the_reason(caps
     assert code == 0 and err == ""
     row = next(line for line in out.splitlines() if line[2:].split()[0] == "layer4.1.relu")
     assert row[2:].split()[3] == "2"  # calls
-    assert "refused: it runs 2 times in one forward pass" in row
+    assert "refused: it ran 2 times in one forward pass" in row
     # what export says when asked for it anyway
-    with pytest.raises(LayerError, match=r"layer 'layer4.1.relu' cannot be explained: it runs 2 times"):
+    with pytest.raises(LayerError, match=r"layer 'layer4.1.relu' cannot be explained: it ran 2 times"):
         GradCAMModel(zoo_model("resnet18"), "layer4.1.relu", example_input=torch.randn(1, 3, 64, 64))
