@@ -61,7 +61,8 @@ def fresh_caches(model: nn.Module):
     tensor among fake ones (FakeTensorMode refuses it) or bake the bias as a constant cut off
     from its parameter; without it, the trace computes it from the traced parameters. The
     copy (with the fake tensor the trace stored) is dropped and the caller's own dict object,
-    contents unchanged, put back.
+    contents unchanged, put back. A tensor a forward needs cannot live only in a plain dict
+    (``model.to(device)`` would not move it), so such dicts hold caches, keyed by device.
     """
     saved = []
     for module in model.modules():
