@@ -179,7 +179,13 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
         f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} CPU cores shared with other work). "
         "Not part of CI: rerun it after changes to the capture or the layer choice.",
         "",
-        f"**{len(rows)} families: {summary}.**",
+        f"**{len(rows)} families: {summary}.**"
+        + (
+            f" {len(rows)} of timm's {len(timm.list_modules())} families were run so far; rerun the command "
+            "to go on (families already in docs/architectures.jsonl are skipped)."
+            if len(rows) < len(timm.list_modules())
+            else ""
+        ),
         "",
         "Each family's model with the fewest parameters, random weights with calibrated BatchNorm, "
         '5 classes, the smallest square input it accepts; `target_layer="auto"`. *pgc*: max |difference| '
