@@ -15,6 +15,7 @@ from .contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
 from .errors import (
     ArchitectureError,
     ArtifactError,
+    BackendError,
     ExportError,
     GradCAMError,
     InputError,
@@ -109,6 +110,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "ArchitectureError",
     "ArtifactError",
+    "BackendError",
     "ArtifactMetadata",
     "CAMMethod",
     "Explainer",

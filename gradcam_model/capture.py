@@ -2,11 +2,10 @@
 
 How it works:
 
-1. The model runs under ``torch.func.functional_call`` with its parameters and
-   buffers passed as graph inputs; a forward hook swaps the target layer's output
-   for a leaf ``A`` (and hands a clone downstream, so in-place ops after the layer
-   work), and ``torch.autograd.grad(y^c, A)`` differentiates only from the logits
-   back to that leaf.
+1. The model runs with its parameters and buffers swapped for graph inputs; a
+   forward hook swaps the target layer's output for a leaf ``A`` (and hands a clone
+   downstream, so in-place ops after the layer work), and
+   ``torch.autograd.grad(y^c, A)`` differentiates only from the logits back to that leaf.
 2. ``make_fx`` traces it symbolically with only the batch (and, where the graph
    allows, height and width) dynamic; every ``*_backward`` op autograd records is
    replaced by our decomposition table, so the graph holds forward ops only.
@@ -28,6 +27,7 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from ._trace_state import fresh_caches, reparametrized, without_mkldnn
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
@@ -64,23 +64,19 @@ class CaptureSpec:
         self.normalize = normalize
 
 
-def explain_function(model: nn.Module, layer: nn.Module, spec: CaptureSpec, names: Sequence[str]) -> Callable:
+def explain_function(
+    model: nn.Module, layer: nn.Module, spec: CaptureSpec, originals: Sequence[torch.Tensor]
+) -> Callable:
     """The function that gets traced: ``fn(tensors, image[, class_index]) -> 5 outputs``.
 
-    It is also a valid eager computation (it is how ``reference_cam`` differs: that
-    one calls the model directly with live parameters instead of tracing this).
+    ``tensors`` stand in for ``originals`` (the model's own parameters and buffers, one entry
+    per tensor). It is also a valid eager computation (it is how ``reference_cam`` differs:
+    that one calls the model directly with live parameters instead of tracing this).
     """
 
     def explain(tensors, image, class_index):
-        state = dict(zip(names, tensors, strict=True))
-        with _ExportableForward() as forward:
-            logits, activations = _forward_with_leaf(
-                lambda x: torch.func.functional_call(model, state, (x,), strict=False),
-                layer,
-                spec.layer_name,
-                image,
-                spec.reshape,
-            )
+        with _ExportableForward() as forward, reparametrized(model, originals, tensors):
+            logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
         return cam_outputs(logits, activations, image, spec, class_index, head=forward.head_of(logits))
 
     if spec.class_input:
@@ -265,16 +261,21 @@ def trace_explainer(
     Raises ``StaticShapesRequired`` when ``dynamic_spatial`` is asked but a decomposition
     needs concrete spatial sizes.
     """
-    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    # one entry per tensor (a shared module's parameters under their first name)
+    named = [*model.named_parameters(), *model.named_buffers()]
     names = [n for n, _ in named]
-    tensors = [t.detach() for _, t in named]
+    originals = [t for _, t in named]
+    tensors = [t.detach() for t in originals]
     class_index = torch.full((image.shape[0],), -1, dtype=torch.long, device=image.device) if spec.class_input else None
     mode = FakeTensorMode(shape_env=ShapeEnv())
     args = _fake_inputs(mode, tensors, image, class_index, dynamic_spatial)
-    fn = explain_function(model, layer, spec, names)
+    fn = explain_function(model, layer, spec, originals)
     # the math kernel of scaled-dot-product attention differentiates into plain matmuls and
-    # softmax; the fused flash/efficient kernels leave backward ops with no lowering
-    with sdpa_kernel(SDPBackend.MATH):
+    # softmax; the fused flash/efficient kernels leave backward ops with no lowering.
+    # Without MKLDNN, torch's LSTM decomposition takes its plain form (matmuls, sigmoid, tanh)
+    # instead of aten.mkldnn_rnn_layer, the CPU kernel, which has no backward lowering and no
+    # ONNX translation; the numbers are the same LSTM.
+    with sdpa_kernel(SDPBackend.MATH), without_mkldnn(), fresh_caches(model):
         gm = make_fx(fn, decomposition_table=backward_decompositions(), tracing_mode="symbolic")(*args)
     _finalize(gm, names, tensors, spec)
     return gm

@@ -149,11 +149,26 @@ def _depthwise_strided_to_input(grad, weight, in_size, stride, padding, dilation
 def convolution_backward(
     grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
 ):
-    if transposed or weight.dim() != 4:
+    if transposed or weight.dim() not in (3, 4):
         return NotImplemented  # leaves the op in the graph; the builder names it
     if output_mask[1] or output_mask[2]:
         # parameters never require grad while we trace; a weight gradient means misuse
         return NotImplemented
+    if weight.dim() == 3:  # Conv1d (CoaT's parallel-block aggregation) as a 1 x L Conv2d
+        (grad_input, *_) = convolution_backward(
+            grad_output.unsqueeze(2),
+            input.unsqueeze(2),
+            weight.unsqueeze(2),
+            bias_sizes,
+            [1, *_pair(stride, 1)],
+            [0, *_pair(padding, 1)],
+            [1, *_pair(dilation, 1)],
+            transposed,
+            output_padding,
+            groups,
+            output_mask,
+        )
+        return (None if grad_input is None else grad_input.squeeze(2)), None, None
     grad_input = None
     if output_mask[0]:
         grad_input = _transpose_to_input(

@@ -6,6 +6,8 @@ it as a single line.
 
 from __future__ import annotations
 
+import contextlib
+
 __all__ = [
     "GradCAMError",
     "ArchitectureError",
@@ -22,6 +24,9 @@ __all__ = [
     "WeightsError",
     "MissingExtraError",
     "OutputExistsError",
+    "BackendError",
+    "foreign_errors",
+    "first_line",
 ]
 
 
@@ -123,3 +128,25 @@ class OutputExistsError(ExportError):
         self.template = template
         super().__init__(template.format(**self._API))
         self.cli_message = template.format(**self._CLI)
+
+
+class BackendError(GradCAMError):
+    """torch, a runtime or the model itself raised while we built or checked a graph (first line kept)."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message (its type name when empty), at most ``limit`` characters."""
+    line = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+    return f"{type(exc).__name__}: {line[:limit]}" if line else type(exc).__name__
+
+
+@contextlib.contextmanager
+def foreign_errors(stage: str, cls: type[GradCAMError] = BackendError):
+    """Let only our own errors out (also usable as a decorator): anything else raised inside
+    becomes ``cls("<stage> failed: <type>: <first line>")``, the original kept as ``__cause__``."""
+    try:
+        yield
+    except GradCAMError:
+        raise
+    except Exception as exc:
+        raise cls(f"{stage} failed: {first_line(exc)}") from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ._state import eval_state
+from ._too_small import too_small as explain_too_small
 from .errors import InputError, LayerError, LayerNotFoundError, ModelOutputError
 from .layouts import NCHW, Layout, axis_problem, classify
 
@@ -35,7 +35,9 @@ class LayerInfo:
     or transformer tokens) and reshapes it; ``problem`` is None for a layer that can be
     explained, else the reason it cannot (an attention matrix, windowed tokens, no
     gradient reaching the patch tokens...). ``passthrough`` marks modules that return
-    their input unchanged (``nn.Identity``).
+    their input unchanged (``nn.Identity``); ``inner`` marks tokens of another width than
+    the block computing them takes and gives (q/k/v projections, MLP hidden units): maps
+    that can be explained, but not the model's token stream, so ``auto`` passes them by.
     """
 
     name: str
@@ -47,6 +49,7 @@ class LayerInfo:
     layout: Layout | None = NCHW
     problem: str | None = None
     passthrough: bool = False
+    inner: bool = False
 
     @property
     def map_shape(self) -> tuple[int, ...]:
@@ -85,74 +88,10 @@ def run_model(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     try:
         return _logits_of(model(image))
     except RuntimeError as exc:
-        too_small = _too_small(model, image)
+        too_small = explain_too_small(model, image)
         if too_small is None:
             raise
         raise InputError(too_small) from exc
-
-
-def _too_small(model: nn.Module, image: torch.Tensor) -> str | None:
-    """Explain a failed forward pass if a larger input would have worked, else None."""
-    height, width = int(image.shape[2]), int(image.shape[3])
-
-    def works(scale: float) -> bool:
-        size = (max(1, math.ceil(height * scale)), max(1, math.ceil(width * scale)))
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, image.shape[1], *size, dtype=image.dtype, device=image.device))
-        except RuntimeError:
-            return False
-        return True
-
-    scale = 2.0
-    while not works(scale):
-        scale *= 2
-        if max(height, width) * scale > 1024:
-            return None  # not a size problem
-    low, high = scale / 2, scale  # fails at low, works at high: bisect the smallest working scale
-    for _ in range(12):
-        mid = (low + high) / 2
-        low, high = (low, mid) if works(mid) else (mid, high)
-    smallest = (math.ceil(height * high), math.ceil(width * high))
-    where = _failing_module(model, image)
-    return (
-        f"input {height}x{width} is too small for this model{where}; the smallest input of this aspect "
-        f"ratio that works is about {smallest[0]}x{smallest[1]}: use a larger input size"
-    )
-
-
-def _failing_module(model: nn.Module, image: torch.Tensor) -> str:
-    """Name the innermost module whose forward raised, with the feature map it was given."""
-    stack: list[tuple[str, str, str]] = []
-    handles = []
-
-    def enter(name):
-        def hook(module, inputs):
-            shape = inputs[0].shape if inputs and isinstance(inputs[0], torch.Tensor) else None
-            size = "x".join(map(str, shape[1:])) if shape is not None and len(shape) > 1 else "?"
-            stack.append((name, type(module).__name__, size))
-
-        return hook
-
-    def leave(_module, _inputs, _output):
-        stack.pop()
-
-    for name, module in model.named_modules():
-        if name:
-            handles.append(module.register_forward_pre_hook(enter(name)))
-            handles.append(module.register_forward_hook(leave))
-    try:
-        with torch.no_grad():
-            model(image[:1])
-    except RuntimeError:
-        pass  # expected: the stack now ends at the module that raised
-    finally:
-        for h in handles:
-            h.remove()
-    if not stack:
-        return ""
-    name, kind, size = stack[-1]
-    return f": the feature map reaching {name!r} ({kind}) is only {size}"
 
 
 def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
@@ -163,8 +102,8 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
     in call order, how it covers the image (``layout``: ``[N, C, h, w]``, channels-last
     or tokens), whether its gradient reaches the logits, why it cannot be explained
     (``problem``), and which one ``target_layer="auto"`` picks: the last map on the
-    path to the logits (for token layers: the last normalization layer whose patch
-    tokens still reach the logits, the literature's choice for ViT).
+    path to the logits (for token layers: the last layer of the token stream whose patch
+    tokens still reach the logits, which for ViT is the literature's last ``norm1``).
     """
     with eval_state(model):
         with torch.enable_grad():
@@ -174,10 +113,15 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
     for name, layer in seen.items():
         info = LayerInfo(name, layer.type, layer.shape, layer.reaches_logits, layer.calls, layout=layer.layout)
         problem = layer.problem
+        if problem is None and layer.calls != 1:
+            problem = (
+                f"it ran {layer.calls} times in one forward pass (a module reused at several places); "
+                "a target layer must run exactly once"
+            )
         if problem is None and name in taller and layer.layout is not None and len(layer.shape) == 4:
             layout, problem = axis_problem(layer.layout, layer.shape, taller[name])
             info = replace(info, layout=layout)
-        infos.append(replace(info, problem=problem, passthrough=layer.passthrough))
+        infos.append(replace(info, problem=problem, passthrough=layer.passthrough, inner=layer.inner))
     eligible = [i for i, info in enumerate(infos) if _auto_eligible(info)]
     if eligible:
         infos[eligible[-1]] = replace(infos[eligible[-1]], auto=True)
@@ -187,12 +131,13 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
 def _auto_eligible(info: LayerInfo) -> bool:
     # the last map on the path to the logits, called once, more than one position, not a
     # pass-through (nn.Identity) and not the head's adaptive pooling (VGG's avgpool only
-    # resamples `features`); among token layers only normalizations (the last block's norm1)
+    # resamples `features`); among token layers only the token stream, whatever its modules'
+    # types: a ViT's last block's norm1 (the patch tokens after it no longer reach a class-token
+    # head: refused), the final norm or block of a token model with a pooled head (MViT, LeViT,
+    # ResMLP's Affine), not a q/k/v projection or MLP hidden layer inside a block
     if not info.influences_logits or info.calls != 1 or info.problem is not None or info.passthrough:
         return False
-    if info.type.startswith("Adaptive"):
-        return False
-    if info.layout.kind == "tokens" and "Norm" not in info.type:
+    if info.type.startswith("Adaptive") or info.inner:
         return False
     _, h, w = info.map_shape
     return h * w > 1
@@ -210,6 +155,8 @@ class _Seen:
     node: torch.Tensor | None = None
     calls: int = 1
     reaches_logits: bool = True
+    enclosing: str | None = None  # the innermost module taking tokens whose forward computed it
+    inner: bool = False  # tokens of another width than that module's input and output
 
 
 def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> dict[str, _Seen]:
@@ -226,13 +173,21 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
     batch = int(image.shape[0])
     names = {id(m): n for n, m in model.named_modules() if n}
     seen: dict[str, _Seen] = {}
-    stack: list[tuple[str, str | None]] = []  # per active module: its input's kind, and a description
+    stack: list[tuple[str, str | None, str]] = []  # per active module: its input's kind, a description, its name
+    widths: dict[str, tuple[int, int]] = {}  # token widths in and out of each module called on tokens
     patch_grid: list[tuple[int, int]] = []  # h x w of the last image map seen: a ViT's patch grid
+    # the kind of the last map seen: only a token sequence that follows tokens may be a pooled grid
+    # (MViT, LeViT); after a 4-D map (Swin's channels-last stages) it may be one window
+    last_kind: list[str] = []
+
+    def grid_of(shape):
+        pooled = bool(last_kind) and last_kind[-1] == "tokens"
+        return classify(shape, size, batch, patch_grid[-1] if patch_grid else None, pooled=pooled)
 
     def kind_of(tensor) -> tuple[str, str | None]:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() not in (3, 4):
             return "unknown", None
-        layout, _ = classify(tuple(tensor.shape), size, batch, patch_grid[-1] if patch_grid else None)
+        layout, _ = grid_of(tuple(tensor.shape))
         text = "x".join(map(str, tensor.shape[1:]))
         if layout is None:
             return "other", f"a {text} input that is not an image map"
@@ -240,27 +195,35 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
 
     def enter(module, inputs):
         kind, text = kind_of(inputs[0] if inputs else None)
-        stack.append((kind, f"{names[id(module)]!r} ({type(module).__name__}), which takes {text}" if text else None))
+        name = names[id(module)]
+        stack.append((kind, f"{name!r} ({type(module).__name__}), which takes {text}" if text else None, name))
+        if kind == "tokens" and name not in widths:
+            widths[name] = (int(inputs[0].shape[-1]), -1)
 
     def leave(module, inputs, output):
         stack.pop()
+        name = names[id(module)]
+        if name in widths and widths[name][1] < 0 and isinstance(output, torch.Tensor) and output.dim() > 0:
+            widths[name] = (widths[name][0], int(output.shape[-1]))
         if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
             return None
-        name = names[id(module)]
         if name in seen:
             seen[name].calls += 1
             return None
         shape = tuple(output.shape)
-        layout, problem = classify(shape, size, batch, patch_grid[-1] if patch_grid else None)
+        layout, problem = grid_of(shape)
         if output.dim() == 3 and layout is None:
             return None  # a 3-D tensor that is not the image's tokens is no candidate at all
         bad = ("tokens", "other") if output.dim() == 4 else ("other",)
-        inside = next((f"it is computed inside {why}" for kind, why in stack if kind in bad), None)
+        inside = next((f"it is computed inside {why}" for kind, why, _ in stack if kind in bad), None)
         if inside:
             layout, problem = None, inside
         if layout is NCHW:
             patch_grid.append(shape[2:])
+        if layout is not None:
+            last_kind.append(layout.kind)
         layer = _Seen(type(module).__name__, shape, layout, problem, any(output is i for i in inputs))
+        layer.enclosing = next((n for kind, _, n in reversed(stack) if kind == "tokens"), None)
         seen[name] = layer
         if not leaves:
             return None
@@ -282,6 +245,9 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
     finally:
         for h in handles:
             h.remove()
+    for layer in seen.values():
+        if layer.layout is not None and layer.layout.kind == "tokens" and layer.enclosing in widths:
+            layer.inner = layer.shape[-1] not in widths[layer.enclosing]
     return seen
 
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Layout", "NCHW", "grid_problem", "classify", "axis_problem", "MAX_PREFIX_TOKENS"]
+__all__ = ["Layout", "NCHW", "grid_problem", "classify", "axis_problem", "pooled_grid", "MAX_PREFIX_TOKENS"]
 
 MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens come before the patches
+MAX_POOLING = 64  # the largest stride a token model pools its patch grid by
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,14 @@ def classify(
     input_size: tuple[int, int],
     batch: int,
     patch_grid: tuple[int, int] | None,
+    *,
+    pooled: bool = False,
 ) -> tuple[Layout | None, str | None]:
     """The layout of an output of ``shape`` for an input of ``input_size``, or why it has none.
 
     ``patch_grid`` is the ``h x w`` of the last real image map computed before (a ViT's
-    patch embedding): a token sequence covers it after at most ``MAX_PREFIX_TOKENS``.
+    patch embedding): a token sequence covers it after at most ``MAX_PREFIX_TOKENS``, or,
+    with ``pooled`` (tokens that follow tokens), that grid pooled by one stride.
     """
     text = "x".join(map(str, shape[1:]))
     if shape[0] != batch:
@@ -97,14 +101,32 @@ def classify(
             return Layout("NHWC"), None
         return None, problem
     if len(shape) == 3 and patch_grid is not None:
-        prefix = shape[1] - patch_grid[0] * patch_grid[1]
-        if 0 <= prefix <= MAX_PREFIX_TOKENS:
-            return Layout("tokens", prefix, patch_grid), None
+        grid = pooled_grid(int(shape[1]), patch_grid, 1 if not pooled else MAX_POOLING)
+        if grid is not None:
+            return Layout("tokens", shape[1] - grid[0] * grid[1], grid), None
         return None, (
-            f"its {shape[1]} tokens do not cover the {patch_grid[0]}x{patch_grid[1]} patch grid "
-            f"(plus at most {MAX_PREFIX_TOKENS} prefix tokens)"
+            f"its {shape[1]} tokens do not cover the {patch_grid[0]}x{patch_grid[1]} patch grid, "
+            f"nor that grid pooled by one stride along both axes (plus at most {MAX_PREFIX_TOKENS} prefix tokens)"
         )
     return None, f"its output {text} is not an image map"
+
+
+def pooled_grid(tokens: int, patch_grid: tuple[int, int], max_stride: int = MAX_POOLING) -> tuple[int, int] | None:
+    """The grid ``tokens`` cover: the patch grid itself, or the patch grid pooled by one stride.
+
+    Token models that downsample their sequence (MViT's pooled attention, LeViT's
+    subsampling) keep ``ceil(h / s) x ceil(w / s)`` tokens of an ``h x w`` patch grid, after
+    at most ``MAX_PREFIX_TOKENS`` prefix tokens. The smallest stride that accounts for
+    every token is taken; pooled grids of fewer than 4 positions are not considered.
+    """
+    height, width = patch_grid
+    for stride in range(1, max_stride + 1):
+        grid = (-(-height // stride), -(-width // stride))
+        if stride > 1 and grid[0] * grid[1] < 4:
+            break  # a pooled "grid" of 1-3 positions would match any short sequence
+        if 0 <= tokens - grid[0] * grid[1] <= MAX_PREFIX_TOKENS:
+            return grid
+    return None
 
 
 def axis_problem(layout: Layout, shape: tuple[int, ...], taller: tuple[int, ...]) -> tuple[Layout | None, str | None]:

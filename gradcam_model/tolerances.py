@@ -20,6 +20,13 @@ class Tolerance:
     For the maps the float32 error is taken with float64's ReLU masks: a mask element that
     flips between runtimes is no conditioning noise, and ``validate`` explains it by itself
     (see :mod:`gradcam_model.maskflips`) or fails the map.
+
+    Probabilities and scores are softmax of the logits, and softmax moves no entry by more
+    than half the largest change of the logits (``|dp_i| <= 2 p_i (1 - p_i) max|dz| <= max|dz| / 2``).
+    Once the logits pass, the difference they were allowed reaches the probabilities as is:
+    their limit is also at least half the logits' measured max abs difference, however small
+    the probabilities' own float32-vs-float64 measure (mvitv2_tiny: probabilities 1.0e-5
+    with a noise of 4.7e-6, from logits well within theirs).
     """
 
     logits_rtol: float = 1e-4  # max |a - b| / max |b|

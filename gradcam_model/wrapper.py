@@ -13,7 +13,7 @@ from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
 from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
-from .errors import InputError, LayerError, MethodError
+from .errors import InputError, LayerError, MethodError, foreign_errors
 from .layers import list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
 from .models import architecture_name
@@ -103,7 +103,8 @@ class GradCAMModel(nn.Module):
             raise InputError(f"std must be positive, got {std}")
         started = time.perf_counter()
         # building needs autograd even when the caller sits in inference_mode / no_grad
-        with torch.inference_mode(False), eval_state(model), torch.no_grad():
+        building = foreign_errors("building the Grad-CAM graph")
+        with building, torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
             infos = list_layers(model, example_input[:1])
             layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)

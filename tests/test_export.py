@@ -73,9 +73,12 @@ def test_zoo_artifacts_match_reference(arch, which, tmp_path):
         assert [b[0] for b in report.batches] == [1, 5]
         if wrapper.dynamic_spatial:
             assert report.batches[1][2:] != tuple(wrapper.example_size)
-        # every output held to the stated tolerance unless eager float32 is itself that far off
+        # every output held to the stated tolerance unless eager float32 is itself that far off;
+        # probabilities and scores also move by up to half the logits' accepted difference (softmax)
+        logits = report.outputs["logits"]
         for diff in report.outputs.values():
-            assert diff.limit == max(diff.tolerance, 2 * diff.noise)
+            softmax = logits.max_abs / 2 if diff.name in ("probabilities", "score") else 0.0
+            assert diff.limit == max(diff.tolerance, 2 * diff.noise, softmax)
         assert report.class_agreement == 1.0 and report.near_ties <= 1
         assert report.structured_maps >= 0.5, "compared maps are mostly flat"
 

@@ -185,3 +185,17 @@ def test_the_recorded_architecture_is_the_factory_name(resnet18_layer4, timm_mod
     assert architecture_name(timm_models["convnext_atto"]) == "timm:convnext_atto"
     assert architecture_name(torchvision.models.regnet_y_400mf(num_classes=3), 3) == "regnet_y_400mf"
     assert architecture_name(_ChannelsLastNet()) == "_ChannelsLastNet"  # unknown: validate asks for --arch
+
+
+def test_layers_command_marks_a_module_called_twice_refused_with_the_reason(capsys):
+    from gradcam_model.cli import main
+
+    code = main(["layers", "--arch", "resnet18", "--num-classes", "3", "--input-size", "64", "64"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    row = next(line for line in out.splitlines() if line[2:].split()[0] == "layer4.1.relu")
+    assert row[2:].split()[3] == "2"  # calls
+    assert "refused: it ran 2 times in one forward pass" in row
+    # what export says when asked for it anyway
+    with pytest.raises(LayerError, match=r"layer 'layer4.1.relu' cannot be explained: it ran 2 times"):
+        GradCAMModel(zoo_model("resnet18"), "layer4.1.relu", example_input=torch.randn(1, 3, 64, 64))

@@ -27,7 +27,7 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def _layer_note(info) -> str:
     if info.problem:
-        return "refused"
+        return f"refused: {info.problem}"
     if info.passthrough:
         return "returns its input"
     if info.layout.kind != "NCHW":
@@ -56,32 +56,9 @@ def run(args: argparse.Namespace) -> int:
             f"{mark} {info.name:<{width}}{info.type:<{type_width}}{_shape_text((0, *info.map_shape)):<18}"
             f"{info.calls:>5}  {'yes' if info.influences_logits else 'no':<14}  {_layer_note(info)}".rstrip()
         )
-    if any(info.problem for info in infos):
-        print("layers marked 'refused' cannot be explained; `gradcam export --target-layer NAME` says why")
     auto = next((i.name for i in infos if i.auto), None)
     if auto:
         print(f"* auto: --target-layer auto picks {auto!r} (the last map of the image on the path to the logits)")
-    else:
-        print("no automatic choice at this input size; pass --target-layer NAME")
-    return 0
-    width = max(len("name"), *(len(i.name) for i in infos)) + 2
-    type_width = max(len("type"), *(len(i.type) for i in infos)) + 2
-    print(f"  {'name':<{width}}{'type':<{type_width}}{'output (C x h x w)':<20}{'calls':>5}  reaches logits  note")
-    for info in infos:
-        mark = "*" if info.auto else " "
-        note = "NOT a [C, h, w] map: refused" if info.grid else "returns its input" if info.passthrough else ""
-        print(
-            f"{mark} {info.name:<{width}}{info.type:<{type_width}}{_shape_text(info.output_shape):<20}"
-            f"{info.calls:>5}  {'yes' if info.influences_logits else 'no':<14}  {note}".rstrip()
-        )
-    if any(info.grid for info in infos):
-        print(
-            "layers marked NOT a [C, h, w] map are channels-last or token tensors (transformers): "
-            "they cannot be explained yet"
-        )
-    auto = next((i.name for i in infos if i.auto), None)
-    if auto:
-        print(f"* auto: --target-layer auto picks {auto!r} (the last spatial map on the path to the logits)")
     else:
         print("no automatic choice at this input size; pass --target-layer NAME")
     return 0

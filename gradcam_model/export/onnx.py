@@ -13,7 +13,7 @@ import torch
 
 from .._atomic import check_target, write_bytes_atomic
 from ..contract import INPUT_NAMES, OUTPUT_NAMES
-from ..errors import ExportError
+from ..errors import ExportError, first_line, foreign_errors
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
 from .onnx_backward import simplify_backward
@@ -82,6 +82,7 @@ def quiet():
         yield
 
 
+@foreign_errors("the ONNX export", ExportError)
 def export_onnx(
     wrapper: GradCAMModel, path: str | os.PathLike, *, opset: int | None = None, overwrite: bool = False
 ) -> Path:
@@ -118,7 +119,7 @@ def export_onnx(
         proto = program.model_proto
     except Exception as exc:
         raise ExportError(
-            f"torch.onnx.export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {exc}"
+            f"torch.onnx.export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {first_line(exc)}"
         ) from exc
     _name_dynamic_axes(proto, input_names)
     share_transposed_weights(proto)  # one copy of each Linear weight the gradient also uses

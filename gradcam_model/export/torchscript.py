@@ -13,7 +13,7 @@ import torch
 from torch import fx
 
 from .._atomic import check_target, write_bytes_atomic
-from ..errors import ExportError
+from ..errors import ExportError, first_line, foreign_errors
 from ..wrapper import GradCAMModel
 from .metadata import METADATA_KEY, metadata_for
 
@@ -54,6 +54,7 @@ def scriptable(graph_module: fx.GraphModule) -> fx.GraphModule:
     return fx.GraphModule(graph_module, graph, class_name="GradCAMArtifact")
 
 
+@foreign_errors("the TorchScript export", ExportError)
 def export_torchscript(wrapper: GradCAMModel, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Write ``wrapper`` as a TorchScript artifact at ``path`` and return the path.
 
@@ -74,7 +75,7 @@ def export_torchscript(wrapper: GradCAMModel, path: str | os.PathLike, *, overwr
             torch.jit.save(module, buffer, _extra_files={METADATA_KEY: meta.to_json()})
     except Exception as exc:
         raise ExportError(
-            f"TorchScript export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {exc}"
+            f"TorchScript export failed for {wrapper.architecture} at {wrapper.target_layer!r}: {first_line(exc)}"
         ) from exc
     write_bytes_atomic(target, buffer.getvalue(), overwrite=overwrite)
     log.info("wrote %s (%.1f MB)", target, target.stat().st_size / 1e6)

@@ -1,0 +1,255 @@
+"""Coverage sweep: every timm family's smallest model through build, pytorch-grad-cam, export and validate.
+
+Not part of CI (it takes most of an hour on 2 cores). Each family runs in its own
+process with a time limit; results go to a JSON-lines file (rerunnable: families
+already there are skipped unless named with ``--families``) and the table to
+docs/architectures.md.
+
+    python scripts/timm_sweep.py                       # every family
+    python scripts/timm_sweep.py --families levit,coat  # rerun some, keep the others' rows
+    python scripts/timm_sweep.py --table-only           # rewrite the table from the results file
+
+Per family: the model with the fewest parameters (counted on the meta device), random
+weights with calibrated BatchNorm (:func:`gradcam_model.calibration.calibrate`), 5 classes,
+the smallest square input it accepts (tried from 32 px up to its default size).
+``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer, with a
+``reshape_transform`` derived from the layer's output shape alone, on two other images
+(max |difference| of the normalized maps); ONNX export; ``validate``.
+Verdicts: OK; refused (one of our errors, at build time); FAIL (any other exception, a
+validate failure, or maps that differ from pytorch-grad-cam by more than 1e-3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 240, 256, 288, 384)
+PGC_LIMIT = 1e-3
+
+
+def smallest_model(family: str) -> str:
+    """The model of ``family`` with the fewest parameters (built on the meta device, no weights)."""
+    import timm
+    import torch
+
+    best = None
+    for name in timm.list_models(module=family):
+        try:
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False, num_classes=5)
+        except Exception:  # noqa: BLE001 - a variant that cannot be built is no candidate
+            continue
+        count = sum(p.numel() for p in model.parameters())
+        if best is None or count < best[0]:
+            best = (count, name)
+    if best is None:
+        raise RuntimeError(f"no model of family {family!r} builds with num_classes=5")
+    return best[1]
+
+
+def smallest_size(model, default: int) -> int:
+    import torch
+
+    for size in [s for s in SIZES if s < default] + [default]:
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, 3, size, size))
+        except Exception:  # noqa: BLE001 - too small for this model: try the next size
+            continue
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            return size
+    return default
+
+
+def oracle_reshape(info):
+    """pytorch-grad-cam's reshape_transform for the layer, from its output shape and map grid only."""
+    channels, height, width = info.map_shape
+    shape = info.output_shape
+    if len(shape) == 3:
+        prefix = shape[1] - height * width
+
+        def tokens(t):
+            return t[:, prefix:, :].reshape(t.size(0), height, width, t.size(2)).permute(0, 3, 1, 2)
+
+        return tokens
+    if shape[1] != channels:  # channels-last [N, h, w, C]
+
+        def last(t):
+            return t.permute(0, 3, 1, 2)
+
+        return last
+    return None
+
+
+def run_one(family: str) -> dict:
+    """Everything for one family, as a JSON-able record."""
+    import timm
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from gradcam_model import GradCAMModel, export_onnx, validate
+    from gradcam_model.calibration import calibrate
+    from gradcam_model.errors import GradCAMError
+    from gradcam_model.layers import list_layers
+
+    record: dict = {"family": family, "stage": "model"}
+    started = time.perf_counter()
+    try:
+        name = record["model"] = smallest_model(family)
+        torch.manual_seed(0)
+        model = timm.create_model(name, pretrained=False, num_classes=5).eval()
+        default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        size = record["input"] = smallest_size(model, default)
+        calibrate(model, size)
+        gen = torch.Generator().manual_seed(1)
+        record["stage"] = "build"
+        wrapper = GradCAMModel(model, "auto", example_input=torch.randn(2, 3, size, size, generator=gen))
+        record["layer"] = wrapper.target_layer
+        record["stage"] = "pytorch-grad-cam"
+        info = next(i for i in list_layers(model, torch.zeros(1, 3, size, size)) if i.name == wrapper.target_layer)
+        images = torch.randn(2, 3, size, size, generator=gen)
+        with torch.no_grad():
+            ours = wrapper(images)
+        classes = ours[2][:, 0].tolist()
+        layer = dict(model.named_modules())[wrapper.target_layer]
+        with GradCAM(model, [layer], reshape_transform=oracle_reshape(info)) as cam:
+            theirs = cam(images, targets=[ClassifierOutputTarget(c) for c in classes])
+        record["pgc_max_diff"] = float((ours[4][:, 0] - torch.from_numpy(theirs)).abs().max())
+        record["stage"] = "export"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_onnx(wrapper, Path(tmp) / "model.onnx")
+            record["stage"] = "validate"
+            report = validate(path, model)
+        record["ort_max_diff"] = float(report.outputs["cam"].max_abs)
+        record["validate"] = "ok" if report.ok else "; ".join(report.failures())
+        wrong = record["pgc_max_diff"] > PGC_LIMIT
+        record["verdict"] = "OK" if report.ok and not wrong else "FAIL"
+        if wrong:
+            record["reason"] = f"maps differ from pytorch-grad-cam by {record['pgc_max_diff']:.2g}"
+        elif not report.ok:
+            record["reason"] = f"validate: {record['validate']}"
+    except GradCAMError as exc:
+        record["verdict"] = "refused" if record["stage"] == "build" else "FAIL"
+        record["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    except Exception as exc:  # noqa: BLE001 - the sweep records every failure and goes on
+        record["verdict"] = "FAIL"
+        record["reason"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+    record["seconds"] = round(time.perf_counter() - started, 1)
+    return record
+
+
+def load(path: Path) -> dict[str, dict]:
+    rows: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows[row["family"]] = row
+    return rows
+
+
+def _cell(value, fmt: str = "{}") -> str:
+    if value is None:
+        return ""
+    return fmt.format(value).replace("|", "\\|")
+
+
+def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
+    import timm
+    import torch
+
+    counts: dict[str, int] = {}
+    for row in rows.values():
+        counts[row["verdict"]] = counts.get(row["verdict"], 0) + 1
+    summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    lines = [
+        "# Architectures: every timm family, smallest model",
+        "",
+        f"Generated by `python scripts/timm_sweep.py` ({elapsed}; timm {timm.__version__}, torch "
+        f"{torch.__version__}, {platform.machine()}, {os.cpu_count()} CPU cores shared with other work). "
+        "Not part of CI: rerun it after changes to the capture or the layer choice.",
+        "",
+        f"**{len(rows)} families: {summary}.**"
+        + (
+            f" {len(rows)} of timm's {len(timm.list_modules())} families were run so far; rerun the command "
+            "to go on (families already in docs/architectures.jsonl are skipped)."
+            if len(rows) < len(timm.list_modules())
+            else ""
+        ),
+        "",
+        "Each family's model with the fewest parameters, random weights with calibrated BatchNorm, "
+        '5 classes, the smallest square input it accepts; `target_layer="auto"`. *pgc*: max |difference| '
+        "between our eager map and pytorch-grad-cam's GradCAM at the same layer (its `reshape_transform` "
+        "derived from the layer's output shape). *ORT*: max |difference| of the maps between the ONNX "
+        "artifact under ONNX Runtime and the eager reference (`validate`). *refused*: one of our errors "
+        "at build time, with its reason; *FAIL*: anything else that went wrong.",
+        "",
+        "| family | model | input | layer chosen | verdict | pgc | ORT | time (s) | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for family in sorted(rows):
+        r = rows[family]
+        lines.append(
+            f"| {family} | {_cell(r.get('model'))} | {_cell(r.get('input'))} | {_cell(r.get('layer'))} | "
+            f"{r['verdict']} | {_cell(r.get('pgc_max_diff'), '{:.1e}')} | {_cell(r.get('ort_max_diff'), '{:.1e}')} | "
+            f"{_cell(r.get('seconds'))} | {_cell(r.get('reason'))} |"
+        )
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", help="comma-separated timm modules (default: every one not yet done)")
+    parser.add_argument("--results", type=Path, default=ROOT / "docs" / "architectures.jsonl")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "architectures.md")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds per family")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one family, JSON on stdout
+    args = parser.parse_args(argv)
+    if args.one:
+        print(json.dumps(run_one(args.one)))
+        return 0
+    import timm
+
+    rows = load(args.results)
+    started = time.time()
+    if not args.table_only:
+        wanted = args.families.split(",") if args.families else [f for f in timm.list_modules() if f not in rows]
+        for family in wanted:
+            t0 = time.perf_counter()
+            try:
+                done = subprocess.run(
+                    [sys.executable, __file__, "--one", family],
+                    capture_output=True,
+                    text=True,
+                    timeout=args.timeout,
+                )
+                last = (done.stdout.strip().splitlines() or [""])[-1]
+                row = json.loads(last) if last.startswith("{") else None
+                if row is None:
+                    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+                    row = {"family": family, "verdict": "FAIL", "reason": f"process exited {done.returncode}: {tail}"}
+            except subprocess.TimeoutExpired:
+                row = {"family": family, "verdict": "timeout", "reason": f"over {args.timeout} s"}
+            row.setdefault("seconds", round(time.perf_counter() - t0, 1))
+            rows[family] = row
+            with args.results.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{family}: {row['verdict']} {row.get('layer', '')} {row.get('reason', '')}", flush=True)
+            write_table(rows, args.out, f"last run {time.strftime('%Y-%m-%d', time.gmtime(started))}")
+    write_table(rows, args.out, f"last run {time.strftime('%Y-%m-%d', time.gmtime(started))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
