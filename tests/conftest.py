@@ -98,3 +98,43 @@ def artifacts(tmp_path_factory, resnet18):
         "static.pt": export_torchscript(static, out / "static.pt"),
     }
     return {"dir": out, "wrappers": {"dynamic": dynamic, "static": static}, **paths}
+
+
+@pytest.fixture(scope="session")
+def static(artifacts):
+    """The layer2 artifact's ONNX explainer (stride 8, Grad-CAM top-1, static 64x64)."""
+    from gradcam_model.runtime import load_explainer
+
+    return load_explainer(artifacts["static.onnx"])
+
+
+@pytest.fixture(scope="session")
+def dynamic(artifacts):
+    """The layer4 artifact's ONNX explainer (stride 32, a class input, dynamic H, W)."""
+    from gradcam_model.runtime import load_explainer
+
+    return load_explainer(artifacts["dynamic.onnx"])
+
+
+def smooth_images(count: int, seed: int):
+    """``count`` smooth random images ``[count, 3, 64, 64]`` (blurred noise: maps with structure)."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    smooth = cv2.GaussianBlur(rng.standard_normal((64, 64, 3 * count)).astype(np.float32), (9, 9), 3) * 4
+    return np.ascontiguousarray(smooth.reshape(64, 64, count, 3).transpose(2, 3, 0, 1))
+
+
+@pytest.fixture(scope="session")
+def picture_dir(tmp_path_factory):
+    """Three PNG pictures a, b, c of 80x100 (H x W), not the input size: boxes must be rescaled."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(5)
+    for name in ("a", "b", "c"):
+        picture = cv2.GaussianBlur(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), (7, 7), 2)
+        cv2.imwrite(str(folder / f"{name}.png"), picture)
+    return folder

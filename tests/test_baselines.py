@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_images
 
 from gradcam_model.errors import InputError
-from gradcam_model.runtime import Explainer, evaluate, load_explainer
+from gradcam_model.runtime import Explainer, evaluate
 from gradcam_model.runtime.baselines import baseline_maps, check_baselines, feature_grid, margins
 
 BETTER = {"deletion": "lower", "insertion": "higher"}
 
 
 @pytest.fixture(scope="module")
-def static(artifacts):
-    """resnet18 layer2 (stride 8), Grad-CAM top-1, 64x64."""
-    return load_explainer(artifacts["static.onnx"])
-
-
-@pytest.fixture(scope="module")
-def dynamic(artifacts):
-    """resnet18 layer4 (stride 32) with a class input."""
-    return load_explainer(artifacts["dynamic.onnx"])
-
-
-@pytest.fixture(scope="module")
 def images():
-    rng = np.random.default_rng(3)
-    smooth = cv2.GaussianBlur(rng.standard_normal((64, 64, 15)).astype(np.float32), (9, 9), 3) * 4
-    return np.ascontiguousarray(smooth.reshape(64, 64, 5, 3).transpose(2, 3, 0, 1))  # [5, 3, 64, 64]
+    return smooth_images(5, seed=3)
 
 
 def test_the_grid_is_found_from_the_artifact_maps(static, dynamic, images):

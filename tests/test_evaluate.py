@@ -8,34 +8,21 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_images
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from gradcam_model.cli import main
 from gradcam_model.errors import ArtifactError, InputError
-from gradcam_model.runtime import Explainer, collect_images, evaluate, load_explainer
+from gradcam_model.runtime import Explainer, collect_images, evaluate
 from gradcam_model.runtime.boxes import read_boxes
 
 STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def static(artifacts):
-    """resnet18 layer2, Grad-CAM top-1, 64x64 (tests/conftest.py)."""
-    return load_explainer(artifacts["static.onnx"])
-
-
-@pytest.fixture(scope="module")
-def dynamic(artifacts):
-    """resnet18 layer4 with a class input."""
-    return load_explainer(artifacts["dynamic.onnx"])
-
-
-@pytest.fixture(scope="module")
 def images():
-    rng = np.random.default_rng(3)
-    smooth = cv2.GaussianBlur(rng.standard_normal((64, 64, 9)).astype(np.float32), (9, 9), 3) * 4
-    return np.ascontiguousarray(smooth.reshape(64, 64, 3, 3).transpose(2, 3, 0, 1))  # [3, 3, 64, 64]
+    return smooth_images(3, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -216,17 +203,6 @@ def test_an_artifact_without_probabilities_is_refused(static, images, tmp_path):
         evaluate(path, np.zeros((1, 3, 8, 8), np.float32))
     with pytest.raises(ArtifactError, match="returns no class probabilities"):
         evaluate(_Patched(static, probabilities=None), images[:1], steps=2)
-
-
-@pytest.fixture(scope="module")
-def picture_dir(tmp_path_factory):
-    """Three pictures, 80x100 (H x W), not the input size: boxes must be rescaled."""
-    folder = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(5)
-    for name in ("a", "b", "c"):
-        picture = cv2.GaussianBlur(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), (7, 7), 2)
-        cv2.imwrite(str(folder / f"{name}.png"), picture)
-    return folder
 
 
 def test_box_csv_rows_are_mapped_to_the_input_size(picture_dir, tmp_path):

@@ -11,17 +11,6 @@ import pytest
 from gradcam_model.cli import main
 
 
-@pytest.fixture(scope="module")
-def picture_dir(tmp_path_factory):
-    """Three pictures, 80x100 (H x W), not the input size."""
-    folder = tmp_path_factory.mktemp("pictures")
-    rng = np.random.default_rng(5)
-    for name in ("a", "b", "c"):
-        picture = cv2.GaussianBlur(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), (7, 7), 2)
-        cv2.imwrite(str(folder / f"{name}.png"), picture)
-    return folder
-
-
 def test_the_cli_scores_baselines_and_explains_how_to_read_them(artifacts, picture_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["evaluate", str(artifacts["static.onnx"]), str(picture_dir), "--out", str(out), "--steps", "3"]

@@ -8,27 +8,20 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import smooth_images
 from pytorch_grad_cam.metrics import road as upstream
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from gradcam_model.errors import InputError
-from gradcam_model.runtime import evaluate, load_explainer
+from gradcam_model.runtime import evaluate
 from gradcam_model.runtime.road import check_percentiles, impute, road_mask
 
 PERCENTILES = (20, 50, 80)
 
 
 @pytest.fixture(scope="module")
-def static(artifacts):
-    """resnet18 layer2, Grad-CAM top-1, 64x64 (tests/conftest.py)."""
-    return load_explainer(artifacts["static.onnx"])
-
-
-@pytest.fixture(scope="module")
 def images():
-    rng = np.random.default_rng(11)
-    smooth = cv2.GaussianBlur(rng.standard_normal((64, 64, 12)).astype(np.float32), (9, 9), 3) * 4
-    return np.ascontiguousarray(smooth.reshape(64, 64, 4, 3).transpose(2, 3, 0, 1))  # [4, 3, 64, 64]
+    return smooth_images(4, seed=11)
 
 
 @pytest.fixture
