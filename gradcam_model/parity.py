@@ -15,7 +15,7 @@ from torch import nn
 
 from ._trace_state import copy_model
 from .contract import OUTPUT_NAMES
-from .errors import ParityError, foreign_errors
+from .errors import InputError, ParityError, foreign_errors
 from .gates import Chosen, disagreements, traced
 from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish
 from .runtime.explainer import Explainer, load_explainer
@@ -305,7 +305,7 @@ def _common_graph(explainers: Sequence[Explainer]):
     for other in explainers[1:]:
         differ = [f for f in _REFERENCE_FIELDS if getattr(other.metadata, f) != getattr(first, f)]
         if differ:
-            raise ValueError(
+            raise InputError(
                 f"{other.path} and {explainers[0].path} differ in {', '.join(differ)}: validate them separately"
             )
     return first

@@ -470,7 +470,6 @@ def _unbatched(args: tuple) -> tuple:
 
 def _decline_cases() -> dict:
     conv = _conv_args(ConvCase(2, 2, 3, 1, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1)), 0)
-    conv_1d = (_randn((2, 3, 3), 2), _randn((2, 2, 5), 0), _randn((3, 2, 3), 1), None, [1], [1], [1], False, [0], 1)
     conv_3d = (_randn((1, 3, 2, 2, 2), 2), _randn((1, 2, 4, 4, 4), 0), _randn((3, 2, 3, 3, 3), 1), None)
     pool = PoolCase(1, 2, (6, 6), (2, 2), None, (0, 0), False)
     return {
@@ -478,7 +477,7 @@ def _decline_cases() -> dict:
         "conv-weight-grad": (decompositions.convolution_backward, (*conv[:-1], [True, True, False])),
         "conv-bias-grad": (decompositions.convolution_backward, (*conv[:-1], [True, False, True])),
         "conv-transposed": (decompositions.convolution_backward, (*conv[:7], True, *conv[8:])),
-        "conv1d": (decompositions.convolution_backward, (*conv_1d, [True, False, False])),
+        # conv1d is decomposed (CoaT's relative position encoding): tests/test_timm_families.py checks it
         "conv3d": (decompositions.convolution_backward, (*conv_3d, *([[1] * 3] * 3), False, [0] * 3, 1, conv[-1])),
         "max-pool-unbatched": (decompositions.max_pool2d_with_indices_backward, _unbatched(_max_pool_args(pool, 0))),
         "avg-pool-unbatched": (

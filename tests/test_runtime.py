@@ -213,7 +213,7 @@ def test_validate_each_shares_the_references(artifacts, resnet18, kind, monkeypa
 def test_validate_each_refuses_artifacts_of_different_graphs(artifacts, resnet18):
     from gradcam_model.parity import validate_each
 
-    with pytest.raises(ValueError, match="differ in target_layer, .*validate them separately"):
+    with pytest.raises(InputError, match="differ in target_layer, .*validate them separately"):
         validate_each([artifacts["static.onnx"], artifacts["dynamic.pt"]], resnet18)
 
 
