@@ -138,3 +138,14 @@ def picture_dir(tmp_path_factory):
         picture = cv2.GaussianBlur(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), (7, 7), 2)
         cv2.imwrite(str(folder / f"{name}.png"), picture)
     return folder
+
+
+class ArtifactLogits(torch.nn.Module):
+    """An artifact's logits as a torch module, so that pytorch-grad-cam scores the very same model."""
+
+    def __init__(self, explainer):
+        super().__init__()
+        self.explainer = explainer
+
+    def forward(self, x):
+        return torch.from_numpy(self.explainer(x.numpy()).logits)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_images
+from conftest import ArtifactLogits, smooth_images
 from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
@@ -53,17 +53,6 @@ def rise(explainer, image, cam, cls, steps, baseline, mode, class_index=None):
     return np.array(curve), auc
 
 
-class _Artifact(torch.nn.Module):
-    """The artifact's logits as a torch module, so that pytorch-grad-cam scores the very same model."""
-
-    def __init__(self, explainer):
-        super().__init__()
-        self.explainer = explainer
-
-    def forward(self, x):
-        return torch.from_numpy(self.explainer(x.numpy()).logits)
-
-
 class _Patched(Explainer):
     """An explainer whose outputs are changed after the artifact ran: all-zero maps, or no probabilities."""
 
@@ -84,7 +73,7 @@ def test_average_drop_and_increase_match_pytorch_grad_cam(static, images, scored
     result = static(images)
     cams, classes = result.cam[:, 0], result.class_index[:, 0]
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
-    x, model = torch.from_numpy(images), _Artifact(static)
+    x, model = torch.from_numpy(images), ArtifactLogits(static)
     y = torch.softmax(torch.from_numpy(result.logits).double(), dim=1)[torch.arange(len(classes)), classes].numpy()
     drop = DropInConfidence()(x, cams, targets, model)  # max(0, Y - O), absolute
     increase = IncreaseInConfidence()(x, cams, targets, model)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_images
+from conftest import ArtifactLogits, smooth_images
 from pytorch_grad_cam.metrics import road as upstream
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
@@ -83,7 +83,7 @@ def test_road_scores_equal_pytorch_grad_cam(static, images, noiseless):
     result = static(images)
     cams, classes = result.cam[:, 0], result.class_index[:, 0]
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
-    model = _Artifact(static)
+    model = ArtifactLogits(static)
     x = torch.from_numpy(images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a flat mask makes scipy warn about a singular matrix
@@ -98,17 +98,6 @@ def test_road_scores_equal_pytorch_grad_cam(static, images, noiseless):
     assert np.isnan(evaluation.scores["road_morf"][~defined]).all()  # upstream: an all-zero image, silently
     assert evaluation.curves["road_morf"].shape == (len(images), len(PERCENTILES))
     assert np.ptp(evaluation.scores["road_lerf"]) > 1e-3  # the images differ
-
-
-class _Artifact(torch.nn.Module):
-    """The artifact's logits as a torch module, so that pytorch-grad-cam scores the very same model."""
-
-    def __init__(self, explainer):
-        super().__init__()
-        self.explainer = explainer
-
-    def forward(self, x):
-        return torch.from_numpy(self.explainer(x.numpy()).logits)
 
 
 @pytest.mark.parametrize(
