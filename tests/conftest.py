@@ -149,3 +149,50 @@ class ArtifactLogits(torch.nn.Module):
 
     def forward(self, x):
         return torch.from_numpy(self.explainer(x.numpy()).logits)
+
+
+ODD_PICTURES = ("deep.png", "grey.png", "photo.jpg", "rgba.png", "tall.png", "tiny.png", "wide.png")  # sorted
+
+
+@pytest.fixture(scope="session")
+def odd_picture_dir(tmp_path_factory):
+    """Pictures every path must preprocess alike: odd sizes and aspect ratios, grey, RGBA, 16-bit, a JPEG."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("odd-pictures")
+    rng = np.random.default_rng(11)
+    smooth = cv2.resize(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), (300, 300), interpolation=cv2.INTER_CUBIC)
+    alpha = np.linspace(0, 255, 300 * 200).reshape(300, 200, 1).astype(np.uint8)
+    pictures = {
+        "tall.png": cv2.resize(smooth, (40, 400)),  # 10:1
+        "wide.png": cv2.resize(smooth, (400, 40)),
+        "tiny.png": smooth[:7, :5],
+        "grey.png": cv2.cvtColor(smooth, cv2.COLOR_BGR2GRAY)[:150],
+        "rgba.png": np.concatenate([smooth[:, :200], alpha], axis=2),
+        "deep.png": np.clip(cv2.resize(smooth, (120, 90)).astype(np.int32) * 257 - rng.integers(0, 257, (90, 120, 3)),
+                            0, 65535).astype(np.uint16),  # low bits that a 16-to-8-bit reading must round
+        "photo.jpg": cv2.resize(smooth, (333, 250)),
+    }  # fmt: skip
+    for name, picture in pictures.items():
+        cv2.imwrite(str(folder / name), np.ascontiguousarray(picture))
+    assert sorted(p.name for p in folder.iterdir()) == list(ODD_PICTURES)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def crop_artifact(tmp_path_factory):
+    """A tiny ONNX artifact (32x32, 3 classes) that resizes the shorter side, crops the centre half, bicubic."""
+    import gradcam_model as gc
+    from gradcam_model.contract import Preprocessing
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    ).eval()  # fmt: skip
+    prep = Preprocessing(resize="shorter", crop_pct=0.5, interpolation="bicubic")
+    wrapper = GradCAMModel(model, "1", example_input=torch.randn(1, 3, 32, 32), preprocess=prep)
+    path = tmp_path_factory.mktemp("crop-artifact") / "crop.onnx"
+    gc.export_onnx(wrapper, path)
+    return path

@@ -113,6 +113,10 @@ def run(spec: dict) -> dict:
         dataset = ray.data.read_binary_files(files, include_paths=True)
         summary = explain_dataset(artifact, dataset, work / "dataset", workers=1, **common)
         results["dataset"] = _summary(summary)
+        # a cropping artifact on odd pictures (tall, wide, tiny, grey, RGBA, 16-bit)
+        summary = explain_dataset(spec["crop_artifact"], [spec["odd_pictures"]], work / "odd", workers=2,
+                                  save_maps=True, **common)  # fmt: skip
+        results["odd"] = _summary(summary)
         results["listeners_end"] = _listeners()
     results["ray_initialized_after"] = ray.is_initialized()
     # `gradcam bench --ray`, smallest run: its own cluster, started after the one above is down

@@ -6,8 +6,10 @@ Oracles: Pillow's ``resize``, timm's ``create_transform`` and torchvision's weig
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -305,3 +307,24 @@ def test_a_stretch_that_squashes_pictures_is_named_once(tmp_path, caplog):
         "2 picture(s) have an aspect ratio more than 2x from the model's 32x32 input: the artifact records a stretch, "
         "so they were squashed (export with --resize shorter to keep the aspect ratio and crop)"
     ]
+
+
+def test_the_local_engine_reads_odd_pictures_as_preprocess_does(tmp_path, odd_picture_dir, crop_artifact):
+    """Maps and regions of explain_files equal the explainer's on runtime.preprocess of each picture."""
+    explainer = load_explainer(crop_artifact, providers=["CPUExecutionProvider"])
+    meta = explainer.metadata
+    paths = sorted(odd_picture_dir.iterdir())
+    summary = explain_files(explainer, paths, tmp_path / "out", save_maps=True)
+    assert summary.explained == len(paths)
+    rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
+    for path in paths:
+        rgb = load_image(path)
+        expected = explainer(preprocess(rgb, meta)[None])
+        maps = np.load(tmp_path / "out" / "maps" / f"{path.stem}.npy")
+        np.testing.assert_array_equal(maps, expected.cam[0], err_msg=path.name)
+        region = explained_region(rgb.shape, meta)
+        got = tuple(float(rows[path.name][k]) for k in ("region_x", "region_y", "region_w", "region_h"))
+        assert got == pytest.approx(region, abs=0.005), path.name
+        h, w = rgb.shape[:2]
+        side = min(h, w) / 2  # crop_pct 0.5 of the shorter side, centred
+        assert region == pytest.approx(((w - side) / 2, (h - side) / 2, side, side), abs=max(h, w) / 64), path.name

@@ -62,12 +62,13 @@ def _namespace_command(spec: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ray_run(artifacts, tmp_path_factory):
+def ray_run(artifacts, tmp_path_factory, crop_artifact, odd_picture_dir):
     work = tmp_path_factory.mktemp("ray")
     _images(work / "in")
     artifact = str(artifacts["static.onnx"])
     spec = {"artifact": artifact, "inputs": [str(work / "in")], "work": str(work), "batch_size": BATCH,
-            "crash_marker": str(work / "crash.marker"), "results": str(work / "results.json")}  # fmt: skip
+            "crash_marker": str(work / "crash.marker"), "results": str(work / "results.json"),
+            "crop_artifact": str(crop_artifact), "odd_pictures": str(odd_picture_dir)}  # fmt: skip
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(_namespace_command(work / "spec.json"), env=env, capture_output=True, text=True,
@@ -290,3 +291,29 @@ def test_user_errors_exit_2_before_any_cluster_starts(artifacts, tmp_path, capsy
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_cropping_artifact_on_odd_pictures_equals_the_local_engine(ray_run, crop_artifact, odd_picture_dir):
+    """Same rows (the explained region included) and maps as explain_files, which equals runtime.preprocess."""
+    work = ray_run["work"]
+    assert ray_run["results"]["odd"]["failures"] == 0
+    explain_files(crop_artifact, [odd_picture_dir], work / "odd-local", batch_size=BATCH, progress=False,
+                  save_maps=True)  # fmt: skip
+    ray_rows = _relative(_rows(work / "odd"), work / "odd")
+    assert ray_rows == _relative(_rows(work / "odd-local"), work / "odd-local")
+    assert len(ray_rows) == len(list(odd_picture_dir.iterdir()))
+    for r in ray_rows:  # square centre crops (up to the resize's rounding of the longer side), never the whole
+        assert float(r["region_w"]) == pytest.approx(float(r["region_h"]), rel=0.02), r["path"]
+    explainer = load_explainer(crop_artifact)
+    for path in sorted(odd_picture_dir.iterdir()):
+        expected = explainer(preprocess(load_image(path), explainer.metadata)[None]).cam[0]
+        np.testing.assert_allclose(
+            np.load(work / "odd" / "maps" / odd_picture_dir.name / f"{path.stem}.npy"), expected, rtol=0, atol=1e-6
+        )
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(work / "odd" / "predictions.parquet").to_pylist()
+    for t, r in zip(table, ray_rows, strict=True):
+        assert [t[k] for k in ("region_x", "region_y", "region_w", "region_h")] == pytest.approx(
+            [float(r[k]) for k in ("region_x", "region_y", "region_w", "region_h")], abs=0.005
+        )

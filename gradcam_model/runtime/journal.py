@@ -34,7 +34,7 @@ import numpy as np
 
 from .._atomic import write_bytes_atomic
 from ..errors import InputError, OutputExistsError
-from .outputs import CSV_FIELDS, Prediction
+from .outputs import CSV_FIELDS, REGION_FIELDS, Prediction
 
 __all__ = [
     "FINISHED_FILES",
@@ -80,6 +80,7 @@ def _prediction(row: dict[str, str]) -> Prediction:
         explained_index=indices,
         explained_label=labels,
         explained_score=tuple(float(s) for s in row["explained_score"].split(";")),
+        region=tuple(float(row[k]) for k in REGION_FIELDS),  # type: ignore[arg-type]
         overlays=tuple(Path(p) for p in row["overlay"].split(";") if p),
     )
 

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import write_bytes_atomic
+from .images import explained_region
 from .visualize import caption, grid, save_png
 
 __all__ = [
     "CSV_FIELDS",
     "GRID_LIMIT",
+    "REGION_FIELDS",
     "ExplainSummary",
     "Prediction",
     "overlay_name",
@@ -34,8 +36,10 @@ __all__ = [
 # predictions.csv, in this order (the C++ runner writes the same columns)
 CSV_FIELDS = (
     "path", "true_label", "predicted_index", "predicted_label", "probability",
-    "explained_index", "explained_label", "explained_score", "overlay", "error",
+    "explained_index", "explained_label", "explained_score",
+    "region_x", "region_y", "region_w", "region_h", "overlay", "error",
 )  # fmt: skip
+REGION_FIELDS = CSV_FIELDS[8:12]  # the explained region (x, y, w, h) in the picture's pixels (explained_region)
 GRID_LIMIT = 64  # tiles in grid.png; predictions.csv and the overlays cover every image
 
 
@@ -51,6 +55,7 @@ class Prediction:
     explained_index: tuple[int, ...] = ()
     explained_label: tuple[str, ...] = ()
     explained_score: tuple[float, ...] = ()
+    region: tuple[float, float, float, float] | None = None  # what the maps cover, in the picture's pixels
     overlays: tuple[Path, ...] = ()
     error: str = ""
 
@@ -68,6 +73,7 @@ class Prediction:
             "explained_index": ";".join(map(str, self.explained_index)),
             "explained_label": ";".join(self.explained_label),
             "explained_score": ";".join(f"{s:.6f}" for s in self.explained_score),
+            **{k: "" if self.region is None else f"{v:.2f}" for k, v in zip(REGION_FIELDS, self.region or (0,) * 4)},
             "overlay": ";".join(str(p) for p in self.overlays),
             "error": "",
         }
@@ -105,8 +111,11 @@ def overlay_name(key: str, k: int, ext: str) -> str:
     return f"{key}.{ext}" if k == 0 else f"{key}-top{k + 1}.{ext}"
 
 
-def prediction_of(path: Path, true_label: str | None, result, j: int, meta) -> Prediction:
-    """The row of sample ``j`` of an :class:`~gradcam_model.runtime.Explanation` (overlays not yet written)."""
+def prediction_of(path: Path, true_label: str | None, result, j: int, meta, picture: tuple[int, ...]) -> Prediction:
+    """The row of sample ``j`` of an :class:`~gradcam_model.runtime.Explanation` (overlays not yet written).
+
+    ``picture`` is the shape of the decoded picture, for the region the maps cover.
+    """
     top = int(result.probabilities[j].argmax())
     explained = tuple(int(c) for c in result.class_index[j])
     return Prediction(
@@ -118,6 +127,7 @@ def prediction_of(path: Path, true_label: str | None, result, j: int, meta) -> P
         explained_index=explained,
         explained_label=tuple(meta.label(c) for c in explained),
         explained_score=tuple(float(s) for s in result.score[j]),
+        region=tuple(float(v) for v in explained_region(picture, meta)),
     )
 
 

@@ -264,7 +264,7 @@ class _Run:
             no_tile = _Options(**{**self.opts.__dict__, "keep_tile": False})
             slots = [i for i, d in enumerate(decoded) if not isinstance(d, Exception)]
             for j, (slot, (item, (rgb, _))) in enumerate(zip(slots, ok, strict=True)):
-                rows[slot] = prediction_of(item.path, item.label, result, j, self.meta)
+                rows[slot] = prediction_of(item.path, item.label, result, j, self.meta, rgb.shape)
                 opts = self.opts if self.thumbnails < GRID_LIMIT else no_tile  # the grid's first 64 only
                 self.thumbnails += 1
                 futures.append(pool.submit(_encode, indices[slot], item, rgb, result.cam[j], opts))

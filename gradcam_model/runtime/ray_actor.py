@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import InputError
 from .explainer import OnnxExplainer
-from .images import decode_image, explained_region, load_image, preprocess, target_size
+from .images import decode_image, load_image, preprocess, target_size
 from .outputs import prediction_of
 from .pipeline import map_bytes
 from .visualize import encode_image, overlay
@@ -47,6 +47,7 @@ def result_schema(include_maps: bool):
         ("explained_index", pa.list_(pa.int64())),
         ("explained_label", pa.list_(pa.string())),
         ("explained_score", pa.list_(pa.float64())),
+        ("region", pa.list_(pa.float64())),  # x, y, w, h (explained_region)
         ("overlay_data", pa.list_(pa.binary())),
         ("small", pa.bool_()),
         ("error", pa.string()),
@@ -182,9 +183,9 @@ class ExplainActor:
                     "explained_score": [], "small": False}  # fmt: skip
         result, j = outcome
         rgb = decoded[0]
-        p = prediction_of(Path(path), None, result, j, self.meta)
+        p = prediction_of(Path(path), None, result, j, self.meta, rgb.shape)
         cams = result.cam[j]
-        region = explained_region(rgb.shape, self.meta)
+        region = p.region
         pictures = [encode_image(overlay(rgb, cams[k], colormap=self.colormap, alpha=self.alpha, region=region),
                                  self.ext) for k in range(cams.shape[0])]  # fmt: skip
         h, w = self.size
@@ -195,6 +196,7 @@ class ExplainActor:
             "explained_index": list(p.explained_index),
             "explained_label": list(p.explained_label),
             "explained_score": list(p.explained_score),
+            "region": list(p.region),
             "overlay_data": pictures,
             "small": bool(rgb.shape[0] < _SMALL * h or rgb.shape[1] < _SMALL * w),
             "error": "",

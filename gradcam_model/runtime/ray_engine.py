@@ -27,6 +27,7 @@ from .inputs import ImageInput, collect_images, resolve_class
 from .journal import Journal
 from .outputs import (
     GRID_LIMIT,
+    REGION_FIELDS,
     ExplainSummary,
     Prediction,
     overlay_name,
@@ -268,6 +269,7 @@ class _Collector:
             explained_index=tuple(row["explained_index"]),
             explained_label=tuple(row["explained_label"]),
             explained_score=tuple(row["explained_score"]),
+            region=tuple(row["region"]),
             overlays=tuple(paths),
         )
 
@@ -301,7 +303,7 @@ def write_parquet(predictions: Sequence[Prediction], path: Path) -> Path:
         ("path", pa.string()), ("true_label", pa.string()), ("predicted_index", pa.int64()),
         ("predicted_label", pa.string()), ("probability", pa.float64()), ("explained_index", pa.list_(pa.int64())),
         ("explained_label", pa.list_(pa.string())), ("explained_score", pa.list_(pa.float64())),
-        ("overlay", pa.list_(pa.string())), ("error", pa.string()),
+        *((k, pa.float64()) for k in REGION_FIELDS), ("overlay", pa.list_(pa.string())), ("error", pa.string()),
     ])  # fmt: skip
     columns = {
         "path": [str(p.path) for p in predictions],
@@ -312,6 +314,7 @@ def write_parquet(predictions: Sequence[Prediction], path: Path) -> Path:
         "explained_index": [list(p.explained_index) for p in predictions],
         "explained_label": [list(p.explained_label) for p in predictions],
         "explained_score": [list(p.explained_score) for p in predictions],
+        **{k: [None if p.region is None else p.region[i] for p in predictions] for i, k in enumerate(REGION_FIELDS)},
         "overlay": [[str(o) for o in p.overlays] for p in predictions],
         "error": [p.error or None for p in predictions],
     }
