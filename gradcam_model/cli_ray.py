@@ -104,5 +104,6 @@ def _run(args: argparse.Namespace, explain_dataset):
         overwrite=args.overwrite,
         resume=args.resume,
         save_maps=args.save_maps,
+        embed_report=args.embed,
         on_skip=lambda path, reason: print(f"{PROG}: skipped: {reason}", file=sys.stderr),
     )

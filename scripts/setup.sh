@@ -70,3 +70,13 @@ if [ ! -f /usr/include/onnxruntime/onnxruntime_cxx_api.h ] && [ ! -f "$ort_heade
   dpkg -x build/cpp-deps/libonnxruntime-dev_*.deb build/cpp-deps/onnxruntime-dev
   test -f "$ort_headers"
 fi
+# --- A real browser for the page tests (tests/test_report.py): Debian's chromium and its driver
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  else
+    echo "setup: install chromium and chromium-driver (Debian's) for tests/test_report.py" >&2
+    exit 1
+  fi
+fi

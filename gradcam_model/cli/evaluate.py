@@ -147,6 +147,7 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         metavar="INDEX|NAME",
         help="class to explain (artifacts exported with --class-input; default: the top prediction)",
     )
+    p.add_argument("--embed", action="store_true", help="write the pictures into report.html (one file to send)")
     p.add_argument(
         "--target-layer", metavar="NAME", help="layer for --compare-methods/--randomize-check (default: the artifact's)"
     )
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime import collect_images, evaluate, load_explainer
     from ..runtime.boxes import image_names, load_inputs, read_boxes
     from ..runtime.inputs import resolve_class
+    from ..runtime.report import write_evaluate_report
 
     if args.methods and not (args.compare_methods or args.randomize_check):
         raise InputError("--methods applies to --compare-methods and --randomize-check")
@@ -221,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
             boxes=boxes,
         )
     written = evaluation.write(out)
+    pictures = dict(zip(image_names(items), (i.path for i in items), strict=True))
+    written.append(write_evaluate_report(evaluation, out, pictures, embed=args.embed))
     for name, why in evaluation.errors.items():
         print(f"{name}: not scored: {why}", file=sys.stderr)
     table = evaluation.to_markdown().split("\n## How to read it")[0].rstrip()

@@ -64,6 +64,9 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     )
     group = p.add_argument_group("outputs of an earlier run in --out (both engines)")
     group.add_argument("--save-maps", action="store_true", help="also write each map as maps/<name>.npy (float32)")
+    group.add_argument(
+        "--embed", action="store_true", help="write the pictures into report.html (one file to send; larger)"
+    )
     again = group.add_mutually_exclusive_group()
     again.add_argument(
         "--overwrite",
@@ -107,6 +110,7 @@ def _explain(args: argparse.Namespace, explainer):
             save_maps=args.save_maps,
             overwrite=args.overwrite,
             resume=args.resume,
+            embed_report=args.embed,
         )
     except InputError as exc:
         if args.class_ is not None and str(exc).startswith("class "):
@@ -153,7 +157,7 @@ def report_summary(summary, how: str) -> int:
         shown = summary.grid_tiles
         part = f"the first {shown} of {summary.explained} pictures" if shown < summary.explained else "every picture"
         wrote.append(f"{summary.grid} ({part})")
-    wrote += [str(p) for p in (summary.csv, summary.parquet) if p is not None]
+    wrote += [str(p) for p in (summary.csv, summary.parquet, summary.report) if p is not None]
     resumed = f" ({summary.resumed} done by the interrupted run)" if summary.resumed else ""
     print(f"explained {summary.explained} of {summary.total} images{resumed} {how} in {summary.seconds:.1f} s: "
           + ", ".join(wrote))  # fmt: skip

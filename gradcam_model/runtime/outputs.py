@@ -96,6 +96,7 @@ class ExplainSummary:
     actor_peak_mb: float | None = None  # Ray engine: the largest peak resident memory of an actor
     grid_tiles: int = 0  # pictures grid.png shows (the first GRID_LIMIT explained ones)
     resumed: int = 0  # images an interrupted run had finished (resume): skipped by this one
+    report: Path | None = None  # report.html (runtime.report)
 
     @property
     def total(self) -> int:

@@ -41,6 +41,7 @@ from .outputs import (
     write_csv,
     write_grid,
 )
+from .report import write_explain_report
 from .visualize import OVERLAY_FORMATS, check_alpha, encode_image, overlay, thumbnail
 
 __all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files", "map_bytes", "run_record"]
@@ -63,6 +64,7 @@ class _Options:
     save_maps: bool = False
     tiles_dir: Path | None = None  # the journal's lossless copies of grid thumbnails (resume)
     meta: ArtifactMetadata | None = None  # where the maps lie in each picture (explained_region)
+    embed_report: bool = False  # report.html holds the pictures (runtime.report)
 
 
 def _decode(item: ImageInput, meta, max_side: int | None):
@@ -128,8 +130,9 @@ def explain_files(
     save_maps: bool = False,
     overwrite: bool = False,
     resume: bool = False,
+    embed_report: bool = False,
 ) -> ExplainSummary:
-    """Explain image files with an artifact; write overlays, ``grid.png`` and ``predictions.csv``.
+    """Explain image files with an artifact; write overlays, ``grid.png``, ``predictions.csv`` and ``report.html``.
 
     Args:
         artifact: an ``.onnx``/``.pt`` path or a loaded :class:`Explainer`.
@@ -151,6 +154,7 @@ def explain_files(
             :mod:`~gradcam_model.runtime.journal`).
         resume: continue the interrupted run in ``out_dir`` (same artifact and options): the
             images it finished are skipped, and the outputs are those of an uninterrupted run.
+        embed_report: write the pictures into ``report.html`` (else it refers to them).
 
     Returns:
         An :class:`ExplainSummary`; ``predictions`` are in input order, failures included.
@@ -178,8 +182,9 @@ def explain_files(
     record["batch_size"] = batch_size  # the same batches: bit-identical maps (ONNX Runtime's rounding)
     journal = Journal(out, record, [str(i.path) for i in items], overwrite=overwrite, resume=resume).open()
     opts = _Options(
-        out, colormap, float(alpha), overlay_format, int(tile_size), True, save_maps, journal.tiles_dir, meta
-    )
+        out, colormap, float(alpha), overlay_format, int(tile_size), True, save_maps, journal.tiles_dir, meta,
+        embed_report,
+    )  # fmt: skip
     log.info("preprocessing: %s", meta.preprocessing.describe(target_size(meta)))  # shown by --verbose
     state = _Run(explainer, target, opts, target_size(meta), on_skip, journal)
     todo = [(i, item) for i, item in enumerate(items) if i not in journal.done]
@@ -332,7 +337,7 @@ class _Run:
         grid_path = write_grid(tiles, out, self.opts.tile)
         failures = [p for p in predictions if p.error]
         wrote_overlays = len(failures) < len(predictions)
-        return ExplainSummary(
+        summary = ExplainSummary(
             predictions=predictions,
             csv=csv_path,
             overlays_dir=out / "overlays" if wrote_overlays else None,
@@ -345,6 +350,8 @@ class _Run:
             grid_tiles=len(tiles),
             resumed=len(self.journal.done),
         )
+        summary.report = write_explain_report(summary, out, self.meta, embed=self.opts.embed_report)
+        return summary
 
 
 class _Bar:

@@ -39,6 +39,7 @@ from .outputs import (
 from .pipeline import DEFAULT_TILE_SIZE, _Bar, _check_options, run_record
 from .ray_actor import ExplainActor
 from .ray_cluster import DEFAULT_OBJECT_STORE_MB, _cluster, import_ray, local_cluster
+from .report import write_explain_report
 from .visualize import overlay, thumbnail
 
 __all__ = ["explain_dataset", "import_ray", "local_cluster", "write_parquet"]
@@ -75,6 +76,7 @@ def explain_dataset(
     max_task_retries: int = 3,
     progress: bool | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    embed_report: bool = False,
 ) -> ExplainSummary:
     """Explain images with an ``.onnx`` artifact on Ray: the local engine's outputs, plus Parquet.
 
@@ -83,8 +85,8 @@ def explain_dataset(
         dataset_or_paths: image files and folders (as :func:`~gradcam_model.runtime.explain_files`
             takes), :class:`ImageInput` items, or a ``ray.data.Dataset`` with a ``path`` column and a
             ``bytes`` (encoded) or ``image`` (RGB uint8) column; then rows keep the dataset's order.
-        out: output folder: ``overlays/``, ``predictions.csv``, ``predictions.parquet``, ``grid.png``
-            (and ``maps/<key>.npy`` with ``save_maps``).
+        out: output folder: ``overlays/``, ``predictions.csv``, ``predictions.parquet``, ``grid.png``,
+            ``report.html`` (and ``maps/<key>.npy`` with ``save_maps``).
         batch_size: images per actor call.
         class_, colormap, alpha, overlay_format, max_side, tile_size: as for ``explain_files``.
         workers: actors, each holding one ONNX Runtime session.
@@ -99,6 +101,7 @@ def explain_dataset(
         max_restarts, max_task_retries: how often Ray restarts a dead actor and retries its batch.
         progress: a tqdm bar on stderr (None: only when stderr is a terminal).
         on_skip: called with each failed image's path and reason (default: a log warning).
+        embed_report: write the pictures into ``report.html`` (else it refers to them).
 
     Returns:
         An :class:`ExplainSummary`; ``predictions`` in input order, each input exactly once.
@@ -153,25 +156,27 @@ def explain_dataset(
         failures = [p for p in predictions if p.error]
         csv_path, grid_path = write_csv(predictions, out), write_grid(tiles, out, int(tile_size))
         parquet = write_parquet(predictions, out / "predictions.parquet")
+        summary = ExplainSummary(
+            predictions=predictions,
+            csv=csv_path,
+            overlays_dir=out / "overlays" if len(failures) < len(predictions) else None,
+            grid=grid_path,
+            provider=f"Ray ({workers} actor{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}, "
+            f"{', '.join(sorted(run.providers)) or 'no images'})",
+            seconds=time.perf_counter() - started,
+            small_images=run.small,
+            failures=failures,
+            parquet=parquet,
+            actor_seconds=run.actor_seconds,
+            actor_peak_mb=run.actor_peak_mb,
+            grid_tiles=len(tiles),
+            resumed=len(journal.done),
+        )
+        summary.report = write_explain_report(summary, out, meta, embed=embed_report)
         finished = True
     finally:
         journal.close(finished=finished)
-    return ExplainSummary(
-        predictions=predictions,
-        csv=csv_path,
-        overlays_dir=out / "overlays" if len(failures) < len(predictions) else None,
-        grid=grid_path,
-        provider=f"Ray ({workers} actor{'s' if workers > 1 else ''} x {threads} thread{'s' if threads > 1 else ''}, "
-        f"{', '.join(sorted(run.providers)) or 'no images'})",
-        seconds=time.perf_counter() - started,
-        small_images=run.small,
-        failures=failures,
-        parquet=parquet,
-        actor_seconds=run.actor_seconds,
-        actor_peak_mb=run.actor_peak_mb,
-        grid_tiles=len(tiles),
-        resumed=len(journal.done),
-    )
+    return summary
 
 
 def _execute(ray, artifact, source, kwargs, batch_size, workers, threads, max_restarts, max_task_retries):
