@@ -25,18 +25,26 @@ __all__ = [
     "LayerCAM",
     "GradCAMElementWise",
     "CAM",
+    "EigenCAM",
+    "EigenGradCAM",
     "METHODS",
     "get_method",
     "postprocess",
 ]
 
 _SPATIAL = (2, 3)
+# Squarings of the Gram matrix in principal_projection: 2**16 power iterations' worth, so the
+# leading direction wins by (lambda2 / lambda1) ** 65536 (below float32's resolution unless
+# the two leading eigenvalues are within ~1e-3 of each other, where LAPACK's own choice
+# between them is as arbitrary); 16 small matmuls, the smaller side of [h*w, C] squared.
+_SQUARINGS = 16
 
 
 class CAMMethod(ABC):
     """Base of every method: ``cam = ReLU(saliency(A, G))`` at feature resolution."""
 
     name: ClassVar[str]
+    uses_gradients: ClassVar[bool] = True  # False: the map needs no backward pass (EigenCAM)
 
     @abstractmethod
     def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -136,8 +144,63 @@ class CAM(ChannelWeightedCAM):
         return gradients.sum(_SPATIAL)
 
 
+def _hint(size) -> int:
+    """A size as a plain int: a symbolic one (dynamic height or width) by its example value, with no guard."""
+    return size if isinstance(size, int) else int(size.node.hint)
+
+
+def principal_projection(x: torch.Tensor) -> torch.Tensor:
+    """``[N, C, h, w]`` -> ``[N, h, w]``: each position projected on the first principal component.
+
+    pytorch-grad-cam's ``get_2d_projection`` (EigenCAM) centres the ``[h*w, C]`` matrix ``X``
+    per channel and projects it on the first right singular vector ``v``: ``X v``. ONNX has
+    no SVD, so ``v`` comes from the Gram matrix of the smaller side (``X X^T`` or ``X^T X``)
+    raised to the power ``2 ** _SQUARINGS`` by repeated squaring (rescaled each time),
+    which leaves ``e e^T`` of its leading eigenvector ``e``; its column through the largest
+    diagonal entry is ``e`` up to a factor. The sign of a singular vector is arbitrary
+    (LAPACK's choice, in pytorch-grad-cam): ours is pytorch-grad-cam's
+    ``get_2d_projection_with_sign_correction`` (Seg-Eigen-CAM, Chung & Ying 2025, Eq. 13):
+    the projection is negated when its minimum is larger in magnitude than its maximum.
+    """
+    n, c, h, w = x.shape
+    centred = x.flatten(2)
+    centred = centred - centred.mean(2, keepdim=True)  # [N, C, hw], each channel centred over positions
+    spatial = _hint(h) * _hint(w) <= _hint(c)  # which Gram matrix is smaller, decided once per graph
+    gram = centred.transpose(1, 2) @ centred if spatial else centred @ centred.transpose(1, 2)
+    for _ in range(_SQUARINGS):
+        gram = gram / gram.abs().amax((1, 2), keepdim=True).clamp_min(torch.finfo(gram.dtype).tiny)
+        gram = gram @ gram
+    pick = gram.diagonal(dim1=1, dim2=2).argmax(1)[:, None, None].expand(-1, gram.shape[1], 1)
+    e = torch.gather(gram, 2, pick)  # [N, m, 1]
+    v = centred @ e if spatial else e  # [N, C, 1]: the right singular vector, up to a factor
+    v = v / v.square().sum(1, keepdim=True).sqrt().clamp_min(torch.finfo(v.dtype).tiny)
+    projection = (v * centred).sum(1)  # [N, hw]
+    flip = projection.amin(1, keepdim=True).abs() > projection.amax(1, keepdim=True).abs()
+    return torch.where(flip, -projection, projection).reshape(n, h, w)
+
+
+class EigenCAM(CAMMethod):
+    """EigenCAM (Muhammad & Yeasin 2020): the activations' first principal component; no gradient."""
+
+    name = "eigencam"
+    uses_gradients = False
+
+    def saliency(self, activations, gradients):
+        return principal_projection(activations)
+
+
+class EigenGradCAM(CAMMethod):
+    """EigenGradCAM: the first principal component of ``G * A`` (pytorch-grad-cam's definition)."""
+
+    name = "eigengradcam"
+
+    def saliency(self, activations, gradients):
+        return principal_projection(gradients * activations)
+
+
 METHODS: dict[str, type[CAMMethod]] = {
-    cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, CAM)
+    cls.name: cls
+    for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, CAM, EigenCAM, EigenGradCAM)
 }
 
 
