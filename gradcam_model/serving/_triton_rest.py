@@ -2,9 +2,9 @@
 
 - ``/v2/models/NAME/versions/1/...`` is ``/v2/models/NAME/...`` (an artifact is the
   model's one version); another version is a 404 naming the versions there are.
-- ``POST .../infer`` without a ``Content-Type`` and without the binary extension's
-  ``Inference-Header-Content-Length`` is read as JSON (tritonclient and ``curl -d`` send
-  none; kserve would take the body for binary tensors and answer 400).
+- ``POST /v2/models/NAME/infer`` is ours (:mod:`.v2_rest`): a body without the binary
+  extension's ``Inference-Header-Content-Length`` is JSON whatever its content type
+  (tritonclient and ``curl -d`` send none; kserve took it for binary and answered 400).
 - ``GET /v2/models/NAME`` lists the version; ``GET /v2/models/NAME/config`` (Triton's
   ModelConfig as JSON), ``POST /v2/repository/index`` and ``GET /v2/models[/NAME]/stats``
   answer as Triton does.
@@ -12,19 +12,23 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
-from fastapi.responses import JSONResponse
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
 
 from .v2 import VERSION, v2_config, v2_metadata
 
 __all__ = ["TritonConformance", "add_triton_routes"]
 
+log = logging.getLogger(__name__)
+
 _VERSIONED = re.compile(r"^/v2/models/([^/]+)/versions/([^/]+)(/.*)?$")
 
 
 class TritonConformance:
-    """ASGI middleware: version paths and content types as Triton's clients send them."""
+    """ASGI middleware: ``/versions/1/`` paths are the model's own; another version is a 404."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -37,13 +41,10 @@ class TritonConformance:
             name, version, rest = match.group(1), match.group(2), match.group(3) or ""
             if version != VERSION:
                 message = f'model "{name}" has no version "{version}"; its versions: ["{VERSION}"]'
+                log.info("not found: %s", message)
                 return await JSONResponse(status_code=404, content={"error": message})(scope, receive, send)
             path = f"/v2/models/{name}{rest}"
             scope = {**scope, "path": path, "raw_path": path.encode()}
-        if scope["method"] == "POST" and scope["path"].endswith("/infer"):
-            headers = {k.lower() for k, _ in scope.get("headers", ())}
-            if b"content-type" not in headers and b"inference-header-content-length" not in headers:
-                scope = {**scope, "headers": [*scope.get("headers", ()), (b"content-type", b"application/json")]}
         return await self.app(scope, receive, send)
 
 
@@ -74,6 +75,18 @@ def add_triton_routes(app, dataplane) -> None:
             records.append(found.stats.as_json(name, found.batcher.executions))
         return {"model_stats": records}
 
+    async def infer(model_name: str, request: Request):
+        body, header_length = await model(model_name).infer_rest(
+            await request.body(), request.headers.get("inference-header-content-length")
+        )
+        if header_length is None:
+            return Response(body, media_type="application/json")
+        return Response(
+            body,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(header_length)},
+        )
+
     async def all_stats():
         return await stats(None)
 
@@ -82,6 +95,7 @@ def add_triton_routes(app, dataplane) -> None:
     app.add_api_route("/v2/models/{model_name}/stats", stats, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v2/models/{model_name}/config", config, methods=["GET"], include_in_schema=False)
     app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"], include_in_schema=False)
     app.add_api_route("/v2/repository/index", index, methods=["POST"], include_in_schema=False)
     ours = app.router.routes[before:]
     del app.router.routes[before:]

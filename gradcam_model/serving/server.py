@@ -29,6 +29,7 @@ from ..errors import ArtifactError, GradCAMError, InputError
 from .batcher import Batcher
 from .protocol import ServeLimits, parse_v1, v1_response
 from .v2 import BYTES_OUTPUTS, VERSION, requested_outputs, v2_inputs, v2_metadata, v2_outputs
+from .v2_rest import encode_response, parse_request
 
 __all__ = ["PortInUseError", "ServeOptions", "Statistics", "build_model", "serve"]
 
@@ -127,7 +128,7 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
     kserve = _kserve()
     serve_logging()
     from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse, RequestedOutput
+    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
     class ExplainerModel(kserve.Model):
         """One artifact under ONNX Runtime; picklable (worker processes reload the session)."""
@@ -194,7 +195,32 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
             answer = v1_response(result, batch, explain=explain, colormap=options.colormap, alpha=options.alpha)
             return answer, batch.images.shape[0]
 
+        async def infer_rest(self, body: bytes, header_length: str | None) -> tuple[bytes, int | None]:
+            """``POST /v2/models/NAME/infer``: the body as sent, the answer as bytes (see :mod:`.v2_rest`)."""
+            return await self._offload(self._rest_v2, body, header_length)
+
+        def _rest_v2(self, body: bytes, header_length: str | None):
+            request = parse_request(body, header_length)
+            names = requested_outputs(list(request.outputs) or None)
+            for name in names:
+                flag = request.outputs.get(name)
+                if name in BYTES_OUTPUTS and not (request.binary_default if flag is None else flag):
+                    raise InputError(
+                        f'output "{name}" holds encoded pictures: ask for it with "parameters": '
+                        '{"binary_data": true} (the binary data extension)'
+                    )
+            outputs, count = self._run_v2(request.tensors, names)
+            request.id = request.id or uuid.uuid4().hex  # the v2 protocol echoes a given id
+            return encode_response(request, self.name, VERSION, outputs), count
+
+        def _run_v2(self, tensors: dict, names: list[str]):
+            batch = v2_inputs(tensors, self.explainer.metadata, options.limits)
+            result = self.batcher.submit(batch.images, batch.classes)
+            outputs = v2_outputs(result, batch, names, colormap=options.colormap, alpha=options.alpha)
+            return outputs, batch.images.shape[0]
+
         def _v2(self, request) -> tuple[object, int]:
+            """A v2 request that came through kserve (gRPC): kserve's InferRequest in, InferResponse out."""
             tensors = {}
             for tensor in request.inputs:
                 if tensor.name in tensors:
@@ -206,46 +232,21 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
                         f'input "{tensor.name}": its data does not fit shape {list(tensor.shape)} and datatype '
                         f"{tensor.datatype} ({str(exc).splitlines()[0]})"
                     ) from None
-            binary = _binary_outputs(request)
-            names = requested_outputs(list(binary) if request.request_outputs else None)
-            if not request.from_grpc:
-                for name in names:
-                    if name in BYTES_OUTPUTS and not binary.get(name, request.use_binary_outputs):
-                        raise InputError(
-                            f'output "{name}" holds encoded pictures: ask for it with "parameters": '
-                            '{"binary_data": true} (the binary data extension)'
-                        )
-            batch = v2_inputs(tensors, self.explainer.metadata, options.limits)
-            result = self.batcher.submit(batch.images, batch.classes)
+            names = requested_outputs([o.name for o in request.request_outputs] if request.request_outputs else None)
+            found, count = self._run_v2(tensors, names)
             outputs = []
-            for name, datatype, array in v2_outputs(result, batch, names, colormap=options.colormap,
-                                                    alpha=options.alpha):  # fmt: skip
-                output = InferOutput(name=name, shape=list(array.shape), datatype=datatype, data=array)
-                if request.from_grpc:
-                    output.set_data_from_numpy(array, binary_data=True)  # raw contents, all of them
+            for name, datatype, array in found:
+                output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+                output.set_data_from_numpy(array, binary_data=True)  # raw contents, every one
                 outputs.append(output)
-            rid = request.id or uuid.uuid4().hex  # the v2 protocol echoes a given id
-            wanted = [RequestedOutput(n, {"binary_data": binary.get(n, request.use_binary_outputs)}) for n in names]
+            rid = request.id or uuid.uuid4().hex
             response = InferResponse(
-                response_id=rid,
-                model_name=self.name,
-                model_version=VERSION,
-                infer_outputs=outputs,
-                use_binary_outputs=request.use_binary_outputs,
-                requested_outputs=None if request.from_grpc else wanted,
-            )
-            return response, batch.images.shape[0]
+                response_id=rid, model_name=self.name, model_version=VERSION, infer_outputs=outputs,
+                use_binary_outputs=True,
+            )  # fmt: skip
+            return response, count
 
     return ExplainerModel()
-
-
-def _binary_outputs(request) -> dict[str, bool]:
-    """Requested output name -> its ``binary_data`` parameter (the request's default where it has none)."""
-    found = {}
-    for output in request.request_outputs or ():
-        flag = (output.parameters or {}).get("binary_data")
-        found[output.name] = request.use_binary_outputs if flag is None else bool(flag)
-    return found
 
 
 def _check_port(host: str, port: int, what: str) -> None:
