@@ -429,8 +429,9 @@ def test_the_documented_v2_metadata_is_what_the_demo_artifact_gets():
     from gradcam_model.serving.v2 import v2_metadata
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
-    [line] = [ln for ln in doc.splitlines() if ln.startswith('{"name":"efficientnet_lite0"')]
+    [line] = [ln for ln in doc.splitlines() if ln.startswith('{"name":"efficientnet_lite0"') and '"inputs"' in ln]
     documented = json.loads(line)
+    assert documented["versions"] == ["1"]
     demo = ArtifactMetadata(  # what gradcam_model.demo exports: class input, 1000 classes, dynamic size
         schema_version=1, method="gradcam", target_layer="bn2", architecture="efficientnet_lite0",
         num_classes=1000, class_names=None, input_size=None, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,

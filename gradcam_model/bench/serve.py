@@ -198,6 +198,17 @@ def _start_server(artifact: Path, port: int, threads: int, workers: int, log: Pa
     raise RuntimeError(f"the server was not ready in {_READY_TIMEOUT} s")
 
 
+def _requests(jpegs: list[bytes], inputs: list[np.ndarray], output: str) -> tuple[dict, dict]:
+    """The request bodies of each HTTP way, one per picture, and the path each goes to."""
+    bodies = {
+        V2: [_v2_body(x) for x in inputs],
+        COMPACT: [_v1_body(j, output) for j in jpegs],
+        OVERLAY: [_v1_body(j, "jpeg") for j in jpegs],
+    }
+    paths = {V2: "/v2/models/bench/infer", COMPACT: "/v1/models/bench:explain", OVERLAY: "/v1/models/bench:explain"}
+    return bodies, paths
+
+
 def run_serve_bench(
     artifact: Path,
     images: list[Path],
@@ -222,12 +233,7 @@ def run_serve_bench(
     meta = explainer.metadata
     jpegs = [p.read_bytes() for p in images]
     inputs = [preprocess(decode_image(j), meta)[None] for j in jpegs]
-    bodies = {
-        V2: [_v2_body(x) for x in inputs],
-        COMPACT: [_v1_body(j, output) for j in jpegs],
-        OVERLAY: [_v1_body(j, "jpeg") for j in jpegs],
-    }
-    paths = {V2: "/v2/models/bench/infer", COMPACT: "/v1/models/bench:explain", OVERLAY: "/v1/models/bench:explain"}
+    bodies, paths = _requests(jpegs, inputs, output)
     for x in inputs[:3]:
         explainer(x)  # warm-up
 

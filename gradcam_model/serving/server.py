@@ -120,6 +120,75 @@ def serve_logging() -> None:
         logger.propagate = False  # once, here (the command line's handler shows warnings only)
 
 
+class _Requests:
+    """What a request does, given ``self.explainer``, ``self.batcher``, ``self.options`` and ``self.name``.
+
+    Each method runs on a request thread and returns ``(answer, images)``; a user error
+    is an :class:`InputError`.
+    """
+
+    def _v1(self, body, explain: bool) -> tuple[dict, int]:
+        if isinstance(body, (bytes, bytearray)):  # a body sent without a JSON content type
+            try:
+                body = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise InputError('the body is not JSON; send {"instances": [...]}') from None
+        batch = parse_v1(body, self.explainer.metadata, self.options.limits, explain=explain)
+        result = self.batcher.submit(batch.images, batch.classes)
+        answer = v1_response(result, batch, explain=explain, colormap=self.options.colormap, alpha=self.options.alpha)
+        return answer, batch.images.shape[0]
+
+    def _rest_v2(self, body: bytes, header_length: str | None):
+        request = parse_request(body, header_length)
+        names = requested_outputs(list(request.outputs) or None)
+        for name in names:
+            flag = request.outputs.get(name)
+            if name in BYTES_OUTPUTS and not (request.binary_default if flag is None else flag):
+                raise InputError(
+                    f'output "{name}" holds encoded pictures: ask for it with "parameters": '
+                    '{"binary_data": true} (the binary data extension)'
+                )
+        outputs, count = self._run_v2(request.tensors, names)
+        request.id = request.id or uuid.uuid4().hex  # the v2 protocol echoes a given id
+        return encode_response(request, self.name, VERSION, outputs), count
+
+    def _run_v2(self, tensors: dict, names: list[str]):
+        batch = v2_inputs(tensors, self.explainer.metadata, self.options.limits)
+        result = self.batcher.submit(batch.images, batch.classes)
+        outputs = v2_outputs(result, batch, names, colormap=self.options.colormap, alpha=self.options.alpha)
+        return outputs, batch.images.shape[0]
+
+    def _v2(self, request) -> tuple[object, int]:
+        """A v2 request that came through kserve (gRPC): kserve's InferRequest in, InferResponse out."""
+        from kserve.errors import InvalidInput
+        from kserve.protocol.infer_type import InferOutput, InferResponse
+
+        tensors = {}
+        for tensor in request.inputs:
+            if tensor.name in tensors:
+                raise InputError(f'input "{tensor.name}" is given twice')
+            try:
+                tensors[tensor.name] = (tensor.datatype, tensor.as_numpy())
+            except (ValueError, TypeError, InvalidInput) as exc:
+                raise InputError(
+                    f'input "{tensor.name}": its data does not fit shape {list(tensor.shape)} and datatype '
+                    f"{tensor.datatype} ({str(exc).splitlines()[0]})"
+                ) from None
+        names = requested_outputs([o.name for o in request.request_outputs] if request.request_outputs else None)
+        found, count = self._run_v2(tensors, names)
+        outputs = []
+        for name, datatype, array in found:
+            output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+            output.set_data_from_numpy(array, binary_data=True)  # raw contents, every one
+            outputs.append(output)
+        rid = request.id or uuid.uuid4().hex
+        response = InferResponse(
+            response_id=rid, model_name=self.name, model_version=VERSION, infer_outputs=outputs,
+            use_binary_outputs=True,
+        )  # fmt: skip
+        return response, count
+
+
 def build_model(artifact: str | os.PathLike, options: ServeOptions):
     """A loaded, ready ``kserve.Model`` serving ``artifact`` (an ``.onnx`` file) as ``options.name``."""
     path = Path(artifact)
@@ -128,9 +197,9 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
     kserve = _kserve()
     serve_logging()
     from kserve.errors import InvalidInput
-    from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+    from kserve.protocol.infer_type import InferRequest
 
-    class ExplainerModel(kserve.Model):
+    class ExplainerModel(kserve.Model, _Requests):
         """One artifact under ONNX Runtime; picklable (worker processes reload the session)."""
 
         def __init__(self) -> None:
@@ -184,67 +253,9 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
                 raise InvalidInput("explain takes a v1 body; use POST /v2/models/NAME/infer for tensors")
             return await self._offload(self._v1, payload, True)
 
-        def _v1(self, body, explain: bool) -> tuple[dict, int]:
-            if isinstance(body, (bytes, bytearray)):  # a body sent without a JSON content type
-                try:
-                    body = json.loads(body)
-                except (ValueError, UnicodeDecodeError):
-                    raise InputError('the body is not JSON; send {"instances": [...]}') from None
-            batch = parse_v1(body, self.explainer.metadata, options.limits, explain=explain)
-            result = self.batcher.submit(batch.images, batch.classes)
-            answer = v1_response(result, batch, explain=explain, colormap=options.colormap, alpha=options.alpha)
-            return answer, batch.images.shape[0]
-
         async def infer_rest(self, body: bytes, header_length: str | None) -> tuple[bytes, int | None]:
             """``POST /v2/models/NAME/infer``: the body as sent, the answer as bytes (see :mod:`.v2_rest`)."""
             return await self._offload(self._rest_v2, body, header_length)
-
-        def _rest_v2(self, body: bytes, header_length: str | None):
-            request = parse_request(body, header_length)
-            names = requested_outputs(list(request.outputs) or None)
-            for name in names:
-                flag = request.outputs.get(name)
-                if name in BYTES_OUTPUTS and not (request.binary_default if flag is None else flag):
-                    raise InputError(
-                        f'output "{name}" holds encoded pictures: ask for it with "parameters": '
-                        '{"binary_data": true} (the binary data extension)'
-                    )
-            outputs, count = self._run_v2(request.tensors, names)
-            request.id = request.id or uuid.uuid4().hex  # the v2 protocol echoes a given id
-            return encode_response(request, self.name, VERSION, outputs), count
-
-        def _run_v2(self, tensors: dict, names: list[str]):
-            batch = v2_inputs(tensors, self.explainer.metadata, options.limits)
-            result = self.batcher.submit(batch.images, batch.classes)
-            outputs = v2_outputs(result, batch, names, colormap=options.colormap, alpha=options.alpha)
-            return outputs, batch.images.shape[0]
-
-        def _v2(self, request) -> tuple[object, int]:
-            """A v2 request that came through kserve (gRPC): kserve's InferRequest in, InferResponse out."""
-            tensors = {}
-            for tensor in request.inputs:
-                if tensor.name in tensors:
-                    raise InputError(f'input "{tensor.name}" is given twice')
-                try:
-                    tensors[tensor.name] = (tensor.datatype, tensor.as_numpy())
-                except (ValueError, TypeError, InvalidInput) as exc:
-                    raise InputError(
-                        f'input "{tensor.name}": its data does not fit shape {list(tensor.shape)} and datatype '
-                        f"{tensor.datatype} ({str(exc).splitlines()[0]})"
-                    ) from None
-            names = requested_outputs([o.name for o in request.request_outputs] if request.request_outputs else None)
-            found, count = self._run_v2(tensors, names)
-            outputs = []
-            for name, datatype, array in found:
-                output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-                output.set_data_from_numpy(array, binary_data=True)  # raw contents, every one
-                outputs.append(output)
-            rid = request.id or uuid.uuid4().hex
-            response = InferResponse(
-                response_id=rid, model_name=self.name, model_version=VERSION, infer_outputs=outputs,
-                use_binary_outputs=True,
-            )  # fmt: skip
-            return response, count
 
     return ExplainerModel()
 
