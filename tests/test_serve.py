@@ -440,4 +440,4 @@ def test_the_documented_v2_metadata_is_what_the_demo_artifact_gets():
     )  # fmt: skip
     expected = v2_metadata("efficientnet_lite0", demo)
     assert documented["inputs"] == expected["inputs"] and documented["outputs"] == expected["outputs"]
-    assert [i["name"] for i in documented["inputs"]] == ["image", "target_class"]
+    assert [i["name"] for i in documented["inputs"]] == ["image", "image_bytes", "target_class"]

@@ -70,7 +70,9 @@ class BodyLimit:
         length = dict(scope.get("headers", ())).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._discard(receive, int(length) if length.isdigit() else 0)
-            response = _bad_request(f"the body is {length.decode(errors='replace')} bytes; at most {self.max_bytes}")
+            message = f"the body is {length.decode(errors='replace')} bytes; at most {self.max_bytes}"
+            log.info("bad request: %s", message)
+            response = _bad_request(message)
             return await response(scope, receive, send)
         received = 0
 
