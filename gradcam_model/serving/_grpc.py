@@ -4,8 +4,8 @@ kserve binds gRPC on ``[::]`` (every interface) and logs every user error with a
 traceback; here the server listens on the HTTP host only, a request for another version
 than ``"1"`` is NOT_FOUND naming the versions there are, and user errors are
 INVALID_ARGUMENT with our message, logged as one line. Triton's ModelConfig,
-RepositoryIndex and ModelStatistics RPCs are not part of kserve's service: UNIMPLEMENTED
-(their HTTP routes exist).
+RepositoryIndex and ModelStatistics RPCs, which kserve's service lacks, are added on the
+same service name with hand-encoded messages (:mod:`._wire`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from concurrent import futures
 
+import grpc
 from grpc import StatusCode, aio
 from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
@@ -20,7 +21,8 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.server import GRPCServer
 from kserve.protocol.grpc.servicer import InferenceServicer
 
-from .v2 import VERSION
+from . import _wire
+from .v2 import VERSION, v2_config
 
 __all__ = ["ExplainGRPCServer"]
 
@@ -53,6 +55,42 @@ class _Servicer(InferenceServicer):
     async def ModelInfer(self, request, context):
         _check_version(request.model_name, request.model_version)
         return await super().ModelInfer(request, context)
+
+
+def _triton_rpcs(dataplane):
+    """ModelConfig, RepositoryIndex and ModelStatistics for ``inference.GRPCInferenceService`` (bytes in, out)."""
+
+    def model(fields: dict[int, str]):
+        name = fields.get(1, "")
+        _check_version(name, fields.get(2, ""))
+        return name, dataplane.get_model_from_registry(name)  # ModelNotFound: NOT_FOUND
+
+    async def config(request: bytes, context) -> bytes:
+        name, found = model(_wire.request_fields(request))
+        return _wire.model_config(v2_config(name, found.explainer.metadata, found.options.limits.max_instances))
+
+    async def index(request: bytes, context) -> bytes:
+        names = list(dataplane.model_registry.get_models())
+        ready = {n: dataplane.get_model_from_registry(n).ready for n in names}
+        return _wire.repository_index(
+            [{"name": n, "version": VERSION, "state": "READY" if ready[n] else "UNAVAILABLE"} for n in names]
+        )
+
+    async def statistics(request: bytes, context) -> bytes:
+        fields = _wire.request_fields(request)
+        names = [fields[1]] if fields.get(1) else list(dataplane.model_registry.get_models())
+        records = []
+        for name in names:
+            _, found = model({1: name, 2: fields.get(2, "")})
+            records.append(found.stats.as_json(name, found.batcher.executions))
+        return _wire.statistics(records)
+
+    handlers = {
+        "ModelConfig": grpc.unary_unary_rpc_method_handler(config),
+        "RepositoryIndex": grpc.unary_unary_rpc_method_handler(index),
+        "ModelStatistics": grpc.unary_unary_rpc_method_handler(statistics),
+    }
+    return grpc.method_handlers_generic_handler("inference.GRPCInferenceService", handlers)
 
 
 class _Errors(ExceptionToStatusInterceptor):
@@ -88,6 +126,7 @@ class ExplainGRPCServer(GRPCServer):
         )
         servicer = _Servicer(self._data_plane, self._model_repository_extension)
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, self._server)
+        self._server.add_generic_rpc_handlers((_triton_rpcs(self._data_plane),))
         address = f"[{self._host}]:{self._port}" if ":" in self._host else f"{self._host}:{self._port}"
         self._server.add_insecure_port(address)
         await self._server.start()
