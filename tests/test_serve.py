@@ -395,6 +395,25 @@ def test_bad_request_is_400_and_server_keeps_serving(server, path, body, message
     assert status == 200 and len(answer["predictions"]) == 1
 
 
+def test_grpc_body_over_the_limit_is_refused(server):
+    """--max-body-mb bounds gRPC messages too: RESOURCE_EXHAUSTED, and the server keeps serving."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        big = grpcclient.InferInput("image", [1, 3, 300, 300], "FP32")  # 1.08 MB > 1 MiB
+        big.set_data_from_numpy(np.zeros((1, 3, 300, 300), np.float32))
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("fish", [big])
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        small = grpcclient.InferInput("image", [1, 3, 64, 64], "FP32")
+        small.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+        assert client.infer("fish", [small]).as_numpy("cam").shape == (1, 1, 64, 64)
+    finally:
+        client.close()
+
+
 def test_cli_errors_are_one_line(tmp_path, artifact):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cases = [
