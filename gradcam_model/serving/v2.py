@@ -24,8 +24,10 @@ from ..runtime.images import explained_region, preprocess
 from .protocol import ServeLimits, decode_picture, input_region, map_levels, map_png, overlay_bytes
 
 __all__ = [
+    "BYTES_OUTPUTS",
     "COMPACT_OUTPUTS",
     "DEFAULT_OUTPUTS",
+    "PICTURE_INPUT",
     "VERSION",
     "V2Batch",
     "requested_outputs",
