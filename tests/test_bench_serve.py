@@ -12,14 +12,23 @@ from gradcam_model.cli import main
 def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
     artifact = export_onnx(resnet18_layer4, tmp_path / "small.onnx")
     images = generate_jpegs(tmp_path / "images", 3, (64, 64))
-    result = run_serve_bench(artifact, images, tmp_path, requests=6, levels=(1, 2), output="array", threads=1)
-    assert [(t.what.split()[0], t.concurrency, t.requests) for t in result.timings] == [
-        ("in-process", 1, 6),
-        ("in-process", 1, 6),
-        ("HTTP", 1, 6),
-        ("HTTP", 2, 6),
+    result = run_serve_bench(artifact, images, tmp_path, requests=6, levels=(1, 2), output="map_png", threads=1)
+    assert [(t.what, t.concurrency, t.requests) for t in result.timings] == [
+        ("in-process explainer (preprocessed, batch 1)", 1, 6),
+        ("in-process :explain work, no HTTP", 1, 6),
+        ("HTTP v2 binary tensor", 1, 6),
+        ("HTTP :explain, compact map", 1, 6),
+        ("HTTP :explain, JPEG overlay", 1, 6),
+        ("HTTP :explain, JPEG overlay", 2, 6),
+        ("explain_files (JPEG overlays, CSV, grid)", 1, 6),
     ]
     assert all(0 < t.p50_ms <= t.p99_ms for t in result.timings)
+    targets = result.targets()
+    assert targets[0].startswith("HTTP v2 binary tensor: ") and "(target <= 3 ms)" in targets[0]
+    assert targets[1].startswith("HTTP :explain, compact map: ") and "(target <= 5 ms)" in targets[1]
+    assert targets[2].startswith("HTTP :explain, JPEG overlay at concurrency 2: ") and "(target >= 0.8x)" in targets[2]
+    assert all(line.endswith(("met", "missed")) for line in targets)
+    assert len(list((tmp_path / "explain_files" / "overlays").iterdir())) == 3  # explain_files ran for real
     assert "Finished server process" in (tmp_path / "server.log").read_text()  # stopped by SIGTERM
     text = markdown(result, 6)
     assert text.startswith(BEGIN) and text.endswith(END) and "p50 ms" in text and "load average" in text

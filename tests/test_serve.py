@@ -60,8 +60,9 @@ def _b64(data: bytes) -> str:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen, port: int, log: Path, artifact: Path) -> None:
+    def __init__(self, process: subprocess.Popen, port: int, log: Path, artifact: Path, grpc_port: int = 0) -> None:
         self.process, self.port, self.log, self.artifact = process, port, log, artifact
+        self.grpc_port = grpc_port
 
     def request(self, path: str, body=None, *, raw: bytes | None = None, headers=None, timeout: float = 60):
         """(status, decoded JSON) of one request; POST when there is a body."""
@@ -91,16 +92,18 @@ def artifact(tmp_path_factory, resnet18):
     return export_onnx(wrapper, tmp_path_factory.mktemp("serve") / "fish.onnx")
 
 
-@pytest.fixture(scope="module")
-def server(artifact, tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("serve-log") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPROFILEIMPORTTIME": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    argv = [sys.executable, "-m", "gradcam_model", "serve", str(artifact), "--name", "fish", "--port", str(port)]
-    argv += ["--max-instances", str(MAX_INSTANCES), "--max-body-mb", "1", "--max-pixels", str(MAX_PIXELS)]
+@contextlib.contextmanager
+def running_server(artifact: Path, log: Path, *flags: str, name: str = "fish", profile: bool = True):
+    """A ``gradcam serve`` process on free HTTP and gRPC ports of 127.0.0.1, ready; stopped at exit."""
+    port, grpc_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_WAIT_POLICY": "PASSIVE"}
+    if profile:
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
+    argv = [sys.executable, "-m", "gradcam_model", "serve", str(artifact), "--name", name, "--port", str(port)]
+    argv += ["--grpc-port", str(grpc_port), *flags]
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    server = Server(process, port, log, artifact)
+    server = Server(process, port, log, artifact, grpc_port)
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -121,6 +124,14 @@ def server(artifact, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(artifact, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    flags = ["--max-instances", str(MAX_INSTANCES), "--max-body-mb", "1", "--max-pixels", str(MAX_PIXELS)]
+    with running_server(artifact, log, *flags) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +163,16 @@ def _listening(pid: int) -> list[str]:
 
 
 def test_listens_on_loopback_only(server):
-    assert _listening(server.process.pid) == [f"127.0.0.1:{server.port}"]
+    """HTTP and gRPC, both on 127.0.0.1 (gRPC's IPv6 socket holds the IPv4-mapped loopback address only)."""
+    assert sorted(_listening(server.process.pid)) == sorted(
+        [f"127.0.0.1:{server.port}", f"::ffff:127.0.0.1:{server.grpc_port}"]
+    )
+    ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout.splitlines()
+    ours = [line.split()[3] for line in ss if f"pid={server.process.pid}," in line]
+    assert sorted(ours) == sorted([f"127.0.0.1:{server.port}", f"[::ffff:127.0.0.1]:{server.grpc_port}"])
+    log = server.log.read_text()
+    assert f"on http://127.0.0.1:{server.port} and grpc://127.0.0.1:{server.grpc_port}; " in log
+    assert "ONNX Runtime runs it on CPUExecutionProvider" in log
 
 
 def test_server_process_never_imports_torch(server):
@@ -167,8 +187,10 @@ def test_health_and_metadata(server, explainer):
     assert server.request("/v2/models/fish/ready")[1]["ready"] is True
     status, meta = server.request("/v2/models/fish")
     assert status == 200 and meta["name"] == "fish"
+    assert meta["versions"] == ["1"]
     assert meta["inputs"] == [
         {"name": "image", "datatype": "FP32", "shape": [-1, 3, -1, -1]},
+        {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
         {"name": "target_class", "datatype": "INT64", "shape": [-1]},
     ]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
@@ -177,6 +199,11 @@ def test_health_and_metadata(server, explainer):
         ("class_index", "INT64", [-1, 1]),
         ("score", "FP32", [-1, 1]),
         ("cam", "FP32", [-1, 1, -1, -1]),
+        ("region", "FP32", [-1, 4]),
+        ("cam_uint8", "UINT8", [-1, 1, -1, -1]),
+        ("cam_png", "BYTES", [-1, 1]),
+        ("overlay_jpeg", "BYTES", [-1, 1]),
+        ("overlay_png", "BYTES", [-1, 1]),
     ]
 
 
@@ -197,8 +224,16 @@ def test_v2_infer_equals_in_process_explainer(server, explainer):
     status, answer = server.request("/v2/models/fish/infer", _v2_body(images, target))
     assert status == 200, answer
     assert answer["id"] == "req-1" and answer["model_name"] == "fish"
-    assert [o["name"] for o in answer["outputs"]] == ["logits", "probabilities", "class_index", "score", "cam"]
+    assert [o["name"] for o in answer["outputs"]] == [
+        "logits",
+        "probabilities",
+        "class_index",
+        "score",
+        "cam",
+        "region",
+    ]
     got = _v2_outputs(answer)
+    np.testing.assert_array_equal(got["region"], [[0, 0, 80, 64]] * 3)  # a tensor: all of it
     expected = explainer(images, np.asarray(target))
     np.testing.assert_array_equal(got["class_index"], expected.class_index)
     assert got["cam"].shape == expected.cam.shape == (3, 1, 64, 80)
@@ -321,7 +356,11 @@ BAD_REQUESTS = [
     (":predict", {"instances": [[[1.0, 2.0], [3.0, 4.0]]]}, "must be [3][H][W]"),
     (":predict", {"instances": [{"b64": _IMAGE, "colour": 1}]}, "unknown key"),
     (":predict", {"instances": [np.zeros((3, 8, 8)).tolist(), np.zeros((3, 9, 9)).tolist()]}, "one shape"),
-    (":explain", {"instances": [{"b64": _IMAGE}], "output": "gif"}, '"output" must be one of png, array'),
+    (
+        ":explain",
+        {"instances": [{"b64": _IMAGE}], "output": "gif"},
+        '"output" must be one of png, jpeg, map_png, array',
+    ),
     (":predict", b"x" * (1024 * 1024 + 1), "at most 1048576"),
     ("/infer", b"{not json", "malformed request"),
     ("/infer", {"inputs": "x"}, "malformed request"),
@@ -356,6 +395,25 @@ def test_bad_request_is_400_and_server_keeps_serving(server, path, body, message
     assert status == 200 and len(answer["predictions"]) == 1
 
 
+def test_grpc_body_over_the_limit_is_refused(server):
+    """--max-body-mb bounds gRPC messages too: RESOURCE_EXHAUSTED, and the server keeps serving."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    try:
+        big = grpcclient.InferInput("image", [1, 3, 300, 300], "FP32")  # 1.08 MB > 1 MiB
+        big.set_data_from_numpy(np.zeros((1, 3, 300, 300), np.float32))
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("fish", [big])
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+        small = grpcclient.InferInput("image", [1, 3, 64, 64], "FP32")
+        small.set_data_from_numpy(np.zeros((1, 3, 64, 64), np.float32))
+        assert client.infer("fish", [small]).as_numpy("cam").shape == (1, 1, 64, 64)
+    finally:
+        client.close()
+
+
 def test_cli_errors_are_one_line(tmp_path, artifact):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cases = [
@@ -387,11 +445,12 @@ def test_sigterm_stops_cleanly(server):
 def test_the_documented_v2_metadata_is_what_the_demo_artifact_gets():
     """docs/serving.md's `GET /v2/models/efficientnet_lite0` sample equals v2_metadata of the demo's metadata."""
     from gradcam_model.contract import ArtifactMetadata
-    from gradcam_model.serving.protocol import v2_metadata
+    from gradcam_model.serving.v2 import v2_metadata
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
-    [line] = [ln for ln in doc.splitlines() if ln.startswith('{"name":"efficientnet_lite0"')]
+    [line] = [ln for ln in doc.splitlines() if ln.startswith('{"name":"efficientnet_lite0"') and '"inputs"' in ln]
     documented = json.loads(line)
+    assert documented["versions"] == ["1"]
     demo = ArtifactMetadata(  # what gradcam_model.demo exports: class input, 1000 classes, dynamic size
         schema_version=1, method="gradcam", target_layer="bn2", architecture="efficientnet_lite0",
         num_classes=1000, class_names=None, input_size=None, in_channels=3, mean=(0.5,) * 3, std=(0.5,) * 3,
@@ -400,4 +459,4 @@ def test_the_documented_v2_metadata_is_what_the_demo_artifact_gets():
     )  # fmt: skip
     expected = v2_metadata("efficientnet_lite0", demo)
     assert documented["inputs"] == expected["inputs"] and documented["outputs"] == expected["outputs"]
-    assert [i["name"] for i in documented["inputs"]] == ["image", "target_class"]
+    assert [i["name"] for i in documented["inputs"]] == ["image", "image_bytes", "target_class"]

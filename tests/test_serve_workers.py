@@ -1,5 +1,5 @@
 """``gradcam serve --workers 2``: worker processes spawned by kserve reload the artifact, stay torch-free,
-listen on 127.0.0.1 only, answer, and stop with the server on SIGTERM."""
+listen on 127.0.0.1 only, answer, and stop with the server on SIGTERM (gRPC is served by the parent)."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def _children(pid: int) -> list[int]:
 
 def test_two_workers(resnet18_layer4, tmp_path):
     artifact = export_onnx(resnet18_layer4, tmp_path / "top1.onnx")
-    port, log = _free_port(), tmp_path / "server.log"
+    port, grpc_port, log = _free_port(), _free_port(), tmp_path / "server.log"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPROFILEIMPORTTIME": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     argv = [sys.executable, "-m", "gradcam_model", "serve", str(artifact), "--port", str(port), "--workers", "2"]
+    argv += ["--grpc-port", str(grpc_port)]
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     server = Server(process, port, log, artifact)
@@ -40,7 +41,7 @@ def test_two_workers(resnet18_layer4, tmp_path):
         workers = [c for c in _children(process.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
         assert len(workers) == 2
         for pid in (process.pid, *workers):
-            assert all(a == f"127.0.0.1:{port}" for a in _listening(pid))
+            assert set(_listening(pid)) <= {f"127.0.0.1:{port}", f"::ffff:127.0.0.1:{grpc_port}"}
             assert "libtorch" not in Path(f"/proc/{pid}/maps").read_text()
         imported = [line.rsplit("|", 1)[-1].strip() for line in log.read_text().splitlines() if "|" in line]
         assert imported.count("onnxruntime") == 3  # the parent and both workers, none of them torch

@@ -1,9 +1,10 @@
-"""KServe's model server adjusted for us: our host, no gRPC port, a body size limit, user errors as 400.
+"""KServe's model server adjusted for us: our host for HTTP and gRPC, a body size limit, user errors as 400.
 
 Imported only after :func:`gradcam_model.serving.server._kserve` has imported kserve
 with an empty command line. Written against kserve 0.21 (the ``[serve]`` extra pins it):
 ``ModelServer.start`` is redone here because kserve hard-codes ``host="0.0.0.0"`` and
-binds gRPC on ``[::]``.
+binds gRPC on ``[::]``. What Triton's clients need beyond kserve (versions, config,
+repository index, statistics, bodies without a content type) is in :mod:`._triton_rest`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kserve import ModelServer
 from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ModelNotFound
 from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess
 from kserve.protocol.rest.server import RESTServer
 from uvicorn.importer import import_from_string
+
+from ._grpc import ExplainGRPCServer
+from ._triton_rest import TritonConformance, add_triton_routes
 
 __all__ = ["BodyLimit", "ExplainServer", "ExplainRESTServer"]
 
@@ -36,6 +40,11 @@ def _bad_request(message: str) -> JSONResponse:
 async def _invalid_input(_request, exc) -> JSONResponse:
     log.info("bad request: %s", exc)  # kserve logs every one with a traceback at ERROR
     return _bad_request(str(exc))
+
+
+async def _not_found(_request, exc) -> JSONResponse:
+    log.info("not found: %s", exc)  # kserve logs a traceback
+    return JSONResponse(status_code=404, content={"error": str(exc)})
 
 
 async def _validation_error(_request, exc: RequestValidationError) -> JSONResponse:
@@ -61,7 +70,9 @@ class BodyLimit:
         length = dict(scope.get("headers", ())).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._discard(receive, int(length) if length.isdigit() else 0)
-            response = _bad_request(f"the body is {length.decode(errors='replace')} bytes; at most {self.max_bytes}")
+            message = f"the body is {length.decode(errors='replace')} bytes; at most {self.max_bytes}"
+            log.info("bad request: %s", message)
+            response = _bad_request(message)
             return await response(scope, receive, send)
         received = 0
 
@@ -101,19 +112,23 @@ class ExplainRESTServer(RESTServer):
     def create_application(self):
         super().create_application()
         app = import_from_string(FASTAPI_APP_IMPORT_STRING)
+        add_triton_routes(app, self.dataplane)
+        app.add_middleware(TritonConformance)
         app.add_middleware(BodyLimit, max_bytes=self.max_body_bytes)
         app.add_exception_handler(InvalidInput, _invalid_input)
+        app.add_exception_handler(ModelNotFound, _not_found)
         app.add_exception_handler(RequestValidationError, _validation_error)
 
 
 class ExplainServer(ModelServer):
-    """``kserve.ModelServer`` serving REST only, on ``options.host``."""
+    """``kserve.ModelServer`` serving REST and (unless ``options.grpc_port`` is 0) gRPC on ``options.host``."""
 
     def __init__(self, options) -> None:
         super().__init__(
             http_port=options.port,
+            grpc_port=options.grpc_port or 8081,
             workers=options.workers,
-            enable_grpc=False,
+            enable_grpc=False,  # ours instead (kserve's binds every interface)
             enable_docs_url=False,
             enable_latency_logging=False,
             grace_period=options.grace_period,
@@ -139,6 +154,19 @@ class ExplainServer(ModelServer):
         else:
             self._rest_server = rest
             self.servers.append(rest.start())
+        if self.options.grpc_port:
+            self._grpc_server = ExplainGRPCServer(
+                self.options.host,
+                self.options.grpc_port,
+                self.dataplane,
+                self.model_repository_extension,
+                kwargs={
+                    "grpc_max_send_message_length": 2**31 - 1,
+                    "grpc_max_receive_message_length": self.options.limits.max_body_bytes,
+                },
+                grace_period=self.grace_period,
+            )
+            self.servers.append(self._grpc_server.start(self.options.threads))
         self.setup_event_loop()
         self.register_signal_handler()
         asyncio.run(self._serve())

@@ -29,6 +29,7 @@ class Batcher:
         self.explainer = explainer
         self.max_batch = max_batch
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.executions = 0  # explainer calls (batches) so far
         self.thread = threading.Thread(target=self._loop, name="gradcam-batcher", daemon=True)
         self.thread.start()
 
@@ -74,6 +75,7 @@ class Batcher:
             images = np.concatenate([i[0] for i in items]) if len(items) > 1 else items[0][0]
             classes = None if items[0][1] is None else np.concatenate([i[1] for i in items])
             result = self.explainer(images, classes)
+            self.executions += 1
         except Exception as exc:  # a bug, not a bad request (inputs were checked): fail these, keep serving
             log.exception("explainer failed on a batch of %d requests", len(items))
             for _, _, future in items:

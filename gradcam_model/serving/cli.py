@@ -19,6 +19,10 @@ def _model_name(text: str) -> str:
     return text
 
 
+def _port_or_off(text: str) -> int:
+    return 0 if text.strip() == "0" else port(text)
+
+
 def _add_verbose(p: argparse.ArgumentParser) -> None:
     # as the other commands: -v after the command name too (main() reads args.verbose)
     p.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="INFO logs and tracebacks")
@@ -40,14 +44,22 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
         "serve",
         help="serve an artifact over HTTP (KServe v1 :predict/:explain and v2 inference)",
         description="Serve an .onnx artifact with KServe's model server: GET /v2/health/ready, GET /v2/models/NAME, "
-        "POST /v2/models/NAME/infer, POST /v1/models/NAME:predict and :explain. Preprocessing comes from the "
-        'artifact. Binds 127.0.0.1 unless --host says otherwise. Needs pip install "gradcam_model[serve]"; '
-        "never imports torch. SIGTERM or Ctrl-C: in-flight requests finish, exit 0.",
+        "POST /v2/models/NAME/infer, POST /v1/models/NAME:predict and :explain over HTTP, and the v2 gRPC "
+        "service. Preprocessing comes from the artifact. Binds 127.0.0.1 unless --host says otherwise. Needs "
+        'pip install "gradcam_model[serve]"; never imports torch. SIGTERM or Ctrl-C: in-flight requests finish, '
+        "exit 0. A port in use: one line, exit 3.",
     )
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx artifact")
     p.add_argument("--name", type=_model_name, metavar="NAME", help="model name in the URLs (default: file stem)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1; 0.0.0.0: every one)")
     p.add_argument("--port", type=port, default=8080, help="HTTP port (default: 8080)")
+    p.add_argument(
+        "--grpc-port",
+        type=_port_or_off,
+        default=8081,
+        metavar="N",
+        help="v2 gRPC port on the same host (default: 8081; 0: none)",
+    )
     p.add_argument("--workers", type=positive_int, default=1, metavar="N", help="server processes (default: 1)")
     p.add_argument(
         "--threads",
@@ -99,9 +111,11 @@ def add_serve_parser(sub) -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import sys
+
     from ..errors import InputError
     from .protocol import ServeLimits
-    from .server import ServeOptions, serve
+    from .server import PortInUseError, ServeOptions, serve
 
     if not 0.0 <= args.alpha <= 1.0:
         raise InputError(f"--alpha must be in [0, 1], got {args.alpha}")
@@ -115,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         name=args.name or default_name(args.artifact),
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
         workers=args.workers,
         threads=args.threads,
         max_batch=args.max_batch,
@@ -122,7 +137,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         colormap=args.colormap,
         alpha=args.alpha,
     )
-    serve(args.artifact, options)
+    try:
+        serve(args.artifact, options)
+    except PortInUseError as exc:
+        print(f"gradcam: error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

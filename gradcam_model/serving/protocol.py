@@ -3,13 +3,15 @@
 The v1 body (``:predict`` and ``:explain``)::
 
     {"instances": [{"image_bytes": {"b64": "<JPEG/PNG...>"}, "class": 3}, [[[...]]]],
-     "output": "png" | "array"}
+     "output": "png" | "jpeg" | "map_png" | "array"}
 
 An instance is an encoded picture (``{"image_bytes": {"b64": ...}}`` or ``{"b64": ...}``),
 preprocessed exactly as ``gradcam explain`` does, or an already normalized nested list
 ``[C][H][W]`` (also as ``{"image": [[[...]]]}``). ``class`` (index or name) chooses the
-explained class of artifacts exported with a class input. Every problem is an
-:class:`~gradcam_model.errors.InputError` whose message names it; the server answers 400.
+explained class of artifacts exported with a class input. Every record says which
+region ``[x, y, w, h]`` of the picture was explained (:func:`explained_region`). Every
+problem is an :class:`~gradcam_model.errors.InputError` whose message names it; the
+server answers 400. The v2 protocol is in :mod:`.v2`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
+from ..contract import ArtifactMetadata
 from ..errors import InputError
 from ..runtime.images import DEFAULT_MAX_SIDE, decode_image, explained_region, preprocess
 from ..runtime.inputs import resolve_class
@@ -30,16 +32,19 @@ __all__ = [
     "OUTPUT_KINDS",
     "ServeLimits",
     "V1Batch",
+    "decode_picture",
+    "input_region",
+    "map_levels",
+    "map_png",
+    "overlay_bytes",
     "parse_v1",
     "v1_response",
-    "v2_tensors",
-    "v2_inputs",
-    "v2_metadata",
 ]
 
-OUTPUT_KINDS = ("png", "array")
+# :explain's "output": the overlay as PNG or JPEG, the map as an 8-bit grey PNG, or as floats
+OUTPUT_KINDS = ("png", "jpeg", "map_png", "array")
+_OUTPUT_KEYS = {"png": "png", "jpeg": "jpeg", "map_png": "map_png", "array": "cam"}
 _INSTANCE_KEYS = {"image_bytes", "b64", "image", "class"}
-_V2_TYPES = {"image": ("FP32", "FP64"), "target_class": ("INT64", "INT32")}
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,11 @@ class V1Batch:
     classes: np.ndarray | None  # [N] int64 (-1: top class) for class-input artifacts
     pictures: list = field(default_factory=list)  # RGB uint8 per instance, None for preprocessed ones
     output: str = "png"
+    regions: list = field(default_factory=list)  # (x, y, w, h) explained, per instance
+
+    def __post_init__(self) -> None:
+        if not self.regions:
+            self.regions = [input_region(self.images) for _ in range(self.images.shape[0])]
 
 
 def _decode_b64(text, where: str) -> bytes:
@@ -73,7 +83,8 @@ def _decode_b64(text, where: str) -> bytes:
         raise InputError(f"{where}: b64 is not valid base64 ({exc})") from None
 
 
-def _decode(data: bytes, where: str, limits: ServeLimits) -> np.ndarray:
+def decode_picture(data: bytes, where: str, limits: ServeLimits) -> np.ndarray:
+    """Encoded picture bytes to RGB ``uint8``; an :class:`InputError` naming ``where`` otherwise."""
     import cv2
 
     try:
@@ -102,7 +113,7 @@ def _instance(item, index: int, meta: ArtifactMetadata, limits: ServeLimits):
                 raise InputError(f'{where}: image_bytes must be {{"b64": "<base64>"}}')
             source = source["b64"]
         if sources[0] != "image":
-            rgb = _decode(_decode_b64(source, where), where, limits)
+            rgb = decode_picture(_decode_b64(source, where), where, limits)
             return preprocess(rgb, meta), rgb, klass
         item = source
     if not isinstance(item, list):
@@ -162,24 +173,60 @@ def parse_v1(body, meta: ArtifactMetadata, limits: ServeLimits, *, explain: bool
     if len(shapes) > 1:
         raise InputError(f"the instances of one request must have one shape to run as a batch, got {sorted(shapes)}")
     target = np.asarray(classes, np.int64) if meta.class_input else None
-    return V1Batch(np.stack(arrays), target, pictures, output)
+    images = np.stack(arrays)
+    regions = [input_region(images) if p is None else explained_region(p.shape, meta) for p in pictures]
+    return V1Batch(images, target, pictures, output, regions)
 
 
-def _explained(result, j: int, batch: V1Batch | None, *, maps: bool, colormap: str, alpha: float) -> list[dict]:
+def input_region(images: np.ndarray) -> tuple[float, float, float, float]:
+    """The region of an already preprocessed input: all of it, ``(0, 0, W, H)``."""
+    return 0.0, 0.0, float(images.shape[-1]), float(images.shape[-2])
+
+
+def map_levels(cam: np.ndarray) -> np.ndarray:
+    """A map in ``[0, 1]`` as 256 grey levels, ``rint(255 * cam)`` (the levels overlays use)."""
+    return np.rint(np.clip(np.nan_to_num(cam, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def map_png(cam: np.ndarray) -> bytes:
+    """One map ``[H, W]`` as an 8-bit grey PNG at the model's input size."""
+    import cv2
+
+    from ..runtime.visualize import PNG_COMPRESSION
+
+    ok, encoded = cv2.imencode(".png", map_levels(cam), [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION])
+    if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        raise InputError(f"OpenCV could not encode a {cam.shape} map as PNG")
+    return encoded.tobytes()
+
+
+def overlay_bytes(picture, cam, region, fmt: str, *, colormap: str = "jet", alpha: float = 0.4) -> bytes:
+    """The map over the picture (over its explained ``region``; the rest dimmed) as ``fmt`` (png, jpeg);
+    the heat map alone when there is no picture (a preprocessed input)."""
+    if picture is None:
+        image = heatmap(cam, colormap=colormap)
+    else:
+        image = overlay(picture, cam, colormap=colormap, alpha=alpha, region=region)
+    return encode_image(image, fmt)
+
+
+def _map_field(kind: str, cam, picture, region, colormap: str, alpha: float):
+    if kind == "array":
+        return cam.tolist()
+    data = map_png(cam) if kind == "map_png" else overlay_bytes(picture, cam, region, kind, colormap=colormap,
+                                                                alpha=alpha)  # fmt: skip
+    return base64.b64encode(data).decode("ascii")
+
+
+def _explained(result, j: int, batch: V1Batch, *, maps: bool, colormap: str, alpha: float) -> list[dict]:
     meta = result.metadata
     rows = []
     for k, (c, s) in enumerate(zip(result.class_index[j], result.score[j], strict=True)):
         row = {"index": int(c), "label": meta.label(int(c)), "score": float(s)}
         if maps:
-            cam = result.cam[j, k]
-            if batch.output == "array":
-                row["cam"] = cam.tolist()
-            else:
-                picture = batch.pictures[j]
-                image = heatmap(cam, colormap=colormap) if picture is None else overlay(
-                    picture, cam, colormap=colormap, alpha=alpha, region=explained_region(picture.shape, meta)
-                )  # fmt: skip
-                row["png"] = base64.b64encode(encode_image(image, "png")).decode("ascii")
+            row[_OUTPUT_KEYS[batch.output]] = _map_field(
+                batch.output, result.cam[j, k], batch.pictures[j], batch.regions[j], colormap, alpha
+            )
         rows.append(row)
     return rows
 
@@ -195,78 +242,8 @@ def v1_response(result, batch: V1Batch, *, explain: bool, colormap: str = "jet",
                 "predicted_index": top,
                 "predicted_label": meta.label(top),
                 "probability": float(result.probabilities[j, top]),
+                "region": [float(v) for v in batch.regions[j]],
                 "explained": _explained(result, j, batch, maps=explain, colormap=colormap, alpha=alpha),
             }
         )
     return {"explanations" if explain else "predictions": records}
-
-
-def _dims(meta: ArtifactMetadata) -> dict[str, list[int]]:
-    """Tensor shapes of the contract with -1 for the batch and for dynamic height/width."""
-    h, w = meta.input_size if meta.input_size is not None else (-1, -1)
-    k = 1 if meta.class_input else meta.top_k
-    cam_hw = [h, w] if meta.upsample else [-1, -1]
-    return {
-        "image": [-1, meta.in_channels, h, w],
-        "target_class": [-1],
-        "logits": [-1, meta.num_classes],
-        "probabilities": [-1, meta.num_classes],
-        "class_index": [-1, k],
-        "score": [-1, k],
-        "cam": [-1, k, *cam_hw],
-    }
-
-
-_DATATYPES = {"image": "FP32", "target_class": "INT64", "class_index": "INT64"}
-
-
-def v2_metadata(name: str, meta: ArtifactMetadata) -> dict:
-    """``GET /v2/models/NAME``: inputs and outputs from the contract; the artifact's metadata as parameters."""
-    dims = _dims(meta)
-    inputs = INPUT_NAMES[: 2 if meta.class_input else 1]
-    return {
-        "inputs": [{"name": n, "datatype": _DATATYPES.get(n, "FP32"), "shape": dims[n]} for n in inputs],
-        "outputs": [{"name": n, "datatype": _DATATYPES.get(n, "FP32"), "shape": dims[n]} for n in OUTPUT_NAMES],
-    }
-
-
-def v2_inputs(tensors: dict[str, tuple[str, np.ndarray]], meta: ArtifactMetadata):
-    """Check v2 input tensors (name -> (datatype, array)); return ``(image, target_class or None)``."""
-    allowed = INPUT_NAMES[: 2 if meta.class_input else 1]
-    unknown = sorted(set(tensors) - set(allowed))
-    if unknown:
-        raise InputError(f"unknown input(s) {unknown}; this model takes {list(allowed)}")
-    if "image" not in tensors:
-        raise InputError('the input "image" (FP32 [N, C, H, W], normalized) is missing')
-    for name, (datatype, _) in tensors.items():
-        if datatype not in _V2_TYPES[name]:
-            raise InputError(f'input "{name}" must be {" or ".join(_V2_TYPES[name])}, got {datatype}')
-    image = tensors["image"][1]
-    dims = _dims(meta)["image"]
-    if image.ndim != 4 or any(d not in (-1, s) for d, s in zip(dims[1:], image.shape[1:], strict=True)):
-        raise InputError(f'input "image" must have shape {dims} (-1: any), got {list(image.shape)}')
-    if image.shape[0] > 0 and not np.isfinite(image).all():
-        raise InputError('input "image" holds NaN or Inf')
-    target = tensors.get("target_class", (None, None))[1]
-    if target is not None and target.shape != (image.shape[0],):
-        raise InputError(f'input "target_class" must have shape [{image.shape[0]}] (one per image), got {target.shape}')
-    if target is not None:  # checked here so the message names the input the client sent
-        bad = np.flatnonzero((target < -1) | (target >= meta.num_classes))
-        if bad.size:
-            i = int(bad[0])
-            raise InputError(
-                f'input "target_class"[{i}] = {int(target[i])} is out of range; expected 0..{meta.num_classes - 1}, '
-                "or -1 for the top prediction"
-            )
-    return image.astype(np.float32, copy=False), None if target is None else target.astype(np.int64)
-
-
-def v2_tensors(result, requested: list[str] | None) -> list[tuple[str, str, np.ndarray]]:
-    """The contract outputs (or the requested ones, in the contract's order) as (name, datatype, array)."""
-    if requested:
-        unknown = sorted(set(requested) - set(OUTPUT_NAMES))
-        if unknown:
-            raise InputError(f"unknown output(s) {unknown}; this model returns {list(OUTPUT_NAMES)}")
-    names = [n for n in OUTPUT_NAMES if not requested or n in requested]
-    arrays = dict(zip(OUTPUT_NAMES, result.outputs(), strict=True))
-    return [(n, _DATATYPES.get(n, "FP32"), arrays[n]) for n in names]
