@@ -1,4 +1,6 @@
-"""Triton model repositories: ``gradcam export --format triton`` and ``gradcam triton``.
+"""Triton model repositories: ``gradcam export --format triton`` and ``gradcam triton`` (both backends).
+
+A real tritonserver loads and serves the python-backend repository in tests/test_triton_server.py.
 
 config.pbtxt is parsed with Triton's own schema (tritonclient's ``model_config_pb2`` and
 protobuf's text_format) in a subprocess that never imports kserve (the two register the
@@ -135,4 +137,77 @@ def test_triton_refuses_what_it_cannot_serve(tmp_path, capsys):
     (tmp_path / "plain.onnx").write_bytes(b"not onnx")
     assert main(["triton", str(tmp_path / "plain.onnx"), "--out", str(tmp_path / "repo")]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+def test_python_backend_repository(static_onnx, tmp_path, capsys, monkeypatch):
+    """--backend python: Triton's schema accepts the config; pictures or tensors in, overlays out; a README."""
+    repo = tmp_path / "repo"
+    env = tmp_path / "env"
+    argv = ["triton", str(static_onnx), "--out", str(repo), "--backend", "python", "--execution-env", "env"]
+    monkeypatch.chdir(tmp_path)  # a relative --execution-env
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    folder = repo / "static"
+    assert f"wrote {folder} (1/model.onnx, 1/model.py, README.md, config.pbtxt, labels.txt)" in out
+    assert (folder / "1" / "model.onnx").read_bytes() == static_onnx.read_bytes()
+    assert "from gradcam_model.serving.triton_model import TritonPythonModel" in (folder / "1" / "model.py").read_text()
+    config = _parse(folder / "config.pbtxt")
+    assert config["backend"] == "python" and "platform" not in config
+    assert [(i["name"], i["data_type"], i["dims"], i.get("optional")) for i in config["input"]] == [
+        ("image_bytes", "TYPE_STRING", ["1"], True),
+        ("image", "TYPE_FP32", ["3", "64", "64"], True),
+    ]
+    graph = _graph(static_onnx)
+    outputs = {o["name"]: (o["data_type"], [int(d) for d in o["dims"]]) for o in config["output"]}
+    assert list(outputs) == ["logits", "probabilities", "class_index", "score", "cam", "overlay", "region"]
+    for name in ("logits", "probabilities", "class_index", "score", "cam"):
+        assert outputs[name] == graph[name], name
+    assert outputs["overlay"] == ("TYPE_STRING", [1]) and outputs["region"] == ("TYPE_FP32", [4])
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert params["EXECUTION_ENV_PATH"] == str(env)  # made absolute: Triton resolves from its own directory
+    assert params["max_pixels"] == "64000000" and params["gradcam.target_layer"] == "layer2"
+    readme = (folder / "README.md").read_text()
+    assert "numpy>=1.24,<2" in readme and f"`EXECUTION_ENV_PATH` to `{env}`" in readme
+    assert "`image_bytes` BYTES `[N, 1]`" in readme and "target_class" not in readme  # no class input here
+    # back to the onnxruntime backend: the python backend's files go
+    assert main(["triton", str(static_onnx), "--out", str(repo), "--overwrite"]) == 0
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
+        "1",
+        "1/model.onnx",
+        "config.pbtxt",
+        "labels.txt",
+    ]
+    assert _parse(folder / "config.pbtxt")["platform"] == "onnxruntime_onnx"
+
+
+def test_python_backend_with_a_class_input(tmp_path, artifacts):
+    from gradcam_model.serving.triton import TritonOptions, write_repository
+
+    options = TritonOptions(backend="python", max_pixels=1000, colormap="viridis")
+    config = _parse(write_repository(artifacts["dynamic.onnx"], tmp_path, "pets", options=options))
+    assert [(i["name"], i["dims"]) for i in config["input"]] == [
+        ("image_bytes", ["1"]),
+        ("image", ["3", "-1", "-1"]),
+        ("target_class", ["1"]),  # [N, 1]: no reshape in the python backend
+    ]
+    assert [int(d) for d in config["output"][4]["dims"]] == [1, -1, -1]
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert params["max_pixels"] == "1000" and params["colormap"] == "viridis"
+    assert "EXECUTION_ENV_PATH" not in params
+    readme = (tmp_path / "pets" / "README.md").read_text()
+    assert "No `EXECUTION_ENV_PATH` is set" in readme and "`target_class` INT64 `[N, 1]`" in readme
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--execution-env", "env"], "--execution-env is for --backend python"),
+        (["--backend", "tensorrt"], "argument --backend: invalid choice: 'tensorrt'"),
+    ],
+)
+def test_triton_backend_flags_refused(static_onnx, tmp_path, capsys, argv, message):
+    assert main(["triton", str(static_onnx), "--out", str(tmp_path / "repo"), *argv]) == 2
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()

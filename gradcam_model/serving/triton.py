@@ -25,10 +25,11 @@ from pathlib import Path
 
 from .._atomic import check_target, write_bytes_atomic
 from ..contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
-from ..errors import ArtifactError
+from ..errors import ArtifactError, InputError
 
 __all__ = [
     "BACKENDS",
+    "PYTHON_ONLY_FILES",
     "LABELS_FILE",
     "TritonOptions",
     "common_lines",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 BACKENDS = ("onnxruntime", "python")
+PYTHON_ONLY_FILES = ("README.md", "1/model.py")  # what the python backend writes beyond the ONNX layout
 
 LABELS_FILE = "labels.txt"
 _TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64"}
@@ -180,10 +182,10 @@ def write_repository(
 
     ``onnxruntime``: the artifact as ``1/model.onnx`` for Triton's ONNX Runtime backend.
     ``python``: the artifact run by our runtime in Triton's python backend
-    (:func:`~gradcam_model.serving.triton_python.write_python_repository`).
+    (:mod:`~gradcam_model.serving.triton_python`).
     """
     if options.backend not in BACKENDS:
-        raise ArtifactError(f"unknown Triton backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise InputError(f"unknown Triton backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
     artifact = Path(artifact)
     if artifact.suffix.lower() != ".onnx":
         raise ArtifactError(f"{artifact}: Triton's {options.backend} backend takes .onnx artifacts")
@@ -200,4 +202,6 @@ def write_repository(
         from .triton_python import write_python_files
 
         return write_python_files(folder, metadata, tensors, options)
+    for stale in PYTHON_ONLY_FILES:  # left by an overwritten python-backend model
+        (folder / stale).unlink(missing_ok=True)
     return write_config(target, options)
