@@ -24,10 +24,8 @@ import numpy as np
 import onnx
 import psutil
 import pytest
-import torch
 import triton_server
 
-from gradcam_model import GradCAMModel, export_onnx
 from gradcam_model.cli import main
 from gradcam_model.contract import METADATA_KEY, ArtifactMetadata, Preprocessing
 from gradcam_model.runtime import decode_image, explained_region, load_explainer, preprocess
@@ -71,13 +69,10 @@ def _with_preprocessing(source: Path, target: Path, prep: Preprocessing) -> Path
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, resnet18):
+def served(tmp_path_factory, artifacts):
     """The artifacts, their explainers, and one running tritonserver serving them all."""
     folder = tmp_path_factory.mktemp("triton-server")
-    example = torch.randn(1, 3, 64, 64)
-    static = export_onnx(GradCAMModel(resnet18, "layer2", example_input=example), folder / "static.onnx")
-    pets = GradCAMModel(resnet18, "layer4", example_input=example, class_input=True)
-    pets = export_onnx(pets, folder / "pets.onnx")
+    static, pets = artifacts["static.onnx"], artifacts["dynamic.onnx"]  # fixed 64x64; dynamic, a class input
     crop = _with_preprocessing(
         pets, folder / "crop.onnx", Preprocessing(resize="shorter", crop_pct=0.875, interpolation="bicubic")
     )
