@@ -4,7 +4,8 @@ Usage: ``python triton_client_run.py JOB.pkl RESULT.pkl``. tritonclient.grpc and
 the same protobuf messages and cannot share a process, so the clients run here, never in the
 pytest process. ``JOB``: ``{"protocol": "http"|"grpc", "url", "model", "threads", "requests":
 [{"inputs": [(name, datatype, array)], "outputs": [names] or None}], "repeat": n}``. ``RESULT``: per
-request ``{"outputs": {name: array}}`` or ``{"error": message}``, plus ``"seconds"`` per request.
+request ``{"outputs": {name: array}}`` or ``{"error": message, "status"}``, with its ``"seconds"``; ``"wall"``:
+the seconds from the first request to the last answer (the clients connected before).
 Every client is closed before this process exits (a client left open delays Triton's shutdown).
 """
 
@@ -46,25 +47,27 @@ def _one(module, client, model: str, request: dict, protocol: str) -> dict:
     return {"outputs": {n: result.as_numpy(n) for n in returned}, "seconds": seconds}
 
 
-def run(job: dict) -> list[dict]:
+def run(job: dict) -> tuple[list[dict], float]:
+    """The result of each request, in order, and the seconds from the first request to the last answer."""
     protocol, threads = job["protocol"], job.get("threads", 1)
     requests = job["requests"] * job.get("repeat", 1)
     clients = [_client(protocol, job["url"]) for _ in range(threads)]
+    chunks = [list(range(i, len(requests), threads)) for i in range(threads)]
+    results: list = [None] * len(requests)
+
+    def work(t: int) -> None:
+        module, client = clients[t]
+        for i in chunks[t]:
+            results[i] = _one(module, client, job["model"], requests[i], protocol)
+
     try:
+        started = time.perf_counter()
         if threads == 1:
-            module, client = clients[0]
-            return [_one(module, client, job["model"], r, protocol) for r in requests]
-        chunks = [list(range(i, len(requests), threads)) for i in range(threads)]
-        results: list = [None] * len(requests)
-
-        def work(t: int) -> None:
-            module, client = clients[t]
-            for i in chunks[t]:
-                results[i] = _one(module, client, job["model"], requests[i], protocol)
-
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, range(threads)))
-        return results
+            work(0)
+        else:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, range(threads)))
+        return results, time.perf_counter() - started
     finally:
         for _, client in clients:
             client.close()
@@ -73,10 +76,9 @@ def run(job: dict) -> list[dict]:
 def main(argv: list[str]) -> int:
     with open(argv[0], "rb") as handle:
         job = pickle.load(handle)
-    started = time.perf_counter()
-    results = run(job)
+    results, wall = run(job)
     with open(argv[1], "wb") as handle:
-        pickle.dump({"results": results, "wall": time.perf_counter() - started}, handle)
+        pickle.dump({"results": results, "wall": wall}, handle)
     return 0
 
 
