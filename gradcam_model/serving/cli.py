@@ -168,9 +168,11 @@ def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
     group.add_argument(
         "--instances", type=positive_int, default=defaults.instances, metavar="N", help="model instances (default: 1)"
     )
+    from .triton import BACKENDS
+
     group.add_argument(
         "--backend",
-        choices=("onnxruntime", "python"),
+        choices=BACKENDS,
         default=defaults.backend,
         help=f"Triton backend that runs the model (default: {defaults.backend})",
     )
