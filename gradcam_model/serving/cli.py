@@ -151,6 +151,8 @@ def add_triton_parser(sub) -> argparse.ArgumentParser:
 
 def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
     """Triton settings, shared by ``gradcam triton`` and ``gradcam export --format triton``."""
+    from .triton import BACKENDS
+
     group = p.add_argument_group("triton")
     group.add_argument(
         "--max-batch-size",
@@ -168,8 +170,6 @@ def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
     group.add_argument(
         "--instances", type=positive_int, default=defaults.instances, metavar="N", help="model instances (default: 1)"
     )
-    from .triton import BACKENDS
-
     group.add_argument(
         "--backend",
         choices=BACKENDS,
