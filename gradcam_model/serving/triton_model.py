@@ -99,11 +99,7 @@ class TritonPythonModel:
             if data.ndim != 2 or data.shape[1] != 1:
                 raise InputError(f'input "image_bytes" must be [N, 1] (one picture per row), got {list(data.shape)}')
             pictures = [_decode(bytes(item), f"image_bytes[{i}]", self.limits) for i, item in enumerate(data[:, 0])]
-            arrays = [preprocess(rgb, self.meta) for rgb in pictures]
-            shapes = {a.shape for a in arrays}
-            if len(shapes) > 1:  # only dynamic-size artifacts keep a picture's size; one request is one batch
-                raise InputError(f"the pictures of one request must preprocess to one shape, got {sorted(shapes)}")
-            tensors["image"] = np.stack(arrays)
+            tensors["image"] = np.stack([preprocess(rgb, self.meta) for rgb in pictures])  # all at one input size
         v2 = {"image": ("FP32", tensors["image"])}
         if "target_class" in tensors:
             target = tensors["target_class"]
@@ -118,7 +114,7 @@ class TritonPythonModel:
         return _Request(image, classes, pictures, set(request.requested_output_names()))
 
     def _run(self, requests: list[_Request]) -> dict:
-        """Each request's explanation, ``id(request) -> Explanation or GradCAMError``; one call per input shape."""
+        """``id(request) ->`` its five outputs, or the GradCAMError of its group; one explainer call per input shape."""
         groups: dict[tuple, list[_Request]] = {}
         for request in requests:
             groups.setdefault(request.images.shape[1:], []).append(request)
