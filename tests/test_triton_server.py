@@ -1,8 +1,8 @@
 """``gradcam triton --backend python`` under a real tritonserver (2.51, nvidia-pytriton), called by tritonclient.
 
-One server per module on 127.0.0.1 with free ports and no metrics, four models: a fixed-size
+One server per module on 127.0.0.1 with free ports and no metrics, five models: a fixed-size
 artifact, a dynamic-size one with a class input, that one with a crop preprocessing recorded,
-and the fixed one with a small pixel limit. tritonclient runs in a subprocess
+and the fixed one with a small pixel limit, and with a long batching delay. tritonclient runs in a subprocess
 (tests/triton_client_run.py: its gRPC messages clash with kserve's) over HTTP and gRPC.
 The oracle is the in-process explainer on the same inputs (pictures decoded and
 preprocessed here, in this venv's numpy 2 and OpenCV, the server's run numpy 1 and OpenCV 4.11).
@@ -80,14 +80,20 @@ def served(tmp_path_factory, artifacts):
     repo = folder / "repo"
     argv = ["triton", str(static), "--out", str(repo), "--backend", "python", "--execution-env", str(env)]
     assert main(argv) == 0
-    for artifact, name, extra in ((pets, "pets", {}), (crop, "crop", {}), (static, "limited", {"max_pixels": 5000})):
+    others = {
+        "pets": (pets, {}),
+        "crop": (crop, {}),
+        "limited": (static, {"max_pixels": 5000}),
+        "patient": (static, {"max_queue_delay_us": 200_000}),  # waits for a full batch: batching for sure
+    }
+    for name, (artifact, extra) in others.items():
         options = TritonOptions(backend="python", execution_env=str(env), **extra)
         write_repository(artifact, repo, name, options=options)
-    models = ["static", "pets", "crop", "limited"]
+    models = ["static", *others]
     work = folder / "work"
     work.mkdir()
     server = triton_server.start(repo, work, models)
-    explainers = {"static": static, "pets": pets, "crop": crop, "limited": static}
+    explainers = {"static": static, "pets": pets, "crop": crop, "limited": static, "patient": static}
     yield {
         "server": server,
         "env": env,
@@ -224,9 +230,9 @@ def test_concurrent_clients_are_batched_and_answered_right(served, protocol):
             {"inputs": [("image", "FP32", x)], "outputs": OUTPUTS},
             {"inputs": [_pictures(p)], "outputs": OUTPUTS},
         ]
-    before = _stats(served, "static")
-    got = _call(served, protocol, "static", requests, threads=8)
-    after = _stats(served, "static")
+    before = _stats(served, "patient")
+    got = _call(served, protocol, "patient", requests, threads=8)
+    after = _stats(served, "patient")
     inputs = _preprocessed_by_the_server_env(served, "static", pngs)
     for i, x in enumerate(tensors):
         _assert_outputs(got[2 * i], static(x))
@@ -234,7 +240,9 @@ def test_concurrent_clients_are_batched_and_answered_right(served, protocol):
     requests_run = int(after["inference_count"]) - int(before["inference_count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
     assert requests_run == sum(x.shape[0] for x in tensors) + len(pngs)
-    assert executions < len(requests)  # Triton's dynamic batcher handed over several requests at once
+    # Triton's dynamic batcher handed over several requests at once (this model waits up to 0.2 s for
+    # more; 17 executions for the 32 requests in one run, 32 without the wait)
+    assert executions < len(requests), (executions, len(requests))
 
 
 _TINY = _png(8, 8, seed=0)
@@ -284,7 +292,7 @@ def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(served, p
 def test_shutdown_leaves_no_process_and_no_shared_memory(served):
     server = served["server"]
     children = psutil.Process(server.process.pid).children(recursive=True)
-    assert len(children) >= 4  # one python-backend stub per model instance
+    assert len(children) >= 5  # one python-backend stub per model instance
     assert triton_server.stop(server) == 0, server.log_text()[-3000:]
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
