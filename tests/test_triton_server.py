@@ -28,7 +28,7 @@ import triton_server
 
 from gradcam_model.cli import main
 from gradcam_model.contract import METADATA_KEY, ArtifactMetadata, Preprocessing
-from gradcam_model.runtime import decode_image, explained_region, load_explainer, preprocess
+from gradcam_model.runtime import decode_image, explained_region, load_explainer, overlay, preprocess
 from gradcam_model.serving.triton import TritonOptions, write_repository
 
 pytestmark = [
@@ -43,6 +43,7 @@ SCORE_ATOL = 1e-5  # logits, probabilities, scores: a few float32 ulps of values
 # to 3e-7 apart, which moves a map by 1.01e-6: pictures are compared on inputs preprocessed in the
 # server's environment, and the two preprocessings within this
 PREPROCESS_ATOL = 1e-6
+OVERLAY_LEVELS = 0  # of 255: the server (OpenCV 4.11) and we (5.1) draw the same map identically
 _PREPROCESS = r"""
 import pickle, sys
 import numpy as np
@@ -205,8 +206,10 @@ def test_pictures_match_the_explainer(served, protocol, model):
         _assert_outputs(result, explainer(inputs[i : i + 1]))
         region = explained_region(picture.shape, meta)
         np.testing.assert_allclose(result["outputs"]["region"][0], region, rtol=1e-6)
-        overlay = cv2.imdecode(np.frombuffer(result["outputs"]["overlay"][0, 0], np.uint8), cv2.IMREAD_COLOR)
-        assert overlay.shape == picture.shape  # the map over the whole picture
+        png = cv2.imdecode(np.frombuffer(result["outputs"]["overlay"][0, 0], np.uint8), cv2.IMREAD_COLOR)
+        want = overlay(picture, result["outputs"]["cam"][0, 0], region=region)  # the server's map, drawn here
+        assert png.shape == want.shape  # the map over the whole picture
+        assert np.abs(png[..., ::-1].astype(int) - want).max() <= OVERLAY_LEVELS
     _assert_outputs(got[-1], explainer(inputs))
     if model == "crop":  # the crop shows less than the picture: the region says which part
         assert all(got[i]["outputs"]["region"][0, 2] < SIZES[i][1] for i in range(len(SIZES)))
