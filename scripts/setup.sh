@@ -22,6 +22,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${pins[@]}" -e ".[dev]"
+# a real tritonserver for tests/test_triton_server.py: nvidia-pytriton ships the 2.51 binary, its libraries
+# and the python backend. --no-deps: its Python package pins numpy<2; the binary needs no numpy (the models
+# run in a numpy-1 environment of their own, tests/triton_server.py). The version is constraints.txt's.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$(grep -i '^nvidia-pytriton==' constraints.txt)"
 if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1 || ! command -v make >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq && apt-get install -y -qq cmake g++ make >/dev/null

@@ -1,4 +1,6 @@
-"""Triton model repositories: ``gradcam export --format triton`` and ``gradcam triton``.
+"""Triton model repositories: ``gradcam export --format triton`` and ``gradcam triton`` (both backends).
+
+A real tritonserver loads and serves the python-backend repository in tests/test_triton_server.py.
 
 config.pbtxt is parsed with Triton's own schema (tritonclient's ``model_config_pb2`` and
 protobuf's text_format) in a subprocess that never imports kserve (the two register the
@@ -136,3 +138,170 @@ def test_triton_refuses_what_it_cannot_serve(tmp_path, capsys):
     assert main(["triton", str(tmp_path / "plain.onnx"), "--out", str(tmp_path / "repo")]) == 2
     assert "not a loadable ONNX model" in capsys.readouterr().err
     assert not (tmp_path / "repo").exists()
+
+
+def test_python_backend_repository(static_onnx, tmp_path, capsys, monkeypatch):
+    """--backend python: Triton's schema accepts the config; pictures or tensors in, overlays out; a README."""
+    repo = tmp_path / "repo"
+    env = tmp_path / "env"
+    argv = ["triton", str(static_onnx), "--out", str(repo), "--backend", "python", "--execution-env", "env"]
+    monkeypatch.chdir(tmp_path)  # a relative --execution-env
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    folder = repo / "static"
+    assert f"wrote {folder} (1/model.onnx, 1/model.py, README.md, config.pbtxt, labels.txt)" in out
+    assert (folder / "1" / "model.onnx").read_bytes() == static_onnx.read_bytes()
+    assert "from gradcam_model.serving.triton_model import TritonPythonModel" in (folder / "1" / "model.py").read_text()
+    config = _parse(folder / "config.pbtxt")
+    assert config["backend"] == "python" and "platform" not in config
+    assert [(i["name"], i["data_type"], i["dims"], i.get("optional")) for i in config["input"]] == [
+        ("image_bytes", "TYPE_STRING", ["1"], True),
+        ("image", "TYPE_FP32", ["3", "64", "64"], True),
+    ]
+    graph = _graph(static_onnx)
+    outputs = {o["name"]: (o["data_type"], [int(d) for d in o["dims"]]) for o in config["output"]}
+    assert list(outputs) == ["logits", "probabilities", "class_index", "score", "cam", "overlay", "region"]
+    for name in ("logits", "probabilities", "class_index", "score", "cam"):
+        assert outputs[name] == graph[name], name
+    assert outputs["overlay"] == ("TYPE_STRING", [1]) and outputs["region"] == ("TYPE_FP32", [4])
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert params["EXECUTION_ENV_PATH"] == str(env)  # made absolute: Triton resolves from its own directory
+    assert params["max_pixels"] == "64000000" and params["gradcam.target_layer"] == "layer2"
+    readme = (folder / "README.md").read_text()
+    assert "numpy>=1.24,<2" in readme and f"`EXECUTION_ENV_PATH` to `{env}`" in readme
+    assert "`image_bytes` BYTES `[N, 1]`" in readme and "target_class" not in readme  # no class input here
+    # back to the onnxruntime backend: the python backend's files go
+    assert main(["triton", str(static_onnx), "--out", str(repo), "--overwrite"]) == 0
+    assert sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) == [
+        "1",
+        "1/model.onnx",
+        "config.pbtxt",
+        "labels.txt",
+    ]
+    assert _parse(folder / "config.pbtxt")["platform"] == "onnxruntime_onnx"
+
+
+def test_python_backend_with_a_class_input(tmp_path, artifacts):
+    from gradcam_model.serving.triton import TritonOptions, write_repository
+
+    options = TritonOptions(backend="python", max_pixels=1000, colormap="viridis")
+    config = _parse(write_repository(artifacts["dynamic.onnx"], tmp_path, "pets", options=options))
+    assert [(i["name"], i["dims"]) for i in config["input"]] == [
+        ("image_bytes", ["1"]),
+        ("image", ["3", "-1", "-1"]),
+        ("target_class", ["1"]),  # [N, 1]: no reshape in the python backend
+    ]
+    assert [int(d) for d in config["output"][4]["dims"]] == [1, -1, -1]
+    params = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert params["max_pixels"] == "1000" and params["colormap"] == "viridis"
+    assert "EXECUTION_ENV_PATH" not in params
+    readme = (tmp_path / "pets" / "README.md").read_text()
+    assert "No `EXECUTION_ENV_PATH` is set" in readme and "`target_class` INT64 `[N, 1]`" in readme
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--execution-env", "env"], "--execution-env is for --backend python"),
+        (["--backend", "tensorrt"], "argument --backend: invalid choice: 'tensorrt'"),
+    ],
+)
+def test_triton_backend_flags_refused(static_onnx, tmp_path, capsys, argv, message):
+    assert main(["triton", str(static_onnx), "--out", str(tmp_path / "repo"), *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+
+
+class _FakeTensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class _FakeRequest:
+    def __init__(self, inputs: dict, outputs=("logits", "probabilities", "class_index", "score", "cam")):
+        self.inputs, self.outputs = inputs, list(outputs)
+
+    def requested_output_names(self):
+        return self.outputs
+
+
+class _FakeUtils:
+    """The few names of ``triton_python_backend_utils`` the model uses, recording what it answers."""
+
+    class TritonError(Exception):
+        INVALID_ARG = 3
+
+        def __init__(self, message, code=None):
+            super().__init__(message)
+            self.code = code
+
+    class InferenceResponse:
+        def __init__(self, output_tensors, error=None):
+            self.outputs = {t.name: t.array for t in output_tensors}
+            self.error = error
+
+    class Logger:
+        @staticmethod
+        def log_info(message):
+            pass
+
+    Tensor = _FakeTensor
+
+    @staticmethod
+    def get_input_tensor_by_name(request, name):
+        return _FakeTensor(name, request.inputs[name]) if name in request.inputs else None
+
+
+def test_python_backend_model_answers_each_request_of_a_batch(artifacts, tmp_path, monkeypatch):
+    """One execute() with several requests: good ones run together and are split back; a bad one gets its error."""
+    import cv2
+    import numpy as np
+
+    from gradcam_model.runtime import decode_image, load_explainer, preprocess
+    from gradcam_model.serving.triton import TritonOptions, write_repository
+    from gradcam_model.serving.triton_model import TritonPythonModel
+
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeUtils)
+    monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS", raising=False)  # the model sets it: undone after the test
+    config = write_repository(artifacts["dynamic.onnx"], tmp_path, "pets", options=TritonOptions(backend="python"))
+    model = TritonPythonModel()
+    model_config = {"parameters": {k: {"string_value": v} for k, v in (("max_pixels", "100000"), ("alpha", "0.4"))}}
+    args = {"model_config": json.dumps(model_config), "model_repository": str(config.parent), "model_version": "1"}
+    model.initialize(args)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 64, 64)).astype(np.float32)
+    picture = cv2.imencode(".png", rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))[1].tobytes()
+    requests = [
+        _FakeRequest({"image": x, "target_class": np.array([[4], [-1]])}),
+        _FakeRequest({"image_bytes": np.array([[b"junk"]], dtype=np.object_)}),
+        _FakeRequest({"image_bytes": np.array([[picture]], dtype=np.object_)}, outputs=("cam", "overlay", "region")),
+        _FakeRequest({"image": x[:1], "target_class": np.array([[99]])}),
+    ]
+    answers = model.execute(requests)  # requests 0 and 2 run as one batch of 3 (both 64x64)
+    explainer = load_explainer(artifacts["dynamic.onnx"], providers=["CPUExecutionProvider"])
+    expected = explainer(x, np.array([4, -1]))
+    for name, want in zip(("logits", "probabilities", "class_index", "score", "cam"), expected.outputs()):
+        # 1e-5: a batch of 3 against our batch of 2 (ONNX Runtime's kernels block by batch size)
+        np.testing.assert_allclose(answers[0].outputs[name], want, rtol=0, atol=1e-5, err_msg=name)
+    assert answers[1].error.code == _FakeUtils.TritonError.INVALID_ARG
+    assert str(answers[1].error).startswith("image_bytes[0]: not a readable image")
+    rgb = decode_image(picture)
+    np.testing.assert_allclose(
+        answers[2].outputs["cam"], explainer(preprocess(rgb, explainer.metadata)[None]).cam, rtol=0, atol=1e-5
+    )
+    assert answers[2].outputs["region"].tolist() == [[0.0, 0.0, 50.0, 30.0]]
+    assert answers[2].outputs["overlay"].shape == (1, 1)
+    assert cv2.imdecode(np.frombuffer(answers[2].outputs["overlay"][0, 0], np.uint8), cv2.IMREAD_COLOR).shape == (
+        30,
+        50,
+        3,
+    )
+    assert (
+        str(answers[3].error)
+        == 'input "target_class"[0] = 99 is out of range; expected 0..9, or -1 for the top prediction'
+    )
+    assert answers[3].outputs == {}

@@ -2,7 +2,8 @@
 
 Serve side only (never torch). The server needs the ``[serve]`` extra (kserve); the
 Triton writer needs nothing beyond the base install. kserve is imported only when a
-server starts.
+server starts. :mod:`.triton_model` is the model Triton's python backend runs
+(``gradcam triton --backend python``).
 """
 
 from .protocol import ServeLimits

@@ -152,8 +152,11 @@ def add_triton_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "triton",
         help="write a Triton model repository for an .onnx artifact",
-        description="Write REPO/NAME/config.pbtxt (onnxruntime_onnx, dynamic batching, labels, metadata as "
-        "parameters), REPO/NAME/labels.txt and REPO/NAME/1/model.onnx, each atomically. Torch-free.",
+        description="Write REPO/NAME/config.pbtxt (dynamic batching, labels, metadata as parameters), "
+        "REPO/NAME/labels.txt and REPO/NAME/1/model.onnx, each atomically. --backend onnxruntime (default): "
+        "Triton's ONNX Runtime backend runs the graph on tensors. --backend python: our runtime inside Triton's "
+        "python backend (1/model.py, README.md) takes encoded pictures or tensors and returns overlays on "
+        "request; its environment needs gradcam_model with numpy<2 (see the README written). Torch-free.",
     )
     p.add_argument("artifact", metavar="ARTIFACT", help=".onnx artifact")
     p.add_argument("--out", required=True, metavar="REPO", help="model repository folder")
@@ -167,6 +170,8 @@ def add_triton_parser(sub) -> argparse.ArgumentParser:
 
 def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
     """Triton settings, shared by ``gradcam triton`` and ``gradcam export --format triton``."""
+    from .triton import BACKENDS
+
     group = p.add_argument_group("triton")
     group.add_argument(
         "--max-batch-size",
@@ -184,17 +189,42 @@ def add_triton_options(p: argparse.ArgumentParser, defaults) -> None:
     group.add_argument(
         "--instances", type=positive_int, default=defaults.instances, metavar="N", help="model instances (default: 1)"
     )
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.backend,
+        help=f"Triton backend that runs the model (default: {defaults.backend})",
+    )
+    group.add_argument(
+        "--execution-env",
+        metavar="PATH",
+        help="python backend: the environment the model runs in (EXECUTION_ENV_PATH: a folder with bin/activate "
+        "or a conda-pack .tar.gz; default: the server's own)",
+    )
 
 
 def cmd_triton(args: argparse.Namespace) -> int:
+    from ..errors import InputError
     from .triton import TritonOptions, write_repository
 
+    env = args.execution_env
+    if env and args.backend != "python":
+        raise InputError("--execution-env is for --backend python (the onnxruntime backend runs no Python)")
+    if env and not env.startswith("$$TRITON_MODEL_DIRECTORY"):
+        env = str(Path(env).resolve())  # Triton reads a relative path from its own working directory
     options = TritonOptions(
-        max_batch_size=args.max_batch_size, instance_kind=args.instance_kind, instances=args.instances
+        max_batch_size=args.max_batch_size,
+        instance_kind=args.instance_kind,
+        instances=args.instances,
+        backend=args.backend,
+        execution_env=env,
     )
     name = args.name or default_name(args.artifact)
     config = write_repository(args.artifact, args.out, name, options=options, overwrite=args.overwrite)
-    print(f"wrote {config.parent} (config.pbtxt, labels.txt, 1/model.onnx)")
+    written = sorted(str(p.relative_to(config.parent)) for p in config.parent.rglob("*") if p.is_file())
+    print(f"wrote {config.parent} ({', '.join(written)})")
+    if args.backend == "python":
+        print(f"what the model's Python environment needs: {config.parent / 'README.md'}")
     print(f"run: tritonserver --model-repository {Path(args.out).resolve()}")
     return 0
 
