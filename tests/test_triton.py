@@ -160,10 +160,10 @@ def test_python_backend_repository(static_onnx, tmp_path, capsys, monkeypatch):
     ]
     graph = _graph(static_onnx)
     outputs = {o["name"]: (o["data_type"], [int(d) for d in o["dims"]]) for o in config["output"]}
-    assert list(outputs) == ["logits", "probabilities", "class_index", "score", "cam", "overlay", "region"]
+    assert list(outputs) == ["logits", "probabilities", "class_index", "score", "cam", "overlay_png", "region"]
     for name in ("logits", "probabilities", "class_index", "score", "cam"):
         assert outputs[name] == graph[name], name
-    assert outputs["overlay"] == ("TYPE_STRING", [1]) and outputs["region"] == ("TYPE_FP32", [4])
+    assert outputs["overlay_png"] == ("TYPE_STRING", [1]) and outputs["region"] == ("TYPE_FP32", [4])
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
     params = {k: v["string_value"] for k, v in config["parameters"].items()}
     assert params["EXECUTION_ENV_PATH"] == str(env)  # made absolute: Triton resolves from its own directory
@@ -278,7 +278,9 @@ def test_python_backend_model_answers_each_request_of_a_batch(artifacts, tmp_pat
     requests = [
         _FakeRequest({"image": x, "target_class": np.array([[4], [-1]])}),
         _FakeRequest({"image_bytes": np.array([[b"junk"]], dtype=np.object_)}),
-        _FakeRequest({"image_bytes": np.array([[picture]], dtype=np.object_)}, outputs=("cam", "overlay", "region")),
+        _FakeRequest(
+            {"image_bytes": np.array([[picture]], dtype=np.object_)}, outputs=("cam", "overlay_png", "region")
+        ),
         _FakeRequest({"image": x[:1], "target_class": np.array([[99]])}),
     ]
     answers = model.execute(requests)  # requests 0 and 2 run as one batch of 3 (both 64x64)
@@ -288,14 +290,14 @@ def test_python_backend_model_answers_each_request_of_a_batch(artifacts, tmp_pat
         # 1e-5: a batch of 3 against our batch of 2 (ONNX Runtime's kernels block by batch size)
         np.testing.assert_allclose(answers[0].outputs[name], want, rtol=0, atol=1e-5, err_msg=name)
     assert answers[1].error.code == _FakeUtils.TritonError.INVALID_ARG
-    assert str(answers[1].error).startswith("image_bytes[0]: not a readable image")
+    assert str(answers[1].error).startswith('input "image_bytes"[0]: not a readable image')
     rgb = decode_image(picture)
     np.testing.assert_allclose(
         answers[2].outputs["cam"], explainer(preprocess(rgb, explainer.metadata)[None]).cam, rtol=0, atol=1e-5
     )
     assert answers[2].outputs["region"].tolist() == [[0.0, 0.0, 50.0, 30.0]]
-    assert answers[2].outputs["overlay"].shape == (1, 1)
-    assert cv2.imdecode(np.frombuffer(answers[2].outputs["overlay"][0, 0], np.uint8), cv2.IMREAD_COLOR).shape == (
+    assert answers[2].outputs["overlay_png"].shape == (1, 1)
+    assert cv2.imdecode(np.frombuffer(answers[2].outputs["overlay_png"][0, 0], np.uint8), cv2.IMREAD_COLOR).shape == (
         30,
         50,
         3,

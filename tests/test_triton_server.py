@@ -172,7 +172,7 @@ def test_tensors_match_the_explainer(served, protocol):
     got = _call(served, protocol, "static", [{"inputs": [("image", "FP32", x)]} for x in cases["static"]])
     for result, x in zip(got, cases["static"], strict=True):
         _assert_outputs(result, static(x))
-        assert set(result["outputs"]) == {*OUTPUTS, "overlay", "region"}  # a request naming none gets all
+        assert set(result["outputs"]) == {*OUTPUTS, "overlay_png", "region"}  # a request naming none gets all
     classes = [np.array([[7]]), np.array([[3], [-1], [9]])]
     requests = [
         {"inputs": [("image", "FP32", x), ("target_class", "INT64", c)]} for x, c in zip(cases["pets"], classes)
@@ -195,7 +195,7 @@ def test_pictures_match_the_explainer(served, protocol, model):
     explainer = served["explainers"][model]
     meta = explainer.metadata
     pngs = [_png(h, w, seed=i) for i, (h, w) in enumerate(SIZES)]
-    requests = [{"inputs": [_pictures(p)], "outputs": [*OUTPUTS, "overlay", "region"]} for p in pngs]
+    requests = [{"inputs": [_pictures(p)], "outputs": [*OUTPUTS, "overlay_png", "region"]} for p in pngs]
     requests.append({"inputs": [_pictures(*pngs)], "outputs": OUTPUTS})  # one request, four pictures
     got = _call(served, protocol, model, requests)
     pictures = [decode_image(p) for p in pngs]
@@ -206,7 +206,7 @@ def test_pictures_match_the_explainer(served, protocol, model):
         _assert_outputs(result, explainer(inputs[i : i + 1]))
         region = explained_region(picture.shape, meta)
         np.testing.assert_allclose(result["outputs"]["region"][0], region, rtol=1e-6)
-        png = cv2.imdecode(np.frombuffer(result["outputs"]["overlay"][0, 0], np.uint8), cv2.IMREAD_COLOR)
+        png = cv2.imdecode(np.frombuffer(result["outputs"]["overlay_png"][0, 0], np.uint8), cv2.IMREAD_COLOR)
         want = overlay(picture, result["outputs"]["cam"][0, 0], region=region)  # the server's map, drawn here
         assert png.shape == want.shape  # the map over the whole picture
         assert np.abs(png[..., ::-1].astype(int) - want).max() <= OVERLAY_LEVELS
@@ -250,9 +250,9 @@ def test_concurrent_clients_are_batched_and_answered_right(served, protocol):
 
 _TINY = _png(8, 8, seed=0)
 BAD = [  # (model, inputs, message)
-    ("static", [_pictures(b"not a picture")], r"^image_bytes\[0\]: not a readable image"),
-    ("static", [_pictures(_TINY, b"")], r"^image_bytes\[1\]: empty file, not an image$"),
-    ("limited", [_pictures(_png(100, 100, seed=1))], r"^image_bytes\[0\]: the picture has more than 5000 pixels$"),
+    ("static", [_pictures(b"not a picture")], r'^input "image_bytes"\[0\]: not a readable image'),
+    ("static", [_pictures(_TINY, b"")], r'^input "image_bytes"\[1\]: empty file, not an image$'),
+    ("limited", [_pictures(_png(100, 100, seed=1))], r'^input "image_bytes"\[0\]: the picture has more than 5000 pixels$'),
     (
         "static",
         [("image", "FP64", np.zeros((1, 3, 64, 64)))],
@@ -261,7 +261,7 @@ BAD = [  # (model, inputs, message)
     ("static", [("image", "FP32", np.zeros((1, 3, 32, 32), np.float32))], r"unexpected shape for input 'image'"),
     ("static", [("image", "FP32", np.full((1, 3, 64, 64), np.nan, np.float32))], r'^input "image" holds NaN or Inf$'),
     ("static", [("image", "FP32", np.zeros((1, 3, 64, 64), np.float32)), _pictures(_TINY)], r"^give exactly one of"),
-    ("pets", [("target_class", "INT64", np.array([[1]]))], r'^give exactly one of "image_bytes"'),
+    ("pets", [("target_class", "INT64", np.array([[1]]))], r'^give exactly one of the inputs "image" .* got neither$'),
     (
         "pets",
         [_pictures(_TINY), ("target_class", "INT64", np.array([[10]]))],

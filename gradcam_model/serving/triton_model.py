@@ -8,7 +8,7 @@ Inputs per request (``N`` = the request's batch): ``image_bytes`` BYTES ``[N, 1]
 pictures decoded and preprocessed as the artifact records (as ``gradcam serve`` does), or
 ``image`` FP32 ``[N, C, H, W]``, already normalized; optional ``target_class`` INT64
 ``[N, 1]`` (``-1``: the top class) for artifacts exported with a class input. Outputs: the
-five contract outputs, and on request ``overlay`` (BYTES ``[N, K]``, one PNG per explained
+five contract outputs, and on request ``overlay_png`` (BYTES ``[N, K]``, one PNG per explained
 class: the map over the picture, or a heat map for tensors) and ``region`` (FP32
 ``[N, 4]``, the ``x, y, w, h`` of the picture the input shows). Triton's dynamic batcher
 hands over several requests at once: those whose inputs share a shape run as one
@@ -29,7 +29,8 @@ from ..errors import GradCAMError, InputError
 
 __all__ = ["EXTRA_OUTPUTS", "TritonPythonModel"]
 
-EXTRA_OUTPUTS = ("overlay", "region")  # computed only when a request asks for them (or names no outputs)
+EXTRA_OUTPUTS = ("overlay_png", "region")  # computed only when a request asks for them (or names no outputs)
+_V2_TYPES = {"f4": "FP32", "f8": "FP64", "i8": "INT64", "i4": "INT32"}  # numpy kind + size -> v2 datatype
 _pb = None  # triton_python_backend_utils: exists only inside the python-backend stub
 
 
@@ -40,6 +41,7 @@ class _Request:
     images: np.ndarray  # [n, C, H, W] float32, normalized
     classes: np.ndarray | None  # [n] int64 for class-input artifacts
     pictures: list  # RGB uint8 per image, or None for tensor inputs
+    regions: np.ndarray  # [n, 4] float32: x, y, w, h of the picture the input shows
     wanted: set
 
 
@@ -83,35 +85,25 @@ class TritonPythonModel:
         self.explainer = None
 
     def _parse(self, request) -> _Request:
-        from ..runtime.images import preprocess
-        from .protocol import _decode, v2_inputs
+        """The request's tensors through ``gradcam serve``'s own v2 checks (``v2.v2_inputs``)."""
+        from .v2 import v2_inputs
 
         tensors = {}
         for name in ("image", "image_bytes", "target_class"):
             tensor = _pb.get_input_tensor_by_name(request, name)
-            if tensor is not None:
-                tensors[name] = tensor.as_numpy()
-        if ("image" in tensors) == ("image_bytes" in tensors):
-            raise InputError('give exactly one of "image_bytes" (encoded pictures) or "image" (FP32 [N, C, H, W])')
-        pictures = [None] * len(tensors.get("image", ()))
-        if "image_bytes" in tensors:
-            data = tensors["image_bytes"]
-            if data.ndim != 2 or data.shape[1] != 1:
-                raise InputError(f'input "image_bytes" must be [N, 1] (one picture per row), got {list(data.shape)}')
-            pictures = [_decode(bytes(item), f"image_bytes[{i}]", self.limits) for i, item in enumerate(data[:, 0])]
-            tensors["image"] = np.stack([preprocess(rgb, self.meta) for rgb in pictures])  # all at one input size
-        v2 = {"image": ("FP32", tensors["image"])}
-        if "target_class" in tensors:
-            target = tensors["target_class"]
-            if target.shape != (len(pictures), 1):
-                raise InputError(
-                    f'input "target_class" must be [{len(pictures)}, 1] (one per image), got {list(target.shape)}'
-                )
-            v2["target_class"] = ("INT64", target[:, 0])
-        image, classes = v2_inputs(v2, self.meta)
+            if tensor is None:
+                continue
+            array = tensor.as_numpy()
+            if name != "image":  # Triton batches these as [N, 1]; gradcam serve's v2 as [N]
+                if array.ndim != 2 or array.shape[1] != 1:
+                    raise InputError(f'input "{name}" must be [N, 1] (one per image), got {list(array.shape)}')
+                array = array[:, 0]
+            tensors[name] = (_V2_TYPES.get(array.dtype.kind + str(array.dtype.itemsize), "BYTES"), array)
+        batch = v2_inputs(tensors, self.meta, self.limits)
+        classes = batch.classes
         if classes is None and self.meta.class_input:
-            classes = np.full(image.shape[0], -1, np.int64)
-        return _Request(image, classes, pictures, set(request.requested_output_names()))
+            classes = np.full(batch.images.shape[0], -1, np.int64)
+        return _Request(batch.images, classes, batch.pictures, batch.regions, set(request.requested_output_names()))
 
     def _run(self, requests: list[_Request]) -> dict:
         """``id(request) ->`` its five outputs, or the GradCAMError of its group; one explainer call per input shape."""
@@ -143,31 +135,20 @@ class TritonPythonModel:
         tensors = [_pb.Tensor(n, np.ascontiguousarray(a)) for n, a in zip(OUTPUT_NAMES, outputs, strict=True)]
         if request.wanted & set(EXTRA_OUTPUTS):
             overlays, regions = self._overlays(request, outputs[-1])
-            tensors += [_pb.Tensor("overlay", overlays), _pb.Tensor("region", regions)]
+            tensors += [_pb.Tensor("overlay_png", overlays), _pb.Tensor("region", regions)]
         return _pb.InferenceResponse(output_tensors=tensors)
 
     def _overlays(self, request: _Request, cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """PNG per explained class ``[n, K]`` (object) and the explained region ``[n, 4]`` per image."""
-        from ..runtime.images import explained_region
-        from ..runtime.visualize import encode_image, heatmap, overlay
+        """PNG per explained class ``[n, K]`` (object), as gradcam serve's ``overlay_png``, and the regions."""
+        from .protocol import overlay_bytes
 
         n, k = cam.shape[:2]
         pngs = np.empty((n, k), dtype=np.object_)
-        regions = np.zeros((n, 4), dtype=np.float32)
         for j, picture in enumerate(request.pictures):
-            if picture is None:  # a tensor input: the heat map of the whole input
-                regions[j] = (0, 0, cam.shape[3], cam.shape[2])
-                images = [heatmap(cam[j, c], colormap=self.colormap) for c in range(k)]
-            else:
-                region = explained_region(picture.shape, self.meta)
-                regions[j] = region
-                images = [
-                    overlay(picture, cam[j, c], colormap=self.colormap, alpha=self.alpha, region=region)
-                    for c in range(k)
-                ]
-            for c, image in enumerate(images):
-                pngs[j, c] = encode_image(image, "png")
-        return pngs, regions
+            for c in range(k):
+                pngs[j, c] = overlay_bytes(picture, cam[j, c], tuple(request.regions[j]), "png",
+                                           colormap=self.colormap, alpha=self.alpha)  # fmt: skip
+        return pngs, request.regions
 
     @staticmethod
     def _error(exc: GradCAMError):

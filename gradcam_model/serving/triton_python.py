@@ -55,7 +55,7 @@ def config_text(name: str, metadata: ArtifactMetadata, tensors, options: TritonO
         inputs.append(tensor_entry(INPUT_NAMES[1], "TYPE_INT64", [1], "    optional: true\n"))
     outputs = [
         *output_entries(tensors),
-        tensor_entry("overlay", "TYPE_STRING", [k]),
+        tensor_entry("overlay_png", "TYPE_STRING", [k]),
         tensor_entry("region", "TYPE_FP32", [4]),
     ]
     lines = [
