@@ -13,7 +13,9 @@
 #include <map>
 #include <type_traits>
 
+#include "error.h"
 #include "images.h"
+#include "preprocessing.h"
 #include "output.h"
 
 namespace fs = std::filesystem;
@@ -53,8 +55,8 @@ long long parse_int(const std::string& flag, const std::string& text, long long 
   char* end = nullptr;
   const long long n = std::strtoll(text.c_str(), &end, 10);
   if (text.empty() || *end != '\0' || n < lo || n > hi) {
-    throw Failure{kUsage, flag + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                              "], got '" + text + "'"};
+    throw Error(kUsage, flag + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                              "], got '" + text + "'");
   }
   return n;
 }
@@ -72,11 +74,11 @@ bool parse_args(int argc, char** argv, Options& opt) {
     }
     auto value = [&]() -> std::string {
       if (inline_value) return *inline_value;
-      if (i + 1 >= argc) throw Failure{kUsage, arg + " needs a value (see --help)"};
+      if (i + 1 >= argc) throw Error(kUsage, arg + " needs a value (see --help)");
       return argv[++i];
     };
     auto flag = [&](bool& target) {
-      if (inline_value) throw Failure{kUsage, arg + " takes no value"};
+      if (inline_value) throw Error(kUsage, arg + " takes no value");
       target = true;
     };
     if (arg == "-h" || arg == "--help") return false;
@@ -94,7 +96,7 @@ bool parse_args(int argc, char** argv, Options& opt) {
       char* end = nullptr;
       opt.alpha = std::strtod(text.c_str(), &end);
       if (text.empty() || *end != '\0' || !(opt.alpha >= 0.0 && opt.alpha <= 1.0)) {
-        throw Failure{kUsage, "--alpha must be in [0, 1], got '" + text + "'"};
+        throw Error(kUsage, "--alpha must be in [0, 1], got '" + text + "'");
       }
     } else if (arg == "--cuda") {
       flag(opt.cuda);
@@ -103,13 +105,13 @@ bool parse_args(int argc, char** argv, Options& opt) {
     } else if (arg == "--quiet" || arg == "-q") {
       flag(opt.quiet);
     } else if (arg.size() > 1 && arg[0] == '-') {
-      throw Failure{kUsage, "unknown option '" + arg + "' (see --help)"};
+      throw Error(kUsage, "unknown option '" + arg + "' (see --help)");
     } else {
       positional.push_back(arg);
     }
   }
-  if (positional.size() < 2) throw Failure{kUsage, "expected ARTIFACT and at least one IMAGE (see --help)"};
-  if (!has_out || opt.out.empty()) throw Failure{kUsage, "--out DIR is required (see --help)"};
+  if (positional.size() < 2) throw Error(kUsage, "expected ARTIFACT and at least one IMAGE (see --help)");
+  if (!has_out || opt.out.empty()) throw Error(kUsage, "--out DIR is required (see --help)");
   opt.artifact = positional[0];
   opt.images.assign(positional.begin() + 1, positional.end());
   return true;
@@ -118,23 +120,23 @@ bool parse_args(int argc, char** argv, Options& opt) {
 void require_file(const std::string& path, const std::string& what) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
-  if (!fs::exists(status)) throw Failure{kMissingFile, what + " " + path + " does not exist"};
-  if (!fs::is_regular_file(status)) throw Failure{kMissingFile, what + " " + path + " is not a file"};
-  if (::access(path.c_str(), R_OK) != 0) throw Failure{kMissingFile, what + " " + path + " is not readable"};
+  if (!fs::exists(status)) throw Error(kMissingFile, what + " " + path + " does not exist");
+  if (!fs::is_regular_file(status)) throw Error(kMissingFile, what + " " + path + " is not a file");
+  if (::access(path.c_str(), R_OK) != 0) throw Error(kMissingFile, what + " " + path + " is not readable");
 }
 
 // --class as an index (-1: top class) or a class name, as `gradcam explain --class`.
 int64_t resolve_class(const std::string& text, const Metadata& meta, const std::string& artifact) {
   if (!meta.class_input) {
-    throw Failure{kUsage, "--class needs an artifact exported with --class-input; " + artifact + " explains its top-" +
-                              std::to_string(meta.top_k) + " classes"};
+    throw Error(kUsage, "--class needs an artifact exported with --class-input; " + artifact + " explains its top-" +
+                              std::to_string(meta.top_k) + " classes");
   }
   char* end = nullptr;
   const long long index = std::strtoll(text.c_str(), &end, 10);
   if (!text.empty() && *end == '\0') {
     if (index < -1 || index >= meta.num_classes) {
-      throw Failure{kUsage, "--class " + text + " is out of range; expected 0.." + std::to_string(meta.num_classes - 1) +
-                                " or -1 (top class)"};
+      throw Error(kUsage, "--class " + text + " is out of range; expected 0.." + std::to_string(meta.num_classes - 1) +
+                                " or -1 (top class)");
     }
     return index;
   }
@@ -148,8 +150,8 @@ int64_t resolve_class(const std::string& text, const Metadata& meta, const std::
   for (std::size_t i = 0; i < meta.class_names.size(); ++i) {
     if (lower(meta.class_names[i]) == lower(text)) return static_cast<int64_t>(i);
   }
-  if (meta.class_names.empty()) throw Failure{kUsage, "--class '" + text + "': this artifact has no class names; give a class index"};
-  throw Failure{kUsage, "--class '" + text + "' is not a class of this artifact"};
+  if (meta.class_names.empty()) throw Error(kUsage, "--class '" + text + "': this artifact has no class names; give a class index");
+  throw Error(kUsage, "--class '" + text + "' is not a class of this artifact");
 }
 
 // Output names per image: the file stem, "-2", "-3"... for repeated stems.
@@ -178,6 +180,12 @@ std::string fixed6(double value) {
   return buffer;
 }
 
+std::string fixed2(double value) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%.2f", value);
+  return buffer;
+}
+
 template <typename T>
 void append(std::vector<T>& to, const std::vector<T>& from) {
   to.insert(to.end(), from.begin(), from.end());
@@ -198,14 +206,21 @@ class Run {
     batch.h = h, batch.w = w;
     std::vector<std::size_t> members;
     std::vector<cv::Mat> pictures;
+    std::vector<Region> regions;
     for (std::size_t i = start; i < stop; ++i) {
       cv::Mat bgr = load_image(opt_.images[i]);
       if (bgr.empty()) {
-        skip(i);
+        skip(i, opt_.images[i] + ": not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)");
         continue;
       }
       batch.image.resize(batch.image.size() + size);
-      preprocess(bgr, meta_, batch.image.data() + batch.image.size() - size);
+      try {
+        regions.push_back(preprocess(bgr, meta_, batch.image.data() + batch.image.size() - size).region);
+      } catch (const Error& e) {
+        batch.image.resize(batch.image.size() - size);
+        skip(i, opt_.images[i] + ": " + e.what());
+        continue;
+      }
       members.push_back(i);
       pictures.push_back(std::move(bgr));
     }
@@ -213,14 +228,14 @@ class Run {
     batch.n = static_cast<int64_t>(members.size());
     if (meta_.class_input) batch.target_class.assign(members.size(), target_.value_or(-1));
     const Outputs result = engine_.run(batch);
-    for (std::size_t j = 0; j < members.size(); ++j) record(result, static_cast<int64_t>(j), members[j], pictures[j]);
+    for (std::size_t j = 0; j < members.size(); ++j) record(result, static_cast<int64_t>(j), members[j], pictures[j], regions[j]);
     if (opt_.save_tensors) keep(batch, result);
   }
 
   // predictions.csv (and the tensors) into the staging folder.
   void finish() {
     std::string csv = "path,true_label,predicted_index,predicted_label,probability,explained_index,explained_label,"
-                      "explained_score,overlay,error\n";
+                      "explained_score,region_x,region_y,region_w,region_h,overlay,error\n";
     for (const std::vector<std::string>& row : rows_) {
       for (std::size_t i = 0; i < row.size(); ++i) csv += (i ? "," : "") + csv_field(row[i]);
       csv += "\n";
@@ -244,15 +259,14 @@ class Run {
   int explained() const { return explained_; }
 
  private:
-  void skip(std::size_t i) {
-    const std::string error = opt_.images[i] + ": not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)";
+  void skip(std::size_t i, const std::string& error) {
     std::fprintf(stderr, "%s: skipped: %s\n", program_, error.c_str());
-    rows_[i] = {opt_.images[i], "", "", "", "", "", "", "", "", error};
+    rows_[i] = {opt_.images[i], "", "", "", "", "", "", "", "", "", "", "", "", error};
     ++failures_;
   }
 
   // Sample n of the batch, image i: its overlays and its CSV row.
-  void record(const Outputs& result, int64_t n, std::size_t i, const cv::Mat& picture) {
+  void record(const Outputs& result, int64_t n, std::size_t i, const cv::Mat& picture, const Region& region) {
     const float* probabilities = result.probabilities.data() + n * result.num_classes;
     const int64_t top = std::max_element(probabilities, probabilities + result.num_classes) - probabilities;
     std::string indices, labels, scores, overlays;
@@ -262,15 +276,16 @@ class Run {
       indices += sep + std::to_string(result.class_index[nk]);
       labels += sep + meta_.label(result.class_index[nk]);
       scores += sep + fixed6(result.score[nk]);
-      const cv::Mat image = overlay(picture, result.cam.data() + nk * result.h * result.w, result.h, result.w, opt_.alpha);
+      const cv::Mat image = overlay(picture, result.cam.data() + nk * result.h * result.w, result.h, result.w, opt_.alpha, region);
       std::vector<uint8_t> png;
-      if (!cv::imencode(".png", image, png)) throw Failure{kInternal, "OpenCV could not encode an overlay as PNG"};
+      if (!cv::imencode(".png", image, png)) throw Error(kInternal, "OpenCV could not encode an overlay as PNG");
       const std::string name = "overlays/" + keys_[i] + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
       out_.write(name, png.data(), png.size());
       overlays += sep + (fs::path(opt_.out) / name).string();
     }
     const std::string& path = opt_.images[i];
-    rows_[i] = {path, "", std::to_string(top), meta_.label(top), fixed6(probabilities[top]), indices, labels, scores, overlays, ""};
+    rows_[i] = {path, "", std::to_string(top), meta_.label(top), fixed6(probabilities[top]), indices, labels, scores,
+                fixed2(region.x), fixed2(region.y), fixed2(region.w), fixed2(region.h), overlays, ""};
     if (!opt_.quiet) {
       std::printf("%s: %s %.4f", path.c_str(), meta_.label(top).c_str(), probabilities[top]);
       if (indices != std::to_string(top)) std::printf(", explained %s", labels.c_str());
@@ -344,10 +359,10 @@ int explain_main(int argc, char** argv, const char* program, const char* artifac
       return kOk;
     }
     return explain(opt, program, load);
-  } catch (const Failure& f) {
+  } catch (const Error& f) {
     std::fflush(stdout);
-    std::fprintf(stderr, "%s: error: %s\n", program, first_line(f.message).c_str());
-    return f.code;
+    std::fprintf(stderr, "%s: error: %s\n", program, first_line(f.what()).c_str());
+    return f.code();
   } catch (const std::exception& e) {
     std::fflush(stdout);
     std::fprintf(stderr, "%s: internal error: %s\n", program, first_line(e.what()).c_str());

@@ -11,27 +11,10 @@
 #include <string>
 #include <vector>
 
+#include "error.h"
 #include "metadata.h"
 
 namespace gradcam {
-
-// Exit codes, one per failure stage; the same for gradcam_ort and gradcam_run.
-enum ExitCode : int {
-  kOk = 0,
-  kInternal = 1,       // a bug or an unexpected exception
-  kUsage = 2,          // bad command line, --class not a class of the artifact or out of range
-  kMissingFile = 3,    // the artifact or an image does not exist or is not readable
-  kBadArtifact = 4,    // not loadable (e.g. truncated), no / malformed / too new metadata, off-contract inputs or outputs
-  kBadImage = 5,       // some image could not be decoded: the others were explained, its CSV row holds the error
-  kRunFailed = 6,      // CUDA unavailable, or the engine failed while running a batch
-  kWriteFailed = 7,    // the output folder or a file in it cannot be written
-};
-
-// An expected failure: one line for stderr and the exit code.
-struct Failure {
-  int code;
-  std::string message;
-};
 
 // A batch of preprocessed images: float32 [n, 3, h, w], normalized with the metadata's mean/std.
 struct Batch {
@@ -68,13 +51,13 @@ class Engine {
  public:
   virtual ~Engine() = default;
   virtual const Metadata& metadata() const = 0;
-  // Runs one batch; throws Failure{kRunFailed, ...} when the engine fails.
+  // Runs one batch; throws Error(kRunFailed, ...) when the engine fails.
   virtual Outputs run(const Batch& batch) = 0;
   // Where it runs, for the summary line ("cpu", "cuda").
   virtual std::string device() const = 0;
 };
 
-// Loads the artifact at options.artifact; throws Failure (kBadArtifact, kRunFailed for CUDA).
+// Loads the artifact at options.artifact; throws Error (kBadArtifact, kRunFailed for CUDA).
 using EngineFactory = std::unique_ptr<Engine> (*)(const Options& options);
 
 // main() of both programs: parses argv, explains the images, prints errors as one line.

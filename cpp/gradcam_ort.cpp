@@ -23,7 +23,7 @@
 namespace {
 
 using gradcam::Batch;
-using gradcam::Failure;
+using gradcam::Error;
 using gradcam::Metadata;
 using gradcam::Outputs;
 
@@ -54,7 +54,7 @@ std::vector<int64_t> copy_output(const Ort::Value& value, std::size_t index, std
       std::is_same_v<T, float> ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   const std::vector<int64_t> shape = info.GetShape();
   if (info.GetElementType() != expected || shape.size() != rank) {
-    throw Failure{gradcam::kRunFailed, "output " + kOutputNames[index] + " is off the artifact contract (type or rank)"};
+    throw Error(gradcam::kRunFailed, "output " + kOutputNames[index] + " is off the artifact contract (type or rank)");
   }
   const T* data = value.GetTensorData<T>();
   to.assign(data, data + info.GetElementCount());
@@ -82,19 +82,19 @@ class OrtEngine final : public gradcam::Engine {
     const Ort::AllocatedStringPtr record = model_metadata.LookupCustomMetadataMapAllocated("gradcam.json", allocator);
     // [docs:end]
     if (!record) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + " is an ONNX model without gradcam_model metadata (gradcam.json); "
-                                                          "export it with gradcam_model"};
+      throw Error(gradcam::kBadArtifact, opt.artifact + " is an ONNX model without gradcam_model metadata (gradcam.json); "
+                                                          "export it with gradcam_model");
     }
     try {
       meta_ = gradcam::parse_metadata(record.get(), opt.artifact);
     } catch (const gradcam::MetadataError& e) {
-      throw Failure{gradcam::kBadArtifact, e.what()};
+      throw Error(gradcam::kBadArtifact, e.what());
     }
     const std::vector<std::string> expected_inputs(kInputNames.begin(), kInputNames.begin() + (meta_.class_input ? 2 : 1));
     const std::vector<std::string> inputs = names(session_, true), outputs = names(session_, false);
     if (inputs != expected_inputs || outputs != kOutputNames) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + " has inputs " + join(inputs) + " and outputs " + join(outputs) +
-                                               "; expected " + join(expected_inputs) + " and " + join(kOutputNames)};
+      throw Error(gradcam::kBadArtifact, opt.artifact + " has inputs " + join(inputs) + " and outputs " + join(outputs) +
+                                               "; expected " + join(expected_inputs) + " and " + join(kOutputNames));
     }
     device_ = opt.cuda ? "cuda" : "cpu";
   }
@@ -106,7 +106,7 @@ class OrtEngine final : public gradcam::Engine {
     try {
       return run_session(batch);
     } catch (const Ort::Exception& e) {
-      throw Failure{gradcam::kRunFailed, "the artifact failed to run: " + gradcam::first_line(e.what())};
+      throw Error(gradcam::kRunFailed, "the artifact failed to run: " + gradcam::first_line(e.what()));
     }
   }
 
@@ -129,7 +129,7 @@ class OrtEngine final : public gradcam::Engine {
         Ort::ThrowOnError(api.UpdateCUDAProviderOptions(cuda, keys, values, 1));
         options.AppendExecutionProvider_CUDA_V2(*cuda);  // the onnxruntime-gpu library
       } catch (const Ort::Exception& e) {
-        throw Failure{gradcam::kRunFailed, "CUDA is not available: " + cause(e) + "; drop --cuda"};
+        throw Error(gradcam::kRunFailed, "CUDA is not available: " + cause(e) + "; drop --cuda");
       }
     }
     // [docs:end]
@@ -165,7 +165,7 @@ class OrtEngine final : public gradcam::Engine {
     const std::vector<int64_t> cam_shape = copy_output(outputs[4], 4, 4, out.cam);
     out.n = cam_shape[0], out.h = cam_shape[2], out.w = cam_shape[3];
     if (out.n != batch.n || cam_shape[1] != out.k) {
-      throw Failure{gradcam::kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)"};
+      throw Error(gradcam::kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)");
     }
     return out;
   }
@@ -192,9 +192,9 @@ std::unique_ptr<gradcam::Engine> load(const gradcam::Options& opt) {
     // With --cuda, a session that cannot start on the GPU fails here too.
     const std::string what = e.what();
     if (opt.cuda && e.GetOrtErrorCode() != ORT_INVALID_PROTOBUF && what.find("CUDA") != std::string::npos) {
-      throw Failure{gradcam::kRunFailed, "CUDA is not available: " + gradcam::first_line(what) + "; drop --cuda"};
+      throw Error(gradcam::kRunFailed, "CUDA is not available: " + gradcam::first_line(what) + "; drop --cuda");
     }
-    throw Failure{gradcam::kBadArtifact, opt.artifact + " is not a loadable ONNX model: " + gradcam::first_line(e.what())};
+    throw Error(gradcam::kBadArtifact, opt.artifact + " is not a loadable ONNX model: " + gradcam::first_line(e.what()));
   }
 }
 

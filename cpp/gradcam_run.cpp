@@ -20,7 +20,7 @@
 namespace {
 
 using gradcam::Batch;
-using gradcam::Failure;
+using gradcam::Error;
 using gradcam::Metadata;
 using gradcam::Outputs;
 
@@ -35,7 +35,7 @@ template <typename T>
 std::vector<int64_t> copy_output(const c10::IValue& value, std::size_t index, int64_t rank, std::vector<T>& to) {
   const auto type = std::is_same_v<T, float> ? torch::kFloat : torch::kLong;
   if (!value.isTensor() || value.toTensor().scalar_type() != type || value.toTensor().dim() != rank) {
-    throw Failure{gradcam::kRunFailed, std::string("output ") + kOutputNames[index] + " is off the artifact contract (type or rank)"};
+    throw Error(gradcam::kRunFailed, std::string("output ") + kOutputNames[index] + " is off the artifact contract (type or rank)");
   }
   const torch::Tensor t = value.toTensor().to(torch::kCPU).contiguous();
   to.assign(t.data_ptr<T>(), t.data_ptr<T>() + t.numel());
@@ -48,8 +48,8 @@ class TorchEngine final : public gradcam::Engine {
     if (opt.threads > 0) at::set_num_threads(opt.threads);
     if (opt.cuda) {
       if (!torch::cuda::is_available()) {
-        throw Failure{gradcam::kRunFailed, "CUDA is not available: this gradcam_run was built without "
-                                           "-DGRADCAM_WITH_CUDA=ON or the machine has no usable GPU; drop --cuda"};
+        throw Error(gradcam::kRunFailed, "CUDA is not available: this gradcam_run was built without "
+                                           "-DGRADCAM_WITH_CUDA=ON or the machine has no usable GPU; drop --cuda");
       }
       device_ = torch::Device(torch::kCUDA, 0);
       // cuDNN runs float32 convolutions in TF32 by default on Ampere and later: measured on an
@@ -61,26 +61,26 @@ class TorchEngine final : public gradcam::Engine {
     try {
       module_ = torch::jit::load(opt.artifact, device_, extra);
     } catch (const std::exception& e) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + " is not a loadable TorchScript file: " + message(e)};
+      throw Error(gradcam::kBadArtifact, opt.artifact + " is not a loadable TorchScript file: " + message(e));
     }
     const std::string& text = extra["gradcam.json"];  // JSON: mean, std, input_size, class_names, top_k...
     // [docs:end]
     if (text.empty()) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + " is a TorchScript file without gradcam_model metadata "
-                                                          "(gradcam.json); export it with gradcam_model.export_torchscript"};
+      throw Error(gradcam::kBadArtifact, opt.artifact + " is a TorchScript file without gradcam_model metadata "
+                                                          "(gradcam.json); export it with gradcam_model.export_torchscript");
     }
     try {
       meta_ = gradcam::parse_metadata(text, opt.artifact);
     } catch (const gradcam::MetadataError& e) {
-      throw Failure{gradcam::kBadArtifact, e.what()};
+      throw Error(gradcam::kBadArtifact, e.what());
     }
     const auto forward = module_.find_method("forward");
     const std::size_t expected = meta_.class_input ? 3 : 2;  // self, image[, target_class]
     const std::size_t got = forward ? forward->function().getSchema().arguments().size() : 0;
     if (got != expected) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + ": forward takes " + std::to_string(got ? got - 1 : 0) +
+      throw Error(gradcam::kBadArtifact, opt.artifact + ": forward takes " + std::to_string(got ? got - 1 : 0) +
                                                " input(s), but its metadata says " + std::to_string(expected - 1) +
-                                               "; re-export the artifact"};
+                                               "; re-export the artifact");
     }
     module_.eval();
   }
@@ -102,10 +102,10 @@ class TorchEngine final : public gradcam::Engine {
     try {
       result = module_.forward(inputs);
     } catch (const std::exception& e) {
-      throw Failure{gradcam::kRunFailed, "the artifact's forward failed: " + message(e)};
+      throw Error(gradcam::kRunFailed, "the artifact's forward failed: " + message(e));
     }
     if (!result.isTuple() || result.toTupleRef().elements().size() != 5) {
-      throw Failure{gradcam::kRunFailed, "the artifact's forward did not return the 5 outputs of the contract"};
+      throw Error(gradcam::kRunFailed, "the artifact's forward did not return the 5 outputs of the contract");
     }
     // a copy: indexing the tuple's inline storage directly trips g++'s -Warray-bounds in ivalue_inl.h
     const std::vector<c10::IValue> elements = result.toTupleRef().elements().vec();
@@ -119,7 +119,7 @@ class TorchEngine final : public gradcam::Engine {
     const std::vector<int64_t> cam_shape = copy_output(elements[4], 4, 4, out.cam);
     out.n = cam_shape[0], out.h = cam_shape[2], out.w = cam_shape[3];
     if (out.n != batch.n || cam_shape[1] != out.k) {
-      throw Failure{gradcam::kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)"};
+      throw Error(gradcam::kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)");
     }
     return out;
   }

@@ -56,38 +56,8 @@ cv::Mat load_image(const std::string& path) {
   }
 }
 
-void preprocess(const cv::Mat& bgr, const Metadata& meta, float* out) {
-  const auto [h, w] = meta.target_size();
-  // uint8 BGR -> float32 RGB in [0, 1]: rgb.astype(np.float32) / 255.0
-  cv::Mat rgb(bgr.rows, bgr.cols, CV_32FC3);
-  for (int y = 0; y < bgr.rows; ++y) {
-    const uint8_t* src = bgr.ptr<uint8_t>(y);
-    float* dst = rgb.ptr<float>(y);
-    for (int x = 0; x < bgr.cols; ++x) {
-      for (int c = 0; c < 3; ++c) dst[3 * x + c] = static_cast<float>(src[3 * x + (2 - c)]) / 255.0f;
-    }
-  }
-  // Area averaging when shrinking either side, bilinear otherwise, on the float image.
-  if (rgb.rows != h || rgb.cols != w) {
-    const bool shrink = rgb.rows > h || rgb.cols > w;
-    cv::Mat resized;
-    cv::resize(rgb, resized, cv::Size(static_cast<int>(w), static_cast<int>(h)), 0, 0,
-               shrink ? cv::INTER_AREA : cv::INTER_LINEAR);
-    rgb = resized;
-  }
-  // HWC -> CHW, (x - mean) / std with float32 mean and std.
-  const float mean[3] = {static_cast<float>(meta.mean[0]), static_cast<float>(meta.mean[1]), static_cast<float>(meta.mean[2])};
-  const float std[3] = {static_cast<float>(meta.std[0]), static_cast<float>(meta.std[1]), static_cast<float>(meta.std[2])};
-  const int64_t plane = h * w;
-  for (int y = 0; y < h; ++y) {
-    const float* src = rgb.ptr<float>(y);
-    for (int x = 0; x < w; ++x) {
-      for (int c = 0; c < 3; ++c) out[c * plane + y * w + x] = (src[3 * x + c] - mean[c]) / std[c];
-    }
-  }
-}
-
-cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha) {
+// (1 - alpha) * image + alpha * jet(cam) over the whole picture
+static cv::Mat blend(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha) {
   // np.nan_to_num(cam, nan=0, posinf=1, neginf=0) before resizing, so that no NaN spreads.
   cv::Mat map(static_cast<int>(h), static_cast<int>(w), CV_32F);
   for (int64_t i = 0; i < h * w; ++i) {
@@ -122,6 +92,24 @@ cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, doub
     }
   }
   return blended;
+}
+
+cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha, const Region& region) {
+  // the region as whole pixels inside the picture (visualize._pixel_box)
+  const auto whole = [](double v) { return static_cast<int>(std::nearbyint(v)); };
+  const int x0 = std::max(0, whole(region.x)), y0 = std::max(0, whole(region.y));
+  const int x1 = std::min(bgr.cols, whole(region.x + region.w)), y1 = std::min(bgr.rows, whole(region.y + region.h));
+  if (x1 <= x0 || y1 <= y0 || (x0 == 0 && y0 == 0 && x1 == bgr.cols && y1 == bgr.rows)) return blend(bgr, cam, h, w, alpha);
+  // outside the region: dimmed to half, np.rint(image * 0.5)
+  cv::Mat out(bgr.size(), CV_8UC3);
+  for (int y = 0; y < bgr.rows; ++y) {
+    const uint8_t* src = bgr.ptr<uint8_t>(y);
+    uint8_t* dst = out.ptr<uint8_t>(y);
+    for (int x = 0; x < bgr.cols * 3; ++x) dst[x] = static_cast<uint8_t>(std::nearbyint(static_cast<float>(src[x]) * 0.5f));
+  }
+  const cv::Rect box(x0, y0, x1 - x0, y1 - y0);
+  blend(bgr(box).clone(), cam, h, w, alpha).copyTo(out(box));
+  return out;
 }
 
 }  // namespace gradcam

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "metadata.h"
+#include "preprocessing.h"
 
 namespace gradcam {
 
@@ -15,10 +16,9 @@ namespace gradcam {
 // EXIF orientation applied (cv::IMREAD_COLOR, as the Python runtime). Empty if undecodable.
 cv::Mat load_image(const std::string& path);
 
-// Writes the normalized float32 [3, h, w] network input (h, w = meta.target_size()) to `out`.
-void preprocess(const cv::Mat& bgr, const Metadata& meta, float* out);
-
-// (1 - alpha) * image + alpha * jet(cam), the map resized bilinearly to the image: BGR uint8.
-cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha);
+// (1 - alpha) * image + alpha * jet(cam), the map resized bilinearly to the region of the picture
+// it explains (the rest dimmed to half its brightness; the whole picture for a stretch): BGR uint8,
+// as gradcam_model.runtime.visualize.overlay(..., region=explained_region(...)).
+cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha, const Region& region);
 
 }  // namespace gradcam

@@ -20,6 +20,19 @@ class MetadataError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// How a picture becomes the network input (schema 2's "preprocessing" record; version-1
+// artifacts read as these defaults: a stretch with OpenCV's area average). The fields and their
+// meaning are gradcam_model.contract.Preprocessing's.
+struct Preprocessing {
+  std::string resize = "stretch";          // "stretch" or "shorter" (side, then centre crop)
+  double crop_pct = 1.0;                   // (0, 1]: resize to floor(size / crop_pct) before the crop
+  std::optional<int64_t> resize_size;      // "shorter": the shorter side's length at the example size
+  std::string interpolation = "area";      // "nearest", "bilinear", "bicubic" (Pillow's), "area" (OpenCV's)
+  bool antialias = true;                   // widen the Pillow filter when shrinking
+  std::string channel_order = "RGB";       // "RGB" or "BGR"
+  double scale = 255.0;                    // pixels are divided by this before (x - mean) / std
+};
+
 // The fields a runtime needs to preprocess images, run the graph and label its outputs.
 struct Metadata {
   int64_t schema_version = 0;
@@ -36,6 +49,7 @@ struct Metadata {
   std::vector<std::string> class_names;                   // empty: unnamed classes
   std::vector<double> mean;
   std::vector<double> std;
+  Preprocessing preprocessing;
 
   // class_names[index] when there are names, else the index as text.
   std::string label(int64_t index) const;
