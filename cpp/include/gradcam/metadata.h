@@ -1,10 +1,9 @@
-// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata), as both
-// programs read it: the TorchScript extra file or the ONNX metadata_props key of that name.
+// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata): the TorchScript
+// extra file or the ONNX metadata_props key of that name. Part of the gradcam library's public API.
 #pragma once
 
 #include <cstdint>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -13,12 +12,6 @@ namespace gradcam {
 
 constexpr int64_t kSchemaVersion = 2;  // the newest schema these programs understand
 constexpr const char* kMetadataKey = "gradcam.json";
-
-// Metadata that is missing, malformed or too new.
-class MetadataError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
 
 // How a picture becomes the network input (schema 2's "preprocessing" record; version-1
 // artifacts read as these defaults: a stretch with OpenCV's area average). The fields and their
@@ -60,6 +53,8 @@ struct Metadata {
 };
 
 // Parses and validates gradcam.json; `source` (the artifact path) starts every error message.
+// Throws Error(kBadArtifact) for a record that is malformed, incomplete, too new, or whose
+// preprocessing this library cannot apply (naming the field).
 Metadata parse_metadata(const std::string& text, const std::string& source);
 
 }  // namespace gradcam

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <utility>
 
-#include "metadata.h"
+#include "gradcam/metadata.h"
 
 namespace gradcam {
 
@@ -25,7 +25,7 @@ struct Plan {
 };
 
 // The resize and crop that turn a rows x cols picture into the artifact's input (target_size()),
-// as gradcam_model.runtime.preprocessing.plan. Throws Error{kBadImage} when the recorded resize
+// as gradcam_model.runtime.preprocessing.plan. Throws Error(kBadImage) when the recorded resize
 // is smaller than the crop.
 Plan plan(const Metadata& meta, int64_t rows, int64_t cols);
 

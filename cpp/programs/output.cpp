@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-#include "explain.h"
+#include "gradcam/error.h"
 
 namespace fs = std::filesystem;
 

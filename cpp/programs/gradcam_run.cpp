@@ -1,10 +1,11 @@
 // gradcam_run: explain image files with a gradcam_model TorchScript artifact under libtorch.
 //
-//   gradcam_run ARTIFACT.pt IMAGE... --out DIR [--class C] [--batch-size B] [--alpha A] [--threads T] [--cuda]
+//   gradcam_run ARTIFACT.pt IMAGE_OR_FOLDER... --out DIR [--class C] [--batch-size B] [--alpha A] [--threads T] [--cuda]
 //
-// The module is loaded once with its gradcam.json metadata and called under
-// c10::InferenceMode for every batch; the preprocessing, overlays, predictions.csv and
-// exit codes are shared with gradcam_ort (explain.cpp, images.cpp).
+// A thin program over the gradcam library with its own backend (gradcam/backend.h): the module
+// is loaded once with its gradcam.json metadata and called under c10::InferenceMode for every
+// batch; the preprocessing, overlays, predictions.csv and exit codes are the library's and
+// gradcam_ort's (explain_main.cpp).
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
@@ -15,7 +16,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "explain.h"
+#include "explain_main.h"
 
 namespace {
 
@@ -42,9 +43,9 @@ std::vector<int64_t> copy_output(const c10::IValue& value, std::size_t index, in
   return t.sizes().vec();
 }
 
-class TorchEngine final : public gradcam::Engine {
+class TorchBackend final : public gradcam::Backend {
  public:
-  explicit TorchEngine(const gradcam::Options& opt) : device_(torch::kCPU) {
+  explicit TorchBackend(const gradcam::CliOptions& opt) : device_(torch::kCPU) {
     if (opt.threads > 0) at::set_num_threads(opt.threads);
     if (opt.cuda) {
       if (!torch::cuda::is_available()) {
@@ -69,11 +70,7 @@ class TorchEngine final : public gradcam::Engine {
       throw Error(gradcam::kBadArtifact, opt.artifact + " is a TorchScript file without gradcam_model metadata "
                                                           "(gradcam.json); export it with gradcam_model.export_torchscript");
     }
-    try {
-      meta_ = gradcam::parse_metadata(text, opt.artifact);
-    } catch (const gradcam::MetadataError& e) {
-      throw Error(gradcam::kBadArtifact, e.what());
-    }
+    meta_ = gradcam::parse_metadata(text, opt.artifact);
     const auto forward = module_.find_method("forward");
     const std::size_t expected = meta_.class_input ? 3 : 2;  // self, image[, target_class]
     const std::size_t got = forward ? forward->function().getSchema().arguments().size() : 0;
@@ -88,14 +85,14 @@ class TorchEngine final : public gradcam::Engine {
   const Metadata& metadata() const override { return meta_; }
   std::string device() const override { return device_.str(); }
 
-  Outputs run(const Batch& batch) override {
+  Outputs run(const Batch& batch) const override {
     // [docs:forward]
     // float32 [N, 3, H, W] normalized pixels (+ int64 [N] classes for a class-input artifact, -1 = top class);
     // from_blob borrows the batch's memory, .to() copies it only for a GPU.
     std::vector<c10::IValue> inputs{
-        torch::from_blob(const_cast<float*>(batch.image.data()), {batch.n, 3, batch.h, batch.w}).to(device_)};
-    if (!batch.target_class.empty()) {
-      inputs.emplace_back(torch::from_blob(const_cast<int64_t*>(batch.target_class.data()), {batch.n}, torch::kLong).to(device_));
+        torch::from_blob(const_cast<float*>(batch.image), {batch.n, 3, batch.h, batch.w}).to(device_)};
+    if (batch.target_class != nullptr) {
+      inputs.emplace_back(torch::from_blob(const_cast<int64_t*>(batch.target_class), {batch.n}, torch::kLong).to(device_));
     }
     c10::InferenceMode guard;  // no autograd bookkeeping: the gradient is already in the graph
     c10::IValue result;
@@ -126,12 +123,12 @@ class TorchEngine final : public gradcam::Engine {
 
  private:
   torch::Device device_;
-  torch::jit::Module module_;
+  mutable torch::jit::Module module_;  // forward() is not const; concurrent inference calls are safe
   Metadata meta_;
 };
 
-std::unique_ptr<gradcam::Engine> load(const gradcam::Options& opt) { return std::make_unique<TorchEngine>(opt); }
+std::shared_ptr<const gradcam::Backend> open(const gradcam::CliOptions& opt) { return std::make_shared<TorchBackend>(opt); }
 
 }  // namespace
 
-int main(int argc, char** argv) { return gradcam::explain_main(argc, argv, "gradcam_run", ".pt", load); }
+int main(int argc, char** argv) { return gradcam::explain_main(argc, argv, "gradcam_run", ".pt", open); }

@@ -2,7 +2,7 @@
 // gradcam_model/runtime/preprocessing.py: the same sizes and rounding (Python's round() is
 // half-to-even, as std::nearbyint), Pillow's arithmetic for nearest/bilinear/bicubic on 8-bit
 // pixels, OpenCV's area/bilinear on float pixels for "area" (version 1's numerics).
-#include "preprocessing.h"
+#include "gradcam/preprocessing.h"
 
 #include <opencv2/imgproc.hpp>
 
@@ -10,7 +10,7 @@
 #include <cmath>
 #include <string>
 
-#include "error.h"
+#include "gradcam/error.h"
 #include "resample.h"
 
 namespace gradcam {

@@ -1,8 +1,9 @@
-// The shared driver: options, image keys, batches, and the output folder written through
-// a staging folder so that a failed run leaves nothing behind.
-#include "explain.h"
+// The shared driver: options, batches through the library's Explainer, and the output folder
+// written through a staging folder so that a failed run leaves nothing behind.
+#include "explain_main.h"
 
 #include <opencv2/imgcodecs.hpp>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -13,9 +14,6 @@
 #include <map>
 #include <type_traits>
 
-#include "error.h"
-#include "images.h"
-#include "preprocessing.h"
 #include "output.h"
 
 namespace fs = std::filesystem;
@@ -31,13 +29,14 @@ std::string first_line(const std::string& text) {
 namespace {
 
 const char* kUsageText =
-    "usage: %s ARTIFACT%s IMAGE... --out DIR [--class C] [--batch-size B] [--alpha A] [--threads T] [--cuda]\n"
+    "usage: %s ARTIFACT%s IMAGE_OR_FOLDER... --out DIR [--class C] [--batch-size B] [--alpha A] [--threads T] [--cuda]\n"
     "          [--save-tensors] [--quiet]\n"
     "\n"
-    "Explains image files (PNG, JPEG, BMP, TIFF, WebP) with a gradcam_model artifact: each image is\n"
-    "resized and normalized as its metadata says, the images run in batches, and DIR receives\n"
-    "overlays/<name>.png (a jet heat map over the picture; <name>-topK.png for further classes) and\n"
-    "predictions.csv (the columns of `gradcam explain`).\n"
+    "Explains image files (PNG, JPEG, BMP, TIFF, WebP), and the pictures in folders (recursively), with a\n"
+    "gradcam_model artifact: each picture is preprocessed as its metadata records, the pictures run in\n"
+    "batches, and DIR receives overlays/<name>.png (a jet heat map over the explained region; <name>-topK.png\n"
+    "for further classes) and predictions.csv (the columns of `gradcam explain`). A missing or unreadable\n"
+    "picture gets an error row and the run carries on (exit 5).\n"
     "\n"
     "  --out DIR         output folder (created if missing)\n"
     "  --class C         class to explain, an index or a class name (artifacts with a class input)\n"
@@ -48,7 +47,8 @@ const char* kUsageText =
     "  --save-tensors    also write DIR/tensors/{image,logits,probabilities,class_index,score,cam}.npy\n"
     "  --quiet           print nothing but errors\n"
     "\n"
-    "exit codes: 0 ok, 2 usage, 3 missing file, 4 bad artifact, 5 some image unreadable (others explained),\n"
+    "exit codes: 0 ok, 2 usage, 3 missing artifact or empty folder, 4 bad artifact, 5 some image missing or\n"
+    "            unreadable (the others explained),\n"
     "            6 run failed, 7 write failed\n";
 
 long long parse_int(const std::string& flag, const std::string& text, long long lo, long long hi) {
@@ -62,7 +62,7 @@ long long parse_int(const std::string& flag, const std::string& text, long long 
 }
 
 // Returns false for --help.
-bool parse_args(int argc, char** argv, Options& opt) {
+bool parse_args(int argc, char** argv, CliOptions& opt) {
   std::vector<std::string> positional;
   bool has_out = false;
   for (int i = 1; i < argc; ++i) {
@@ -154,18 +154,6 @@ int64_t resolve_class(const std::string& text, const Metadata& meta, const std::
   throw Error(kUsage, "--class '" + text + "' is not a class of this artifact");
 }
 
-// Output names per image: the file stem, "-2", "-3"... for repeated stems.
-std::vector<std::string> image_keys(const std::vector<std::string>& images) {
-  std::map<std::string, int> seen;
-  std::vector<std::string> keys;
-  for (const std::string& path : images) {
-    const std::string stem = fs::path(path).stem().string();
-    const int count = ++seen[stem];
-    keys.push_back(count == 1 ? stem : stem + "-" + std::to_string(count));
-  }
-  return keys;
-}
-
 std::string csv_field(const std::string& text) {
   // Python's csv module (QUOTE_MINIMAL): quote fields holding a delimiter, quote or line break.
   if (text.find_first_of(",\"\r\n") == std::string::npos) return text;
@@ -174,16 +162,42 @@ std::string csv_field(const std::string& text) {
   return quoted + "\"";
 }
 
-std::string fixed6(double value) {
+std::string fixed(double value, int digits) {
   char buffer[64];
-  std::snprintf(buffer, sizeof buffer, "%.6f", value);
+  std::snprintf(buffer, sizeof buffer, "%.*f", digits, value);
   return buffer;
 }
 
-std::string fixed2(double value) {
-  char buffer[64];
-  std::snprintf(buffer, sizeof buffer, "%.2f", value);
-  return buffer;
+// libjpeg prints warnings such as "Premature end of JPEG file" straight to stderr, which
+// would break the one-line error contract; fd 2 points to /dev/null while a picture decodes
+// (the program decodes on one thread, while the engine is idle).
+class SilencedStderr {
+ public:
+  SilencedStderr() {
+    std::fflush(stderr);
+    saved_ = ::dup(2);
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, 2);
+      ::close(null);
+    }
+  }
+  SilencedStderr(const SilencedStderr&) = delete;
+  SilencedStderr& operator=(const SilencedStderr&) = delete;
+  ~SilencedStderr() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+  }
+
+ private:
+  int saved_ = -1;
+};
+
+cv::Mat load_quietly(const std::string& path) {
+  const SilencedStderr quiet;
+  return load_image(path);
 }
 
 template <typename T>
@@ -191,45 +205,48 @@ void append(std::vector<T>& to, const std::vector<T>& from) {
   to.insert(to.end(), from.begin(), from.end());
 }
 
-// One run over the images: batches in, overlays and CSV rows out.
+// One run over the pictures: batches in, overlays and CSV rows out.
 class Run {
  public:
-  Run(const Options& opt, const char* program, Engine& engine, OutputFolder& out, std::optional<int64_t> target)
-      : opt_(opt), program_(program), engine_(engine), meta_(engine.metadata()), out_(out), target_(target),
-        keys_(image_keys(opt.images)), rows_(opt.images.size()) {}
+  Run(const CliOptions& opt, const char* program, const Explainer& explainer, OutputFolder& out, std::optional<int64_t> target,
+      std::vector<ImageInput> images)
+      : opt_(opt), program_(program), explainer_(explainer), meta_(explainer.metadata()), out_(out), target_(target),
+        images_(std::move(images)), rows_(images_.size()) {}
+
+  std::size_t size() const { return images_.size(); }
 
   // Decodes and preprocesses images[start, stop), runs them as one batch, records the results.
   void batch(std::size_t start, std::size_t stop) {
     const auto [h, w] = meta_.target_size();
-    const std::size_t size = static_cast<std::size_t>(3 * h * w);
-    Batch batch;
-    batch.h = h, batch.w = w;
+    std::vector<float> inputs;
     std::vector<std::size_t> members;
     std::vector<cv::Mat> pictures;
     std::vector<Region> regions;
     for (std::size_t i = start; i < stop; ++i) {
-      cv::Mat bgr = load_image(opt_.images[i]);
-      if (bgr.empty()) {
-        skip(i, opt_.images[i] + ": not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)");
-        continue;
-      }
-      batch.image.resize(batch.image.size() + size);
       try {
-        regions.push_back(preprocess(bgr, meta_, batch.image.data() + batch.image.size() - size).region);
+        cv::Mat bgr = load_quietly(images_[i].path);
+        Region region;
+        append(inputs, explainer_.preprocess(bgr, &region));
+        regions.push_back(region);
+        pictures.push_back(std::move(bgr));
+        members.push_back(i);
       } catch (const Error& e) {
-        batch.image.resize(batch.image.size() - size);
-        skip(i, opt_.images[i] + ": " + e.what());
-        continue;
+        skip(i, e.what());
       }
-      members.push_back(i);
-      pictures.push_back(std::move(bgr));
     }
     if (members.empty()) return;
-    batch.n = static_cast<int64_t>(members.size());
-    if (meta_.class_input) batch.target_class.assign(members.size(), target_.value_or(-1));
-    const Outputs result = engine_.run(batch);
-    for (std::size_t j = 0; j < members.size(); ++j) record(result, static_cast<int64_t>(j), members[j], pictures[j], regions[j]);
-    if (opt_.save_tensors) keep(batch, result);
+    const int64_t n = static_cast<int64_t>(members.size());
+    std::vector<int64_t> classes;
+    if (target_) classes.assign(members.size(), *target_);
+    std::vector<Explanation> results = explainer_.explain_inputs(inputs.data(), n, h, w, classes);
+    for (std::size_t j = 0; j < members.size(); ++j) {
+      results[j].region = regions[j];
+      record(results[j], members[j], pictures[j]);
+    }
+    if (opt_.save_tensors) {
+      append(saved_inputs_, inputs);
+      for (const Explanation& e : results) saved_.push_back(std::move(e));
+    }
   }
 
   // predictions.csv (and the tensors) into the staging folder.
@@ -241,18 +258,7 @@ class Run {
       csv += "\n";
     }
     out_.write("predictions.csv", csv.data(), csv.size());
-    if (!opt_.save_tensors) return;
-    const auto [h, w] = meta_.target_size();
-    const Outputs& t = saved_;
-    const std::pair<const char*, std::string> files[] = {
-        {"image", npy(saved_images_, {t.n, 3, h, w})},
-        {"logits", npy(t.logits, {t.n, t.num_classes})},
-        {"probabilities", npy(t.probabilities, {t.n, t.num_classes})},
-        {"class_index", npy(t.class_index, {t.n, t.k})},
-        {"score", npy(t.score, {t.n, t.k})},
-        {"cam", npy(t.cam, {t.n, t.k, t.h, t.w})},
-    };
-    for (const auto& [name, data] : files) out_.write("tensors/" + std::string(name) + ".npy", data.data(), data.size());
+    if (opt_.save_tensors) save_tensors();
   }
 
   int failures() const { return failures_; }
@@ -260,81 +266,87 @@ class Run {
 
  private:
   void skip(std::size_t i, const std::string& error) {
-    std::fprintf(stderr, "%s: skipped: %s\n", program_, error.c_str());
-    rows_[i] = {opt_.images[i], "", "", "", "", "", "", "", "", "", "", "", "", error};
+    std::fprintf(stderr, "%s: skipped: %s\n", program_, first_line(error).c_str());
+    rows_[i] = {images_[i].path, images_[i].label, "", "", "", "", "", "", "", "", "", "", "", first_line(error)};
     ++failures_;
   }
 
-  // Sample n of the batch, image i: its overlays and its CSV row.
-  void record(const Outputs& result, int64_t n, std::size_t i, const cv::Mat& picture, const Region& region) {
-    const float* probabilities = result.probabilities.data() + n * result.num_classes;
-    const int64_t top = std::max_element(probabilities, probabilities + result.num_classes) - probabilities;
+  // Picture i's overlays and CSV row.
+  void record(const Explanation& e, std::size_t i, const cv::Mat& picture) {
     std::string indices, labels, scores, overlays;
-    for (int64_t k = 0; k < result.k; ++k) {
-      const std::size_t nk = static_cast<std::size_t>(n * result.k + k);
+    for (std::size_t k = 0; k < e.classes.size(); ++k) {
       const std::string sep = k ? ";" : "";
-      indices += sep + std::to_string(result.class_index[nk]);
-      labels += sep + meta_.label(result.class_index[nk]);
-      scores += sep + fixed6(result.score[nk]);
-      const cv::Mat image = overlay(picture, result.cam.data() + nk * result.h * result.w, result.h, result.w, opt_.alpha, region);
+      indices += sep + std::to_string(e.classes[k]);
+      labels += sep + e.labels[k];
+      scores += sep + fixed(e.scores[k], 6);
       std::vector<uint8_t> png;
-      if (!cv::imencode(".png", image, png)) throw Error(kInternal, "OpenCV could not encode an overlay as PNG");
-      const std::string name = "overlays/" + keys_[i] + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
+      if (!cv::imencode(".png", overlay(picture, e, k, opt_.alpha), png)) {
+        throw Error(kInternal, "OpenCV could not encode an overlay as PNG");
+      }
+      const std::string name = "overlays/" + images_[i].key + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
       out_.write(name, png.data(), png.size());
       overlays += sep + (fs::path(opt_.out) / name).string();
     }
-    const std::string& path = opt_.images[i];
-    rows_[i] = {path, "", std::to_string(top), meta_.label(top), fixed6(probabilities[top]), indices, labels, scores,
-                fixed2(region.x), fixed2(region.y), fixed2(region.w), fixed2(region.h), overlays, ""};
+    const std::string& path = images_[i].path;
+    const float probability = e.probabilities[static_cast<std::size_t>(e.predicted)];
+    const std::string top = meta_.label(e.predicted);
+    rows_[i] = {path, images_[i].label, std::to_string(e.predicted), top, fixed(probability, 6), indices, labels, scores,
+                fixed(e.region.x, 2), fixed(e.region.y, 2), fixed(e.region.w, 2), fixed(e.region.h, 2), overlays, ""};
     if (!opt_.quiet) {
-      std::printf("%s: %s %.4f", path.c_str(), meta_.label(top).c_str(), probabilities[top]);
-      if (indices != std::to_string(top)) std::printf(", explained %s", labels.c_str());
+      std::printf("%s: %s %.4f", path.c_str(), top.c_str(), probability);
+      if (indices != std::to_string(e.predicted)) std::printf(", explained %s", labels.c_str());
       std::printf("\n");
     }
     ++explained_;
   }
 
-  void keep(const Batch& batch, const Outputs& result) {
-    append(saved_images_, batch.image);
-    append(saved_.logits, result.logits);
-    append(saved_.probabilities, result.probabilities);
-    append(saved_.class_index, result.class_index);
-    append(saved_.score, result.score);
-    append(saved_.cam, result.cam);
-    saved_.n += result.n;
-    saved_.num_classes = result.num_classes, saved_.k = result.k, saved_.h = result.h, saved_.w = result.w;
+  void save_tensors() {
+    const auto [h, w] = meta_.target_size();
+    std::vector<float> logits, probabilities, score, cam;
+    std::vector<int64_t> class_index;
+    for (const Explanation& e : saved_) {
+      append(logits, e.logits), append(probabilities, e.probabilities), append(class_index, e.classes);
+      append(score, e.scores), append(cam, e.maps);
+    }
+    const int64_t n = static_cast<int64_t>(saved_.size()), c = meta_.num_classes;
+    const int64_t k = n ? static_cast<int64_t>(saved_[0].classes.size()) : 0;
+    const int64_t mh = n ? saved_[0].height : h, mw = n ? saved_[0].width : w;
+    const std::pair<const char*, std::string> files[] = {
+        {"image", npy(saved_inputs_, {n, 3, h, w})},   {"logits", npy(logits, {n, c})},
+        {"probabilities", npy(probabilities, {n, c})}, {"class_index", npy(class_index, {n, k})},
+        {"score", npy(score, {n, k})},                 {"cam", npy(cam, {n, k, mh, mw})},
+    };
+    for (const auto& [name, data] : files) out_.write("tensors/" + std::string(name) + ".npy", data.data(), data.size());
   }
 
-  const Options& opt_;
+  const CliOptions& opt_;
   const char* program_;
-  Engine& engine_;
+  const Explainer& explainer_;
   const Metadata& meta_;
   OutputFolder& out_;
   const std::optional<int64_t> target_;
-  const std::vector<std::string> keys_;
+  const std::vector<ImageInput> images_;
   std::vector<std::vector<std::string>> rows_;  // the columns of `gradcam explain`'s predictions.csv
-  Outputs saved_;                               // every batch's outputs, for --save-tensors
-  std::vector<float> saved_images_;
+  std::vector<Explanation> saved_;              // every explained picture, for --save-tensors
+  std::vector<float> saved_inputs_;
   int failures_ = 0, explained_ = 0;
 };
 
-int explain(const Options& opt, const char* program, EngineFactory load) {
+int explain(const CliOptions& opt, const char* program, BackendFactory open) {
   require_file(opt.artifact, "artifact");
-  for (const std::string& image : opt.images) require_file(image, "image");
+  std::vector<ImageInput> images = collect_images(opt.images);
   const auto t0 = std::chrono::steady_clock::now();
-  const std::unique_ptr<Engine> engine = load(opt);
-  const Metadata& meta = engine->metadata();
+  const Explainer explainer(open(opt));
+  const Metadata& meta = explainer.metadata();
   std::optional<int64_t> target;
   if (opt.class_name) target = resolve_class(*opt.class_name, meta, opt.artifact);
   if (!opt.quiet) std::printf("metadata: %s\n", meta.summary().c_str());
 
   OutputFolder out(opt.out);
-  Run run(opt, program, *engine, out, target);
+  Run run(opt, program, explainer, out, target, std::move(images));
   const auto t1 = std::chrono::steady_clock::now();
   const std::size_t step = static_cast<std::size_t>(opt.batch_size);
-  for (std::size_t start = 0; start < opt.images.size(); start += step) {
-    run.batch(start, std::min(opt.images.size(), start + step));
-  }
+  for (std::size_t start = 0; start < run.size(); start += step) run.batch(start, std::min(run.size(), start + step));
   run.finish();
   out.commit();
 
@@ -342,7 +354,7 @@ int explain(const Options& opt, const char* program, EngineFactory load) {
     using ms = std::chrono::duration<double, std::milli>;
     const auto t2 = std::chrono::steady_clock::now();
     std::printf("explained %d of %zu images on %s (load %.0f ms, explain %.0f ms): overlays in %s, %s\n", run.explained(),
-                opt.images.size(), engine->device().c_str(), ms(t1 - t0).count(), ms(t2 - t1).count(),
+                run.size(), explainer.device().c_str(), ms(t1 - t0).count(), ms(t2 - t1).count(),
                 (fs::path(opt.out) / "overlays").string().c_str(), (fs::path(opt.out) / "predictions.csv").string().c_str());
   }
   // each unreadable image already printed its one line
@@ -351,14 +363,14 @@ int explain(const Options& opt, const char* program, EngineFactory load) {
 
 }  // namespace
 
-int explain_main(int argc, char** argv, const char* program, const char* artifact_suffix, EngineFactory load) {
+int explain_main(int argc, char** argv, const char* program, const char* artifact_suffix, BackendFactory open) {
   try {
-    Options opt;
+    CliOptions opt;
     if (!parse_args(argc, argv, opt)) {
       std::printf(kUsageText, program, artifact_suffix);
       return kOk;
     }
-    return explain(opt, program, load);
+    return explain(opt, program, open);
   } catch (const Error& f) {
     std::fflush(stdout);
     std::fprintf(stderr, "%s: error: %s\n", program, first_line(f.what()).c_str());

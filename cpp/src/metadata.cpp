@@ -1,5 +1,7 @@
-// gradcam.json read with nlohmann-json and checked against the fields the programs rely on.
-#include "metadata.h"
+// gradcam.json read with nlohmann-json and checked against the fields the library relies on.
+#include "gradcam/metadata.h"
+
+#include "gradcam/error.h"
 
 #include <nlohmann/json.hpp>
 #include <algorithm>
@@ -17,7 +19,7 @@ class Fields {
   Fields(const json& record, const std::string& source) : record_(record), source_(source) {}
 
   [[noreturn]] void fail(const std::string& why) const {
-    throw MetadataError(source_ + ": the gradcam metadata " + why + "; re-export the artifact with gradcam_model");
+    throw Error(kBadArtifact, source_ + ": the gradcam metadata " + why + "; re-export the artifact with gradcam_model");
   }
 
   // record[key] as T; a missing key or a value of another JSON type is a MetadataError.
@@ -69,7 +71,7 @@ class Fields {
 // approximated (the map would explain pixels the model was not shown).
 Preprocessing parse_preprocessing(const json& record, const std::string& source) {
   const auto refuse = [&](const std::string& what) {
-    throw MetadataError(source + ": this program cannot apply the recorded preprocessing: " + what);
+    throw Error(kBadArtifact, source + ": this program cannot apply the recorded preprocessing: " + what);
   };
   if (!record.is_object()) refuse("the record is not an object but " + record.dump());
   const char* known[] = {"resize", "crop_pct", "resize_size", "interpolation", "antialias", "channel_order", "scale"};
@@ -137,16 +139,16 @@ Metadata parse_metadata(const std::string& text, const std::string& source) {
   // allow_exceptions=false: a parse failure becomes a discarded value and one message of ours,
   // not nlohmann's multi-part text.
   const json record = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (record.is_discarded()) throw MetadataError(source + ": the gradcam metadata is not valid JSON");
+  if (record.is_discarded()) throw Error(kBadArtifact, source + ": the gradcam metadata is not valid JSON");
   if (!record.is_object()) {
-    throw MetadataError(source + ": the gradcam metadata is not a JSON object; re-export the artifact with gradcam_model");
+    throw Error(kBadArtifact, source + ": the gradcam metadata is not a JSON object; re-export the artifact with gradcam_model");
   }
   const Fields f(record, source);
 
   Metadata meta;
   meta.schema_version = f.positive("schema_version");
   if (meta.schema_version > kSchemaVersion) {
-    throw MetadataError(source + ": metadata schema version " + std::to_string(meta.schema_version) +
+    throw Error(kBadArtifact, source + ": metadata schema version " + std::to_string(meta.schema_version) +
                         " is newer than this program understands (up to " + std::to_string(kSchemaVersion) +
                         "); rebuild it from a newer gradcam_model");
   }

@@ -1,0 +1,42 @@
+// Image files in and heat-map overlays out, with OpenCV; each step does what
+// gradcam_model.runtime does in Python (inputs.py: collect_images; images.py: load_image;
+// visualize.py: overlay), so that both give the same files and pixels.
+#pragma once
+
+#include <opencv2/core.hpp>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gradcam/preprocessing.h"
+
+namespace gradcam {
+
+// The file extensions image folders are searched for (gradcam_model.runtime.IMAGE_SUFFIXES), lower case.
+extern const std::vector<std::string> kImageSuffixes;
+
+// One picture to explain: its file, a unique name for its outputs (the file stem, or
+// <folder>/<relative path without suffix> for pictures found in a folder; "-2", "-3"... for
+// repeats) and the label of an ImageFolder layout (<folder>/<class>/.../file), else empty.
+struct ImageInput {
+  std::string path, key, label;
+};
+
+// Files as given and the pictures in folders (recursively, sorted as Python's pathlib sorts,
+// extensions in kImageSuffixes), as gradcam_model.runtime.collect_images. A path that does not
+// exist is kept (loading it fails, so a run can record it and carry on); a folder without
+// pictures throws Error(kMissingFile).
+std::vector<ImageInput> collect_images(const std::vector<std::string>& paths);
+
+// The file decoded as 8-bit BGR [H, W, 3]: grey images are expanded, alpha is dropped,
+// EXIF orientation applied (cv::IMREAD_COLOR, as the Python runtime). Throws
+// Error(kMissingFile) when the file does not exist or cannot be read, Error(kBadImage) when
+// it is not a picture. Decoder warnings never reach stderr.
+cv::Mat load_image(const std::string& path);
+
+// (1 - alpha) * image + alpha * jet(cam), the map resized bilinearly to the region of the picture
+// it explains (the rest dimmed to half its brightness; the whole picture for a stretch): BGR uint8,
+// as gradcam_model.runtime.visualize.overlay(..., region=explained_region(...)).
+cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha, const Region& region);
+
+}  // namespace gradcam
