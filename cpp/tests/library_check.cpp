@@ -4,11 +4,15 @@
 //   gradcam_library_check forms ARTIFACT IMAGE        cv::Mat, RGB/BGR/RGBA/grey buffers and tensors agree
 //   gradcam_library_check errors ARTIFACT IMAGE       bad input: one line "case<TAB>code<TAB>message" each,
 //                                                     and the object still gives the same result afterwards
+//   gradcam_library_check bench ARTIFACT BATCH IMAGE...  seconds to decode and explain the files in batches
+//                                                     (after one warm-up batch), for scripts/bench_cpp_library.py
 //
 // Prints what it checked; exits 1 with a line saying what differed.
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <string>
@@ -144,6 +148,22 @@ int errors(const std::string& artifact, const std::string& file) {
   return 0;
 }
 
+int bench(const std::string& artifact, std::size_t batch, const std::vector<std::string>& files) {
+  const gradcam::Explainer explainer(artifact);  // ONNX Runtime's default threads, as the Python runtime
+  const auto run = [&](std::size_t start, std::size_t stop) {
+    std::vector<cv::Mat> pictures;
+    for (std::size_t i = start; i < stop; ++i) pictures.push_back(gradcam::load_image(files[i]));
+    return explainer.explain(pictures).size();
+  };
+  run(0, std::min(batch, files.size()));  // warm-up: session arenas, kernel selection
+  const auto t0 = std::chrono::steady_clock::now();
+  std::size_t explained = 0;
+  for (std::size_t start = 0; start < files.size(); start += batch) explained += run(start, std::min(files.size(), start + batch));
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("bench: %zu images in %.3f s\n", explained, seconds);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -153,6 +173,7 @@ int main(int argc, char** argv) {
     if (args[0] == "threads") return threads(args[1], std::vector<std::string>(args.begin() + 2, args.end()));
     if (args[0] == "forms") return forms(args[1], args[2]);
     if (args[0] == "errors") return errors(args[1], args[2]);
+    if (args[0] == "bench") return bench(args[1], std::stoul(args[2]), std::vector<std::string>(args.begin() + 3, args.end()));
   } catch (const gradcam::Error& e) {
     return fail(std::string("unexpected error ") + std::to_string(e.code()) + ": " + e.what());
   }
