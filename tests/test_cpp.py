@@ -643,6 +643,8 @@ LIBRARY_ERRORS = [
     ("16-bit-picture", BAD_IMAGE, r"^picture 1 is 8x8 with 3 channel\(s\) of depth CV_16U; expected 8-bit \(CV_8U\) pixels$"),
     ("two-channel-buffer", BAD_IMAGE, r"^buffer 0 has 2 channels; expected 1, 3 or 4$"),
     ("short-stride-buffer", BAD_IMAGE, r"^buffer 0 has a stride of 5 bytes; expected at least cols \* channels = 1353$"),
+    ("truncated-buffer", BAD_IMAGE,
+     r"^buffer 0 holds 405899 bytes; a 451x300 picture of 3 channels with a stride of 1353 needs 405900$"),
     ("null-buffer", BAD_IMAGE, r"^buffer 0 is empty \(0x0\); expected pixels of at least 1x1$"),
     ("class-out-of-range", USAGE, r"^class 10 is out of range; expected 0\.\.9 or -1 \(top class\)$"),
     ("classes-per-picture", USAGE, r"^1 classes for 2 pictures; expected one per picture$"),

@@ -46,7 +46,14 @@ cv::Mat from_view(const ImageView& view, std::size_t index) {
     throw Error(kBadImage, which + " has a stride of " + std::to_string(view.stride) + " bytes; expected at least cols * channels = " +
                                std::to_string(row));
   }
-  const cv::Mat wrapped(view.rows, view.cols, CV_8UC(view.channels), const_cast<uint8_t*>(view.data), view.stride ? view.stride : row);
+  const std::size_t stride = view.stride ? view.stride : row;
+  const std::size_t needed = static_cast<std::size_t>(view.rows - 1) * stride + row;
+  if (view.size < needed) {
+    throw Error(kBadImage, which + " holds " + std::to_string(view.size) + " bytes; a " + std::to_string(view.cols) + "x" +
+                               std::to_string(view.rows) + " picture of " + std::to_string(view.channels) +
+                               " channels with a stride of " + std::to_string(stride) + " needs " + std::to_string(needed));
+  }
+  const cv::Mat wrapped(view.rows, view.cols, CV_8UC(view.channels), const_cast<uint8_t*>(view.data), stride);
   if (view.bgr || view.channels == 1) return as_bgr(wrapped, index);
   cv::Mat bgr;
   cv::cvtColor(wrapped, bgr, view.channels == 4 ? cv::COLOR_RGBA2BGR : cv::COLOR_RGB2BGR);

@@ -77,7 +77,8 @@ int threads(const std::string& artifact, const std::vector<std::string>& files) 
 
 gradcam::ImageView view(const cv::Mat& m, bool bgr) {
   gradcam::ImageView v;
-  v.data = m.data, v.rows = m.rows, v.cols = m.cols, v.channels = m.channels(), v.stride = m.step, v.bgr = bgr;
+  v.data = m.data, v.size = m.step * static_cast<std::size_t>(m.rows);
+  v.rows = m.rows, v.cols = m.cols, v.channels = m.channels(), v.stride = m.step, v.bgr = bgr;
   return v;
 }
 
@@ -112,9 +113,10 @@ int errors(const std::string& artifact, const std::string& file) {
   const cv::Mat bgr = gradcam::load_image(file);
   const Explanation reference = explainer.explain(std::vector<cv::Mat>{bgr})[0];
   const auto& meta = explainer.metadata();
-  const std::vector<uint8_t> pixels(30);  // 10 RGB pixels
   gradcam::ImageView short_rows = view(bgr, true);
   short_rows.stride = 5;
+  gradcam::ImageView truncated = view(bgr, true);
+  truncated.size -= 1;
   gradcam::ImageView two_channels = view(bgr, true);
   two_channels.channels = 2;
   const cv::Mat deep(8, 8, CV_16UC3, cv::Scalar(1000, 2000, 3000));
@@ -128,13 +130,13 @@ int errors(const std::string& artifact, const std::string& file) {
       {"16-bit-picture", [&] { explainer.explain(std::vector<cv::Mat>{bgr, deep}); }},
       {"two-channel-buffer", [&] { explainer.explain_buffers({two_channels}); }},
       {"short-stride-buffer", [&] { explainer.explain_buffers({short_rows}); }},
+      {"truncated-buffer", [&] { explainer.explain_buffers({truncated}); }},
       {"null-buffer", [&] { explainer.explain_buffers({gradcam::ImageView{}}); }},
       {"class-out-of-range", [&] { explainer.explain(std::vector<cv::Mat>{bgr}, {meta.num_classes}); }},
       {"classes-per-picture", [&] { explainer.explain(std::vector<cv::Mat>{bgr, bgr}, {0}); }},
       {"no-tensors", [&] { explainer.explain_inputs(zeros.data(), 0, 5, 7); }},
       {"overlay-class", [&] { gradcam::overlay(bgr, reference, 9); }},
   };
-  (void)pixels;
   for (const auto& [name, call] : cases) {
     try {
       call();

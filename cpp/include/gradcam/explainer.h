@@ -32,6 +32,7 @@ struct Options {
 // An 8-bit interleaved picture in someone else's memory (not copied until explained).
 struct ImageView {
   const uint8_t* data = nullptr;
+  std::size_t size = 0;     // bytes at data: at least (rows - 1) * stride + cols * channels
   int rows = 0, cols = 0;
   int channels = 3;         // 1 (grey), 3 or 4 (the fourth, alpha, is dropped)
   std::size_t stride = 0;   // bytes from one row to the next; 0: cols * channels
