@@ -31,7 +31,8 @@ std::vector<ImageInput> collect_images(const std::vector<std::string>& paths);
 // The file decoded as 8-bit BGR [H, W, 3]: grey images are expanded, alpha is dropped,
 // EXIF orientation applied (cv::IMREAD_COLOR, as the Python runtime). Throws
 // Error(kMissingFile) when the file does not exist or cannot be read, Error(kBadImage) when
-// it is not a picture. Decoder warnings never reach stderr.
+// it is not a picture. OpenCV's decoders may still print warnings (libjpeg: "Premature end of
+// JPEG file") to stderr themselves; the programs point fd 2 to /dev/null around this call.
 cv::Mat load_image(const std::string& path);
 
 // (1 - alpha) * image + alpha * jet(cam), the map resized bilinearly to the region of the picture
