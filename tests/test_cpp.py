@@ -690,3 +690,28 @@ def test_programs_take_folders_and_carry_on_past_missing_files(programs, artifac
             if e is not None:
                 assert row["overlay"].split(";")[0] == str(out / program / "overlays" / f"{e.key}.png")
                 assert Path(row["overlay"].split(";")[0]).is_file()
+
+
+def test_large_pictures_are_decoded_reduced_as_gradcam_explain_does(programs, artifacts, tmp_path):
+    """Over 2048 px on the long side: a large JPEG decoded at a DCT scale, any picture shrunk (decode_image's max_side)."""
+    from gradcam_model.runtime.images import DEFAULT_MAX_SIDE
+
+    rng = np.random.default_rng(0)
+    photo = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    photo = np.clip(photo.astype(np.int16) + rng.integers(-30, 31, photo.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+    files = [tmp_path / "photo.jpg", tmp_path / "wide.png"]
+    assert cv2.imwrite(str(files[0]), photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert cv2.imwrite(str(files[1]), photo[:1000, :3000])
+    assert files[0].stat().st_size >= 2_000_000  # the size from which decode_image probes a reduced JPEG
+    out = tmp_path / "out"
+    run_ok(programs["gradcam_ort"], artifacts["gradcam_ort", "top2"], *files, "--out", out, "--save-tensors", "--quiet")
+    meta = load_explainer(artifacts["gradcam_ort", "top2"], providers=["CPUExecutionProvider"]).metadata
+    rgbs = [load_image(p, max_side=DEFAULT_MAX_SIDE) for p in files]
+    assert [rgb.shape[:2] for rgb in rgbs] == [(1536, 2048), (683, 2048)]
+    got = read_tensors(out)["image"]
+    with plain_opencv():
+        np.testing.assert_array_equal(got, np.stack([preprocess(rgb, meta) for rgb in rgbs]))
+    np.testing.assert_allclose(got, np.stack([preprocess(rgb, meta) for rgb in rgbs]), rtol=0, atol=AREA_IPP_ATOL)
+    _, rows = read_csv(out / "predictions.csv")
+    for rgb, row in zip(rgbs, rows, strict=True):
+        assert [row[f"region_{c}"] for c in "xywh"] == [f"{v:.2f}" for v in explained_region(rgb.shape, meta)]

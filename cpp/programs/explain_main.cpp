@@ -195,9 +195,10 @@ class SilencedStderr {
   int saved_ = -1;
 };
 
+// Decoded as `gradcam explain` decodes: no larger than kDefaultMaxSide on the long side.
 cv::Mat load_quietly(const std::string& path) {
   const SilencedStderr quiet;
-  return load_image(path);
+  return load_image(path, kDefaultMaxSide);
 }
 
 template <typename T>

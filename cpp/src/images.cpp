@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <map>
 
@@ -73,19 +74,56 @@ std::vector<ImageInput> collect_images(const std::vector<std::string>& paths) {
   return found;
 }
 
-cv::Mat load_image(const std::string& path) {
+namespace {
+
+constexpr std::uintmax_t kProbeBytes = 2000000;  // only JPEG files this large can hold a picture worth decoding reduced
+
+bool is_jpeg(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  char magic[3] = {};
+  return file.read(magic, 3) && magic[0] == '\xff' && magic[1] == '\xd8' && magic[2] == '\xff';
+}
+
+cv::Mat decode(const std::string& path, int flags) {
+  try {
+    return cv::imread(path, flags);
+  } catch (const cv::Exception&) {
+    return {};  // some decoders throw on truncated data instead of returning an empty Mat
+  }
+}
+
+// A large JPEG decoded at the smallest DCT scale that keeps its long side >= max_side (decode_image's probe).
+cv::Mat decode_reduced(const std::string& path, int max_side) {
+  const cv::Mat probe = decode(path, cv::IMREAD_REDUCED_COLOR_8);  // DCT scaling: cheap even for huge photos
+  if (probe.empty()) return probe;
+  const int long_side = std::max(probe.rows, probe.cols) * 8;
+  int factor = 8;
+  while (factor > 1 && long_side / factor < max_side) factor /= 2;
+  if (factor == 8) return probe;
+  return decode(path, factor == 4 ? cv::IMREAD_REDUCED_COLOR_4 : factor == 2 ? cv::IMREAD_REDUCED_COLOR_2 : cv::IMREAD_COLOR);
+}
+
+}  // namespace
+
+cv::Mat load_image(const std::string& path, int max_side) {
   std::error_code ec;
   const fs::file_status status = fs::status(path, ec);
   if (!fs::exists(status)) throw Error(kMissingFile, path + ": no such image file");
   if (!fs::is_regular_file(status)) throw Error(kMissingFile, path + ": not a file");
   if (::access(path.c_str(), R_OK) != 0) throw Error(kMissingFile, path + ": not readable");
   cv::Mat image;
-  try {
-    image = cv::imread(path, cv::IMREAD_COLOR);
-  } catch (const cv::Exception&) {
-    // some decoders throw on truncated data instead of returning an empty Mat
-  }
+  if (max_side > 0 && fs::file_size(path, ec) >= kProbeBytes && is_jpeg(path)) image = decode_reduced(path, max_side);
+  if (image.empty()) image = decode(path, cv::IMREAD_COLOR);
   if (image.empty()) throw Error(kBadImage, path + ": not a readable image (expected PNG, JPEG, BMP, TIFF or WebP)");
+  if (max_side > 0 && std::max(image.rows, image.cols) > max_side) {
+    // Python: scale = max_side / long side; (max(1, round(w * scale)), max(1, round(h * scale))), half to even
+    const double scale = static_cast<double>(max_side) / std::max(image.rows, image.cols);
+    const cv::Size size(std::max(1, static_cast<int>(std::nearbyint(image.cols * scale))),
+                        std::max(1, static_cast<int>(std::nearbyint(image.rows * scale))));
+    cv::Mat reduced;
+    cv::resize(image, reduced, size, 0, 0, cv::INTER_AREA);
+    image = reduced;
+  }
   return image;
 }
 

@@ -28,12 +28,18 @@ struct ImageInput {
 // pictures throws Error(kMissingFile).
 std::vector<ImageInput> collect_images(const std::vector<std::string>& paths);
 
+// The long side `gradcam explain` decodes pictures to at most (gradcam_model.runtime.DEFAULT_MAX_SIDE).
+constexpr int kDefaultMaxSide = 2048;
+
 // The file decoded as 8-bit BGR [H, W, 3]: grey images are expanded, alpha is dropped,
-// EXIF orientation applied (cv::IMREAD_COLOR, as the Python runtime). Throws
+// EXIF orientation applied (cv::IMREAD_COLOR, as the Python runtime). With `max_side` > 0, no
+// larger than that on its long side, as gradcam_model.runtime.decode_image: a JPEG file of 2 MB
+// or more decoded at 1/2, 1/4 or 1/8 scale by libjpeg, then any picture still larger shrunk
+// with OpenCV's area average. Throws
 // Error(kMissingFile) when the file does not exist or cannot be read, Error(kBadImage) when
 // it is not a picture. OpenCV's decoders may still print warnings (libjpeg: "Premature end of
 // JPEG file") to stderr themselves; the programs point fd 2 to /dev/null around this call.
-cv::Mat load_image(const std::string& path);
+cv::Mat load_image(const std::string& path, int max_side = 0);
 
 // (1 - alpha) * image + alpha * jet(cam), the map resized bilinearly to the region of the picture
 // it explains (the rest dimmed to half its brightness; the whole picture for a stretch): BGR uint8,
