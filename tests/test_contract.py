@@ -1,4 +1,4 @@
-"""The artifact contract: one dataclass, read by the Python runtime and the C++ programs alike."""
+"""The artifact contract: one dataclass, read by the Python runtime and the C++ library alike."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from gradcam_model.contract import METADATA_KEY, SCHEMA_VERSION, ArtifactMetadat
 from gradcam_model.export.metadata import metadata_for
 
 CPP = Path(__file__).resolve().parent.parent / "cpp"
-# fields the C++ programs have no use for: how the maps were post-processed (they only
+# fields the C++ library has no use for: how the maps were post-processed (they only
 # draw them) and which versions wrote the file
 NOT_READ_BY_CPP = {"upsample", "normalize", "package_version", "torch_version", "opset"}
 
 
 def _cpp_keys() -> set[str]:
     """The keys metadata.cpp reads from gradcam.json: ``f.get<...>("key")``, ``f.positive("key")``..."""
-    source = (CPP / "metadata.cpp").read_text()
+    source = (CPP / "src" / "metadata.cpp").read_text()
     return set(re.findall(r'\bf\.\w+[^(;]*\("(\w+)"', source))
 
 
@@ -26,14 +26,22 @@ def test_cpp_reads_exactly_the_dataclass_fields():
     keys = _cpp_keys()
     assert len(keys) >= 10, keys  # the pattern still finds the reads
     assert keys - names == set(), "metadata.cpp reads keys the Python side never writes"
-    assert names - keys == NOT_READ_BY_CPP, "a new metadata field: read it in cpp/metadata.cpp or list it here"
+    assert names - keys == NOT_READ_BY_CPP, "a new metadata field: read it in cpp/src/metadata.cpp or list it here"
+
+
+def test_cpp_knows_exactly_the_preprocessing_fields():
+    """A field the C++ side does not know is refused there (exit 4): both lists must stay equal."""
+    source = (CPP / "src" / "metadata.cpp").read_text()
+    known = re.search(r"const char\* known\[\] = \{([^}]*)\};", source)
+    assert known, "metadata.cpp lists the preprocessing fields it applies in `known[]`"
+    assert re.findall(r'"(\w+)"', known.group(1)) == [f.name for f in fields(Preprocessing)]
 
 
 def test_cpp_constants_match_the_contract():
-    header = (CPP / "metadata.h").read_text()
+    header = (CPP / "include" / "gradcam" / "metadata.h").read_text()
     assert re.search(rf"kSchemaVersion = {SCHEMA_VERSION};", header)
     assert f'kMetadataKey = "{METADATA_KEY}"' in header
-    for program in ("gradcam_ort.cpp", "gradcam_run.cpp"):
+    for program in ("src/onnxruntime.cpp", "programs/gradcam_run.cpp"):
         assert f'"{METADATA_KEY}"' in (CPP / program).read_text(), program
 
 

@@ -17,10 +17,11 @@ if(NOT ONNXRUNTIME_LIBRARY_DIR)
       "ONNX Runtime not found. Either install it with its CMake config (Debian 13: apt-get install "
       "libonnxruntime-dev) or use the Python wheel's library with headers from scripts/setup.sh:\n"
       "  -DONNXRUNTIME_LIBRARY_DIR=\"$(.venv/bin/python -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')/capi\"\n"
-      "or -DGRADCAM_BUILD_ORT=OFF")
+      )
   endif()
-  message(STATUS "gradcam_ort: ONNX Runtime ${onnxruntime_VERSION} from its CMake config")
+  message(STATUS "gradcam: ONNX Runtime ${onnxruntime_VERSION} from its CMake config")
   set(GRADCAM_ORT_RPATH "")
+  set(GRADCAM_ORT_INSTALL_LIBRARY "")
   return()
 endif()
 
@@ -71,4 +72,7 @@ set_target_properties(onnxruntime::onnxruntime PROPERTIES
   IMPORTED_SONAME "libonnxruntime.so.1"
   INTERFACE_INCLUDE_DIRECTORIES "${ONNXRUNTIME_INCLUDE_DIR}")
 set(GRADCAM_ORT_RPATH "${_link_dir}")
-message(STATUS "gradcam_ort: ${_ort_libs} (1.${_lib_minor}) with headers of API ${_api} from ${ONNXRUNTIME_INCLUDE_DIR}")
+# cmake --install puts the wheel's library (as libonnxruntime.so.1) and its providers beside libgradcam.so
+set(GRADCAM_ORT_INSTALL_LIBRARY "${_ort_libs}")
+set(GRADCAM_ORT_INSTALL_PROVIDERS ${_providers})
+message(STATUS "gradcam: ${_ort_libs} (1.${_lib_minor}) with headers of API ${_api} from ${ONNXRUNTIME_INCLUDE_DIR}")

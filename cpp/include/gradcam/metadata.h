@@ -1,10 +1,9 @@
-// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata), as both
-// programs read it: the TorchScript extra file or the ONNX metadata_props key of that name.
+// The artifact metadata (gradcam.json, written by gradcam_model.export.metadata): the TorchScript
+// extra file or the ONNX metadata_props key of that name. Part of the gradcam library's public API.
 #pragma once
 
 #include <cstdint>
 #include <optional>
-#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -14,10 +13,17 @@ namespace gradcam {
 constexpr int64_t kSchemaVersion = 2;  // the newest schema these programs understand
 constexpr const char* kMetadataKey = "gradcam.json";
 
-// Metadata that is missing, malformed or too new.
-class MetadataError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
+// How a picture becomes the network input (schema 2's "preprocessing" record; version-1
+// artifacts read as these defaults: a stretch with OpenCV's area average). The fields and their
+// meaning are gradcam_model.contract.Preprocessing's.
+struct Preprocessing {
+  std::string resize = "stretch";          // "stretch" or "shorter" (side, then centre crop)
+  double crop_pct = 1.0;                   // (0, 1]: resize to floor(size / crop_pct) before the crop
+  std::optional<int64_t> resize_size;      // "shorter": the shorter side's length at the example size
+  std::string interpolation = "area";      // "nearest", "bilinear", "bicubic" (Pillow's), "area" (OpenCV's)
+  bool antialias = true;                   // widen the Pillow filter when shrinking
+  std::string channel_order = "RGB";       // "RGB" or "BGR"
+  double scale = 255.0;                    // pixels are divided by this before (x - mean) / std
 };
 
 // The fields a runtime needs to preprocess images, run the graph and label its outputs.
@@ -36,6 +42,7 @@ struct Metadata {
   std::vector<std::string> class_names;                   // empty: unnamed classes
   std::vector<double> mean;
   std::vector<double> std;
+  Preprocessing preprocessing;
 
   // class_names[index] when there are names, else the index as text.
   std::string label(int64_t index) const;
@@ -46,6 +53,8 @@ struct Metadata {
 };
 
 // Parses and validates gradcam.json; `source` (the artifact path) starts every error message.
+// Throws Error(kBadArtifact) for a record that is malformed, incomplete, too new, or whose
+// preprocessing this library cannot apply (naming the field).
 Metadata parse_metadata(const std::string& text, const std::string& source);
 
 }  // namespace gradcam

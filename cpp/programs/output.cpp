@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-#include "explain.h"
+#include "gradcam/error.h"
 
 namespace fs = std::filesystem;
 
@@ -15,13 +15,13 @@ OutputFolder::OutputFolder(const fs::path& root) : root_(root) {
   std::error_code ec;
   created_ = fs::create_directories(root_, ec);
   if (ec || !fs::is_directory(root_)) {
-    throw Failure{kWriteFailed, "cannot create output folder " + root_.string() + (ec ? ": " + ec.message() : ": not a folder")};
+    throw Error(kWriteFailed, "cannot create output folder " + root_.string() + (ec ? ": " + ec.message() : ": not a folder"));
   }
   staging_ = root_ / (".staging-" + std::to_string(::getpid()));
   fs::create_directory(staging_, ec);
   if (ec) {
     cleanup();
-    throw Failure{kWriteFailed, "cannot write to output folder " + root_.string() + ": " + ec.message()};
+    throw Error(kWriteFailed, "cannot write to output folder " + root_.string() + ": " + ec.message());
   }
 }
 
@@ -36,7 +36,7 @@ void OutputFolder::write(const std::string& relative, const void* data, std::siz
   std::ofstream file(path, std::ios::binary);
   file.write(static_cast<const char*>(data), static_cast<std::streamsize>(size));
   file.close();
-  if (ec || !file) throw Failure{kWriteFailed, "cannot write " + (root_ / relative).string()};
+  if (ec || !file) throw Error(kWriteFailed, "cannot write " + (root_ / relative).string());
   files_.push_back(relative);
 }
 
@@ -46,7 +46,7 @@ void OutputFolder::commit() {
     std::error_code ec;
     fs::create_directories(target.parent_path(), ec);
     fs::rename(staging_ / relative, target, ec);
-    if (ec) throw Failure{kWriteFailed, "cannot write " + target.string() + ": " + ec.message()};
+    if (ec) throw Error(kWriteFailed, "cannot write " + target.string() + ": " + ec.message());
   }
   committed_ = true;
   std::error_code ec;

@@ -1,10 +1,11 @@
 // gradcam_run: explain image files with a gradcam_model TorchScript artifact under libtorch.
 //
-//   gradcam_run ARTIFACT.pt IMAGE... --out DIR [--class C] [--batch-size B] [--alpha A] [--threads T] [--cuda]
+//   gradcam_run ARTIFACT.pt IMAGE_OR_FOLDER... --out DIR [--class C] [--batch-size B] [--alpha A] [--threads T] [--cuda]
 //
-// The module is loaded once with its gradcam.json metadata and called under
-// c10::InferenceMode for every batch; the preprocessing, overlays, predictions.csv and
-// exit codes are shared with gradcam_ort (explain.cpp, images.cpp).
+// A thin program over the gradcam library with its own backend (gradcam/backend.h): the module
+// is loaded once with its gradcam.json metadata and called under c10::InferenceMode for every
+// batch; the preprocessing, overlays, predictions.csv and exit codes are the library's and
+// gradcam_ort's (explain_main.cpp).
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/cuda.h>
@@ -15,12 +16,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "explain.h"
+#include "explain_main.h"
 
 namespace {
 
 using gradcam::Batch;
-using gradcam::Failure;
+using gradcam::Error;
 using gradcam::Metadata;
 using gradcam::Outputs;
 
@@ -35,21 +36,21 @@ template <typename T>
 std::vector<int64_t> copy_output(const c10::IValue& value, std::size_t index, int64_t rank, std::vector<T>& to) {
   const auto type = std::is_same_v<T, float> ? torch::kFloat : torch::kLong;
   if (!value.isTensor() || value.toTensor().scalar_type() != type || value.toTensor().dim() != rank) {
-    throw Failure{gradcam::kRunFailed, std::string("output ") + kOutputNames[index] + " is off the artifact contract (type or rank)"};
+    throw Error(gradcam::kRunFailed, std::string("output ") + kOutputNames[index] + " is off the artifact contract (type or rank)");
   }
   const torch::Tensor t = value.toTensor().to(torch::kCPU).contiguous();
   to.assign(t.data_ptr<T>(), t.data_ptr<T>() + t.numel());
   return t.sizes().vec();
 }
 
-class TorchEngine final : public gradcam::Engine {
+class TorchBackend final : public gradcam::Backend {
  public:
-  explicit TorchEngine(const gradcam::Options& opt) : device_(torch::kCPU) {
+  explicit TorchBackend(const gradcam::CliOptions& opt) : device_(torch::kCPU) {
     if (opt.threads > 0) at::set_num_threads(opt.threads);
     if (opt.cuda) {
       if (!torch::cuda::is_available()) {
-        throw Failure{gradcam::kRunFailed, "CUDA is not available: this gradcam_run was built without "
-                                           "-DGRADCAM_WITH_CUDA=ON or the machine has no usable GPU; drop --cuda"};
+        throw Error(gradcam::kRunFailed, "CUDA is not available: this gradcam_run was built without "
+                                           "-DGRADCAM_WITH_CUDA=ON or the machine has no usable GPU; drop --cuda");
       }
       device_ = torch::Device(torch::kCUDA, 0);
       // cuDNN runs float32 convolutions in TF32 by default on Ampere and later: measured on an
@@ -61,26 +62,22 @@ class TorchEngine final : public gradcam::Engine {
     try {
       module_ = torch::jit::load(opt.artifact, device_, extra);
     } catch (const std::exception& e) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + " is not a loadable TorchScript file: " + message(e)};
+      throw Error(gradcam::kBadArtifact, opt.artifact + " is not a loadable TorchScript file: " + message(e));
     }
     const std::string& text = extra["gradcam.json"];  // JSON: mean, std, input_size, class_names, top_k...
     // [docs:end]
     if (text.empty()) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + " is a TorchScript file without gradcam_model metadata "
-                                                          "(gradcam.json); export it with gradcam_model.export_torchscript"};
+      throw Error(gradcam::kBadArtifact, opt.artifact + " is a TorchScript file without gradcam_model metadata "
+                                                          "(gradcam.json); export it with gradcam_model.export_torchscript");
     }
-    try {
-      meta_ = gradcam::parse_metadata(text, opt.artifact);
-    } catch (const gradcam::MetadataError& e) {
-      throw Failure{gradcam::kBadArtifact, e.what()};
-    }
+    meta_ = gradcam::parse_metadata(text, opt.artifact);
     const auto forward = module_.find_method("forward");
     const std::size_t expected = meta_.class_input ? 3 : 2;  // self, image[, target_class]
     const std::size_t got = forward ? forward->function().getSchema().arguments().size() : 0;
     if (got != expected) {
-      throw Failure{gradcam::kBadArtifact, opt.artifact + ": forward takes " + std::to_string(got ? got - 1 : 0) +
+      throw Error(gradcam::kBadArtifact, opt.artifact + ": forward takes " + std::to_string(got ? got - 1 : 0) +
                                                " input(s), but its metadata says " + std::to_string(expected - 1) +
-                                               "; re-export the artifact"};
+                                               "; re-export the artifact");
     }
     module_.eval();
   }
@@ -88,24 +85,24 @@ class TorchEngine final : public gradcam::Engine {
   const Metadata& metadata() const override { return meta_; }
   std::string device() const override { return device_.str(); }
 
-  Outputs run(const Batch& batch) override {
+  Outputs run(const Batch& batch) const override {
     // [docs:forward]
     // float32 [N, 3, H, W] normalized pixels (+ int64 [N] classes for a class-input artifact, -1 = top class);
     // from_blob borrows the batch's memory, .to() copies it only for a GPU.
     std::vector<c10::IValue> inputs{
-        torch::from_blob(const_cast<float*>(batch.image.data()), {batch.n, 3, batch.h, batch.w}).to(device_)};
-    if (!batch.target_class.empty()) {
-      inputs.emplace_back(torch::from_blob(const_cast<int64_t*>(batch.target_class.data()), {batch.n}, torch::kLong).to(device_));
+        torch::from_blob(const_cast<float*>(batch.image), {batch.n, 3, batch.h, batch.w}).to(device_)};
+    if (batch.target_class != nullptr) {
+      inputs.emplace_back(torch::from_blob(const_cast<int64_t*>(batch.target_class), {batch.n}, torch::kLong).to(device_));
     }
     c10::InferenceMode guard;  // no autograd bookkeeping: the gradient is already in the graph
     c10::IValue result;
     try {
       result = module_.forward(inputs);
     } catch (const std::exception& e) {
-      throw Failure{gradcam::kRunFailed, "the artifact's forward failed: " + message(e)};
+      throw Error(gradcam::kRunFailed, "the artifact's forward failed: " + message(e));
     }
     if (!result.isTuple() || result.toTupleRef().elements().size() != 5) {
-      throw Failure{gradcam::kRunFailed, "the artifact's forward did not return the 5 outputs of the contract"};
+      throw Error(gradcam::kRunFailed, "the artifact's forward did not return the 5 outputs of the contract");
     }
     // a copy: indexing the tuple's inline storage directly trips g++'s -Warray-bounds in ivalue_inl.h
     const std::vector<c10::IValue> elements = result.toTupleRef().elements().vec();
@@ -119,19 +116,19 @@ class TorchEngine final : public gradcam::Engine {
     const std::vector<int64_t> cam_shape = copy_output(elements[4], 4, 4, out.cam);
     out.n = cam_shape[0], out.h = cam_shape[2], out.w = cam_shape[3];
     if (out.n != batch.n || cam_shape[1] != out.k) {
-      throw Failure{gradcam::kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)"};
+      throw Error(gradcam::kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)");
     }
     return out;
   }
 
  private:
   torch::Device device_;
-  torch::jit::Module module_;
+  mutable torch::jit::Module module_;  // forward() is not const; concurrent inference calls are safe
   Metadata meta_;
 };
 
-std::unique_ptr<gradcam::Engine> load(const gradcam::Options& opt) { return std::make_unique<TorchEngine>(opt); }
+std::shared_ptr<const gradcam::Backend> open(const gradcam::CliOptions& opt) { return std::make_shared<TorchBackend>(opt); }
 
 }  // namespace
 
-int main(int argc, char** argv) { return gradcam::explain_main(argc, argv, "gradcam_run", ".pt", load); }
+int main(int argc, char** argv) { return gradcam::explain_main(argc, argv, "gradcam_run", ".pt", open); }

@@ -14,7 +14,7 @@ namespace gradcam {
 // staging folder, and DIR itself if this run created it, on any failure.
 class OutputFolder {
  public:
-  // Creates DIR if needed and the staging folder; throws Failure{kWriteFailed, ...}.
+  // Creates DIR if needed and the staging folder; throws Error(kWriteFailed, ...).
   explicit OutputFolder(const std::filesystem::path& root);
   OutputFolder(const OutputFolder&) = delete;
   OutputFolder& operator=(const OutputFolder&) = delete;

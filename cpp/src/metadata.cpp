@@ -1,7 +1,11 @@
-// gradcam.json read with nlohmann-json and checked against the fields the programs rely on.
-#include "metadata.h"
+// gradcam.json read with nlohmann-json and checked against the fields the library relies on.
+#include "gradcam/metadata.h"
+
+#include "gradcam/error.h"
 
 #include <nlohmann/json.hpp>
+#include <algorithm>
+#include <initializer_list>
 #include <sstream>
 #include <type_traits>
 
@@ -15,7 +19,7 @@ class Fields {
   Fields(const json& record, const std::string& source) : record_(record), source_(source) {}
 
   [[noreturn]] void fail(const std::string& why) const {
-    throw MetadataError(source_ + ": the gradcam metadata " + why + "; re-export the artifact with gradcam_model");
+    throw Error(kBadArtifact, source_ + ": the gradcam metadata " + why + "; re-export the artifact with gradcam_model");
   }
 
   // record[key] as T; a missing key or a value of another JSON type is a MetadataError.
@@ -62,6 +66,57 @@ class Fields {
   const std::string& source_;
 };
 
+// The recorded preprocessing, checked as gradcam_model.contract.Preprocessing.problems(): a field
+// these programs do not know, or a value they cannot apply, is refused naming the field, never
+// approximated (the map would explain pixels the model was not shown).
+Preprocessing parse_preprocessing(const json& record, const std::string& source) {
+  const auto refuse = [&](const std::string& what) {
+    throw Error(kBadArtifact, source + ": this program cannot apply the recorded preprocessing: " + what);
+  };
+  if (!record.is_object()) refuse("the record is not an object but " + record.dump());
+  const char* known[] = {"resize", "crop_pct", "resize_size", "interpolation", "antialias", "channel_order", "scale"};
+  for (const auto& item : record.items()) {
+    if (std::find(std::begin(known), std::end(known), item.key()) == std::end(known)) {
+      refuse("unknown field '" + item.key() + "' = " + item.value().dump() + "; rebuild it from a newer gradcam_model");
+    }
+  }
+  Preprocessing prep;
+  const auto field = [&](const char* key, auto& to, bool (json::*is)() const noexcept, const char* expected) {
+    const auto it = record.find(key);
+    if (it == record.end()) return;
+    if (!((*it).*is)()) refuse(std::string(key) + " " + it->dump() + " (expected " + expected + ")");
+    it->get_to(to);
+  };
+  const auto one_of = [&](const char* key, const std::string& value, std::initializer_list<const char*> allowed) {
+    std::string list;
+    for (const char* a : allowed) {
+      if (value == a) return;
+      list += (list.empty() ? "" : ", ") + std::string(a);
+    }
+    refuse(std::string(key) + " \"" + value + "\" (expected one of: " + list + ")");
+  };
+  field("resize", prep.resize, &json::is_string, "a string");
+  field("interpolation", prep.interpolation, &json::is_string, "a string");
+  field("channel_order", prep.channel_order, &json::is_string, "a string");
+  field("crop_pct", prep.crop_pct, &json::is_number, "a number in (0, 1]");
+  field("scale", prep.scale, &json::is_number, "a positive number");
+  field("antialias", prep.antialias, &json::is_boolean, "true or false");
+  const auto size = record.find("resize_size");
+  if (size != record.end() && !size->is_null()) {
+    if (!size->is_number_integer() || size->get<int64_t>() < 1) refuse("resize_size " + size->dump() + " (expected a positive integer)");
+    prep.resize_size = size->get<int64_t>();
+  }
+  one_of("resize", prep.resize, {"stretch", "shorter"});
+  one_of("interpolation", prep.interpolation, {"nearest", "bilinear", "bicubic", "area"});
+  one_of("channel_order", prep.channel_order, {"RGB", "BGR"});
+  if (!(prep.crop_pct > 0.0 && prep.crop_pct <= 1.0)) refuse("crop_pct " + record.at("crop_pct").dump() + " (expected a number in (0, 1])");
+  if (!(prep.scale > 0.0)) refuse("scale " + record.at("scale").dump() + " (expected a positive number)");
+  if (prep.resize_size && prep.resize != "shorter") {
+    refuse("resize_size " + std::to_string(*prep.resize_size) + " with resize \"" + prep.resize + "\" (only \"shorter\" takes one)");
+  }
+  return prep;
+}
+
 }  // namespace
 
 std::string Metadata::label(int64_t index) const {
@@ -84,16 +139,16 @@ Metadata parse_metadata(const std::string& text, const std::string& source) {
   // allow_exceptions=false: a parse failure becomes a discarded value and one message of ours,
   // not nlohmann's multi-part text.
   const json record = json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (record.is_discarded()) throw MetadataError(source + ": the gradcam metadata is not valid JSON");
+  if (record.is_discarded()) throw Error(kBadArtifact, source + ": the gradcam metadata is not valid JSON");
   if (!record.is_object()) {
-    throw MetadataError(source + ": the gradcam metadata is not a JSON object; re-export the artifact with gradcam_model");
+    throw Error(kBadArtifact, source + ": the gradcam metadata is not a JSON object; re-export the artifact with gradcam_model");
   }
   const Fields f(record, source);
 
   Metadata meta;
   meta.schema_version = f.positive("schema_version");
   if (meta.schema_version > kSchemaVersion) {
-    throw MetadataError(source + ": metadata schema version " + std::to_string(meta.schema_version) +
+    throw Error(kBadArtifact, source + ": metadata schema version " + std::to_string(meta.schema_version) +
                         " is newer than this program understands (up to " + std::to_string(kSchemaVersion) +
                         "); rebuild it from a newer gradcam_model");
   }
@@ -123,25 +178,7 @@ Metadata parse_metadata(const std::string& text, const std::string& source) {
     if (!(s > 0)) f.fail("has a std that is not positive");
   }
   if (meta.class_input && meta.top_k != 1) f.fail("combines a class input with top_k > 1");
-  // Schema 2 records the preprocessing. These programs apply version 1's only: a stretch to the
-  // input size (OpenCV area/bilinear on float pixels), RGB / 255. Anything else is refused, never
-  // approximated: the map would explain pixels the model was not shown.
-  if (meta.schema_version >= 2) {
-    const json prep = f.get<json>("preprocessing");
-    const auto refuse = [&](const std::string& field, const json& value) {
-      throw MetadataError(source + ": the artifact's preprocessing has " + field + " = " + value.dump() +
-                          ", which these programs cannot apply yet (they stretch the picture); "
-                          "use the Python runtime (gradcam explain) for this artifact");
-    };
-    if (!prep.is_object()) f.fail("has a preprocessing record that is not an object");
-    const std::pair<const char*, json> expected[] = {
-        {"resize", "stretch"}, {"crop_pct", 1.0}, {"interpolation", "area"}, {"channel_order", "RGB"}, {"scale", 255.0}};
-    for (const auto& [field, value] : expected) {
-      const auto it = prep.find(field);
-      if (it == prep.end()) f.fail(std::string("has a preprocessing record without ") + field);
-      if (*it != value) refuse(field, *it);
-    }
-  }
+  if (meta.schema_version >= 2) meta.preprocessing = parse_preprocessing(f.get<json>("preprocessing"), source);
   return meta;
 }
 
