@@ -23,6 +23,7 @@ from uvicorn.importer import import_from_string
 
 from ._grpc import ExplainGRPCServer
 from ._triton_rest import TritonConformance, add_triton_routes
+from .page import add_upload_page
 
 __all__ = ["BodyLimit", "ExplainServer", "ExplainRESTServer"]
 
@@ -113,6 +114,7 @@ class ExplainRESTServer(RESTServer):
         super().create_application()
         app = import_from_string(FASTAPI_APP_IMPORT_STRING)
         add_triton_routes(app, self.dataplane)
+        add_upload_page(app, self.dataplane)
         app.add_middleware(TritonConformance)
         app.add_middleware(BodyLimit, max_bytes=self.max_body_bytes)
         app.add_exception_handler(InvalidInput, _invalid_input)

@@ -231,6 +231,15 @@ def _explained(result, j: int, batch: V1Batch, *, maps: bool, colormap: str, alp
     return rows
 
 
+TOP_CLASSES = 5  # classes each v1 record lists with their probabilities
+
+
+def _top(result, j: int) -> list[dict]:
+    order = np.argsort(-result.probabilities[j], kind="stable")[:TOP_CLASSES]
+    return [{"index": int(c), "label": result.metadata.label(int(c)), "probability": float(result.probabilities[j, c])}
+            for c in order]  # fmt: skip
+
+
 def v1_response(result, batch: V1Batch, *, explain: bool, colormap: str = "jet", alpha: float = 0.4) -> dict:
     """``{"predictions": [...]}`` or ``{"explanations": [...]}``: one record per instance, in order."""
     meta = result.metadata
@@ -243,6 +252,7 @@ def v1_response(result, batch: V1Batch, *, explain: bool, colormap: str = "jet",
                 "predicted_label": meta.label(top),
                 "probability": float(result.probabilities[j, top]),
                 "region": [float(v) for v in batch.regions[j]],
+                "top": _top(result, j),
                 "explained": _explained(result, j, batch, maps=explain, colormap=colormap, alpha=alpha),
             }
         )
