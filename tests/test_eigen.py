@@ -104,9 +104,9 @@ def test_onnx_and_torchscript_artifacts_validate(model, method, tmp_path):
     assert wrapper.dynamic_spatial  # the Gram side is chosen at the example size; any size stays exact
     onnx_path = gc.export_onnx(wrapper, tmp_path / f"{method}.onnx")
     ts_path = gc.export_torchscript(wrapper, tmp_path / f"{method}.pt")
-    for path in (onnx_path, ts_path):
-        report = gc.validate(path, model)
-        assert report.ok, report
+    for path, runtime in ((onnx_path, "onnxruntime"), (onnx_path, "openvino"), (ts_path, None)):
+        report = gc.validate(path, model, **({"runtime": runtime} if runtime else {}))
+        assert report.ok, (runtime, report)
     explainer = load_explainer(onnx_path)
     bigger = torch.nn.functional.interpolate(images, size=(160, 128), mode="bilinear")  # 5x4 positions
     for batch in (images, bigger):

@@ -304,6 +304,8 @@ def test_a_cropping_artifact_on_odd_pictures_equals_the_local_engine(ray_run, cr
     assert len(ray_rows) == len(list(odd_picture_dir.iterdir()))
     for r in ray_rows:  # square centre crops (up to the resize's rounding of the longer side), never the whole
         assert float(r["region_w"]) == pytest.approx(float(r["region_h"]), rel=0.02), r["path"]
+    page = (work / "odd" / "report.html").read_text()  # the Ray engine writes the report too
+    assert page.count('"overlays":') == len(ray_rows)
     explainer = load_explainer(crop_artifact)
     for path in sorted(odd_picture_dir.iterdir()):
         expected = explainer(preprocess(load_image(path), explainer.metadata)[None]).cam[0]
