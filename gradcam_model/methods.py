@@ -18,6 +18,7 @@ from .errors import MethodError
 __all__ = [
     "CAMMethod",
     "ChannelWeightedCAM",
+    "WeightedActivationsCAM",
     "GradCAM",
     "GradCAMPlusPlus",
     "XGradCAM",
@@ -38,6 +39,7 @@ _SPATIAL = (2, 3)
 # the two leading eigenvalues are within ~1e-3 of each other, where LAPACK's own choice
 # between them is as arbitrary); 16 small matmuls, the smaller side of [h*w, C] squared.
 _SQUARINGS = 16
+EIGEN_SMOOTH = "+eigen-smooth"  # a method name with this suffix: its map is the first principal component
 
 
 class CAMMethod(ABC):
@@ -54,16 +56,33 @@ class CAMMethod(ABC):
         return torch.relu(self.saliency(activations, gradients))
 
 
-class ChannelWeightedCAM(CAMMethod):
+class WeightedActivationsCAM(CAMMethod):
+    """``cam = ReLU(sum_k X_k)`` of weighted activations ``X`` ``[N, C, h, w]``; with ``eigen_smooth``,
+    ``ReLU`` of ``X``'s first principal component instead (pytorch-grad-cam's ``eigen_smooth``)."""
+
+    def __init__(self, *, eigen_smooth: bool = False) -> None:
+        self.eigen_smooth = eigen_smooth
+        if eigen_smooth:
+            self.name = f"{type(self).name}{EIGEN_SMOOTH}"
+
+    @abstractmethod
+    def weighted_activations(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        """Return the ``[N, C, h, w]`` terms whose channel sum is the map."""
+
+    def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        x = self.weighted_activations(activations, gradients)
+        return principal_projection(x) if self.eigen_smooth else x.sum(1)
+
+
+class ChannelWeightedCAM(WeightedActivationsCAM):
     """``cam = ReLU(sum_k w_k A_k)``; subclasses define the channel weights ``w``."""
 
     @abstractmethod
     def weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """Return ``[N, C]`` channel weights."""
 
-    def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
-        w = self.weights(activations, gradients)
-        return (w[:, :, None, None] * activations).sum(1)
+    def weighted_activations(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+        return self.weights(activations, gradients)[:, :, None, None] * activations
 
 
 class GradCAM(ChannelWeightedCAM):
@@ -102,31 +121,31 @@ class XGradCAM(ChannelWeightedCAM):
         return (gradients * activations).sum(_SPATIAL) / (sum_a + self.eps)
 
 
-class HiResCAM(CAMMethod):
+class HiResCAM(WeightedActivationsCAM):
     """HiResCAM: ``cam = ReLU(sum_k G_k * A_k)``."""
 
     name = "hirescam"
 
-    def saliency(self, activations, gradients):
-        return (gradients * activations).sum(1)
+    def weighted_activations(self, activations, gradients):
+        return gradients * activations
 
 
-class LayerCAM(CAMMethod):
+class LayerCAM(WeightedActivationsCAM):
     """Layer-CAM: ``cam = ReLU(sum_k ReLU(G_k) * A_k)``."""
 
     name = "layercam"
 
-    def saliency(self, activations, gradients):
-        return (torch.relu(gradients) * activations).sum(1)
+    def weighted_activations(self, activations, gradients):
+        return torch.relu(gradients) * activations
 
 
-class GradCAMElementWise(CAMMethod):
+class GradCAMElementWise(WeightedActivationsCAM):
     """Element-wise Grad-CAM: ``cam = ReLU(sum_k ReLU(G_k * A_k))``."""
 
     name = "gradcam-elementwise"
 
-    def saliency(self, activations, gradients):
-        return torch.relu(gradients * activations).sum(1)
+    def weighted_activations(self, activations, gradients):
+        return torch.relu(gradients * activations)
 
 
 class CAM(ChannelWeightedCAM):
@@ -205,16 +224,27 @@ METHODS: dict[str, type[CAMMethod]] = {
 
 
 def get_method(method: str | CAMMethod) -> CAMMethod:
-    """Resolve a method name (case-insensitive; ``_`` and ``-`` alike) or pass an instance through."""
+    """Resolve a method name (case-insensitive; ``_`` and ``-`` alike) or pass an instance through.
+
+    A name ending in ``+eigen-smooth`` (``gradcam+eigen-smooth``) smooths the map as
+    pytorch-grad-cam's ``eigen_smooth=True`` does; the eigen methods are projections already.
+    """
     if isinstance(method, CAMMethod):
         return method
     if not isinstance(method, str):
         raise MethodError(f"method must be a name or a CAMMethod, got {type(method).__name__}")
     key = method.strip().lower().replace("_", "-")
-    key = {"gradcampp": "gradcam++", "gradcam-plusplus": "gradcam++", "grad-cam": "gradcam"}.get(key, key)
-    if key not in METHODS:
-        raise MethodError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
-    return METHODS[key]()
+    base = key.removesuffix(EIGEN_SMOOTH)
+    base = {"gradcampp": "gradcam++", "gradcam-plusplus": "gradcam++", "grad-cam": "gradcam"}.get(base, base)
+    if base not in METHODS:
+        raise MethodError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)} (each may end in "
+                          f"{EIGEN_SMOOTH!r}, except the eigen methods)")  # fmt: skip
+    cls = METHODS[base]
+    if base == key:
+        return cls()
+    if not issubclass(cls, WeightedActivationsCAM):
+        raise MethodError(f"{base!r} takes no {EIGEN_SMOOTH!r}: its map is not a sum over channels to smooth")
+    return cls(eigen_smooth=True)
 
 
 def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, normalize: bool) -> torch.Tensor:

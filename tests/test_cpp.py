@@ -384,7 +384,10 @@ def bad_files(artifacts, pictures, tmp_path_factory) -> dict[tuple[str, str], Pa
             record.replace('"interpolation": "area"', '"interpolation": "lanczos"'),
         )  # fmt: skip
         files[program, "padding"] = _edit_metadata(
-            program, source, folder / f"padding{suffix}", record.replace('"resize": "stretch"', '"pad": 4, "resize": "stretch"')
+            program,
+            source,
+            folder / f"padding{suffix}",
+            record.replace('"resize": "stretch"', '"pad": 4, "resize": "stretch"'),
         )
     plain = folder / "plain.pt"
     with warnings.catch_warnings():
@@ -418,7 +421,8 @@ ERROR_CASES = [
     ("bad-batch-size", ["{top2}", "{image}", "--out", "{out}", "--batch-size", "0"], USAGE, r"--batch-size must be"),
     ("missing-artifact", ["{missing}", "{image}", "--out", "{out}"], MISSING_FILE,
      r"artifact .*missing\.png does not exist"),
-    ("empty-folder", ["{top2}", "{empty}", "--out", "{out}"], MISSING_FILE, r"folder .*empty holds no images \(\.png, "),
+    ("empty-folder", ["{top2}", "{empty}", "--out", "{out}"], MISSING_FILE,
+     r"folder .*empty holds no images \(\.png, "),
     ("truncated-artifact", ["{truncated}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
      r"truncated\.\w+ is not a loadable"),
     ("no-metadata", ["{nometa}", "{image}", "--out", "{out}"], BAD_ARTIFACT,
@@ -496,8 +500,10 @@ def test_docs_show_the_compiled_code(source, count):
 # side gets floor(64 / crop_pct) or resize_size) or 48x64 (timm's ResizeKeepRatio to cover it).
 PREPROCESSING_CASES = [
     ("timm-bicubic-crop", {"resize": "shorter", "crop_pct": 0.875, "interpolation": "bicubic"}, [SIZE, SIZE]),
-    ("torchvision-bilinear-resize-size", {"resize": "shorter", "resize_size": 73, "interpolation": "bilinear"}, [SIZE, SIZE]),
-    ("bilinear-no-antialias-bgr", {"resize": "shorter", "crop_pct": 0.9, "interpolation": "bilinear", "antialias": False,
+    ("torchvision-bilinear-resize-size", {"resize": "shorter", "resize_size": 73, "interpolation": "bilinear"},
+     [SIZE, SIZE]),
+    ("bilinear-no-antialias-bgr", {"resize": "shorter", "crop_pct": 0.9, "interpolation": "bilinear",
+                                   "antialias": False,
                                    "channel_order": "BGR", "scale": 1.0}, [SIZE, SIZE]),
     ("nearest-stretch-crop", {"resize": "stretch", "crop_pct": 0.8, "interpolation": "nearest"}, [SIZE, SIZE]),
     ("bicubic-non-square", {"resize": "shorter", "crop_pct": 0.95, "interpolation": "bicubic"}, [48, SIZE]),
@@ -540,10 +546,14 @@ def test_recorded_preprocessing_equals_python(programs, artifacts, odd_pictures,
     languages (the same weights, sums and rounding): bit-identical. "area" is OpenCV's float
     resize: bit-identical with IPP off, within IPP's rounding (INPUT_ATOL) with it on.
     """
-    record = json.loads(load_explainer(artifacts["gradcam_ort", "top2"], providers=["CPUExecutionProvider"]).metadata.to_json())
+    record = json.loads(
+        load_explainer(artifacts["gradcam_ort", "top2"], providers=["CPUExecutionProvider"]).metadata.to_json()
+    )
     record["preprocessing"].update(fields)
     record["example_size"] = example_size
-    artifact = _edit_metadata("gradcam_ort", artifacts["gradcam_ort", "top2"], tmp_path / "prep.onnx", json.dumps(record))
+    artifact = _edit_metadata(
+        "gradcam_ort", artifacts["gradcam_ort", "top2"], tmp_path / "prep.onnx", json.dumps(record)
+    )
     out = tmp_path / "out"
     run_ok(programs["gradcam_ort"], artifact, *odd_pictures, "--out", out, "--save-tensors", "--quiet")
     meta = load_explainer(artifact, providers=["CPUExecutionProvider"]).metadata
@@ -598,9 +608,13 @@ def test_installed_library_example_matches_python(example, artifacts, pictures, 
     shape = (3, SIZE, SIZE)
     inputs = np.stack([np.fromfile(out / f"{i}.input.f32", np.float32).reshape(shape) for i in range(len(pictures))])
     with plain_opencv():
-        np.testing.assert_array_equal(inputs, np.stack([preprocess(load_image(p), explainer.metadata) for p in pictures]))
+        np.testing.assert_array_equal(
+            inputs, np.stack([preprocess(load_image(p), explainer.metadata) for p in pictures])
+        )
     python = explainer(inputs)  # the same inputs in one batch, as the example ran them
-    maps = np.stack([np.fromfile(out / f"{i}.maps.f32", np.float32).reshape(2, SIZE, SIZE) for i in range(len(pictures))])
+    maps = np.stack(
+        [np.fromfile(out / f"{i}.maps.f32", np.float32).reshape(2, SIZE, SIZE) for i in range(len(pictures))]
+    )
     # ORT's threaded reductions differ by ~7e-7 between runs of one session: within the issue's 1e-6
     np.testing.assert_allclose(maps, python.cam, rtol=0, atol=1e-6)
     lines = result.stdout.splitlines()
@@ -640,9 +654,11 @@ LIBRARY_ERRORS = [
     ("not-a-picture", BAD_IMAGE, r"classes\.onnx: not a readable image \(expected PNG, JPEG"),
     ("missing-picture", MISSING_FILE, r"^no/such/picture\.png: no such image file$"),
     ("empty-picture", BAD_IMAGE, r"^picture 0 is empty; expected an 8-bit picture$"),
-    ("16-bit-picture", BAD_IMAGE, r"^picture 1 is 8x8 with 3 channel\(s\) of depth CV_16U; expected 8-bit \(CV_8U\) pixels$"),
+    ("16-bit-picture", BAD_IMAGE,
+     r"^picture 1 is 8x8 with 3 channel\(s\) of depth CV_16U; expected 8-bit \(CV_8U\) pixels$"),
     ("two-channel-buffer", BAD_IMAGE, r"^buffer 0 has 2 channels; expected 1, 3 or 4$"),
-    ("short-stride-buffer", BAD_IMAGE, r"^buffer 0 has a stride of 5 bytes; expected at least cols \* channels = 1353$"),
+    ("short-stride-buffer", BAD_IMAGE,
+     r"^buffer 0 has a stride of 5 bytes; expected at least cols \* channels = 1353$"),
     ("truncated-buffer", BAD_IMAGE,
      r"^buffer 0 holds 405899 bytes; a 451x300 picture of 3 channels with a stride of 1353 needs 405900$"),
     ("null-buffer", BAD_IMAGE, r"^buffer 0 is empty \(0x0\); expected pixels of at least 1x1$"),
@@ -660,14 +676,16 @@ def test_library_bad_input_raises_one_line_and_stays_usable(build_dir, artifacts
     *cases, last = result.stdout.splitlines()
     assert last == "usable after every error"
     assert [c.split("\t")[0] for c in cases] == [name for name, _, _ in LIBRARY_ERRORS]
-    for line, (name, code, pattern) in zip(cases, LIBRARY_ERRORS, strict=True):
+    for line, (_, code, pattern) in zip(cases, LIBRARY_ERRORS, strict=True):
         _, got_code, message = line.split("\t")
         assert int(got_code) == code, line
         assert re.search(pattern, message), line
 
 
 def test_programs_take_folders_and_carry_on_past_missing_files(programs, artifacts, pictures, tmp_path):
-    """Folders as `gradcam explain` lists them (extensions, order, names, ImageFolder labels); a missing file is a row."""
+    """Folders as `gradcam explain` lists them (extensions, order, names, ImageFolder labels).
+
+    A missing file is a row with its error."""
     from gradcam_model.runtime.inputs import collect_images
 
     root = tmp_path / "photos"
@@ -678,7 +696,9 @@ def test_programs_take_folders_and_carry_on_past_missing_files(programs, artifac
     missing = tmp_path / "gone.png"
     out = tmp_path / "out"
     for program in PROGRAMS:
-        result = run(programs[program], artifacts[program, "top2"], root, missing, pictures[1], "--out", out / program, "--quiet")
+        result = run(
+            programs[program], artifacts[program, "top2"], root, missing, pictures[1], "--out", out / program, "--quiet"
+        )
         assert result.returncode == BAD_IMAGE, result.stderr
         assert result.stderr == f"{program}: skipped: {missing}: no such image file\n"
         _, rows = read_csv(out / program / "predictions.csv")
@@ -693,12 +713,16 @@ def test_programs_take_folders_and_carry_on_past_missing_files(programs, artifac
 
 
 def test_large_pictures_are_decoded_reduced_as_gradcam_explain_does(programs, artifacts, tmp_path):
-    """Over 2048 px on the long side: a large JPEG decoded at a DCT scale, any picture shrunk (decode_image's max_side)."""
+    """Over 2048 px on the long side: a large JPEG decoded at a DCT scale, any picture shrunk.
+
+    As decode_image's max_side does."""
     from gradcam_model.runtime.images import DEFAULT_MAX_SIDE
 
     rng = np.random.default_rng(0)
     photo = cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (4000, 3000), interpolation=cv2.INTER_CUBIC)
-    photo = np.clip(photo.astype(np.int16) + rng.integers(-30, 31, photo.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+    photo = np.clip(photo.astype(np.int16) + rng.integers(-30, 31, photo.shape, dtype=np.int16), 0, 255).astype(
+        np.uint8
+    )
     files = [tmp_path / "photo.jpg", tmp_path / "wide.png"]
     assert cv2.imwrite(str(files[0]), photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert cv2.imwrite(str(files[1]), photo[:1000, :3000])

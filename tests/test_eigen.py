@@ -13,6 +13,7 @@ import pytest
 import pytorch_grad_cam as pgc
 import torch
 import torchvision
+from oracle import EIGEN_ORACLE
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection, get_2d_projection_with_sign_correction
 
@@ -23,22 +24,12 @@ from gradcam_model.runtime import load_explainer
 CAM_ATOL = 1e-4
 
 
-class _SignCorrected(pgc.EigenCAM):
-    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
-        return get_2d_projection_with_sign_correction(activations)
-
-
-class _SignCorrectedGrad(pgc.EigenGradCAM):
-    def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
-        return get_2d_projection_with_sign_correction(grads * activations)
-
-
 class _Negated(pgc.EigenCAM):
     def get_cam_image(self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth):
         return -get_2d_projection(activations)
 
 
-ORACLE = {"eigencam": _SignCorrected, "eigengradcam": _SignCorrectedGrad}
+ORACLE = EIGEN_ORACLE
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +104,32 @@ def test_onnx_and_torchscript_artifacts_validate(model, method, tmp_path):
         result = explainer(batch.numpy())
         oracle = _oracle(model, "layer4", batch, result.class_index[:, 0], method)
         np.testing.assert_allclose(result.cam[:, 0], oracle, rtol=0, atol=CAM_ATOL)
+
+
+SMOOTHED = {
+    "gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "xgradcam": pgc.XGradCAM, "hirescam": pgc.HiResCAM,
+    "layercam": pgc.LayerCAM, "gradcam-elementwise": pgc.GradCAMElementWise,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", sorted(SMOOTHED))
+def test_eigen_smooth_equals_pytorch_grad_cams(model, method, monkeypatch):
+    """``METHOD+eigen-smooth`` is pytorch-grad-cam's ``eigen_smooth=True``, with the sign-corrected projection."""
+    images = _images(4)
+    wrapper = gc.GradCAMModel(model, "layer3", method=f"{method}+eigen-smooth", example_input=images[:1])
+    assert wrapper.method == f"{method}+eigen-smooth"
+    _, _, classes, _, cam = wrapper(images)
+    targets = [ClassifierOutputTarget(int(c)) for c in classes[:, 0]]
+    module = __import__(SMOOTHED[method].__module__, fromlist=["get_2d_projection"])
+    for where in {pgc.base_cam, module}:  # where each class looks the projection up
+        monkeypatch.setattr(where, "get_2d_projection", get_2d_projection_with_sign_correction, raising=False)
+    with SMOOTHED[method](model, [model.layer3]) as oracle:
+        expected = oracle(images, targets=targets, eigen_smooth=True)
+    assert float(np.ptp(expected)) > 0.5
+    np.testing.assert_allclose(cam[:, 0].detach().numpy(), expected, rtol=0, atol=CAM_ATOL)
+
+
+def test_eigen_smooth_is_refused_where_it_means_nothing():
+    with pytest.raises(gc.MethodError, match="'eigencam' takes no '\\+eigen-smooth'"):
+        gc.GradCAMModel(torchvision.models.resnet18(num_classes=5).eval(), "layer4", method="eigencam+eigen-smooth",
+                        example_input=torch.randn(1, 3, 64, 64))  # fmt: skip

@@ -252,7 +252,11 @@ _TINY = _png(8, 8, seed=0)
 BAD = [  # (model, inputs, message)
     ("static", [_pictures(b"not a picture")], r'^input "image_bytes"\[0\]: not a readable image'),
     ("static", [_pictures(_TINY, b"")], r'^input "image_bytes"\[1\]: empty file, not an image$'),
-    ("limited", [_pictures(_png(100, 100, seed=1))], r'^input "image_bytes"\[0\]: the picture has more than 5000 pixels$'),
+    (
+        "limited",
+        [_pictures(_png(100, 100, seed=1))],
+        r'^input "image_bytes"\[0\]: the picture has more than 5000 pixels$',
+    ),
     (
         "static",
         [("image", "FP64", np.zeros((1, 3, 64, 64)))],

@@ -26,7 +26,13 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--class-names", metavar="FILE", help="class names: one per line, or a JSON list")
     p.add_argument("--target-layer", default="auto", metavar="NAME", help="dotted module name or 'auto' (default)")
-    p.add_argument("--method", default="gradcam", metavar="M", help="gradcam (default), gradcam++, xgradcam, ...")
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        metavar="M",
+        help="gradcam (default), gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise, cam, eigencam, "
+        "eigengradcam; METHOD+eigen-smooth smooths as pytorch-grad-cam's eigen_smooth",
+    )
     p.add_argument(
         "--top-k",
         type=common.positive_int,

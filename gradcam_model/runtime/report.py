@@ -67,7 +67,7 @@ def _page(title: str, body: str, script: str = "") -> bytes:
     text = (
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<link rel=\"icon\" href=\"data:,\">\n"
+        f'<title>{html.escape(title)}</title>\n<link rel="icon" href="data:,">\n'
         f"<style>\n{_asset('report.css')}</style>\n</head>\n<body>\n"
         f"{body}\n{script}</body>\n</html>\n"
     )
