@@ -196,3 +196,15 @@ def crop_artifact(tmp_path_factory):
     path = tmp_path_factory.mktemp("crop-artifact") / "crop.onnx"
     gc.export_onnx(wrapper, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for the page tests (tests/browser.py), one per module, ended by PID."""
+    from browser import start_browser, stop_browser
+
+    driver = start_browser()
+    try:
+        yield driver
+    finally:
+        stop_browser(driver)

@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from browser import check_screenshot, console_errors, start_browser, stop_browser, wait_ready
+from browser import check_screenshot, console_errors, wait_ready
 from selenium.common.exceptions import NoAlertPresentException
 
 from gradcam_model.cli import main
@@ -20,15 +20,6 @@ from gradcam_model.runtime.report import write_explain_report
 
 # HTML (a file name cannot hold '/', so no closing tag), quotes and a URL fragment in one name
 ODD_NAME = "<script>alert('x') <img src=x onerror=alert(1)> \"quoted\" #1.png"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = start_browser()
-    try:
-        yield driver
-    finally:
-        stop_browser(driver)
 
 
 @pytest.fixture(scope="module")

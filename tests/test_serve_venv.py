@@ -10,9 +10,7 @@ branches cannot change what this one tests.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import fcntl
 import hashlib
 import os
 import re
@@ -26,22 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from locking import locked
 
 from gradcam_model.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.xdist_group("serve_venv")  # one xdist worker builds and uses the venv
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """Serialize builds of the same venv (another session may run this test at the same time)."""
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _pip(python: Path, *args: str) -> None:
@@ -78,7 +66,7 @@ def serve_venv(tmp_path_factory) -> Path:
         digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes())
     digest.update(b"from the wheel")
     venv = Path(tempfile.gettempdir()) / f"gradcam-serve-venv-{digest.hexdigest()[:12]}"
-    with _locked(venv.with_name(venv.name + ".lock")):
+    with locked(venv.with_name(venv.name + ".lock")):
         if not (venv / ".complete").exists():
             source = tmp_path_factory.mktemp("source")  # a copy: building in place would litter the tree
             for file in files:

@@ -8,7 +8,7 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-from browser import check_screenshot, console_errors, start_browser, stop_browser
+from browser import check_screenshot, console_errors
 from selenium.webdriver.support.ui import WebDriverWait
 from test_serve import NAMES, artifact, running_server  # noqa: F401  (artifact: the module's fixture)
 
@@ -17,15 +17,6 @@ from test_serve import NAMES, artifact, running_server  # noqa: F401  (artifact:
 def server(artifact, tmp_path_factory):  # noqa: F811
     with running_server(artifact, tmp_path_factory.mktemp("page") / "server.log", profile=False) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    driver = start_browser()
-    try:
-        yield driver
-    finally:
-        stop_browser(driver)
 
 
 @pytest.fixture(scope="module")

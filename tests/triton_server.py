@@ -15,8 +15,6 @@ per use whose ``.pth`` file adds that venv's packages and this tree's ``gradcam_
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.util
 import os
@@ -32,6 +30,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from locking import locked
 
 ROOT = Path(__file__).resolve().parent.parent
 # the stub's environment: numpy 1 (the stub's ABI), the newest OpenCV that allows it, our ORT
@@ -53,21 +53,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def stub_environment(folder: Path) -> Path:
     """A venv at ``folder`` for the models: the pinned numpy-1 packages and this tree's gradcam_model."""
     digest = hashlib.sha256((sys.version + "\n".join(STUB_ENV_PINS)).encode()).hexdigest()[:12]
     deps = Path(tempfile.gettempdir()) / f"gradcam-triton-env-{digest}"
-    with _locked(Path(tempfile.gettempdir()) / f"gradcam-triton-env-{digest}.lock"):
+    with locked(Path(tempfile.gettempdir()) / f"gradcam-triton-env-{digest}.lock"):
         if not (deps / "ready").exists():
             shutil.rmtree(deps, ignore_errors=True)
             subprocess.run([sys._base_executable, "-m", "venv", str(deps)], check=True, timeout=300)
