@@ -12,7 +12,8 @@ docs/architectures.md.
 Per family: the model with the fewest parameters (counted on the meta device), random
 weights with calibrated BatchNorm (:func:`gradcam_model.calibration.calibrate`), 5 classes,
 the smallest square input it accepts (tried from 32 px up to its default size).
-``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer, with a
+``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer
+(tests/oracle.py: its stored activations kept safe from in-place ops after the layer), with a
 ``reshape_transform`` derived from the layer's output shape alone, on two other images
 (max |difference| of the normalized maps); ONNX export; ``validate``.
 Verdicts: OK; refused (one of our errors, at build time); FAIL (any other exception, a
@@ -94,13 +95,14 @@ def run_one(family: str) -> dict:
     """Everything for one family, as a JSON-able record."""
     import timm
     import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from gradcam_model import GradCAMModel, export_onnx, validate
     from gradcam_model.calibration import calibrate
     from gradcam_model.errors import GradCAMError
     from gradcam_model.layers import list_layers
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from oracle import oracle_cam
 
     record: dict = {"family": family, "stage": "model"}
     started = time.perf_counter()
@@ -121,9 +123,7 @@ def run_one(family: str) -> dict:
         with torch.no_grad():
             ours = wrapper(images)
         classes = ours[2][:, 0].tolist()
-        layer = dict(model.named_modules())[wrapper.target_layer]
-        with GradCAM(model, [layer], reshape_transform=oracle_reshape(info)) as cam:
-            theirs = cam(images, targets=[ClassifierOutputTarget(c) for c in classes])
+        theirs = oracle_cam(model, wrapper.target_layer, images, classes, "gradcam", oracle_reshape(info))
         record["pgc_max_diff"] = float((ours[4][:, 0] - torch.from_numpy(theirs)).abs().max())
         record["stage"] = "export"
         with tempfile.TemporaryDirectory() as tmp:

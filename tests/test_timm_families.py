@@ -318,3 +318,33 @@ def test_auto_follows_the_token_grid_through_pooling_to_the_last_token_layer():
     with GradCAM(model, [layer], reshape_transform=reshape) as cam:
         want = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in got[2][:, 0]])
     torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+
+
+def test_a_layer_followed_by_an_in_place_relu_matches_the_oracle_kept_from_aliasing():
+    # dla46x_c's FAIL in the sweep (maps 1.0 off): auto picks `bn1` of a DlaBottleneck, followed by
+    # ReLU(inplace=True); pytorch-grad-cam stores the layer's output as `.cpu().detach()`, which the
+    # ReLU then rewrites, so its map used ReLU'd activations with pre-ReLU gradients. Ours is the
+    # layer's output; the oracle agrees once its stored activations are kept apart (tests/oracle.py).
+    timm = pytest.importorskip("timm")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from gradcam_model.calibration import calibrate
+
+    torch.manual_seed(0)
+    model = timm.models.dla.DLA(
+        levels=(1, 1, 1, 1, 1, 1), channels=(8, 8, 8, 16, 16, 16), block=timm.models.dla.DlaBottleneck, num_classes=5
+    ).eval()
+    calibrate(model, 32)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    wrapper = GradCAMModel(model, "auto", example_input=images)
+    assert wrapper.target_layer == "level5.tree1.bn1"  # the last layer with more than 1x1 positions
+    assert dict(model.named_modules())["level5.tree1.relu"].inplace
+    with torch.inference_mode():
+        got = wrapper(images)
+    classes = got[2][:, 0].tolist()
+    want = oracle_cam(model, wrapper.target_layer, images, classes, "gradcam")
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+    with GradCAM(model, [model.level5.tree1.bn1]) as cam:  # unprotected: the stored output is ReLU'd
+        aliased = cam(images, targets=[ClassifierOutputTarget(c) for c in classes])
+    assert float((got[4][:, 0] - torch.from_numpy(aliased)).abs().max()) > 0.1
