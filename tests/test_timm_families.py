@@ -448,3 +448,24 @@ def test_a_model_that_is_not_a_module_is_our_type_error(model, match):
             call()
         assert isinstance(info.value, TypeError) and isinstance(info.value, GradCAMError)
         assert str(info.value).startswith("model must be a torch.nn.Module") and "\n" not in str(info.value)
+
+
+def test_cait_auto_picks_the_patch_tokens_before_the_class_attention_blocks():
+    # the sweep's cait_xxs24_224 picked `blocks_token_only.1.attn.v`, a value projection inside the
+    # last class-attention block; the token stream ends at `blocks`, the last self-attention block
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.cait.Cait(
+        img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, depth_token_only=2, num_classes=5
+    ).eval()
+    images = torch.randn(2, 3, 32, 32)
+    wrapper = GradCAMModel(model, "auto", example_input=images)
+    assert wrapper.target_layer == "blocks"
+    with torch.inference_mode():
+        got = wrapper(images)
+
+    def reshape(t):  # 4x4 patch tokens, no class token in CaiT's self-attention blocks
+        return t.reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
+
+    want = oracle_cam(model, "blocks", images, got[2][:, 0].tolist(), "gradcam", reshape)
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
