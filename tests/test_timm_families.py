@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from oracle import oracle_cam
 import torch.nn.functional as F
+from oracle import oracle_cam
 from torch import nn
 
 from gradcam_model import GradCAMModel, export_onnx, list_layers, reference_cam
