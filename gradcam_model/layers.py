@@ -209,7 +209,7 @@ class _Seen:
     calls: int = 1
     reaches_logits: bool = True
     enclosing: tuple[str, ...] = ()  # the modules taking tokens whose forward computed it, innermost last
-    inner: bool = False  # tokens of another width than that module's input and output
+    inner: bool = False  # tokens that are not the token stream (see _TokenModules.inner)
 
 
 def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> dict[str, _Seen]:
