@@ -15,6 +15,7 @@ __all__ = [
     "LayerError",
     "MethodError",
     "ModelOutputError",
+    "ModelTypeError",
     "UnsupportedOperatorError",
     "ExportError",
     "ArtifactError",
@@ -70,6 +71,10 @@ class MethodError(GradCAMError, ValueError):
 
 class ModelOutputError(GradCAMError):
     """The model's output is not a ``[N, C]`` tensor of logits."""
+
+
+class ModelTypeError(GradCAMError, TypeError):
+    """Something given as the model that is not a ``torch.nn.Module`` (a state dict, a path, a name)."""
 
 
 class UnsupportedOperatorError(GradCAMError):

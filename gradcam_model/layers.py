@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import torch
@@ -12,8 +14,8 @@ from torch.overrides import TorchFunctionMode
 
 from ._state import eval_state
 from ._too_small import too_small as explain_too_small
-from .errors import InputError, LayerError, LayerNotFoundError, ModelOutputError
-from .layouts import NCHW, Layout, axis_problem, classify
+from .errors import InputError, LayerError, LayerNotFoundError, ModelOutputError, ModelTypeError
+from .layouts import MAX_PREFIX_TOKENS, NCHW, Layout, axis_problem, classify
 
 __all__ = [
     "LayerInfo",
@@ -24,6 +26,7 @@ __all__ = [
     "describe_layer",
     "uses_attention",
     "run_model",
+    "check_model",
 ]
 
 
@@ -36,8 +39,10 @@ class LayerInfo:
     explained, else the reason it cannot (an attention matrix, windowed tokens, no
     gradient reaching the patch tokens...). ``passthrough`` marks modules that return
     their input unchanged (``nn.Identity``); ``inner`` marks tokens of another width than
-    the block computing them takes and gives (q/k/v projections, MLP hidden units): maps
-    that can be explained, but not the model's token stream, so ``auto`` passes them by.
+    the block computing them takes and gives (q/k/v projections, MLP hidden units), and
+    tokens computed inside a class-attention block (CaiT, CrossViT: it hands on only the
+    class token): maps that can be explained, but not the model's token stream, so
+    ``auto`` passes them by.
     """
 
     name: str
@@ -57,6 +62,19 @@ class LayerInfo:
         if self.layout is None:
             return tuple(self.output_shape[1:])
         return tuple(self.layout(torch.empty(self.output_shape, device="meta")).shape[1:])
+
+
+def check_model(model: object) -> None:
+    """Raise ``ModelTypeError`` (one line, saying what to pass instead) unless ``model`` is an ``nn.Module``."""
+    if isinstance(model, nn.Module):
+        return
+    if isinstance(model, Mapping):
+        hint = "a state dict holds only weights: build the model, then model.load_state_dict(it)"
+    elif isinstance(model, (str, os.PathLike)):
+        hint = "build or load the model first (timm.create_model(name), torchvision.models.get_model(name))"
+    else:
+        hint = "pass the classifier module itself"
+    raise ModelTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; {hint}")
 
 
 def resolve_layer(model: nn.Module, name: str) -> nn.Module:
@@ -105,6 +123,7 @@ def list_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo
     path to the logits (for token layers: the last layer of the token stream whose patch
     tokens still reach the logits, which for ViT is the literature's last ``norm1``).
     """
+    check_model(model)
     with eval_state(model):
         with torch.enable_grad():
             seen = _observe(model, example_input, leaves=True)
@@ -134,13 +153,47 @@ def _auto_eligible(info: LayerInfo) -> bool:
     # resamples `features`); among token layers only the token stream, whatever its modules'
     # types: a ViT's last block's norm1 (the patch tokens after it no longer reach a class-token
     # head: refused), the final norm or block of a token model with a pooled head (MViT, LeViT,
-    # ResMLP's Affine), not a q/k/v projection or MLP hidden layer inside a block
+    # ResMLP's Affine), not a q/k/v projection or MLP hidden layer inside a block, nor anything inside
+    # a class-attention block (CaiT's blocks_token_only: the token stream ends before them)
     if not info.influences_logits or info.calls != 1 or info.problem is not None or info.passthrough:
         return False
     if info.type.startswith("Adaptive") or info.inner:
         return False
     _, h, w = info.map_shape
     return h * w > 1
+
+
+class _TokenModules:
+    """What each module called on tokens takes and gives: its token widths, and whether it keeps
+    only the prefix tokens (a class-attention block: CaiT's ``blocks_token_only``, CrossViT's fusion)."""
+
+    def __init__(self) -> None:
+        self.widths: dict[str, tuple[int, int]] = {}
+        self.taken: dict[str, int] = {}  # tokens in
+        self.to_prefix: set[str] = set()
+
+    def enter(self, name: str, tokens: torch.Tensor) -> None:
+        if name not in self.widths:
+            self.widths[name] = (int(tokens.shape[-1]), -1)
+            self.taken[name] = int(tokens.shape[1])
+
+    def leave(self, name: str, output: object) -> None:
+        if name not in self.widths or self.widths[name][1] >= 0:
+            return
+        if isinstance(output, torch.Tensor) and output.dim() > 0:
+            self.widths[name] = (self.widths[name][0], int(output.shape[-1]))
+            if output.dim() == 3 and int(output.shape[1]) <= min(MAX_PREFIX_TOKENS, self.taken[name] - 1):
+                self.to_prefix.add(name)
+
+    def inner(self, layer: _Seen) -> bool:
+        """Tokens that are not the model's token stream: of another width than the innermost block
+        computing them takes and gives (q/k/v, MLP hidden units), or computed inside a block that hands
+        on only the class token (its k/v projections see the patches, its output does not)."""
+        if not layer.enclosing or layer.enclosing[-1] not in self.widths:
+            return False
+        return layer.shape[-1] not in self.widths[layer.enclosing[-1]] or any(
+            n in self.to_prefix for n in layer.enclosing
+        )
 
 
 @dataclass
@@ -155,8 +208,8 @@ class _Seen:
     node: torch.Tensor | None = None
     calls: int = 1
     reaches_logits: bool = True
-    enclosing: str | None = None  # the innermost module taking tokens whose forward computed it
-    inner: bool = False  # tokens of another width than that module's input and output
+    enclosing: tuple[str, ...] = ()  # the modules taking tokens whose forward computed it, innermost last
+    inner: bool = False  # tokens that are not the token stream (see _TokenModules.inner)
 
 
 def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> dict[str, _Seen]:
@@ -174,7 +227,7 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
     names = {id(m): n for n, m in model.named_modules() if n}
     seen: dict[str, _Seen] = {}
     stack: list[tuple[str, str | None, str]] = []  # per active module: its input's kind, a description, its name
-    widths: dict[str, tuple[int, int]] = {}  # token widths in and out of each module called on tokens
+    token_modules = _TokenModules()
     patch_grid: list[tuple[int, int]] = []  # h x w of the last image map seen: a ViT's patch grid
     # the kind of the last map seen: only a token sequence that follows tokens may be a pooled grid
     # (MViT, LeViT); after a 4-D map (Swin's channels-last stages) it may be one window
@@ -182,7 +235,8 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
 
     def grid_of(shape):
         pooled = bool(last_kind) and last_kind[-1] == "tokens"
-        return classify(shape, size, batch, patch_grid[-1] if patch_grid else None, pooled=pooled)
+        grid = patch_grid[-1] if patch_grid else None
+        return classify(shape, size, batch, grid, pooled=pooled, image_channels=int(image.shape[1]))
 
     def kind_of(tensor) -> tuple[str, str | None]:
         if not isinstance(tensor, torch.Tensor) or tensor.dim() not in (3, 4):
@@ -197,14 +251,13 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
         kind, text = kind_of(inputs[0] if inputs else None)
         name = names[id(module)]
         stack.append((kind, f"{name!r} ({type(module).__name__}), which takes {text}" if text else None, name))
-        if kind == "tokens" and name not in widths:
-            widths[name] = (int(inputs[0].shape[-1]), -1)
+        if kind == "tokens":
+            token_modules.enter(name, inputs[0])
 
     def leave(module, inputs, output):
         stack.pop()
         name = names[id(module)]
-        if name in widths and widths[name][1] < 0 and isinstance(output, torch.Tensor) and output.dim() > 0:
-            widths[name] = (widths[name][0], int(output.shape[-1]))
+        token_modules.leave(name, output)
         if not isinstance(output, torch.Tensor) or output.dim() not in (3, 4):
             return None
         if name in seen:
@@ -223,7 +276,7 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
         if layout is not None:
             last_kind.append(layout.kind)
         layer = _Seen(type(module).__name__, shape, layout, problem, any(output is i for i in inputs))
-        layer.enclosing = next((n for kind, _, n in reversed(stack) if kind == "tokens"), None)
+        layer.enclosing = tuple(n for kind, _, n in stack if kind == "tokens")
         seen[name] = layer
         if not leaves:
             return None
@@ -246,8 +299,7 @@ def _observe(model: nn.Module, image: torch.Tensor, *, leaves: bool = False) -> 
         for h in handles:
             h.remove()
     for layer in seen.values():
-        if layer.layout is not None and layer.layout.kind == "tokens" and layer.enclosing in widths:
-            layer.inner = layer.shape[-1] not in widths[layer.enclosing]
+        layer.inner = layer.layout is not None and layer.layout.kind == "tokens" and token_modules.inner(layer)
     return seen
 
 

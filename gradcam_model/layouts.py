@@ -83,19 +83,23 @@ def classify(
     patch_grid: tuple[int, int] | None,
     *,
     pooled: bool = False,
+    image_channels: int | None = None,
 ) -> tuple[Layout | None, str | None]:
     """The layout of an output of ``shape`` for an input of ``input_size``, or why it has none.
 
     ``patch_grid`` is the ``h x w`` of the last real image map computed before (a ViT's
     patch embedding): a token sequence covers it after at most ``MAX_PREFIX_TOKENS``, or,
     with ``pooled`` (tokens that follow tokens), that grid pooled by one stride.
+    A tensor with the image's ``image_channels`` at least as large as the image on both
+    sides is the image scaled up (CrossViT resizes its input to each branch's size): maps
+    computed from it still cover the whole image.
     """
     text = "x".join(map(str, shape[1:]))
     if shape[0] != batch:
         return None, f"its output {text} has {shape[0]} rows for a batch of {batch} (windows or heads folded in)"
     if len(shape) == 4:
         problem = grid_problem(shape, input_size)
-        if problem is None:
+        if problem is None or _scaled_image(shape, input_size, image_channels):
             return NCHW, None
         if grid_problem((shape[0], shape[3], shape[1], shape[2]), input_size) is None:
             return Layout("NHWC"), None
@@ -109,6 +113,10 @@ def classify(
             f"nor that grid pooled by one stride along both axes (plus at most {MAX_PREFIX_TOKENS} prefix tokens)"
         )
     return None, f"its output {text} is not an image map"
+
+
+def _scaled_image(shape: tuple[int, ...], input_size: tuple[int, int], channels: int | None) -> bool:
+    return shape[1] == channels and shape[2] >= input_size[0] and shape[3] >= input_size[1]
 
 
 def pooled_grid(tokens: int, patch_grid: tuple[int, int], max_stride: int = MAX_POOLING) -> tuple[int, int] | None:

@@ -17,6 +17,7 @@ from ._trace_state import copy_model
 from .contract import OUTPUT_NAMES
 from .errors import InputError, ParityError, foreign_errors
 from .gates import Chosen, disagreements, traced
+from .layers import check_model
 from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish
 from .runtime.explainer import Explainer, load_explainer
 from .runtimes import load_under, runtime_info
@@ -214,6 +215,7 @@ def validate_each(
     in order (None: :func:`tolerance_for` the artifact's format). ``runtime``: as for
     :func:`validate`, for the artifacts given as paths.
     """
+    check_model(model)
     explainers = [_load(a, runtime) for a in artifacts]
     meta = _common_graph(explainers)
     tols = [t or tolerance_for(e.metadata.format) for t, e in zip(tolerances or [None] * len(explainers), explainers)]

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ._state import eval_state
+from ._trace_state import copy_model
 from .errors import GradCAMError, InputError
 from .layers import run_model
 
@@ -123,7 +124,7 @@ def _reset(module: nn.Module, seed: int) -> None:
 
 def randomized_copy(model: nn.Module, layers: Sequence[str], *, seed: int = 0) -> nn.Module:
     """A copy of ``model`` with ``layers`` re-initialized by their default init (layer i seeded ``seed + i``)."""
-    clone = copy.deepcopy(model)
+    clone = copy_model(model)
     modules = dict(clone.named_modules())
     with torch.no_grad():
         for i, name in enumerate(layers):
@@ -294,7 +295,7 @@ def randomization_check(
     for m, cams in originals.items():
         flat = np.ptp(cams.reshape(len(cams), -1), axis=1) == 0
         rho[m][:, flat] = np.nan
-    random_model = copy.deepcopy(model)
+    random_model = copy_model(model)
     modules = dict(random_model.named_modules())
     buffers = _buffer_names(random_model)
     position = 0

@@ -14,7 +14,7 @@ from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explain
 from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError, foreign_errors
-from .layers import list_layers, resolve_layer, run_model, select_layer, uses_attention
+from .layers import check_model, list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
 from .models import architecture_name
 from .preprocessing import resolve as resolve_preprocessing
@@ -87,8 +87,7 @@ class GradCAMModel(nn.Module):
         preprocess: Preprocessing | Mapping | object | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_model(model)
         _check_image(example_input, "example_input")
         cam_method = get_method(method)
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:

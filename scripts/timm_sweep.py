@@ -12,7 +12,8 @@ docs/architectures.md.
 Per family: the model with the fewest parameters (counted on the meta device), random
 weights with calibrated BatchNorm (:func:`gradcam_model.calibration.calibrate`), 5 classes,
 the smallest square input it accepts (tried from 32 px up to its default size).
-``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer, with a
+``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer
+(tests/oracle.py: its stored activations kept safe from in-place ops after the layer), with a
 ``reshape_transform`` derived from the layer's output shape alone, on two other images
 (max |difference| of the normalized maps); ONNX export; ``validate``.
 Verdicts: OK; refused (one of our errors, at build time); FAIL (any other exception, a
@@ -90,19 +91,36 @@ def oracle_reshape(info):
     return None
 
 
+PROGRESS = "sweep-progress "
+
+
+def _at(record: dict, stage: str) -> None:
+    """Enter ``stage``; the record so far goes to stderr, so a family over its time says where it was."""
+    record["stage"] = stage
+    print(PROGRESS + json.dumps(record), file=sys.stderr, flush=True)
+
+
+def _last_progress(stderr: str | bytes | None) -> dict:
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr or ""
+    lines = [ln for ln in text.splitlines() if ln.startswith(PROGRESS)]
+    return json.loads(lines[-1][len(PROGRESS) :]) if lines else {}
+
+
 def run_one(family: str) -> dict:
     """Everything for one family, as a JSON-able record."""
     import timm
     import torch
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from gradcam_model import GradCAMModel, export_onnx, validate
     from gradcam_model.calibration import calibrate
     from gradcam_model.errors import GradCAMError
     from gradcam_model.layers import list_layers
 
-    record: dict = {"family": family, "stage": "model"}
+    sys.path.insert(0, str(ROOT / "tests"))
+    from oracle import oracle_cam
+
+    record: dict = {"family": family}
+    _at(record, "model")
     started = time.perf_counter()
     try:
         name = record["model"] = smallest_model(family)
@@ -112,23 +130,21 @@ def run_one(family: str) -> dict:
         size = record["input"] = smallest_size(model, default)
         calibrate(model, size)
         gen = torch.Generator().manual_seed(1)
-        record["stage"] = "build"
+        _at(record, "build")
         wrapper = GradCAMModel(model, "auto", example_input=torch.randn(2, 3, size, size, generator=gen))
         record["layer"] = wrapper.target_layer
-        record["stage"] = "pytorch-grad-cam"
+        _at(record, "pytorch-grad-cam")
         info = next(i for i in list_layers(model, torch.zeros(1, 3, size, size)) if i.name == wrapper.target_layer)
         images = torch.randn(2, 3, size, size, generator=gen)
         with torch.no_grad():
             ours = wrapper(images)
         classes = ours[2][:, 0].tolist()
-        layer = dict(model.named_modules())[wrapper.target_layer]
-        with GradCAM(model, [layer], reshape_transform=oracle_reshape(info)) as cam:
-            theirs = cam(images, targets=[ClassifierOutputTarget(c) for c in classes])
+        theirs = oracle_cam(model, wrapper.target_layer, images, classes, "gradcam", oracle_reshape(info))
         record["pgc_max_diff"] = float((ours[4][:, 0] - torch.from_numpy(theirs)).abs().max())
-        record["stage"] = "export"
+        _at(record, "export")
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(wrapper, Path(tmp) / "model.onnx")
-            record["stage"] = "validate"
+            _at(record, "validate")
             report = validate(path, model)
         record["ort_max_diff"] = float(report.outputs["cam"].max_abs)
         record["validate"] = "ok" if report.ok else "; ".join(report.failures())
@@ -192,7 +208,16 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
         "between our eager map and pytorch-grad-cam's GradCAM at the same layer (its `reshape_transform` "
         "derived from the layer's output shape). *ORT*: max |difference| of the maps between the ONNX "
         "artifact under ONNX Runtime and the eager reference (`validate`). *refused*: one of our errors "
-        "at build time, with its reason; *FAIL*: anything else that went wrong.",
+        "at build time, with its reason; *FAIL*: anything else that went wrong; *timeout*: over the time "
+        "limit, in the stage named.",
+        "",
+        "Where *layer chosen* is not a last stage, the smallest input is why: at 32 px a stride-32 CNN's last "
+        "stage is 1x1, and a map of one position carries nothing, so `auto` takes the last layer with more "
+        "than one position, the one before the last downsampling (test_convnext and edgenext_xx_small "
+        "`stages.3.downsample.0`, test_byobnet `stages.3.0.conv1_1x1`; at 64 px and above all three take "
+        "`stages`). pytorch-grad-cam's activations are kept from in-place ops after the layer "
+        "(tests/oracle.py): otherwise its map at a layer followed by `ReLU(inplace=True)` (dla's `bn1`) "
+        "mixes ReLU'd activations with pre-ReLU gradients.",
         "",
         "| family | model | input | layer chosen | verdict | pgc | ORT | time (s) | note |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -239,8 +264,10 @@ def main(argv: list[str] | None = None) -> int:
                 if row is None:
                     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
                     row = {"family": family, "verdict": "FAIL", "reason": f"process exited {done.returncode}: {tail}"}
-            except subprocess.TimeoutExpired:
-                row = {"family": family, "verdict": "timeout", "reason": f"over {args.timeout} s"}
+            except subprocess.TimeoutExpired as exc:
+                row = _last_progress(exc.stderr)
+                where = f" in {row['stage']}" if "stage" in row else ""
+                row.update(family=family, verdict="timeout", reason=f"over {args.timeout} s{where}")
             row.setdefault("seconds", round(time.perf_counter() - t0, 1))
             rows[family] = row
             with args.results.open("a") as fh:

@@ -33,13 +33,26 @@ class SignCorrectedEigenGradCAM(pgc.EigenGradCAM):
 EIGEN_ORACLE = {"eigencam": SignCorrectedEigenCAM, "eigengradcam": SignCorrectedEigenGradCAM}
 
 
-def oracle_cam(model, layer_name: str, images: torch.Tensor, classes, method: str) -> np.ndarray:
+def oracle_cam(
+    model, layer_name: str, images: torch.Tensor, classes, method: str, reshape_transform=None
+) -> np.ndarray:
     """pytorch-grad-cam's maps ``[N, H, W]`` for ``classes`` (one per image).
 
     Its output is normalize(resize(normalize_eps(cam))); min-max normalization is
     invariant to the positive affine map in between, so this equals our
     upsample-then-normalize up to its 1e-7 eps.
+
+    pytorch-grad-cam keeps the layer's output as ``output.cpu().detach()``, which on
+    the CPU shares its storage: an in-place op after the layer (timm's DLA runs
+    ``ReLU(inplace=True)`` right after ``bn1``) rewrites the activations it stored,
+    while its gradient is still the pre-ReLU one, and its map is then that of no layer
+    (1.0 off on dla46x_c). A hook registered after its own hands the rest of the model
+    a copy, so its stored activations stay the layer's output.
     """
     layer = dict(model.named_modules())[layer_name]
-    with {**ORACLE, **EIGEN_ORACLE}[method](model, [layer]) as cam:
-        return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    with {**ORACLE, **EIGEN_ORACLE}[method](model, [layer], reshape_transform=reshape_transform) as cam:
+        handle = layer.register_forward_hook(lambda _m, _i, output: output.clone())
+        try:
+            return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+        finally:
+            handle.remove()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from oracle import oracle_cam
 from torch import nn
 
@@ -317,4 +318,154 @@ def test_auto_follows_the_token_grid_through_pooling_to_the_last_token_layer():
 
     with GradCAM(model, [layer], reshape_transform=reshape) as cam:
         want = cam(images, targets=[ClassifierOutputTarget(int(c)) for c in got[2][:, 0]])
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+
+
+def test_a_layer_followed_by_an_in_place_relu_matches_the_oracle_kept_from_aliasing():
+    # dla46x_c's FAIL in the sweep (maps 1.0 off): auto picks `bn1` of a DlaBottleneck, followed by
+    # ReLU(inplace=True); pytorch-grad-cam stores the layer's output as `.cpu().detach()`, which the
+    # ReLU then rewrites, so its map used ReLU'd activations with pre-ReLU gradients. Ours is the
+    # layer's output; the oracle agrees once its stored activations are kept apart (tests/oracle.py).
+    timm = pytest.importorskip("timm")
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from gradcam_model.calibration import calibrate
+
+    torch.manual_seed(0)
+    model = timm.models.dla.DLA(
+        levels=(1, 1, 1, 1, 1, 1), channels=(8, 8, 8, 16, 16, 16), block=timm.models.dla.DlaBottleneck, num_classes=5
+    ).eval()
+    calibrate(model, 32)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    wrapper = GradCAMModel(model, "auto", example_input=images)
+    assert wrapper.target_layer == "level5.tree1.bn1"  # the last layer with more than 1x1 positions
+    assert dict(model.named_modules())["level5.tree1.relu"].inplace
+    with torch.inference_mode():
+        got = wrapper(images)
+    classes = got[2][:, 0].tolist()
+    want = oracle_cam(model, wrapper.target_layer, images, classes, "gradcam")
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+    with GradCAM(model, [model.level5.tree1.bn1]) as cam:  # unprotected: the stored output is ReLU'd
+        aliased = cam(images, targets=[ClassifierOutputTarget(c) for c in classes])
+    assert float((got[4][:, 0] - torch.from_numpy(aliased)).abs().max()) > 0.1
+
+
+class _ClassAttention(nn.Module):
+    """CaiT/CrossViT's class attention: the class token queries the tokens; only it is handed on."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+
+    def forward(self, x):  # [N, 1 + T, D] -> [N, 1, D]
+        u = self.norm1(x)
+        weights = (u[:, :1] @ self.k(u).transpose(1, 2)).softmax(-1)
+        return x[:, :1] + weights @ self.v(u)
+
+
+class _ScaledClassAttention(nn.Module):
+    """CrossViT's pattern: the input resized up to a fixed size, patch tokens after a class token,
+    a token block, then a class-attention block whose k/v see the patches but hand on the class token only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Sequential(nn.Conv2d(3, 8, 8, 8))  # the conv runs inside a module taking 3x48x48
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+        self.block = nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8))
+        self.fusion = _ClassAttention(8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.interpolate(x, size=(48, 48), mode="bicubic", align_corners=False)
+        t = self.patch(x).flatten(2).transpose(1, 2)  # 6x6 tokens
+        t = torch.cat([self.cls.expand(t.size(0), -1, -1), t], 1)
+        t = t + self.block(t)
+        return self.head(self.fusion(t)[:, 0])
+
+
+def test_a_scaled_up_input_and_class_attention_give_the_last_token_stream_layer(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = _ScaledClassAttention().eval()
+    images = torch.randn(2, 3, 20, 20)  # smaller than the 48x48 the model scales it to
+    layers = {i.name: i for i in list_layers(model, images[:1])}
+    assert layers["patch.0"].problem is None and layers["patch.0"].map_shape == (8, 6, 6)
+    assert all(layers[n].inner for n in ("fusion.norm1", "fusion.k", "fusion.v"))  # inside class attention
+    wrapper = GradCAMModel(model, "auto", example_input=images)
+    assert wrapper.target_layer == "block"
+    with torch.inference_mode():
+        got = wrapper(images)
+
+    def reshape(t):  # pytorch-grad-cam's reshape_transform for 6x6 tokens after a class token
+        return t[:, 1:].reshape(t.size(0), 6, 6, t.size(2)).permute(0, 3, 1, 2)
+
+    want = oracle_cam(model, "block", images, got[2][:, 0].tolist(), "gradcam", reshape)
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+    path = export_onnx(wrapper, tmp_path / "scaled.onnx")
+    other = torch.randn(3, 3, 20, 20)
+    ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": other.numpy()})
+    np.testing.assert_allclose(ran[4], reference_cam(model, "block", other, return_all=True)[4].numpy(), atol=1e-4)
+
+
+def test_the_randomization_check_copies_a_model_whose_cache_holds_a_non_leaf():
+    from gradcam_model.randomization import randomization_check, randomized_copy
+
+    torch.manual_seed(0)
+    model = _LeViTLike().eval()
+    model(torch.randn(1, 3, 16, 16))  # the cache now holds a tensor with a grad_fn: deepcopy refuses it
+    (cached,) = model.attn.attention_bias_cache.values()
+    clone = randomized_copy(model, ["conv"])
+    assert clone.attn.attention_bias_cache == {}  # recomputed from the copy's own parameter when it runs
+    assert model.attn.attention_bias_cache["cpu"] is cached
+    assert not torch.equal(clone.conv.weight, model.conv.weight)
+    images = torch.randn(3, 3, 16, 16)
+    wrapper = GradCAMModel(model, "conv", example_input=images[:2], class_input=True)
+    result = randomization_check(model, images, {"gradcam": wrapper})
+    assert result.rho["gradcam"].shape == (len(result.steps), 3)
+    assert model.attn.attention_bias_cache["cpu"] is cached
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        ({"conv.weight": torch.zeros(1)}, "got dict; a state dict holds only weights"),
+        ("resnet18", "got str; build or load the model first"),
+        (None, "got NoneType; pass the classifier module itself"),
+    ],
+)
+def test_a_model_that_is_not_a_module_is_our_type_error(model, match):
+    from gradcam_model import ModelTypeError, validate
+
+    for call in (
+        lambda: GradCAMModel(model, "auto", example_input=torch.randn(2, 3, 8, 8)),
+        lambda: list_layers(model, torch.randn(1, 3, 8, 8)),
+        lambda: validate("missing.onnx", model),
+    ):
+        with pytest.raises(ModelTypeError, match=match) as info:
+            call()
+        assert isinstance(info.value, TypeError) and isinstance(info.value, GradCAMError)
+        assert str(info.value).startswith("model must be a torch.nn.Module") and "\n" not in str(info.value)
+
+
+def test_cait_auto_picks_the_patch_tokens_before_the_class_attention_blocks():
+    # the sweep's cait_xxs24_224 picked `blocks_token_only.1.attn.v`, a value projection inside the
+    # last class-attention block; the token stream ends at `blocks`, the last self-attention block
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.models.cait.Cait(
+        img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2, depth_token_only=2, num_classes=5
+    ).eval()
+    images = torch.randn(2, 3, 32, 32)
+    wrapper = GradCAMModel(model, "auto", example_input=images)
+    assert wrapper.target_layer == "blocks"
+    with torch.inference_mode():
+        got = wrapper(images)
+
+    def reshape(t):  # 4x4 patch tokens, no class token in CaiT's self-attention blocks
+        return t.reshape(t.size(0), 4, 4, t.size(2)).permute(0, 3, 1, 2)
+
+    want = oracle_cam(model, "blocks", images, got[2][:, 0].tolist(), "gradcam", reshape)
     torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
