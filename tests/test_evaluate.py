@@ -257,7 +257,7 @@ def test_the_cli_writes_csv_markdown_json_and_plots(artifacts, static, picture_d
     assert "| Deletion AUC |" in printed and "wrote " in printed
     assert sorted(p.name for p in out.iterdir()) == [
         "deletion.png", "deletion_images.png", "evaluation.csv", "insertion.png", "insertion_images.png",
-        "summary.json", "summary.md"
+        "report.html", "summary.json", "summary.md"
     ]  # fmt: skip
     rows = (out / "evaluation.csv").read_text().splitlines()
     assert rows[0] == (

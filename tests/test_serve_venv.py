@@ -55,7 +55,8 @@ def _remove_old_venvs(folder: Path, days: float = 1.0) -> None:
 @pytest.fixture(scope="module")
 def serve_venv(tmp_path_factory) -> Path:
     """``bin/`` of a venv holding ``pip install .`` of this tree and nothing else."""
-    files = [ROOT / "pyproject.toml", ROOT / "README.md", *sorted((ROOT / "gradcam_model").rglob("*.py"))]
+    package = sorted(p for p in (ROOT / "gradcam_model").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    files = [ROOT / "pyproject.toml", ROOT / "README.md", *package]  # modules and their assets (the pages)
     # scripts/test.sh names the constraints the dev venv was installed with (empty: the newest versions)
     constraints = os.environ.get("GRADCAM_CONSTRAINTS", str(ROOT / "constraints.txt"))
     pins = ["-c", constraints] if constraints else []
@@ -107,7 +108,8 @@ def test_the_wheel_holds_the_package_and_the_readme_size_is_measured(serve_venv)
     assert len(records) == 1
     listed = records[0].read_text()
     for module in ("gradcam_model/runtime/pipeline.py", "gradcam_model/runtime/journal.py",
-                   "gradcam_model/serving/server.py", "gradcam_model/cli/explain.py"):  # fmt: skip
+                   "gradcam_model/serving/server.py", "gradcam_model/cli/explain.py",
+                   "gradcam_model/runtime/assets/report.js", "gradcam_model/serving/assets/upload.html"):  # fmt: skip
         assert module in listed
     measured = _size_mb(serve_venv.parent)
     readme = (ROOT / "README.md").read_text()
