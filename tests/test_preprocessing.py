@@ -75,6 +75,23 @@ def test_resample_equals_pillow_along_one_axis(kind):
             np.testing.assert_array_equal(ours, np.asarray(pil), err_msg=f"{kind} {(h, w)} -> {size}")
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_resample_of_a_crop_equals_the_crop_of_the_resample(dtype):
+    """Only the crop's pixels are computed (the first pass over the rows the second reads): same numbers."""
+    rng = np.random.default_rng(4)
+    for i in range(60):
+        h, w, oh, ow = (int(v) for v in rng.integers(1, 200, 4))
+        oh, ow = (h if i % 5 == 0 else oh), (w if i % 7 == 0 else ow)
+        ch, cw = int(rng.integers(1, oh + 1)), int(rng.integers(1, ow + 1))
+        crop = (int(rng.integers(0, oh - ch + 1)), int(rng.integers(0, ow - cw + 1)), ch, cw)
+        picture = rng.integers(0, 256, (h, w, 3)).astype(dtype) / (255 if dtype != np.uint8 else 1)
+        kind = ("bilinear", "bicubic", "box")[i % 3]
+        whole = resample(picture.astype(dtype), (oh, ow), kind)
+        part = resample(picture.astype(dtype), (oh, ow), kind, crop=crop)
+        top, left = crop[:2]
+        np.testing.assert_array_equal(part, whole[top : top + ch, left : left + cw], err_msg=f"{(h, w)} -> {(oh, ow)}")
+
+
 @pytest.mark.parametrize(("kind", "levels"), [("bilinear", 1), ("bicubic", 2)])
 def test_resample_is_within_pillows_rounding_when_both_sides_scale_alike(kind, levels):
     """The shorter-side resize of an eval transform, on smooth pictures of random sizes.

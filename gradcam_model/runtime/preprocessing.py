@@ -81,18 +81,22 @@ def plan(
     return Plan(resized=tuple(resized), crop=(top, left, size[0], size[1]), region=region)
 
 
-def _resize(image: np.ndarray, size: tuple[int, int], prep: Preprocessing) -> np.ndarray:
+def _resize(image: np.ndarray, size: tuple[int, int], crop: tuple[int, int, int, int], prep: Preprocessing):
+    """``image`` resized to ``size``, then its ``crop`` ``(top, left, h, w)``."""
+    top, left, h, w = crop
     if image.shape[:2] == tuple(size):
-        return image
+        return image[top : top + h, left : left + w]
+    if prep.interpolation in ("bilinear", "bicubic"):
+        return resample(image, size, prep.interpolation, antialias=prep.antialias, crop=crop)  # the crop's pixels only
     if prep.interpolation == "area":
         import cv2
 
         # version 1's numerics: float pixels, OpenCV's area average to shrink, bilinear to enlarge
         shrink = image.shape[0] > size[0] or image.shape[1] > size[1]
-        return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    if prep.interpolation == "nearest":
-        return nearest(image, size)
-    return resample(image, size, prep.interpolation, antialias=prep.antialias)
+        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    else:
+        image = nearest(image, size)
+    return image[top : top + h, left : left + w]
 
 
 def apply(rgb: np.ndarray, metadata: ArtifactMetadata, size: tuple[int, int]) -> tuple[np.ndarray, Plan]:
@@ -105,14 +109,15 @@ def apply(rgb: np.ndarray, metadata: ArtifactMetadata, size: tuple[int, int]) ->
     if prep.interpolation == "area" or rgb.dtype != np.uint8:
         # area works on float pixels; a float picture is already in [0, 1]
         image = rgb.astype(np.float32) / np.float32(prep.scale) if rgb.dtype == np.uint8 else rgb.astype(np.float32)
-        image = _resize(image, steps.resized, prep)
+        image = _resize(image, steps.resized, steps.crop, prep)
     else:
-        image = _resize(rgb, steps.resized, prep)  # uint8, with Pillow's rounding between the passes
-    top, left, h, w = steps.crop
-    image = image[top : top + h, left : left + w]
+        image = _resize(rgb, steps.resized, steps.crop, prep)  # uint8, with Pillow's rounding between the passes
+    # planar first: the same float operations per element, without broadcasting 3 values over [h, w, 3] (~6x faster)
+    planes = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
     if image.dtype == np.uint8:
-        image = image.astype(np.float32) / np.float32(prep.scale)
+        planes /= np.float32(prep.scale)
     if prep.channel_order == "BGR":
-        image = image[..., ::-1]
-    image = (image - np.asarray(metadata.mean, np.float32)) / np.asarray(metadata.std, np.float32)
-    return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32), steps
+        planes = planes[::-1]
+    planes -= np.asarray(metadata.mean, np.float32)[:, None, None]
+    planes /= np.asarray(metadata.std, np.float32)[:, None, None]
+    return np.ascontiguousarray(planes), steps
