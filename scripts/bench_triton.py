@@ -1,30 +1,30 @@
-"""Time the Triton python-backend path (``gradcam triton --backend python``) against the bare in-process call.
+"""Time a real Triton server's python-backend path beside ``gradcam serve`` and the in-process calls, in one run.
 
-Usage: ``python scripts/bench_triton.py ARTIFACT.onnx [--pictures 32] [--rounds 3] [--out RESULT.json]``
+Usage: ``python scripts/bench_triton.py ARTIFACT.onnx [--images 32] [--requests 96] [--rounds 3] [--out RESULT.json]``
 
-One run, the ways interleaved in rounds on the same JPEG pictures (320x240, smooth noise):
-the in-process explainer call on the preprocessed picture (batch 1), the in-process
-decode + preprocess + call, and a real tritonserver 2.51 (tests/triton_server.py: nvidia-pytriton,
-127.0.0.1, the model in its numpy-1 environment) called by tritonclient over HTTP and gRPC
-with the encoded picture, at concurrency 1 (p50 per request) and 16 (requests per second).
-Requests ask for the five contract outputs (no overlays). Prints a Markdown table and the
-machine's load average before and after; the clients run in their own process
-(tests/triton_client_run.py), on the same cores as the server.
+``gradcam bench --serve``'s run (``gradcam_model.bench.serve.run_serve_bench``: the bare
+in-process call, the in-process ``:explain`` work, ``gradcam serve``'s v2 binary tensor,
+compact ``:explain`` and JPEG-overlay ways, ``explain_files``) with four more ways in the
+same interleaved rounds on the same 224x224 JPEGs: a real tritonserver 2.51
+(tests/triton_server.py: nvidia-pytriton, 127.0.0.1, the model of ``gradcam triton
+--backend python`` in its numpy-1 environment) called by tritonclient over HTTP and gRPC
+with the encoded picture, asking for the five contract outputs, at concurrency 1 and 16.
+The Triton clients run in their own process (tests/triton_client_run.py), on the same cores
+as both servers. Prints the table, the targets and tritonserver's exit; ``--out`` keeps them
+as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import pickle
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,31 +32,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import triton_server  # noqa: E402  (tests/: the server recipe lives once, with its tests)
 
-from gradcam_model.runtime import decode_image, load_explainer, preprocess  # noqa: E402
+from gradcam_model.bench.sections import generate_jpegs  # noqa: E402
+from gradcam_model.bench.serve import markdown, run_serve_bench  # noqa: E402
 from gradcam_model.serving.triton import TritonOptions, write_repository  # noqa: E402
 
 OUTPUTS = ["logits", "probabilities", "class_index", "score", "cam"]
-
-
-def _pictures(count: int) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(count):
-        picture = cv2.GaussianBlur(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), (9, 9), 3)
-        out.append(cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
-    return out
-
-
-def _in_process(explainer, pictures: list[bytes], *, decode: bool) -> list[float]:
-    inputs = [preprocess(decode_image(p), explainer.metadata)[None] for p in pictures]
-    seconds = []
-    for p, x in zip(pictures, inputs, strict=True):
-        started = time.perf_counter()
-        if decode:
-            x = preprocess(decode_image(p), explainer.metadata)[None]
-        explainer(x)
-        seconds.append(time.perf_counter() - started)
-    return seconds
 
 
 def _triton(server, work: Path, protocol: str, pictures: list[bytes], threads: int) -> tuple[list[float], float]:
@@ -79,59 +59,46 @@ def _triton(server, work: Path, protocol: str, pictures: list[bytes], threads: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
-    parser.add_argument("--pictures", type=int, default=32)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--requests", type=int, default=96, help="requests per way (default: 96)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", help="write the figures as JSON here too")
     args = parser.parse_args(argv)
-    load_before = os.getloadavg()
-    pictures = _pictures(args.pictures)
-    explainer = load_explainer(args.artifact, providers=["CPUExecutionProvider"])
-    times: dict[str, list[float]] = {}
-    rates: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="gradcam-bench-triton-") as tmp:
         work = Path(tmp)
+        images = generate_jpegs(work / "images", args.images, (224, 224))
+        jpegs = [p.read_bytes() for p in images]
         env = triton_server.stub_environment(work / "stub-env")
         options = TritonOptions(backend="python", execution_env=str(env))
         write_repository(args.artifact, work / "repo", "bench", options=options)
         (work / "server").mkdir()
         server = triton_server.start(work / "repo", work / "server", ["bench"])
+
+        def way(protocol: str, threads: int):
+            def run(indices: list[int]) -> tuple[list[float], float]:
+                return _triton(server, work, protocol, [jpegs[i % len(jpegs)] for i in indices], threads)
+
+            return f"Triton python backend, {protocol}, encoded picture", threads, run
+
         try:
-            _triton(server, work, "http", pictures[:4], 1)  # warm-up: the stub's first call
-            for _ in range(args.rounds):
-                for key, decode in (("in-process call", False), ("in-process decode + call", True)):
-                    seconds = _in_process(explainer, pictures, decode=decode)
-                    times.setdefault(key, []).extend(seconds)
-                    rates.setdefault(key, []).append(len(seconds) / sum(seconds))
-                for protocol in ("http", "grpc"):
-                    for threads in (1, 16):
-                        seconds, wall = _triton(server, work, protocol, pictures, threads)
-                        key = f"Triton {protocol}, concurrency {threads}"
-                        times.setdefault(key, []).extend(seconds)
-                        rates.setdefault(key, []).append(len(seconds) / wall)
+            _triton(server, work, "http", jpegs[:4], 1)  # warm-up: the stub's first call
+            extra = [way(protocol, threads) for threads in (1, 16) for protocol in ("http", "grpc")]
+            result = run_serve_bench(Path(args.artifact), images, work, requests=args.requests, rounds=args.rounds,
+                                     extra=extra)  # fmt: skip
         finally:
             code = triton_server.stop(server)
         leaked = triton_server.shm_regions() - server.shm_before
-    load_after = os.getloadavg()
-    rows = {
-        key: {
-            "p50_ms": 1e3 * float(np.median(times[key])),
-            "p99_ms": 1e3 * float(np.percentile(times[key], 99)),
-            "requests_per_s": float(np.median(rates[key])),
-        }
-        for key in times
-    }
-    print(f"artifact {args.artifact}; {args.pictures} JPEG pictures 320x240 x {args.rounds} rounds, interleaved")
-    print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} ({os.cpu_count()} cores)")
-    print("| what | requests/s | p50 ms | p99 ms |\n|---|---:|---:|---:|")
-    for key, row in rows.items():
-        print(f"| {key} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} |")
-    bare = rows["in-process call"]["p50_ms"]
-    for protocol in ("http", "grpc"):
-        over = rows[f"Triton {protocol}, concurrency 1"]["p50_ms"] - bare
-        print(f"{protocol} p50 over the bare call: {over:+.1f} ms")
+    command = f"python scripts/bench_triton.py ARTIFACT --requests {args.requests} --rounds {args.rounds}"
+    print(markdown(result, args.requests, command))
     print(f"tritonserver exit code {code}; shared-memory regions left: {sorted(leaked) or 'none'}")
     if args.out:
-        record = {"rows": rows, "load": [load_before[0], load_after[0]], "exit_code": code, "leaked": sorted(leaked)}
+        record = {
+            "timings": [dataclasses.asdict(t) for t in result.timings],
+            "targets": result.targets(),
+            "load": [result.load_before, result.load_after],
+            "exit_code": code,
+            "leaked": sorted(leaked),
+        }
         Path(args.out).write_text(json.dumps(record, indent=1))
     return 0 if code == 0 and not leaked else 1
 

@@ -12,7 +12,15 @@ from gradcam_model.cli import main
 def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
     artifact = export_onnx(resnet18_layer4, tmp_path / "small.onnx")
     images = generate_jpegs(tmp_path / "images", 3, (64, 64))
-    result = run_serve_bench(artifact, images, tmp_path, requests=6, levels=(1, 2), output="map_png", threads=1)
+    seen: list[int] = []
+
+    def other_server(indices: list[int]) -> tuple[list[float], float]:  # scripts/bench_triton.py's hook
+        seen.extend(indices)
+        return [0.001] * len(indices), 0.001 * len(indices)
+
+    extra = [("another server", 16, other_server)]
+    result = run_serve_bench(artifact, images, tmp_path, requests=6, levels=(1, 2), output="map_png", threads=1,
+                             rounds=2, extra=extra)  # fmt: skip
     assert [(t.what, t.concurrency, t.requests) for t in result.timings] == [
         ("in-process explainer (preprocessed, batch 1)", 1, 6),
         ("in-process :explain work, no HTTP", 1, 6),
@@ -20,8 +28,11 @@ def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
         ("HTTP :explain, compact map", 1, 6),
         ("HTTP :explain, JPEG overlay", 1, 6),
         ("HTTP :explain, JPEG overlay", 2, 6),
+        ("another server", 16, 6),
         ("explain_files (JPEG overlays, CSV, grid)", 1, 6),
     ]
+    assert seen == list(range(6))  # in the same interleaved rounds, each request once
+    assert result.timings[-2].p50_ms == 1.0
     assert all(0 < t.p50_ms <= t.p99_ms for t in result.timings)
     targets = result.targets()
     assert targets[0].startswith("HTTP v2 binary tensor: ") and "(target <= 3 ms)" in targets[0]
