@@ -166,29 +166,10 @@ def run_demo(
 
     step("loading EfficientNet-Lite0 with ImageNet weights")
     model = efficientnet_lite0_imagenet()
-    names = imagenet_class_names()
-    step(f"building the Grad-CAM graph at {TARGET_LAYER!r}")
-    wrapper = GradCAMModel(
-        model,
-        TARGET_LAYER,
-        method="gradcam",
-        example_input=torch.randn(1, 3, *INPUT_SIZE, generator=torch.Generator().manual_seed(0)),
-        class_input=True,
-        class_names=names,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        architecture=ARCHITECTURE,
-    )
-    artifacts = {}
-    step("exporting ONNX (the slow step)")
-    artifacts["onnx"] = export_onnx(wrapper, out / f"{ARCHITECTURE}.onnx", overwrite=True)
-    step("exporting TorchScript")
-    artifacts["torchscript"] = export_torchscript(wrapper, out / f"{ARCHITECTURE}.pt", overwrite=True)
-
+    artifacts = _export(model, out, step)
     photos = _photos()
     explainer = load_explainer(artifacts["onnx"])
-    meta = explainer.metadata
-    batch = np.stack([preprocess(rgb, meta) for rgb in photos.values()])
+    batch = np.stack([preprocess(rgb, explainer.metadata) for rgb in photos.values()])
 
     step("checking parity of both artifacts with the eager model (random and real images)")
     reports = validate_each([explainer, artifacts["torchscript"]], model, inputs=batch)
@@ -197,54 +178,12 @@ def run_demo(
     write_bytes_atomic(report, parity_document(parity.values()).encode(), overwrite=True)
 
     step("explaining the photos through the ONNX artifact")
-    result = explainer(batch)  # the artifact's class input defaults to -1: the top class
-    photo_results, tiles, titles = [], [], []
-    for i, (name, rgb) in enumerate(photos.items()):
-        index = int(result.class_index[i, 0])
-        region = explained_region(rgb.shape, meta)  # the model's centre crop
-        tiles.append(overlay(rgb, result.cam[i, 0], colormap=colormap, alpha=alpha, region=region))
-        photo_results.append(
-            PhotoResult(
-                name=name,
-                photo=save_png(out / "photos" / f"{name}.png", rgb),
-                overlay=save_png(out / "overlays" / f"{name}.png", tiles[-1]),
-                class_index=index,
-                label=meta.label(index),
-                probability=float(result.score[i, 0]),
-            )
-        )
-        titles.append(f"{name}: {caption(photo_results[-1].label, photo_results[-1].probability)}")
-
+    tiles: list[np.ndarray] = []
+    titles: list[str] = []
+    draw = {"colormap": colormap, "alpha": alpha}
+    photo_results = _explain_photos(explainer, photos, batch, out, tiles, titles, draw)
     step("explaining the cat|coffee picture once for each object")
-    by_name = {p.name: p for p in photo_results}
-    side_by_side = np.concatenate([_square(photos["chelsea"], _HALF), _square(photos["coffee"], _HALF)], axis=1)
-    split_photo = save_png(out / "photos" / "cat_coffee.png", side_by_side)
-    # a dynamic-size artifact sees the picture at its own 1:2 aspect; a fixed-size one squeezed
-    size = (INPUT_SIZE[0], 2 * INPUT_SIZE[1]) if meta.input_size is None else None
-    image = preprocess(side_by_side, meta, size)
-    objects = (("cat", "left", by_name["chelsea"].class_index), ("coffee", "right", by_name["coffee"].class_index))
-    classes = np.array([c for _, _, c in objects], dtype=np.int64)
-    split_out = explainer(np.stack([image] * len(objects)), classes)
-    split_results = []
-    for i, (obj, half, index) in enumerate(objects):
-        cam = split_out.cam[i, 0]
-        label = meta.label(index)
-        slug = "".join(ch if ch.isalnum() else "_" for ch in label.lower())
-        region = explained_region(side_by_side.shape, meta, size)
-        tiles.append(overlay(side_by_side, cam, colormap=colormap, alpha=alpha, region=region))
-        split_results.append(
-            SplitResult(
-                object=obj,
-                half=half,
-                class_index=index,
-                label=label,
-                probability=float(split_out.score[i, 0]),
-                mass_on_half=_mass_on(cam, half),
-                overlay=save_png(out / "overlays" / f"cat_coffee-{slug}.png", tiles[-1]),
-            )
-        )
-        s = split_results[-1]
-        titles.append(f"explaining {s.label} {s.probability:.2f}\n{s.mass_on_half:.0%} of the map on the {s.half}")
+    split_photo, split_results = _explain_split(explainer, photos, photo_results, out, tiles, titles, draw)
 
     step("drawing the grid")
     grid_path = save_png(out / "grid.png", grid(tiles, titles, cols=3, tile_size=(200, 300)))
@@ -262,3 +201,80 @@ def run_demo(
     )
     log.info("demo finished in %.1f s:\n%s", demo.seconds, demo.table())
     return demo
+
+
+def _export(model, out: Path, step: Callable[[str], None]) -> dict[str, Path]:
+    step(f"building the Grad-CAM graph at {TARGET_LAYER!r}")
+    wrapper = GradCAMModel(
+        model,
+        TARGET_LAYER,
+        method="gradcam",
+        example_input=torch.randn(1, 3, *INPUT_SIZE, generator=torch.Generator().manual_seed(0)),
+        class_input=True,
+        class_names=imagenet_class_names(),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        architecture=ARCHITECTURE,
+    )
+    step("exporting ONNX (the slow step)")
+    onnx = export_onnx(wrapper, out / f"{ARCHITECTURE}.onnx", overwrite=True)
+    step("exporting TorchScript")
+    return {"onnx": onnx, "torchscript": export_torchscript(wrapper, out / f"{ARCHITECTURE}.pt", overwrite=True)}
+
+
+def _explain_photos(explainer, photos: dict, batch: np.ndarray, out: Path, tiles: list, titles: list, draw: dict):
+    """Each photo's top class, its overlay under ``overlays/``; tiles and titles appended for the grid."""
+    meta = explainer.metadata
+    result = explainer(batch)  # the artifact's class input defaults to -1: the top class
+    photo_results = []
+    for i, (name, rgb) in enumerate(photos.items()):
+        index = int(result.class_index[i, 0])
+        region = explained_region(rgb.shape, meta)  # the model's centre crop
+        tiles.append(overlay(rgb, result.cam[i, 0], region=region, **draw))
+        photo_results.append(
+            PhotoResult(
+                name=name,
+                photo=save_png(out / "photos" / f"{name}.png", rgb),
+                overlay=save_png(out / "overlays" / f"{name}.png", tiles[-1]),
+                class_index=index,
+                label=meta.label(index),
+                probability=float(result.score[i, 0]),
+            )
+        )
+        titles.append(f"{name}: {caption(photo_results[-1].label, photo_results[-1].probability)}")
+    return photo_results
+
+
+def _explain_split(explainer, photos: dict, photo_results: list, out: Path, tiles: list, titles: list, draw: dict):
+    """The cat|coffee picture explained once for each object; tiles and titles appended for the grid."""
+    meta = explainer.metadata
+    by_name = {p.name: p for p in photo_results}
+    side_by_side = np.concatenate([_square(photos["chelsea"], _HALF), _square(photos["coffee"], _HALF)], axis=1)
+    split_photo = save_png(out / "photos" / "cat_coffee.png", side_by_side)
+    # a dynamic-size artifact sees the picture at its own 1:2 aspect; a fixed-size one squeezed
+    size = (INPUT_SIZE[0], 2 * INPUT_SIZE[1]) if meta.input_size is None else None
+    image = preprocess(side_by_side, meta, size)
+    objects = (("cat", "left", by_name["chelsea"].class_index), ("coffee", "right", by_name["coffee"].class_index))
+    classes = np.array([c for _, _, c in objects], dtype=np.int64)
+    split_out = explainer(np.stack([image] * len(objects)), classes)
+    split_results = []
+    for i, (obj, half, index) in enumerate(objects):
+        cam = split_out.cam[i, 0]
+        label = meta.label(index)
+        slug = "".join(ch if ch.isalnum() else "_" for ch in label.lower())
+        region = explained_region(side_by_side.shape, meta, size)
+        tiles.append(overlay(side_by_side, cam, region=region, **draw))
+        split_results.append(
+            SplitResult(
+                object=obj,
+                half=half,
+                class_index=index,
+                label=label,
+                probability=float(split_out.score[i, 0]),
+                mass_on_half=_mass_on(cam, half),
+                overlay=save_png(out / "overlays" / f"cat_coffee-{slug}.png", tiles[-1]),
+            )
+        )
+        s = split_results[-1]
+        titles.append(f"explaining {s.label} {s.probability:.2f}\n{s.mass_on_half:.0%} of the map on the {s.half}")
+    return split_photo, split_results

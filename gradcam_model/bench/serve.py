@@ -199,6 +199,17 @@ def _start_server(artifact: Path, port: int, threads: int, workers: int, log: Pa
     raise RuntimeError(f"the server was not ready in {_READY_TIMEOUT} s")
 
 
+def _rounds(runners: dict, requests: int, rounds: int) -> dict:
+    """Each way's latencies and seconds, its ``requests`` split into ``rounds`` interleaved rounds, so that
+    every way sees the same load from whatever else runs on the machine."""
+    measured = {way: ([], 0.0) for way in runners}
+    for chunk in np.array_split(np.arange(requests), rounds):
+        for way, run in runners.items():
+            latencies, seconds = run(chunk.tolist())
+            measured[way] = (measured[way][0] + list(latencies), measured[way][1] + seconds)
+    return measured
+
+
 def _requests(jpegs: list[bytes], inputs: list[np.ndarray], output: str) -> tuple[dict, dict]:
     """The request bodies of each HTTP way, one per picture, and the path each goes to."""
     bodies = {
@@ -255,28 +266,23 @@ def run_serve_bench(
 
     port = _free_port()
     process = _start_server(artifact, port, threads, workers, workdir / "server.log")
-    runners = {(what, level): run for what, level, run in extra}
-    ways = [(BARE, 1), (WORK, 1), (V2, 1), (COMPACT, 1), *[(OVERLAY, level) for level in levels], *runners, (FILES, 1)]
-    measured = {way: ([], 0.0) for way in ways}
+
+    def http(what: str, level: int):
+        return lambda indices: _http(port, paths[what], bodies[what], level, indices)
+
+    runners = {
+        (BARE, 1): lambda indices: _in_process(explainer, inputs, indices),
+        (WORK, 1): lambda indices: _in_process(request_work, bodies[COMPACT], indices),
+        (V2, 1): http(V2, 1),
+        (COMPACT, 1): http(COMPACT, 1),
+        **{(OVERLAY, level): http(OVERLAY, level) for level in levels},
+        **{(what, level): run for what, level, run in extra},
+        (FILES, 1): files,
+    }
     try:
         for name in (V2, COMPACT, OVERLAY):
             _http(port, paths[name], bodies[name], 2, list(range(4)))  # warm-up
-        # interleaved rounds: every way sees the same load from whatever else runs on the machine
-        for chunk in np.array_split(np.arange(requests), rounds):
-            for way in ways:
-                indices = chunk.tolist()
-                if way in runners:
-                    latencies, seconds = runners[way](indices)
-                elif way[0] in paths:
-                    latencies, seconds = _http(port, paths[way[0]], bodies[way[0]], way[1], indices)
-                elif way[0] == BARE:
-                    latencies, seconds = _in_process(explainer, inputs, indices)
-                elif way[0] == WORK:
-                    latencies, seconds = _in_process(request_work, bodies[COMPACT], indices)
-                else:
-                    latencies, seconds = files(indices)
-                measured[way][0].extend(latencies)
-                measured[way] = (measured[way][0], measured[way][1] + seconds)
+        measured = _rounds(runners, requests, rounds)
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -112,71 +112,86 @@ def explain_dataset(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
     out = Path(out)
-    if Path(artifact).suffix.lower() != ".onnx":
-        raise ArtifactError(f"{artifact}: the Ray engine runs .onnx artifacts (ONNX Runtime, no torch in the workers)")
-    explainer = load_explainer(artifact, providers=["CPUExecutionProvider"])
-    meta = explainer.metadata
-    target = None
-    if class_ is not None:
-        if not meta.class_input:
-            raise InputError(
-                f"choosing a class needs an artifact exported with --class-input; {artifact} explains "
-                f"its top-{meta.top_k} classes"
-            )
-        target = resolve_class(class_, meta)
+    meta, target = _artifact_and_target(artifact, class_)
     overlay(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), colormap=colormap)  # bad colormap: now
     ray = import_ray()
-    is_dataset = isinstance(dataset_or_paths, ray.data.Dataset)
-    items = None
-    if not is_dataset:
-        given = list(dataset_or_paths)
-        items = given if given and all(isinstance(i, ImageInput) for i in given) else collect_images(given)
-    on_skip = on_skip or (lambda path, reason: log.warning("skipped: %s", reason))
+    items = _items(ray, dataset_or_paths, resume)  # None: a Ray Dataset
     kwargs = {"threads": threads, "max_side": max_side, "colormap": colormap, "alpha": float(alpha),
               "ext": overlay_format, "target": target, "include_maps": save_maps}  # fmt: skip
-    if resume and is_dataset:
-        raise InputError("resume needs image files and folders as inputs; a Ray Dataset cannot be resumed")
     record = run_record(artifact, "ray", target, colormap, alpha, overlay_format, max_side, tile_size, save_maps)
-    names = ["<a Ray Dataset>"] if is_dataset else [str(i.path) for i in items]
+    names = ["<a Ray Dataset>"] if items is None else [str(i.path) for i in items]
     journal = Journal(out, record, names, overwrite=overwrite, resume=resume)
     finished = False
     try:
         with _cluster(address, num_cpus, object_store_mb):
             journal.open()  # once the cluster is up: a failed connection leaves nothing behind
-            run = _Collector(out, meta, overlay_format, save_maps, on_skip, items, journal)
-            todo = None if is_dataset else [(i, t) for i, t in enumerate(items) if i not in journal.done]
+            run = _Collector(out, meta, overlay_format, save_maps, on_skip or _log_skip, items, journal)
+            todo = None if items is None else [(i, t) for i, t in enumerate(items) if i not in journal.done]
             with _Bar(len(items) if items else 0, progress) as bar:
                 bar.update(len(journal.done))
                 if todo is None or todo:
-                    for table in _execute(ray, artifact, dataset_or_paths if is_dataset else todo, kwargs,
+                    for table in _execute(ray, artifact, dataset_or_paths if todo is None else todo, kwargs,
                                           batch_size, workers, threads, max_restarts, max_task_retries):  # fmt: skip
                         bar.update(run.add(table))
-        predictions = run.finish()
-        tiles = _tiles(predictions, colormap, int(tile_size))
-        failures = [p for p in predictions if p.error]
-        csv_path, grid_path = write_csv(predictions, out), write_grid(tiles, out, int(tile_size))
-        parquet = write_parquet(predictions, out / "predictions.parquet")
-        summary = ExplainSummary(
-            predictions=predictions,
-            csv=csv_path,
-            overlays_dir=out / "overlays" if len(failures) < len(predictions) else None,
-            grid=grid_path,
-            provider=f"Ray ({workers} actor{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}, "
-            f"{', '.join(sorted(run.providers)) or 'no images'})",
-            seconds=time.perf_counter() - started,
-            small_images=run.small,
-            failures=failures,
-            parquet=parquet,
-            actor_seconds=run.actor_seconds,
-            actor_peak_mb=run.actor_peak_mb,
-            grid_tiles=len(tiles),
-            resumed=len(journal.done),
-        )
+        engine = f"Ray ({workers} actor{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
+        summary = _summary(run, out, meta, engine, colormap, int(tile_size), len(journal.done))
+        summary.seconds = time.perf_counter() - started
         summary.report = write_explain_report(summary, out, meta, embed=embed_report)
         finished = True
     finally:
         journal.close(finished=finished)
     return summary
+
+
+def _log_skip(path: str, reason: str) -> None:
+    log.warning("skipped: %s", reason)
+
+
+def _items(ray, dataset_or_paths, resume: bool) -> list | None:
+    """The inputs as :class:`ImageInput` items in order, or None for a ``ray.data.Dataset``."""
+    if not isinstance(dataset_or_paths, ray.data.Dataset):
+        given = list(dataset_or_paths)
+        return given if given and all(isinstance(i, ImageInput) for i in given) else collect_images(given)
+    if resume:
+        raise InputError("resume needs image files and folders as inputs; a Ray Dataset cannot be resumed")
+    return None
+
+
+def _artifact_and_target(artifact, class_):
+    """The artifact's metadata (an ``.onnx`` one: the workers run ONNX Runtime) and the class to explain, if any."""
+    if Path(artifact).suffix.lower() != ".onnx":
+        raise ArtifactError(f"{artifact}: the Ray engine runs .onnx artifacts (ONNX Runtime, no torch in the workers)")
+    meta = load_explainer(artifact, providers=["CPUExecutionProvider"]).metadata
+    if class_ is None:
+        return meta, None
+    if not meta.class_input:
+        raise InputError(
+            f"choosing a class needs an artifact exported with --class-input; {artifact} explains "
+            f"its top-{meta.top_k} classes"
+        )
+    return meta, resolve_class(class_, meta)
+
+
+def _summary(run, out: Path, meta, engine: str, colormap: str, tile_size: int, resumed: int) -> ExplainSummary:
+    """The CSV, grid and Parquet of a finished run, and its summary (``seconds`` and ``report`` still to set)."""
+    predictions = run.finish()
+    tiles = _tiles(predictions, colormap, tile_size)
+    failures = [p for p in predictions if p.error]
+    return ExplainSummary(
+        predictions=predictions,
+        csv=write_csv(predictions, out),
+        overlays_dir=out / "overlays" if len(failures) < len(predictions) else None,
+        grid=write_grid(tiles, out, tile_size),
+        provider=f"{engine}, {', '.join(sorted(run.providers)) or 'no images'})",
+        seconds=0.0,
+        small_images=run.small,
+        failures=failures,
+        parquet=write_parquet(predictions, out / "predictions.parquet"),
+        actor_seconds=run.actor_seconds,
+        actor_peak_mb=run.actor_peak_mb,
+        grid_tiles=len(tiles),
+        resumed=resumed,
+    )
 
 
 def _execute(ray, artifact, source, kwargs, batch_size, workers, threads, max_restarts, max_task_retries):
