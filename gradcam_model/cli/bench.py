@@ -28,6 +28,7 @@ SECTIONS: tuple[tuple[str | None, str, str], ...] = (
     ("--pipeline", "gradcam_model.bench.pipeline", "the explain pipeline"),
     ("--serve", "gradcam_model.bench.serve", "the KServe server under load"),
     ("--ray", "gradcam_model.bench.ray_engine", "the Ray engine vs the local one"),
+    ("--methods", "gradcam_model.bench.methods", "each CAM method's cost over logits-only inference"),
 )
 _NEEDS = ("[export,bench]", ("torch", "torchvision", "onnx", "onnxscript"))  # the default section's
 
@@ -61,10 +62,10 @@ def parser_for(argv: list[str]) -> tuple[argparse.ArgumentParser, object, list[s
 
 def run(argv: list[str], verbose: int) -> int:
     """``gradcam bench ...`` with everything after ``bench``; ``verbose`` counts the -v given before it."""
-    builds = _section(argv)[0] == SECTIONS[0][1]
+    parser, module, argv = parser_for(argv)
+    builds = getattr(module, "BUILDS_ARTIFACTS", False)  # a section that exports: torch and its friends first
     if builds:
         common.require_build_side("bench", *_NEEDS)
-    parser, module, argv = parser_for(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:
