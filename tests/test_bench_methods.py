@@ -16,7 +16,8 @@ def test_cli_run_writes_its_table_and_section(tmp_path, capsys):
             "--repeats", "2", "--warmup", "1", "--threads", "1", "--markdown", str(doc)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    rows = {m.group(1): m.groups() for m in re.finditer(r"^\| `(\S+)` \| (yes|no) \| ([\d.]+) \| ([\d.]+) \|", out, re.M)}
+    row = re.compile(r"^\| `(\S+)` \| (yes|no) \| ([\d.]+) \| ([\d.]+) \|", re.M)
+    rows = {m.group(1): m.groups() for m in row.finditer(out)}
     assert set(rows) == {"gradcam", "eigencam"}
     assert rows["gradcam"][1] == "yes" and rows["eigencam"][1] == "no"  # eigencam needs no backward pass
     assert all(float(r[3]) > 0 for r in rows.values())
@@ -34,7 +35,10 @@ def test_a_method_the_layer_cannot_carry_is_listed_as_refused(tmp_path, monkeypa
     assert "| `cam` | yes | refused: " in result.table()
 
 
-def test_an_unknown_method_is_one_line_before_any_export(capsys):
-    assert main(["bench", "--methods", "--only", "gradcam,nosuch", "--config", "resnet18-layer4-64-b2"]) != 0
+def test_bad_names_are_one_line_and_exit_2_before_any_export(capsys):
+    assert main(["bench", "--methods", "--only", "gradcam,nosuch", "--config", "resnet18-layer4-64-b2"]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "nosuch" in err
+    assert len(err.splitlines()) == 1 and "unknown method 'nosuch'" in err
+    assert main(["bench", "--methods", "--only", "gradcam", "--config", "resnet50-*"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--config names one configuration; 'resnet50-*' matches 3" in err

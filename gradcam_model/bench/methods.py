@@ -99,13 +99,17 @@ def run_methods_bench(
     import torch
 
     from ..calibration import random_model
+    from ..errors import InputError
     from ..methods import get_method
     from .configs import select_configs
     from .contestants import export_logits_onnx, ort_runner, ort_session
     from .machine import default_threads
     from .timing import time_interleaved
 
-    (config,) = select_configs([config_name])
+    chosen = select_configs([config_name])
+    if len(chosen) != 1:
+        raise InputError(f"--config names one configuration; {config_name!r} matches {len(chosen)}")
+    config = chosen[0]
     threads = threads or default_threads()
     torch.set_num_threads(threads)
     load_before = os.getloadavg()
