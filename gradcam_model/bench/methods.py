@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from . import sections
 
 __all__ = ["MethodsResult", "add_arguments", "markdown", "run", "run_methods_bench"]
 
@@ -136,7 +137,7 @@ def run_methods_bench(
         rows=rows,
         load_before=tuple(round(x, 2) for x in load_before),
         load_after=tuple(round(x, 2) for x in os.getloadavg()),
-        machine=f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}",
+        machine=sections.machine(),
     )
 
 

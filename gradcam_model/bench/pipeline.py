@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -121,7 +120,7 @@ def run_pipeline_bench(
         venv_sizes=sizes,
         load_before=tuple(round(x, 2) for x in load_before),
         load_after=tuple(round(x, 2) for x in os.getloadavg()),
-        machine=f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}",
+        machine=sections.machine(),
     )
 
 

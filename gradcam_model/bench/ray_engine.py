@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +104,7 @@ def run_ray_bench(
             result.actor_mb[name] = summary.actor_peak_mb or 0.0
     result.load_before = tuple(round(x, 2) for x in load_before)
     result.load_after = tuple(round(x, 2) for x in os.getloadavg())
-    result.machine = f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+    result.machine = sections.machine()
     return result
 
 

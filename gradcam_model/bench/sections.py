@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import platform
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -21,7 +23,20 @@ import numpy as np
 
 from .report import update_section
 
-__all__ = ["add_input_arguments", "add_output_arguments", "default_artifact", "generate_jpegs", "inputs", "write"]
+__all__ = [
+    "add_input_arguments",
+    "add_output_arguments",
+    "default_artifact",
+    "generate_jpegs",
+    "inputs",
+    "machine",
+    "write",
+]
+
+
+def machine() -> str:
+    """The machine a section ran on, in its report's words."""
+    return f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
 
 
 def generate_jpegs(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

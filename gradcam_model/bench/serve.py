@@ -20,7 +20,6 @@ import base64
 import http.client
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -301,7 +300,7 @@ def run_serve_bench(
         server_workers=workers,
         load_before=tuple(round(x, 2) for x in load_before),
         load_after=tuple(round(x, 2) for x in os.getloadavg()),
-        machine=f"{platform.machine()}, {os.cpu_count()} logical cores, Python {platform.python_version()}",
+        machine=sections.machine(),
     )
 
 
