@@ -126,6 +126,24 @@ def tolerance_options() -> argparse.ArgumentParser:
     return parent
 
 
+def images_run_options() -> argparse.ArgumentParser:
+    """``ARTIFACT INPUT... --out DIR``, ``--class``, ``--embed``: what explain and evaluate run on and write."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
+    parent.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders")
+    parent.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parent.add_argument(
+        "--class",
+        dest="class_",
+        metavar="INDEX|NAME",
+        help="class to explain (artifacts exported with --class-input; default: the top prediction)",
+    )
+    parent.add_argument(
+        "--embed", action="store_true", help="write the pictures into report.html (one file to send; larger)"
+    )
+    return parent
+
+
 def picture_options() -> argparse.ArgumentParser:
     """``--colormap`` and ``--alpha``: how heat maps are drawn over pictures."""
     from ..runtime.visualize import COLORMAPS

@@ -69,11 +69,8 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         "(the table, each margin over the best baseline with a 95%% interval and a verdict, how to read it), "
         "summary.json and one mean-curve and one per-image plot per curve in --out. Needs no torch for .onnx "
         "artifacts, except --compare-methods and --randomize-check (the eager model: --arch, --weights).",
-        parents=[common.model_options(arch_required=False), *parents],
+        parents=[common.images_run_options(), common.model_options(arch_required=False), *parents],
     )
-    p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument(
         "--metrics",
         metavar="M,...",
@@ -141,13 +138,6 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         metavar="PX",
         help=f"pointing-game tolerance in input pixels (default: {POINTING_TOLERANCE:g})",
     )
-    p.add_argument(
-        "--class",
-        dest="class_",
-        metavar="INDEX|NAME",
-        help="class to explain (artifacts exported with --class-input; default: the top prediction)",
-    )
-    p.add_argument("--embed", action="store_true", help="write the pictures into report.html (one file to send)")
     p.add_argument(
         "--target-layer", metavar="NAME", help="layer for --compare-methods/--randomize-check (default: the artifact's)"
     )

@@ -26,16 +26,7 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         "(JPEG by default), grid.png and predictions.csv in --out. Preprocessing comes from the artifact. In "
         "folders laid out as ROOT/<class>/<image> the class folder is the true label. Needs no torch for .onnx "
         "artifacts. Exit 1 when some images failed.",
-        parents=[common.picture_options(), *parents],
-    )
-    p.add_argument("artifact", metavar="ARTIFACT", help=".onnx or .pt artifact")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files and folders")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--class",
-        dest="class_",
-        metavar="INDEX|NAME",
-        help="class to explain (artifacts exported with --class-input; default: the top prediction)",
+        parents=[common.images_run_options(), common.picture_options(), *parents],
     )
     p.add_argument("--batch-size", type=common.positive_int, default=8, metavar="B", help="images per run (default: 8)")
     p.add_argument(
@@ -64,9 +55,6 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     )
     group = p.add_argument_group("outputs of an earlier run in --out (both engines)")
     group.add_argument("--save-maps", action="store_true", help="also write each map as maps/<name>.npy (float32)")
-    group.add_argument(
-        "--embed", action="store_true", help="write the pictures into report.html (one file to send; larger)"
-    )
     again = group.add_mutually_exclusive_group()
     again.add_argument(
         "--overwrite",
