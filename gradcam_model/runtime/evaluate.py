@@ -66,11 +66,12 @@ import numpy as np
 
 from ..contract import ArtifactMetadata
 from ..errors import ArtifactError, InputError
-from .baselines import RANDOM_DRAWS, Margin, baseline_maps, check_baselines, feature_grid, margins
+from .baselines import RANDOM_DRAWS, Margin, check_baselines, margins
 from .boxes import Box, check_boxes
+from .evaluate_scoring import Scoring
 from .evaluate_stream import chunks, inputs, progress_bar
 from .explainer import Explainer, load_explainer
-from .perturbation import PerturbationOptions, jobs_per_image, pointing, score_maps
+from .perturbation import PerturbationOptions, jobs_per_image
 from .road import DEFAULT_PERCENTILES, ROAD_NOISE, check_percentiles
 
 __all__ = ["BASELINES", "METRICS", "Evaluation", "evaluate"]
@@ -197,30 +198,14 @@ def _check_options(metrics, steps, baseline, batch_size, boxes, tolerance, perce
                                float(noise))  # fmt: skip
 
 
-def _probabilities(value, batch: int, meta: ArtifactMetadata, path) -> np.ndarray:
-    array = None if value is None else np.asarray(value)
-    if array is None or array.shape != (batch, meta.num_classes) or not np.isfinite(array).all():
-        shape = None if array is None else array.shape
+def _explainer_of(artifact) -> Explainer:
+    explainer = artifact if isinstance(artifact, Explainer) else load_explainer(artifact)
+    if not (explainer.metadata.upsample and explainer.metadata.normalize):
         raise ArtifactError(
-            f"{path} returns no class probabilities (got {shape}, expected [{batch}, {meta.num_classes}] "
-            "finite values in its 'probabilities' output); evaluate needs them: export it with gradcam_model"
+            f"{explainer.path} returns raw maps (exported with upsample/normalize off); the metrics need maps at "
+            "the input size in [0, 1]: export it with the defaults"
         )
-    return array.astype(np.float64)
-
-
-def _explained(explainer: Explainer, images: np.ndarray, target, batch_size: int, bar):
-    """The first pass: ``Y_c``, the classes and the maps of every image."""
-    probs, classes, maps = [], [], []
-    for start in range(0, len(images), batch_size):
-        part = slice(start, start + batch_size)
-        result = explainer(images[part], None if target is None else target[part])
-        p = _probabilities(result.probabilities, len(images[part]), explainer.metadata, explainer.path)
-        c = np.asarray(result.class_index)[:, 0].astype(np.int64)
-        probs.append(p[np.arange(len(c)), c])
-        classes.append(c)
-        maps.append(np.asarray(result.cam, dtype=np.float32)[:, 0])
-        bar.update(len(c))
-    return np.concatenate(probs), np.concatenate(classes), np.concatenate(maps)
+    return explainer
 
 
 def evaluate(
@@ -273,13 +258,8 @@ def evaluate(
     chosen_baselines = check_baselines(baselines)
     if isinstance(random_draws, bool) or not isinstance(random_draws, (int, np.integer)) or random_draws < 1:
         raise InputError(f"random_draws must be a positive integer, got {random_draws!r}")
-    explainer = artifact if isinstance(artifact, Explainer) else load_explainer(artifact)
+    explainer = _explainer_of(artifact)
     meta = explainer.metadata
-    if not (meta.upsample and meta.normalize):
-        raise ArtifactError(
-            f"{explainer.path} returns raw maps (exported with upsample/normalize off); the metrics need maps at "
-            "the input size in [0, 1]: export it with the defaults"
-        )
     source, names = inputs(images, names, explainer)
     n = len(source)
     if len(names) != n:
@@ -293,7 +273,7 @@ def evaluate(
     errors: dict[str, str] = {}
     grid = None
     position = {name: i for i, name in enumerate(names)}
-    scoring = _Scoring(explainer, options, chosen_baselines, int(random_draws), per_image_boxes,
+    scoring = Scoring(explainer, options, chosen_baselines, int(random_draws), per_image_boxes,
                        float(pointing_tolerance))  # fmt: skip
     with progress_bar(n * runs, progress) as bar:
         for chunk_names, array, failed in chunks(source, names, meta):
@@ -305,54 +285,6 @@ def evaluate(
             part, grid = scoring.chunk(array, rows, None if target is None else target[rows], grid, bar)
             parts.append({"names": chunk_names, **part})
     return _assemble(parts, errors, chosen_baselines, meta, options, float(pointing_tolerance), grid)
-
-
-@dataclass(frozen=True)
-class _Scoring:
-    """Scores one chunk of images: the method's maps, then each baseline's, through the same artifact."""
-
-    explainer: Explainer
-    options: PerturbationOptions
-    baselines: tuple[str, ...]
-    random_draws: int
-    boxes: list[list[Box]] | None  # per image of the whole run, or None without the pointing game
-    tolerance: float
-
-    def chunk(self, array: np.ndarray, rows: np.ndarray, target, grid, bar) -> tuple[dict, tuple | None]:
-        """``(part, grid)``: the chunk's classes, probabilities and scores; the random baseline's grid, found
-        from the first chunk's maps that are not flat (input / 32 when all are)."""
-        y, classes, maps = _explained(self.explainer, array, target, self.options.batch_size, bar)
-        flat = np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
-        if grid is None and "random" in self.baselines:
-            h, w = maps.shape[1:]
-            grid = feature_grid(maps[~flat]) if (~flat).any() else (max(1, h // 32), max(1, w // 32))
-        part = {"rows": rows, "y": y, "classes": classes, "constant": flat}
-        part["method"] = self._scored(array, maps, rows, classes, y, bar)
-        for name in self.baselines:
-            draws = self.random_draws if name == "random" else 1
-            results = [
-                self._scored(array, baseline_maps(name, maps, draw=d, grid=grid, seed=int(rows[0])), rows, classes, y,
-                             bar)
-                for d in range(draws)
-            ]  # fmt: skip
-            part[name] = _average(results)
-        return part, grid
-
-    def _scored(self, array, maps, rows, classes, y, bar):
-        meta, path = self.explainer.metadata, self.explainer.path
-        scores, curves = score_maps(self.explainer, array, maps, classes, y, self.options, bar,
-                                    lambda r, k: _probabilities(r.probabilities, k, meta, path))  # fmt: skip
-        if self.boxes is not None:
-            flat = np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
-            scores["pointing_game"] = pointing(maps, flat, [self.boxes[r] for r in rows], self.tolerance)
-        return scores, curves
-
-
-def _average(results):
-    """The per-image mean of several draws' scores and curves."""
-    scores = {m: np.mean([s[m] for s, _ in results], axis=0) for m in results[0][0]}
-    curves = {k: np.mean([c[k] for _, c in results], axis=0) for k in results[0][1]}
-    return scores, curves
 
 
 def _assemble(parts, errors, chosen_baselines, meta, options, tolerance, grid) -> Evaluation:
