@@ -55,10 +55,6 @@ def _percentiles(text: str) -> tuple[float, ...]:
 
 def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
     """Add ``evaluate`` to the ``gradcam`` subcommands."""
-    from ..runtime.baselines import BASELINE_MAPS, RANDOM_DRAWS
-    from ..runtime.evaluate import BASELINES, DEFAULT_BATCH_SIZE, DEFAULT_STEPS, METRICS, POINTING_TOLERANCE
-    from ..runtime.road import DEFAULT_PERCENTILES, ROAD_NOISE
-
     p = sub.add_parser(
         "evaluate",
         help="score an artifact's maps against baseline maps (Average Drop, deletion/insertion AUC, ROAD...)",
@@ -66,38 +62,40 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         "(smooth random, centre prior, inverted map): Average Drop and Increase in Confidence (Grad-CAM++), "
         "deletion and insertion AUC (RISE), ROAD (--metrics road) and, with --boxes, the pointing game; every "
         "perturbed image runs through the artifact in batches. Writes evaluation.csv (per image), summary.md "
-        "(the table, each margin over the best baseline with a 95%% interval and a verdict, how to read it), "
+        "(the table, each margin over the best baseline with a 95% interval and a verdict, how to read it), "
         "summary.json and one mean-curve and one per-image plot per curve in --out. Needs no torch for .onnx "
         "artifacts, except --compare-methods and --randomize-check (the eager model: --arch, --weights).",
-        parents=[common.images_run_options(), common.model_options(arch_required=False), *parents],
-    )
-    p.add_argument(
+        parents=[common.images_run_options(), _metric_options(), _build_side_options(),
+                 common.model_options(arch_required=False), *parents],
+    )  # fmt: skip
+    p.set_defaults(handler=run)
+
+
+def _metric_options() -> argparse.ArgumentParser:
+    """The metrics, their settings and the baseline maps scored beside the method's."""
+    from ..runtime.baselines import BASELINE_MAPS, RANDOM_DRAWS
+    from ..runtime.evaluate import BASELINES, DEFAULT_BATCH_SIZE, DEFAULT_STEPS, METRICS, POINTING_TOLERANCE
+    from ..runtime.road import DEFAULT_PERCENTILES, ROAD_NOISE
+
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("metrics")
+    g.add_argument(
         "--metrics",
         metavar="M,...",
         help=f"some of {','.join(METRICS)}, or road for the three ROAD scores (default: average_drop, "
         "increase_in_confidence, deletion, insertion; pointing_game with --boxes)",
     )
-    p.add_argument(
+    g.add_argument(
         "--baselines",
         default=",".join(BASELINE_MAPS),
         metavar="B,...|none",
         help=f"baseline maps scored beside the method's: some of {','.join(BASELINE_MAPS)}, or none (default: all)",
     )
-    p.add_argument(
-        "--random-draws",
-        type=common.positive_int,
-        default=RANDOM_DRAWS,
-        metavar="N",
-        help=f"draws of the random baseline per image, averaged (default: {RANDOM_DRAWS})",
-    )
-    p.add_argument(
-        "--steps",
-        type=common.positive_int,
-        default=DEFAULT_STEPS,
-        metavar="N",
-        help=f"deletion/insertion steps, at least 2 (default: {DEFAULT_STEPS})",
-    )
-    p.add_argument(
+    g.add_argument("--random-draws", type=common.positive_int, default=RANDOM_DRAWS, metavar="N",
+                   help=f"draws of the random baseline per image, averaged (default: {RANDOM_DRAWS})")  # fmt: skip
+    g.add_argument("--steps", type=common.positive_int, default=DEFAULT_STEPS, metavar="N",
+                   help=f"deletion/insertion steps, at least 2 (default: {DEFAULT_STEPS})")  # fmt: skip
+    g.add_argument(
         "--substrate",
         "--baseline",
         dest="baseline",
@@ -106,58 +104,34 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         help="what deletion/insertion put in place of pixels: blur (of the image) or mean (the dataset mean "
         "colour); default: blur (--baseline is the old name)",
     )
-    p.add_argument(
-        "--road-percentiles",
-        default=",".join(f"{p:g}" for p in DEFAULT_PERCENTILES),
-        metavar="P,...",
-        help="ROAD's percentiles, each in (0, 100) (default: " + ",".join(f"{p:g}" for p in DEFAULT_PERCENTILES) + ")",
-    )
-    p.add_argument(
-        "--road-noise",
-        type=common.non_negative_float,
-        default=ROAD_NOISE,
-        metavar="SD",
-        help=f"standard deviation of ROAD's imputation noise, normalized input units (default: {ROAD_NOISE:g})",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=common.positive_int,
-        default=DEFAULT_BATCH_SIZE,
-        metavar="B",
-        help=f"images per artifact run (default: {DEFAULT_BATCH_SIZE})",
-    )
-    p.add_argument(
-        "--boxes",
-        metavar="CSV",
-        help="object boxes for the pointing game: image,x0,y0,x1,y1 rows, original pixels (see docs/cli.md)",
-    )
-    p.add_argument(
-        "--pointing-tolerance",
-        type=common.non_negative_float,
-        default=POINTING_TOLERANCE,
-        metavar="PX",
-        help=f"pointing-game tolerance in input pixels (default: {POINTING_TOLERANCE:g})",
-    )
-    p.add_argument(
-        "--target-layer", metavar="NAME", help="layer for --compare-methods/--randomize-check (default: the artifact's)"
-    )
-    p.add_argument(
-        "--compare-methods",
-        action="store_true",
-        help="score every CAM method on the same images (build side: needs torch and the model)",
-    )
-    p.add_argument(
-        "--randomize-check",
-        action="store_true",
-        help="model-randomization sanity check (Adebayo et al. 2018; build side: needs torch and the model)",
-    )
-    p.add_argument(
-        "--methods",
-        type=_method_list,
-        metavar="M[,M...]",
-        help="the methods --compare-methods/--randomize-check build, comma-separated (default: every method)",
-    )
-    p.set_defaults(handler=run)
+    percentiles = ",".join(f"{p:g}" for p in DEFAULT_PERCENTILES)
+    g.add_argument("--road-percentiles", default=percentiles, metavar="P,...",
+                   help=f"ROAD's percentiles, each in (0, 100) (default: {percentiles})")  # fmt: skip
+    g.add_argument("--road-noise", type=common.non_negative_float, default=ROAD_NOISE, metavar="SD",
+                   help=f"standard deviation of ROAD's imputation noise, normalized input units (default: "
+                   f"{ROAD_NOISE:g})")  # fmt: skip
+    g.add_argument("--batch-size", type=common.positive_int, default=DEFAULT_BATCH_SIZE, metavar="B",
+                   help=f"images per artifact run (default: {DEFAULT_BATCH_SIZE})")  # fmt: skip
+    g.add_argument("--boxes", metavar="CSV", help="object boxes for the pointing game: image,x0,y0,x1,y1 rows, "
+                   "original pixels (see docs/cli.md)")  # fmt: skip
+    g.add_argument("--pointing-tolerance", type=common.non_negative_float, default=POINTING_TOLERANCE, metavar="PX",
+                   help=f"pointing-game tolerance in input pixels (default: {POINTING_TOLERANCE:g})")  # fmt: skip
+    return parent
+
+
+def _build_side_options() -> argparse.ArgumentParser:
+    """``--compare-methods`` and ``--randomize-check``: checks that build artifacts from the eager model."""
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("build side (torch and the model: --arch, --weights)")
+    g.add_argument("--target-layer", metavar="NAME",
+                   help="layer for --compare-methods/--randomize-check (default: the artifact's)")  # fmt: skip
+    g.add_argument("--compare-methods", action="store_true", help="score every CAM method on the same images")
+    g.add_argument("--randomize-check", action="store_true",
+                   help="model-randomization sanity check (Adebayo et al. 2018)")  # fmt: skip
+    g.add_argument("--methods", type=_method_list, metavar="M[,M...]",
+                   help="the methods --compare-methods/--randomize-check build, comma-separated (default: every "
+                   "method)")  # fmt: skip
+    return parent
 
 
 def _method_list(text: str) -> list[str]:
