@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._state import eval_state
-from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
+from .capture import CaptureSpec, _forward_with_leaf, ablated_logits, cam_outputs, method_input, trace_explainer
 from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError, foreign_errors
@@ -112,6 +112,9 @@ class GradCAMModel(nn.Module):
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
+            if hasattr(cam_method, "check_applies"):  # FinerCAM, AblationCAM
+                shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
+                cam_method.check_applies(layer_name=layer_name, output_shape=shape, layout=layout, num_classes=num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
                 _check_gap_linear_head(model, layer, layer_name, example_input[:2], layout)
             spec = CaptureSpec(
@@ -362,8 +365,10 @@ def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _reference(model, layer, spec, image, class_index=None):
-    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
-    return cam_outputs(logits, activations, image, spec, class_index)
+    batch = method_input(spec, image)
+    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, batch, spec.reshape)
+    ablated = ablated_logits(model, layer, spec, batch, activations)
+    return cam_outputs(logits, activations, image, spec, class_index, ablated=ablated)
 
 
 def reference_cam(
