@@ -41,6 +41,7 @@ _SPATIAL = (2, 3)
 # between them is as arbitrary); 16 small matmuls, the smaller side of [h*w, C] squared.
 _SQUARINGS = 16
 EIGEN_SMOOTH = "+eigen-smooth"  # a method name with this suffix: its map is the first principal component
+AUG_SMOOTH = "+aug-smooth"  # a method name with this suffix: the mean map of 6 augmented passes (methods_extra)
 
 
 class CAMMethod(ABC):
@@ -224,9 +225,14 @@ METHODS: dict[str, type[CAMMethod]] = {
     for cls in (GradCAM, GradCAMPlusPlus, XGradCAM, HiResCAM, LayerCAM, GradCAMElementWise, CAM, EigenCAM, EigenGradCAM)
 }
 
-from .methods_extra import AUG_SMOOTH, AblationCAM, FinerCAM, RandomCAM  # noqa: E402 (they subclass the above)
 
-METHODS.update({cls.name: cls for cls in (RandomCAM, FinerCAM, AblationCAM)})
+def register(*classes: type[CAMMethod]) -> None:
+    """Add methods to :data:`METHODS` by their names (``methods_extra`` registers its own on import)."""
+    METHODS.update({cls.name: cls for cls in classes})
+
+
+from . import methods_extra  # noqa: E402, F401 (it subclasses the classes above and registers them)
+
 _OPTIONS = re.compile(r"(\+seed-\d+|\+eigen-smooth|\+aug-smooth)$")
 
 
@@ -257,13 +263,13 @@ def get_method(method: str | CAMMethod) -> CAMMethod:
         kwargs["eigen_smooth"] = True
     seeds = [o for o in options if o.startswith("+seed-")]
     if seeds:
-        if len(seeds) > 1 or cls is not RandomCAM:
+        if len(seeds) > 1 or not getattr(cls, "seeded", False):
             raise MethodError(f"{method!r}: only 'randomcam' takes a seed, and one")
         kwargs["seed"] = int(seeds[0].removeprefix("+seed-"))
     instance = cls(**kwargs)
     if AUG_SMOOTH in options:
-        if cls is FinerCAM:
-            raise MethodError(f"'finercam' takes no {AUG_SMOOTH!r}: pytorch-grad-cam's FinerCAM has no aug_smooth")
+        if not getattr(cls, "aug_smoothable", True):
+            raise MethodError(f"{base!r} takes no {AUG_SMOOTH!r}: pytorch-grad-cam's {cls.__name__} has no aug_smooth")
         instance.aug_smooth = True
         instance.name = f"{instance.name}{AUG_SMOOTH}"
     return instance

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .errors import MethodError
-from .methods import ChannelWeightedCAM, GradCAM, principal_projection
+from .methods import AUG_SMOOTH, ChannelWeightedCAM, GradCAM, principal_projection, register
 
 __all__ = [
     "AUG_SMOOTH",
@@ -29,7 +29,6 @@ __all__ = [
     "ablated_copies",
 ]
 
-AUG_SMOOTH = "+aug-smooth"  # a method name with this suffix: the mean map of 6 augmented passes
 # ttach's Compose([HorizontalFlip(), Multiply([0.9, 1, 1.1])]) as pytorch-grad-cam builds it:
 # every (flip, factor) pair; ours in this order, so pass 0 is the image itself
 _FACTORS = (1.0, 0.9, 1.1)
@@ -64,6 +63,7 @@ class RandomCAM(ChannelWeightedCAM):
 
     name = "randomcam"
     uses_gradients = False
+    seeded = True  # the name may end in +seed-N
 
     def __init__(self, *, seed: int = 0, eigen_smooth: bool = False) -> None:
         super().__init__(eigen_smooth=eigen_smooth)
@@ -93,6 +93,7 @@ class FinerCAM(GradCAM):
     """
 
     name = "finercam"
+    aug_smoothable = False  # pytorch-grad-cam's FinerCAM.forward has no aug_smooth
     comparisons = 3
     alpha = 1.0
     eps = 1e-9  # pytorch-grad-cam's value
@@ -158,3 +159,6 @@ def ablated_copies(activations: torch.Tensor) -> torch.Tensor:
     value = torch.where(lo == 0, torch.zeros_like(lo), lo - _ABLATION_OFFSET)[:, None, None, None, None]
     eye = torch.eye(c, dtype=activations.dtype, device=activations.device)[None, :, :, None, None]
     return (activations[:, None] * (1 - eye) + value * eye).flatten(0, 1)
+
+
+register(RandomCAM, FinerCAM, AblationCAM)

@@ -56,3 +56,17 @@ def oracle_cam(
             return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
         finally:
             handle.remove()
+
+
+def more_oracle(model, layer_name: str, images: torch.Tensor, classes, method: str, **call) -> np.ndarray:
+    """pytorch-grad-cam's RandomCAM, FinerCAM (``classes`` None: its own choice) or AblationCAM maps ``[N, H, W]``.
+
+    ``call`` goes to the CAM's call (``aug_smooth``, ``eigen_smooth``) or, as ``batch_size``,
+    to AblationCAM. The caller sets RandomCAM's draws (numpy's global RNG).
+    """
+    layer = dict(model.named_modules())[layer_name]
+    cls = {"randomcam": pgc.RandomCAM, "finercam": pgc.FinerCAM, "ablationcam": pgc.AblationCAM}[method]
+    options = {"batch_size": call.pop("batch_size")} if "batch_size" in call else {}
+    targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
+    with cls(model, [layer], **options) as cam:
+        return cam(images, targets=targets, **call)
