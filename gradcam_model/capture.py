@@ -34,7 +34,8 @@ from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
 from .layouts import grid_problem
 from .methods import CAMMethod, postprocess
-from .methods_extra import AUG_PASSES, ablated_copies, augment, deaugment
+from .methods_extra import AUG_PASSES, deaugment
+from .reruns import ablated_logits, method_input
 
 __all__ = ["CaptureSpec", "explain_function", "trace_explainer"]
 
@@ -64,6 +65,7 @@ class CaptureSpec:
         self.class_input = class_input
         self.upsample = upsample
         self.normalize = normalize
+        self.ablation_cut: bool | None = None  # AblationCAM: the layer is the only path to the logits (probed)
 
 
 def explain_function(
@@ -193,28 +195,6 @@ def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image:
             "exactly once (a module reused at several places is ambiguous). Pick a layer from `gradcam layers`."
         )
     return logits, captured[0]
-
-
-def method_input(spec: CaptureSpec, image: torch.Tensor) -> torch.Tensor:
-    """What the model runs on: the image, or its 6 augmented passes for ``METHOD+aug-smooth``."""
-    return augment(image) if spec.method.aug_smooth else image
-
-
-def ablated_logits(model: nn.Module, layer: nn.Module, spec: CaptureSpec, batch: torch.Tensor, activations):
-    """For AblationCAM, the ``[M, C, classes]`` logits with each of the layer's ``C`` channels ablated
-    (one batch of ``M * C``: each of the ``M`` inputs in ``batch`` repeated, the layer's output replaced by its ablated
-    copies; what only fed the layer is then dead code); None for other methods."""
-    if not getattr(spec.method, "ablates", False):
-        return None
-    copies = ablated_copies(activations.detach())
-    handle = layer.register_forward_hook(lambda _module, _inputs, _output: copies)
-    try:
-        repeated = batch[:, None].expand(-1, activations.shape[1], -1, -1, -1).flatten(0, 1)
-        with torch.no_grad():
-            logits = _logits_of(model(repeated))
-    finally:
-        handle.remove()
-    return logits.unflatten(0, (-1, activations.shape[1]))
 
 
 def cam_outputs(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ._state import eval_state
-from .capture import CaptureSpec, _forward_with_leaf, ablated_logits, cam_outputs, method_input, trace_explainer
+from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
 from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError, foreign_errors
@@ -18,6 +18,7 @@ from .layers import check_model, list_layers, resolve_layer, run_model, select_l
 from .methods import CAMMethod, get_method
 from .models import architecture_name
 from .preprocessing import resolve as resolve_preprocessing
+from .reruns import ablated_logits, is_cut, method_input
 
 __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -126,6 +127,8 @@ class GradCAMModel(nn.Module):
                 normalize=normalize,
                 reshape=layout,
             )
+            if getattr(cam_method, "ablates", False):  # probed eagerly: the trace cannot try and fail
+                spec.ablation_cut = is_cut(model, layer, example_input)
             # symbolic tracing specializes a batch of 1: trace with at least 2
             trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
             # transformer blocks: window padding and patch grids make a symbolic height/width

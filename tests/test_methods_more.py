@@ -178,3 +178,68 @@ def test_graph_and_artifacts_validate(method, options, tmp_path):
 
 def _top_k(options: dict) -> dict:
     return {"top_k": options["top_k"]} if "top_k" in options else {}
+
+
+def test_the_rerun_below_a_cut_layer_is_dead_code_and_a_residual_join_is_not():
+    """AblationCAM at a last stage runs the layers below it once (in the graph, the first pass only)."""
+    model, images = _model("timm:resnet10t"), _images(9, 1)
+
+    def convs(method, layer):
+        graph = gc.GradCAMModel(model, layer, method=method, example_input=images).graph.graph
+        return sum(n.op == "call_function" and n.target is torch.ops.aten.convolution.default for n in graph.nodes)
+
+    assert convs("ablationcam", "layer4") == convs("gradcam", "layer4")  # the first pass's convs only
+    # inside a residual block the block's input joins after the layer: the layers below run again, repeated
+    assert convs("ablationcam", "layer4.0.conv1") > convs("randomcam", "layer4.0.conv1")
+
+
+def test_dead_writes_go_but_a_write_read_through_a_view_stays():
+    def fn(x):
+        dead = torch.relu_(x * 2)  # written, never read: goes
+        kept = x + 1
+        view = kept.view(-1)
+        torch.relu_(kept)  # its result unused, but read through the view below: stays
+        dead.add_(1)
+        return view * 3
+
+    gm = torch.fx.experimental.proxy_tensor.make_fx(fn)(torch.randn(4))
+    x = torch.randn(4)
+    expected = gm(x.clone())
+    assert eliminate_dead_writes(gm.graph) == 3  # mul, relu_, add_ of the dead branch
+    gm.recompile()
+    torch.testing.assert_close(gm(x.clone()), expected, rtol=0, atol=0)
+    assert torch.equal(expected, torch.relu(x + 1) * 3)
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "message"),
+    [
+        ("finercam+aug-smooth", {}, "'finercam' takes no '\\+aug-smooth': pytorch-grad-cam's FinerCAM has no aug_smooth"),
+        ("gradcam+seed-3", {}, "only 'randomcam' takes a seed"),
+        ("randomcam+seed-1+seed-2", {}, "only 'randomcam' takes a seed, and one"),
+        ("ablationcam", {"reshape": lambda t: t}, "'ablationcam' ablates channels of an \\[N, C, h, w\\] output"),
+        ("ablationcam", {"limit": 256}, "runs the network above layer 'layer4' once per channel, 512 times per image"),
+    ],
+)  # fmt: skip
+def test_what_does_not_apply_is_refused_at_build(method, kwargs, message, monkeypatch):
+    if "limit" in kwargs:
+        monkeypatch.setattr(methods_extra, "ABLATION_CHANNEL_LIMIT", kwargs.pop("limit"))
+    with pytest.raises(gc.MethodError, match=message):
+        gc.GradCAMModel(_model("timm:resnet10t"), "layer4", method=method, example_input=_images(0, 1), **kwargs)
+
+
+def test_finercam_is_refused_for_one_class():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(4, 1)).eval()  # fmt: skip
+    with pytest.raises(gc.MethodError, match="'finercam' compares the class with others; this model has 1 class"):
+        gc.GradCAMModel(model, "1", method="finercam", example_input=_images(0, 1, 16))
+
+
+def test_method_names_round_trip_and_are_registered_once():
+    assert {"randomcam", "finercam", "ablationcam"} <= set(METHODS)
+    for name in ("randomcam+seed-7+eigen-smooth+aug-smooth", "ablationcam+aug-smooth", "GradCAM+++Eigen_Smooth"):
+        method = get_method(name)
+        assert get_method(method.name).name == method.name
+    assert get_method("RandomCAM+aug-smooth+seed-7").name == "randomcam+seed-7+aug-smooth"
+    assert get_method("randomcam+seed-0").name == "randomcam"
+    np.testing.assert_array_equal(RandomCAM(seed=7).channel_weights(5), np.random.default_rng(7).uniform(-1, 1, 5))
