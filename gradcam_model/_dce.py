@@ -13,7 +13,6 @@ a graph input or buffer (views are followed through the op schemas' alias annota
 
 from __future__ import annotations
 
-import torch
 from torch import fx
 
 __all__ = ["eliminate_dead_writes"]

@@ -131,7 +131,8 @@ class AblationCAM(ChannelWeightedCAM):
         raise MethodError("ablationcam's weights come from the ablated logits, not from gradients")
 
     def ablation_saliency(self, activations, logits, ablated, classes) -> torch.Tensor:
-        """``[N, h, w]`` saliency (before the ReLU) from ``[N, C]`` logits, ``[N, C_layer, C]`` ablated logits and ``[N]`` classes."""
+        """``[N, h, w]`` saliency (before the ReLU) from ``[N, C]`` logits, ``[N, C_layer, C]`` ablated
+        logits and ``[N]`` classes."""
         yc = logits.gather(1, classes[:, None])
         yk = ablated.gather(2, classes[:, None, None].expand(-1, ablated.shape[1], 1))[..., 0]
         x = ((yc - yk) / yc)[:, :, None, None] * activations

@@ -115,7 +115,8 @@ class GradCAMModel(nn.Module):
             class_names = _check_class_names(class_names, num_classes)
             if hasattr(cam_method, "check_applies"):  # FinerCAM, AblationCAM
                 shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
-                cam_method.check_applies(layer_name=layer_name, output_shape=shape, layout=layout, num_classes=num_classes)
+                applies = {"layer_name": layer_name, "output_shape": shape, "layout": layout}
+                cam_method.check_applies(**applies, num_classes=num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
                 _check_gap_linear_head(model, layer, layer_name, example_input[:2], layout)
             spec = CaptureSpec(

@@ -183,7 +183,8 @@ def _top_k(options: dict) -> dict:
 
 
 def _convs(wrapper) -> int:
-    return sum(n.op == "call_function" and n.target is torch.ops.aten.convolution.default for n in wrapper.graph.graph.nodes)
+    nodes = wrapper.graph.graph.nodes
+    return sum(n.op == "call_function" and n.target is torch.ops.aten.convolution.default for n in nodes)
 
 
 def test_the_rerun_runs_again_below_a_layer_inside_a_residual_block():
@@ -215,7 +216,7 @@ def test_dead_writes_go_but_a_write_read_through_a_view_stays():
 @pytest.mark.parametrize(
     ("method", "kwargs", "message"),
     [
-        ("finercam+aug-smooth", {}, "'finercam' takes no '\\+aug-smooth': pytorch-grad-cam's FinerCAM has no aug_smooth"),
+        ("finercam+aug-smooth", {}, "'finercam' takes no '\\+aug-smooth': pytorch-grad-cam's FinerCAM has no"),
         ("gradcam+seed-3", {}, "only 'randomcam' takes a seed"),
         ("randomcam+seed-1+seed-2", {}, "only 'randomcam' takes a seed, and one"),
         ("ablationcam", {"reshape": lambda t: t}, "'ablationcam' ablates channels of an \\[N, C, h, w\\] output"),
@@ -244,3 +245,15 @@ def test_method_names_round_trip_and_are_registered_once():
     assert get_method("RandomCAM+aug-smooth+seed-7").name == "randomcam+seed-7+aug-smooth"
     assert get_method("randomcam+seed-0").name == "randomcam"
     np.testing.assert_array_equal(RandomCAM(seed=7).channel_weights(5), np.random.default_rng(7).uniform(-1, 1, 5))
+
+
+def test_mask_flip_reruns_follow_the_score_and_refuse_several_passes_per_image():
+    """Validation's mask-flip diagnosis indexes gates by image row: FinerCAM keeps its score there,
+    ``+aug-smooth`` and AblationCAM (several passes per image) are not diagnosed, so beyond-limit maps fail."""
+    from gradcam_model.maskflips import Unclipped, flippable
+
+    assert Unclipped("finercam").score.__self__.name == "finercam"
+    for name in ("gradcam+aug-smooth", "ablationcam"):
+        assert not flippable(name)
+        with pytest.raises(gc.MethodError, match="runs several passes per image"):
+            Unclipped(name)
