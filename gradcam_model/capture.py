@@ -27,12 +27,15 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from ._dce import eliminate_dead_writes
 from ._trace_state import fresh_caches, reparametrized, without_mkldnn
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
 from .layouts import grid_problem
 from .methods import CAMMethod, postprocess
+from .methods_extra import AUG_PASSES, deaugment
+from .reruns import ablated_logits, method_input
 
 __all__ = ["CaptureSpec", "explain_function", "trace_explainer"]
 
@@ -62,6 +65,7 @@ class CaptureSpec:
         self.class_input = class_input
         self.upsample = upsample
         self.normalize = normalize
+        self.ablation_cut: bool | None = None  # AblationCAM: the layer is the only path to the logits (probed)
 
 
 def explain_function(
@@ -76,8 +80,11 @@ def explain_function(
 
     def explain(tensors, image, class_index):
         with _ExportableForward() as forward, reparametrized(model, originals, tensors):
-            logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
-        return cam_outputs(logits, activations, image, spec, class_index, head=forward.head_of(logits))
+            batch = method_input(spec, image)
+            logits, activations = _forward_with_leaf(model, layer, spec.layer_name, batch, spec.reshape)
+            head = forward.head_of(logits)
+            ablated = ablated_logits(model, layer, spec, batch, activations)
+        return cam_outputs(logits, activations, image, spec, class_index, head=head, ablated=ablated)
 
     if spec.class_input:
         return explain
@@ -198,6 +205,7 @@ def cam_outputs(
     class_index: torch.Tensor | None = None,
     *,
     head: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ablated: torch.Tensor | None = None,
 ):
     """Class selection, one gradient per explained class, and the CAM maths (pure torch).
 
@@ -205,21 +213,32 @@ def cam_outputs(
     with respect to ``h`` is then the row ``W[c]``, the same numbers as autograd's product
     of a one-hot gradient with ``W`` but a gather of rows, which leaves ``W`` to the
     forward's product alone (ONNX Runtime pre-packs such a product's weight once more).
+    A method's ``score(logits, classes)`` (FinerCAM) replaces the logit as what is differentiated.
+    With ``+aug-smooth`` the logits and activations are those of ``augment(image)``: each pass
+    picks its own classes by rank (a given class stays), its maps are normalized, flipped
+    back and averaged (pytorch-grad-cam's ``forward_augmentation_smoothing``); the outputs
+    other than the maps are the image's own (pass 0).
     """
-    probabilities = torch.softmax(logits.detach(), dim=1)
+    aug, n = spec.method.aug_smooth, image.shape[0]
     if spec.class_input:
-        top = logits.detach().argmax(dim=1)
-        chosen = torch.where(class_index < 0, top, class_index)[:, None]
+        given = class_index.repeat(AUG_PASSES) if aug else class_index
+        chosen = torch.where(given < 0, logits.detach().argmax(dim=1), given)[:, None]
     else:
         chosen = logits.detach().topk(spec.top_k, dim=1).indices
+    score = getattr(spec.method, "score", None)
     maps = []
     k_total = chosen.shape[1]
     for k in range(k_total):
-        if head is not None:
+        if ablated is not None:
+            maps.append(torch.relu(spec.method.ablation_saliency(activations.detach(), logits.detach(), ablated,
+                                                                 chosen[:, k])))  # fmt: skip
+            continue
+        if head is not None and score is None:
             output, seed = head[0], head[1].index_select(0, chosen[:, k])
         else:
             with torch.enable_grad():  # samples are independent in eval mode: one backward per k
-                output, seed = logits.gather(1, chosen[:, k : k + 1]).sum(), None
+                scores = score(logits, chosen[:, k]) if score else logits.gather(1, chosen[:, k : k + 1])
+                output, seed = scores.sum(), None
         try:
             (grad,) = torch.autograd.grad(output, activations, seed, retain_graph=k + 1 < k_total)
         except RuntimeError as exc:
@@ -232,7 +251,13 @@ def cam_outputs(
         else:
             maps.append(spec.method(activations.detach(), grad))
     cam = torch.stack(maps, dim=1)
-    cam = postprocess(cam, image.shape[-2:] if spec.upsample else None, spec.normalize)
+    size = image.shape[-2:] if spec.upsample else None
+    if aug:  # pytorch-grad-cam scales each pass's map; the mean is scaled again only if normalize
+        cam = postprocess(deaugment(postprocess(cam, size, True)), None, spec.normalize)
+        logits, chosen = logits[:n], chosen[:n]
+    else:
+        cam = postprocess(cam, size, spec.normalize)
+    probabilities = torch.softmax(logits.detach(), dim=1)
     return logits.detach(), probabilities, chosen, probabilities.gather(1, chosen), cam
 
 
@@ -337,6 +362,8 @@ def _finalize(gm: fx.GraphModule, names: Sequence[str], tensors: Sequence[torch.
     output.args = (tuple(output.args[0]),)
     graph._codegen = fx.graph.CodeGen()
     graph.eliminate_dead_code()
+    if getattr(spec.method, "ablates", False):  # the rerun's layers below the target feed nothing
+        eliminate_dead_writes(graph)
     for node in graph.nodes:
         if node.op == "call_function" and is_backward_op(node.target):
             raise UnsupportedOperatorError(str(node.target), spec.layer_name)

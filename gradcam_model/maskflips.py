@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import MethodError
 from .gates import Chosen, GateCall, disagreements, nearest_breakpoint, same_gates
 from .methods import CAMMethod, get_method, postprocess
 
@@ -54,6 +55,7 @@ __all__ = [
     "WIDEN",
     "diagnose",
     "finish",
+    "flippable",
 ]
 
 # An element is a candidate when its float32 pre-activation lies within MARGIN times the
@@ -131,12 +133,23 @@ class Unclipped(CAMMethod):
 
     def __init__(self, method: str | CAMMethod) -> None:
         self.method = get_method(method)
+        if not flippable(self.method):
+            raise MethodError(f"{self.method.name!r} runs several passes per image: its mask flips cannot be rerun")
+        if hasattr(self.method, "score"):  # FinerCAM differentiates a score of the logits
+            self.score = self.method.score
 
     def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return self.method.saliency(activations, gradients)
 
     def __call__(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return self.saliency(activations, gradients)
+
+
+def flippable(method: str | CAMMethod) -> bool:
+    """Whether a method's reference runs one pass per image, the rows that mask flips are indexed by
+    (``+aug-smooth`` runs 6 per image, AblationCAM one per channel)."""
+    method = get_method(method)
+    return not (method.aug_smooth or getattr(method, "ablates", False))
 
 
 def finish(saliency: np.ndarray | torch.Tensor, size: tuple[int, int] | None, normalize: bool):

@@ -8,6 +8,7 @@ Formulas follow Selvaraju et al. and match pytorch-grad-cam, our test oracle.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -40,6 +41,7 @@ _SPATIAL = (2, 3)
 # between them is as arbitrary); 16 small matmuls, the smaller side of [h*w, C] squared.
 _SQUARINGS = 16
 EIGEN_SMOOTH = "+eigen-smooth"  # a method name with this suffix: its map is the first principal component
+AUG_SMOOTH = "+aug-smooth"  # a method name with this suffix: the mean map of 6 augmented passes (methods_extra)
 
 
 class CAMMethod(ABC):
@@ -47,6 +49,7 @@ class CAMMethod(ABC):
 
     name: ClassVar[str]
     uses_gradients: ClassVar[bool] = True  # False: the map needs no backward pass (EigenCAM)
+    aug_smooth: bool = False  # True: the map is the mean of 6 augmented passes (methods_extra.augment)
 
     @abstractmethod
     def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
@@ -223,28 +226,53 @@ METHODS: dict[str, type[CAMMethod]] = {
 }
 
 
+def register(*classes: type[CAMMethod]) -> None:
+    """Add methods to :data:`METHODS` by their names (``methods_extra`` registers its own on import)."""
+    METHODS.update({cls.name: cls for cls in classes})
+
+
+from . import methods_extra  # noqa: E402, F401 (it subclasses the classes above and registers them)
+
+_OPTIONS = re.compile(r"(\+seed-\d+|\+eigen-smooth|\+aug-smooth)$")
+
+
 def get_method(method: str | CAMMethod) -> CAMMethod:
     """Resolve a method name (case-insensitive; ``_`` and ``-`` alike) or pass an instance through.
 
-    A name ending in ``+eigen-smooth`` (``gradcam+eigen-smooth``) smooths the map as
-    pytorch-grad-cam's ``eigen_smooth=True`` does; the eigen methods are projections already.
+    A name may end in options, in any order: ``+eigen-smooth`` (``gradcam+eigen-smooth``)
+    smooths the map as pytorch-grad-cam's ``eigen_smooth=True`` does (the eigen methods are
+    projections already); ``+aug-smooth`` averages 6 augmented passes as its
+    ``aug_smooth=True`` does; ``+seed-N`` picks RandomCAM's weights.
     """
     if isinstance(method, CAMMethod):
         return method
     if not isinstance(method, str):
         raise MethodError(f"method must be a name or a CAMMethod, got {type(method).__name__}")
-    key = method.strip().lower().replace("_", "-")
-    base = key.removesuffix(EIGEN_SMOOTH)
+    base, options = method.strip().lower().replace("_", "-"), set()
+    while match := _OPTIONS.search(base):
+        options.add(match.group(1))
+        base = base[: match.start()]
     base = {"gradcampp": "gradcam++", "gradcam-plusplus": "gradcam++", "grad-cam": "gradcam"}.get(base, base)
     if base not in METHODS:
         raise MethodError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)} (each may end in "
-                          f"{EIGEN_SMOOTH!r}, except the eigen methods)")  # fmt: skip
-    cls = METHODS[base]
-    if base == key:
-        return cls()
-    if not issubclass(cls, WeightedActivationsCAM):
-        raise MethodError(f"{base!r} takes no {EIGEN_SMOOTH!r}: its map is not a sum over channels to smooth")
-    return cls(eigen_smooth=True)
+                          f"{EIGEN_SMOOTH!r}, except the eigen methods, and in {AUG_SMOOTH!r})")  # fmt: skip
+    cls, kwargs = METHODS[base], {}
+    if EIGEN_SMOOTH in options:
+        if not issubclass(cls, WeightedActivationsCAM):
+            raise MethodError(f"{base!r} takes no {EIGEN_SMOOTH!r}: its map is not a sum over channels to smooth")
+        kwargs["eigen_smooth"] = True
+    seeds = [o for o in options if o.startswith("+seed-")]
+    if seeds:
+        if len(seeds) > 1 or not getattr(cls, "seeded", False):
+            raise MethodError(f"{method!r}: only 'randomcam' takes a seed, and one")
+        kwargs["seed"] = int(seeds[0].removeprefix("+seed-"))
+    instance = cls(**kwargs)
+    if AUG_SMOOTH in options:
+        if not getattr(cls, "aug_smoothable", True):
+            raise MethodError(f"{base!r} takes no {AUG_SMOOTH!r}: pytorch-grad-cam's {cls.__name__} has no aug_smooth")
+        instance.aug_smooth = True
+        instance.name = f"{instance.name}{AUG_SMOOTH}"
+    return instance
 
 
 def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, normalize: bool) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .contract import OUTPUT_NAMES
 from .errors import InputError, ParityError, foreign_errors
 from .gates import Chosen, disagreements, traced
 from .layers import check_model
-from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish
+from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish, flippable
 from .runtime.explainer import Explainer, load_explainer
 from .runtimes import load_under, runtime_info
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
@@ -154,7 +154,7 @@ class _MapBatch:
     got: np.ndarray
     want: np.ndarray
     errors: dict[int, float]  # sample -> max |artifact - eager float32| over its maps
-    rerun: Rerun
+    rerun: Rerun | None  # None: mask flips cannot be rerun (see maskflips.flippable)
     finish: Callable[[np.ndarray], np.ndarray]
     calls32: list
     calls64: list
@@ -318,7 +318,7 @@ def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
     cam = report.outputs["cam"]
     for batch in beyond:
         failing = [n for n, e in batch.errors.items() if e > cam.limit]
-        if failing:
+        if failing and batch.rerun is not None:  # else no diagnosis: the maps fail
             log.info("%d map(s) of batch %d beyond the limit: looking for mask flips", len(failing), batch.index + 1)
             report.maps += diagnose(
                 batch.rerun,
@@ -360,6 +360,7 @@ class _References:
         self.want64, self.calls64 = traced(run64, model64, meta.target_layer)
         self._noise: dict[tuple, float] = {}
         self.stable_count = int((self.want[2] == self.want64[2]).all(axis=1).sum())
+        self.flippable = flippable(meta.method)  # mask-flip reruns: one pass per image (no aug-smooth, ablation)
 
     def rerun(self, rows: list[int], chosen: Chosen) -> np.ndarray:
         """float32 saliency before the ReLU (:meth:`finish` makes maps) of the samples ``rows``, ``chosen`` flipped."""
@@ -392,7 +393,7 @@ class _References:
         key = (tuple(samples), tol.noise_factor > 0)
         if key not in self._noise:
             self._noise[key] = _map_noise(
-                lambda rows, chosen: self.finish(self.rerun(rows, chosen)),
+                (lambda rows, chosen: self.finish(self.rerun(rows, chosen))) if self.flippable else None,
                 self.want[4],
                 self.want64[4],
                 self.calls32,
@@ -429,9 +430,8 @@ def _compare(ref: _References, got: list[np.ndarray], tally: _Tally, tol: Tolera
         tally.noise["cam"][0] = max(tally.noise["cam"][0], ref.map_noise(samples, tol))
         errors = {n: float(np.abs(got[4][n] - want[4][n]).max()) for n in samples}
         if max(errors.values()) > tol.cam_atol:
-            tally.beyond.append(
-                _MapBatch(index, got[4], want[4], errors, ref.rerun, ref.finish, ref.calls32, ref.calls64)
-            )
+            rerun = ref.rerun if ref.flippable else None
+            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, rerun, ref.finish, ref.calls32, ref.calls64))
 
 
 def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -> float:
@@ -442,7 +442,7 @@ def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -
     with float64's sides there, so that the noise allowance never covers a flip.
     """
     differ = disagreements(calls32, calls64, samples)
-    if differ and tol.noise_factor > 0:
+    if differ and tol.noise_factor > 0 and rerun is not None:
         log.info("float32 and float64 masks differ: float32 reference again with float64's masks")
         want = rerun(list(range(len(want))), differ)
     return float(max(np.abs(want[n].astype(np.float64) - want64[n]).max() for n in samples))

@@ -18,6 +18,7 @@ from .layers import check_model, list_layers, resolve_layer, run_model, select_l
 from .methods import CAMMethod, get_method
 from .models import architecture_name
 from .preprocessing import resolve as resolve_preprocessing
+from .reruns import ablated_logits, is_cut, method_input
 
 __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -112,6 +113,10 @@ class GradCAMModel(nn.Module):
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
+            if hasattr(cam_method, "check_applies"):  # FinerCAM, AblationCAM
+                shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
+                applies = {"layer_name": layer_name, "output_shape": shape, "layout": layout}
+                cam_method.check_applies(**applies, num_classes=num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
                 _check_gap_linear_head(model, layer, layer_name, example_input[:2], layout)
             spec = CaptureSpec(
@@ -123,6 +128,8 @@ class GradCAMModel(nn.Module):
                 normalize=normalize,
                 reshape=layout,
             )
+            if getattr(cam_method, "ablates", False):  # probed eagerly: the trace cannot try and fail
+                spec.ablation_cut = is_cut(model, layer, example_input)
             # symbolic tracing specializes a batch of 1: trace with at least 2
             trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
             # transformer blocks: window padding and patch grids make a symbolic height/width
@@ -362,8 +369,10 @@ def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _reference(model, layer, spec, image, class_index=None):
-    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
-    return cam_outputs(logits, activations, image, spec, class_index)
+    batch = method_input(spec, image)
+    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, batch, spec.reshape)
+    ablated = ablated_logits(model, layer, spec, batch, activations)
+    return cam_outputs(logits, activations, image, spec, class_index, ablated=ablated)
 
 
 def reference_cam(

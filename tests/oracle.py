@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytorch_grad_cam as pgc
 import torch
@@ -49,6 +51,8 @@ def oracle_cam(
     (1.0 off on dla46x_c). A hook registered after its own hands the rest of the model
     a copy, so its stored activations stay the layer's output.
     """
+    if method in MORE_ORACLE and reshape_transform is None:
+        return _more_cam(model, layer_name, images, classes, method)
     layer = dict(model.named_modules())[layer_name]
     with {**ORACLE, **EIGEN_ORACLE}[method](model, [layer], reshape_transform=reshape_transform) as cam:
         handle = layer.register_forward_hook(lambda _m, _i, output: output.clone())
@@ -56,3 +60,44 @@ def oracle_cam(
             return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
         finally:
             handle.remove()
+
+
+MORE_ORACLE = ("randomcam", "finercam", "ablationcam")
+
+
+def _more_cam(model, layer_name: str, images: torch.Tensor, classes, method: str) -> np.ndarray:
+    """:func:`oracle_cam` for RandomCAM (drawing our documented weights: numpy's ``default_rng(0)``),
+    FinerCAM (one image at a time: its ``target_idx`` is one class for a batch) and AblationCAM
+    (``batch_size=1``: its batches of 32 compound the ablation value of layers whose minimum is not 0)."""
+    if method == "finercam":
+        return np.concatenate(
+            [more_oracle(model, layer_name, images[i : i + 1], None, method, target_idx=int(c))
+             for i, c in enumerate(classes)]
+        )  # fmt: skip
+    if method == "ablationcam":
+        return more_oracle(model, layer_name, images, classes, method, batch_size=1)
+    channels = []
+    layer = dict(model.named_modules())[layer_name]
+    handle = layer.register_forward_hook(lambda _m, _i, output: channels.append(output.shape[1]))
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        handle.remove()
+    weights = np.random.default_rng(0).uniform(-1, 1, channels[0])
+    with mock.patch.object(np.random, "uniform", lambda low, high, size: np.tile(weights, (size[0], 1))):
+        return more_oracle(model, layer_name, images, classes, method)
+
+
+def more_oracle(model, layer_name: str, images: torch.Tensor, classes, method: str, **call) -> np.ndarray:
+    """pytorch-grad-cam's RandomCAM, FinerCAM (``classes`` None: its own choice) or AblationCAM maps ``[N, H, W]``.
+
+    ``call`` goes to the CAM's call (``aug_smooth``, ``eigen_smooth``) or, as ``batch_size``,
+    to AblationCAM. The caller sets RandomCAM's draws (numpy's global RNG).
+    """
+    layer = dict(model.named_modules())[layer_name]
+    cls = {"randomcam": pgc.RandomCAM, "finercam": pgc.FinerCAM, "ablationcam": pgc.AblationCAM}[method]
+    options = {"batch_size": call.pop("batch_size")} if "batch_size" in call else {}
+    targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
+    with cls(model, [layer], **options) as cam:
+        return cam(images, targets=targets, **call)

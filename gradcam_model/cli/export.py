@@ -31,7 +31,8 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         default="gradcam",
         metavar="M",
         help="gradcam (default), gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise, cam, eigencam, "
-        "eigengradcam; METHOD+eigen-smooth smooths as pytorch-grad-cam's eigen_smooth",
+        "eigengradcam, randomcam, finercam, ablationcam; METHOD+eigen-smooth and METHOD+aug-smooth smooth as "
+        "pytorch-grad-cam's eigen_smooth and aug_smooth; randomcam+seed-N",
     )
     p.add_argument(
         "--top-k",
