@@ -269,3 +269,9 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
         # smallest normal float gives exact zeros with no select over the full maps
         cam = (cam - lo) / (hi - lo).clamp_min(torch.finfo(cam.dtype).tiny)
     return cam
+
+
+# the input-gradient methods subclass CAMMethod and use postprocess: registered once both exist
+from .methods_input import FullGrad, GuidedBackprop, GuidedGradCAM  # noqa: E402
+
+METHODS.update({cls.name: cls for cls in (FullGrad, GuidedBackprop, GuidedGradCAM)})

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from ._state import eval_state
-from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
+from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, capture_forward, trace_explainer
 from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError, foreign_errors
 from .layers import check_model, list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
+from .methods_input import InputGradientMethod
 from .models import architecture_name
 from .preprocessing import resolve as resolve_preprocessing
 
@@ -105,9 +106,7 @@ class GradCAMModel(nn.Module):
         building = foreign_errors("building the Grad-CAM graph")
         with building, torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
-            infos = list_layers(model, example_input[:1])
-            layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)
-            layer = resolve_layer(model, layer_name)
+            layer_name, layout, layer = _target(model, cam_method, target_layer, reshape, example_input[:1], upsample)
             num_classes = int(run_model(model, example_input[:1]).shape[-1])
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
@@ -322,6 +321,27 @@ def check_class_index(class_index, batch: int, num_classes: int) -> torch.Tensor
     return class_index
 
 
+def _target(model, cam_method, target_layer, reshape, image, upsample: bool):
+    """``(layer name, layout, layer)`` of the method's target layer; ``("", None, None)`` for a method with none.
+
+    FullGrad and guided backpropagation read no target layer: the argument is ignored (a
+    warning says so when one is named) and artifacts record ``""``. The input-gradient
+    methods refuse a model they do not apply to, and ``upsample=False`` (their maps are at
+    input resolution).
+    """
+    if isinstance(cam_method, InputGradientMethod):
+        cam_method.check_model(model)
+        if not upsample:
+            raise MethodError(f"method {cam_method.name!r} gives maps at input resolution; it takes no upsample=False")
+        if not cam_method.uses_target_layer:
+            if target_layer not in ("auto", ""):
+                log.warning("method %r reads no target layer: %r is ignored", cam_method.name, target_layer)
+            return "", None, None
+    infos = [] if callable(reshape) else list_layers(model, image)
+    layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)
+    return layer_name, layout, resolve_layer(model, layer_name)
+
+
 def _layer_and_layout(model, target_layer, infos, reshape):
     """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
     if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
@@ -351,6 +371,8 @@ def reference_reshape(
     size, to hand to many calls: each ``"auto"`` call probes the model's layers first (three
     passes of one image; a third of a resnet50 validation). Refuses what ``"auto"`` refuses."""
     _check_image(image, "image")
+    if target_layer == "":  # a method that reads no target layer (fullgrad, guided-backprop)
+        return _unchanged
     with torch.inference_mode(False), eval_state(model):
         image = image[:1].clone()
         _, layout = _layer_and_layout(model, target_layer, list_layers(model, image), "auto")
@@ -362,8 +384,8 @@ def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _reference(model, layer, spec, image, class_index=None):
-    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape)
-    return cam_outputs(logits, activations, image, spec, class_index)
+    logits, activations, taps = capture_forward(model, layer, spec, image)
+    return cam_outputs(logits, activations, image, spec, class_index, taps=taps)
 
 
 def reference_cam(
@@ -390,9 +412,7 @@ def reference_cam(
     cam_method = get_method(method)
     with torch.inference_mode(False), eval_state(model):
         image = image.clone() if image.is_inference() else image
-        infos = list_layers(model, image[:1]) if not callable(reshape) else []
-        _, layout = _layer_and_layout(model, target_layer, infos, reshape)
-        layer = resolve_layer(model, target_layer)
+        target_layer, layout, layer = _target(model, cam_method, target_layer, reshape, image[:1], upsample)
         if class_index is not None:
             with torch.no_grad():
                 num_classes = int(run_model(model, image[:1]).shape[-1])
