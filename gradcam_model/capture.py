@@ -28,10 +28,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
 from ._trace_state import fresh_caches, reparametrized, without_mkldnn
+from .capture_taps import Taps, check_target_output, forward_with_taps, input_gradient_outputs
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
-from .capture_taps import Taps, check_target_output, forward_with_taps, input_gradient_outputs
 from .methods import CAMMethod, postprocess
 from .methods_input import InputGradientMethod
 

@@ -131,6 +131,8 @@ class Unclipped(CAMMethod):
 
     def __init__(self, method: str | CAMMethod) -> None:
         self.method = get_method(method)
+        # guided Grad-CAM's map is its Grad-CAM's: a rerun needs no guided gradient
+        self.method = getattr(self.method, "gradcam", self.method)
 
     def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return self.method.saliency(activations, gradients)

@@ -10,7 +10,6 @@ the test oracle (``fullgrad_cam.py``, ``guided_backprop.py``).
 from __future__ import annotations
 
 import contextlib
-from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
