@@ -11,11 +11,13 @@ import logging
 import numpy as np
 import pytest
 import torch
-from oracle import oracle_fullgrad
+from oracle import oracle_cam, oracle_fullgrad, oracle_guided_backprop
 from torch import nn
 from zoo import build
 
 import gradcam_model as gc
+from gradcam_model.contract import GUIDED_METHODS, GUIDED_OUTPUT, OUTPUT_NAMES, output_names
+from gradcam_model.methods import METHODS
 from gradcam_model.runtime import load_explainer
 
 CAM_ATOL = 1e-4
@@ -32,6 +34,11 @@ def resnet18():
 
 
 @pytest.fixture(scope="module")
+def vgg11():
+    return build("vgg11", num_classes=5)
+
+
+@pytest.fixture(scope="module")
 def fullgrad_resnet18(resnet18):
     return gc.GradCAMModel(resnet18, method="fullgrad", example_input=_images(0, 1))
 
@@ -45,27 +52,30 @@ def _small(bias: bool = True, track: bool = True, relu: type[nn.Module] = nn.ReL
     ).eval()  # fmt: skip
 
 
-# BatchNorm only (resnet18), convolution biases only (vgg11), both and squeeze-excitation (mobilenet_v3_small)
+# BatchNorm only (resnet18), convolution biases only (vgg11): in the graph; both, and squeeze-excitation
+# convolutions on 1x1 maps (mobilenet_v3_small): the eager reference, which the graph is traced from
 @pytest.mark.parametrize("arch", ["resnet18", "vgg11", "mobilenet_v3_small"])
-def test_fullgrad_equals_pytorch_grad_cam(arch, resnet18):
-    model = resnet18 if arch == "resnet18" else build(arch, num_classes=5)
+def test_fullgrad_equals_pytorch_grad_cam(arch, request):
+    model = request.getfixturevalue(arch) if arch != "mobilenet_v3_small" else build(arch, num_classes=5)
     images = _images(1)
-    wrapper = gc.GradCAMModel(model, method="fullgrad", example_input=images[:1])
-    assert wrapper.target_layer == ""
-    logits, _, classes, _, cam = wrapper(images)
+    if arch == "resnet18":
+        outputs = request.getfixturevalue("fullgrad_resnet18")(images)
+    elif arch == "vgg11":
+        outputs = gc.GradCAMModel(model, "anything", method="fullgrad", example_input=images[:1])(images)
+    else:
+        outputs = gc.reference_cam(model, "", images, method="fullgrad", return_all=True)
+    _, _, classes, _, cam = outputs
     assert torch.equal(classes[:, 0], model(images).argmax(1))
     oracle = oracle_fullgrad(model, images, classes[:, 0])
     assert float(np.ptp(oracle)) > 0.5  # maps with structure
     np.testing.assert_allclose(cam[:, 0].numpy(), oracle, rtol=0, atol=CAM_ATOL)
-    reference = gc.reference_cam(model, "", images, method="fullgrad")
-    np.testing.assert_allclose(reference[:, 0].numpy(), oracle, rtol=0, atol=CAM_ATOL)
 
 
 def test_fullgrad_artifacts_validate_and_run_at_other_batches(resnet18, fullgrad_resnet18, tmp_path):
     onnx_path = gc.export_onnx(fullgrad_resnet18, tmp_path / "fullgrad.onnx")
     ts_path = gc.export_torchscript(fullgrad_resnet18, tmp_path / "fullgrad.pt")
     for path in (onnx_path, ts_path):
-        report = gc.validate(path, resnet18, batch_sizes=(1, 3))
+        report = gc.validate(path, resnet18, batch_sizes=(3,))
         assert report.ok, report.table()
         explainer = load_explainer(path)
         assert explainer.metadata.method == "fullgrad" and explainer.metadata.target_layer == ""
@@ -116,3 +126,87 @@ def test_fullgrad_refusals(kwargs, message):
     kwargs = {"model": _small(), "method": "fullgrad", **kwargs}
     with pytest.raises(gc.MethodError, match=message):
         gc.GradCAMModel(kwargs.pop("model"), example_input=_images(0, 1), **kwargs)
+
+
+# ---- guided backpropagation and guided Grad-CAM ----
+
+
+def _normalized(maps: np.ndarray) -> np.ndarray:
+    lo = maps.min(axis=(-2, -1), keepdims=True)
+    return (maps - lo) / (maps.max(axis=(-2, -1), keepdims=True) - lo)
+
+
+def _assert_guided(got: np.ndarray, want: np.ndarray) -> None:
+    """Guided images are raw gradients: held to 1e-4 of their largest magnitude (validate's guided_rtol)."""
+    assert float(np.abs(want).max()) > 0
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * float(np.abs(want).max()))
+
+
+@pytest.mark.parametrize(("arch", "layer"), [("resnet18", "layer3"), ("vgg11", "features.15")])
+def test_guided_methods_equal_pytorch_grad_cam(arch, layer, request):
+    model, images = request.getfixturevalue(arch), _images(6)
+    backprop = gc.GradCAMModel(model, method="guided-backprop", example_input=images[:1])
+    outputs = backprop(images)
+    assert len(outputs) == 6 and outputs[5].shape == (3, 1, 3, SIZE, SIZE)
+    classes = outputs[2][:, 0]
+    assert torch.equal(classes, model(images).argmax(1))
+    gb = oracle_guided_backprop(model, images, classes)
+    _assert_guided(outputs[5][:, 0].numpy(), gb)
+    saliency = _normalized(np.abs(gb).max(axis=1))  # the cam output: max_c |guided_c|, normalized
+    np.testing.assert_allclose(outputs[4][:, 0].numpy(), saliency, rtol=0, atol=CAM_ATOL)
+
+    wrapper = gc.GradCAMModel(model, layer, method="guided-gradcam", example_input=images[:1])
+    _, _, classes, _, cam, guided = wrapper(images)
+    gradcam = oracle_cam(model, layer, images, classes[:, 0], "gradcam")
+    assert float(np.ptp(gradcam)) > 0.5
+    np.testing.assert_allclose(cam[:, 0].numpy(), gradcam, rtol=0, atol=CAM_ATOL)
+    _assert_guided(guided[:, 0].numpy(), gradcam[:, None] * oracle_guided_backprop(model, images, classes[:, 0]))
+
+
+def test_guided_gradcam_artifacts_validate_and_carry_the_guided_output(resnet18, tmp_path):
+    images = _images(7, n=4)
+    wrapper = gc.GradCAMModel(resnet18, "layer4", method="guided-gradcam", example_input=images[:1], top_k=2)
+    onnx_path = gc.export_onnx(wrapper, tmp_path / "guided.onnx")
+    ts_path = gc.export_torchscript(wrapper, tmp_path / "guided.pt")
+    for path in (onnx_path, ts_path):
+        report = gc.validate(path, resnet18, batch_sizes=(3,))
+        assert report.ok, report.table()
+        assert report.outputs[GUIDED_OUTPUT].max_rel <= 1e-4
+        result = load_explainer(path)(images.numpy())
+        assert result.guided.shape == (4, 2, 3, SIZE, SIZE) and len(result.outputs()) == 6
+        for k in range(2):
+            gradcam = oracle_cam(resnet18, "layer4", images, result.class_index[:, k], "gradcam")
+            np.testing.assert_allclose(result.cam[:, k], gradcam, rtol=0, atol=CAM_ATOL)
+            gb = oracle_guided_backprop(resnet18, images, result.class_index[:, k])
+            _assert_guided(result.guided[:, k], gradcam[:, None] * gb)
+
+
+def test_the_contract_names_the_guided_output():
+    assert output_names("gradcam") == OUTPUT_NAMES == ("logits", "probabilities", "class_index", "score", "cam")
+    assert output_names("fullgrad") == OUTPUT_NAMES
+    assert output_names("guided-backprop") == (*OUTPUT_NAMES, "guided")
+    assert set(GUIDED_METHODS) == {name for name, cls in METHODS.items() if getattr(cls, "guided", False)}
+
+
+def test_the_guided_gates_leave_the_model_as_it_was():
+    model = _small()
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    gc.GradCAMModel(model, "3", method="guided-gradcam", example_input=_images(4, 1))
+    assert [m for m in model.modules() if isinstance(m, nn.ReLU)] == relus
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+GUIDED_BAD = [
+    (dict(model=_small(relu=nn.GELU)), "method 'guided-backprop' applies the guided rule to nn.ReLU modules, and "
+     "this model has none"),
+    (dict(model=_small(relu=nn.GELU), method="guided-gradcam", target_layer="3"), "method 'guided-gradcam' applies"),
+    (dict(upsample=False), "method 'guided-backprop' gives maps at input resolution; it takes no upsample=False"),
+    (dict(method="guided-gradcam+eigen-smooth"), "'guided-gradcam' takes no '\\+eigen-smooth'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kwargs", "message"), GUIDED_BAD)
+def test_guided_refusals(kwargs, message):
+    kwargs = {"model": _small(), "method": "guided-backprop", **kwargs}
+    with pytest.raises(gc.MethodError, match=message):
+        gc.GradCAMModel(kwargs.pop("model"), kwargs.pop("target_layer", "auto"), example_input=_images(0, 1), **kwargs)
