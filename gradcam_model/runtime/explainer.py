@@ -46,6 +46,11 @@ class Explanation:
     metadata: ArtifactMetadata
     guided: np.ndarray | None = None  # [N, K, 3, H, W] float32, guided methods only (contract.GUIDED_OUTPUT)
 
+    @classmethod
+    def of(cls, outputs, metadata: ArtifactMetadata) -> Explanation:
+        """The explanation of an artifact's outputs in the contract's order (:meth:`outputs`)."""
+        return cls(*outputs[:5], metadata=metadata, guided=outputs[5] if len(outputs) > 5 else None)
+
     def labels(self) -> list[list[str]]:
         """Class names of the explained classes, ``[N][K]``."""
         return [[self.metadata.label(int(c)) for c in row] for row in self.class_index]
@@ -78,7 +83,7 @@ class Explainer(ABC):
         image = self.check_images(images)
         target = self.check_class_index(class_index, image.shape[0])
         outputs = self._run(image, target)
-        return Explanation(*outputs[:5], metadata=self.metadata, guided=outputs[5] if len(outputs) > 5 else None)
+        return Explanation.of(outputs, self.metadata)
 
     @abstractmethod
     def _run(self, image: np.ndarray, target_class: np.ndarray | None) -> tuple[np.ndarray, ...]:
