@@ -59,7 +59,7 @@ def test_explain_writes_a_guided_picture_per_overlay(explainer, tmp_path):
     for i in range(2):
         rgb = load_image(folder / f"p{i}.jpg")
         result = explainer(preprocess(rgb, explainer.metadata)[None])
-        written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "guided" / "pictures" / f"p{i}.png")), cv2.COLOR_BGR2RGB)
+        written = cv2.imread(str(tmp_path / "out" / "guided" / "pictures" / f"p{i}.png"))[:, :, ::-1]
         np.testing.assert_array_equal(written, guided_picture(result.guided[0, 0]))
         assert (tmp_path / "out" / "overlays" / "pictures" / f"p{i}.png").exists()
 
