@@ -210,3 +210,32 @@ def test_guided_refusals(kwargs, message):
     kwargs = {"model": _small(), "method": "guided-backprop", **kwargs}
     with pytest.raises(gc.MethodError, match=message):
         gc.GradCAMModel(kwargs.pop("model"), kwargs.pop("target_layer", "auto"), example_input=_images(0, 1), **kwargs)
+
+
+class _Reused(nn.Module):
+    """One convolution run twice: which of its outputs a bias x gradient term means is ambiguous."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(torch.relu(self.conv(x)))).mean((2, 3)))
+
+
+def test_fullgrad_refuses_a_bias_layer_that_runs_twice():
+    with pytest.raises(gc.LayerError, match="layer 'conv' ran 2 times in one forward pass; method 'fullgrad' needs"):
+        gc.GradCAMModel(_Reused().eval(), method="fullgrad", example_input=_images(0, 1))
+
+
+def test_guided_backprop_artifact_validates(tmp_path):
+    """The guided gates lower to plain ONNX operators; validated at other batches and values."""
+    model = _small()
+    wrapper = gc.GradCAMModel(model, method="guided-backprop", example_input=_images(0, 1))
+    path = gc.export_onnx(wrapper, tmp_path / "gb.onnx")
+    report = gc.validate(path, model, batch_sizes=(1, 3))
+    assert report.ok and GUIDED_OUTPUT in report.outputs, report.table()
+    images = _images(8)
+    result = load_explainer(path)(images.numpy())
+    _assert_guided(result.guided[:, 0], oracle_guided_backprop(model, images, result.class_index[:, 0]))
