@@ -33,7 +33,8 @@ class GradCAMModel(nn.Module):
 
     ``forward(image)`` (or ``forward(image, class_index)`` with ``class_input=True``)
     returns ``(logits [N,C], probabilities [N,C], class_index [N,K] int64,
-    score [N,K], cam [N,K,H,W])``. The gradient of the explained logit with respect
+    score [N,K], cam [N,K,H,W])``, and ``guided [N,K,3,H,W]`` for the guided methods
+    (``contract.output_names``). The gradient of the explained logit with respect
     to the target layer is part of the graph, so the module needs no autograd and
     runs under ``torch.inference_mode()``; it is what the exporters write out.
 
