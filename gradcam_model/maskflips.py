@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .errors import MethodError
 from .gates import Chosen, GateCall, disagreements, nearest_breakpoint, same_gates
 from .methods import CAMMethod, get_method, postprocess
 
@@ -131,6 +132,8 @@ class Unclipped(CAMMethod):
 
     def __init__(self, method: str | CAMMethod) -> None:
         self.method = get_method(method)
+        if not getattr(self.method, "uses_target_layer", True):
+            raise MethodError(f"method {self.method.name!r} reads no target layer: no mask flip after one explains it")
         # guided Grad-CAM's map is its Grad-CAM's: a rerun needs no guided gradient
         self.method = getattr(self.method, "gradcam", self.method)
 
