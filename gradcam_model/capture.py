@@ -29,15 +29,16 @@ from torch.overrides import TorchFunctionMode
 
 from ._dce import eliminate_dead_writes
 from ._trace_state import fresh_caches, reparametrized, without_mkldnn
+from .capture_taps import Taps, check_target_output, forward_with_taps, input_gradient_outputs
 from .decompositions import backward_decompositions, is_backward_op
 from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
-from .layouts import grid_problem
 from .methods import CAMMethod, postprocess
 from .methods_extra import AUG_PASSES, deaugment
+from .methods_input import InputGradientMethod
 from .reruns import ablated_logits, method_input
 
-__all__ = ["CaptureSpec", "explain_function", "trace_explainer"]
+__all__ = ["CaptureSpec", "capture_forward", "explain_function", "trace_explainer"]
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -81,10 +82,11 @@ def explain_function(
     def explain(tensors, image, class_index):
         with _ExportableForward() as forward, reparametrized(model, originals, tensors):
             batch = method_input(spec, image)
-            logits, activations = _forward_with_leaf(model, layer, spec.layer_name, batch, spec.reshape)
+            logits, activations, taps = capture_forward(model, layer, spec, batch)
             head = forward.head_of(logits)
             ablated = ablated_logits(model, layer, spec, batch, activations)
-        return cam_outputs(logits, activations, image, spec, class_index, head=head, ablated=ablated)
+            # inside: FullGrad's effective biases read the stand-in BatchNorm statistics
+            return cam_outputs(logits, activations, image, spec, class_index, head=head, ablated=ablated, taps=taps)
 
     if spec.class_input:
         return explain
@@ -158,6 +160,14 @@ class _ExportableForward(TorchFunctionMode):
         return features, weight
 
 
+def capture_forward(model: nn.Module, layer: nn.Module | None, spec: CaptureSpec, image: torch.Tensor):
+    """``(logits, activations, taps)`` of one forward pass: the target layer cut at a leaf for the
+    layer methods (``taps`` None); for the input-gradient methods, see :mod:`.capture_taps`."""
+    if isinstance(spec.method, InputGradientMethod):
+        return forward_with_taps(model, layer, spec, image)
+    return (*_forward_with_leaf(model, layer, spec.layer_name, image, spec.reshape), None)
+
+
 def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image: torch.Tensor, reshape=None):
     """Run ``call(image)`` with ``layer``'s output swapped for a leaf; return the logits and that leaf.
 
@@ -167,18 +177,7 @@ def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image:
     captured: list[torch.Tensor] = []
 
     def hook(_module, _inputs, output):
-        mapped = reshape(output) if reshape is not None and isinstance(output, torch.Tensor) else output
-        if not isinstance(mapped, torch.Tensor) or mapped.dim() != 4:
-            kind = type(mapped).__name__ if not isinstance(mapped, torch.Tensor) else f"{mapped.dim()}-D tensor"
-            raise LayerError(
-                f"layer {layer_name!r} gives a {kind}; a target layer must give one [N, C, h, w] map "
-                "(channels-last and token layers are reshaped with reshape='auto'). Pick a layer from `gradcam layers`."
-            )
-        sizes = (*mapped.shape[1:], *image.shape[2:])
-        if all(isinstance(s, int) for s in sizes):  # eager runs (symbolic sizes while tracing: checked before)
-            problem = grid_problem(tuple(mapped.shape), tuple(image.shape[2:]))
-            if problem is not None:
-                raise LayerError(f"layer {layer_name!r} cannot be explained: {problem}.")
+        check_target_output(output, layer_name, image, reshape)
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
         return leaf.clone()  # in-place ops after the layer (ReLU(inplace=True)) act on the clone
@@ -206,8 +205,11 @@ def cam_outputs(
     *,
     head: tuple[torch.Tensor, torch.Tensor] | None = None,
     ablated: torch.Tensor | None = None,
+    taps: Taps | None = None,
 ):
     """Class selection, one gradient per explained class, and the CAM maths (pure torch).
+
+    ``taps`` (from :func:`capture_forward`) hand the input-gradient methods their tensors.
 
     ``head`` is ``(h, W)`` when the logits are ``h @ W^T + b``: the gradient of logit ``c``
     with respect to ``h`` is then the row ``W[c]``, the same numbers as autograd's product
@@ -225,6 +227,9 @@ def cam_outputs(
         chosen = torch.where(given < 0, logits.detach().argmax(dim=1), given)[:, None]
     else:
         chosen = logits.detach().topk(spec.top_k, dim=1).indices
+    if taps is not None:
+        probabilities = torch.softmax(logits.detach(), dim=1)
+        return input_gradient_outputs(logits, probabilities, chosen, activations, taps, spec, head)
     score = getattr(spec.method, "score", None)
     maps = []
     k_total = chosen.shape[1]

@@ -15,6 +15,9 @@ from .errors import ArtifactError
 __all__ = [
     "INPUT_NAMES",
     "OUTPUT_NAMES",
+    "GUIDED_OUTPUT",
+    "GUIDED_METHODS",
+    "output_names",
     "SCHEMA_VERSION",
     "METADATA_KEY",
     "RESIZE_MODES",
@@ -24,11 +27,21 @@ __all__ = [
 ]
 
 OUTPUT_NAMES = ("logits", "probabilities", "class_index", "score", "cam")
+# The guided methods' sixth output: float32 [N, K, 3, H, W], an input-resolution gradient image
+# per explained class (guided backpropagation's dy^c/dx; guided Grad-CAM's cam * that). Signed
+# and unnormalized: pictures show it with pytorch-grad-cam's deprocess_image rule.
+GUIDED_OUTPUT = "guided"
+GUIDED_METHODS = ("guided-backprop", "guided-gradcam")
 # ONNX names must be unique across inputs and outputs, so the optional class input
 # cannot also be called "class_index"; it is "target_class" in every format.
 INPUT_NAMES = ("image", "target_class")
 SCHEMA_VERSION = 2  # 2: the preprocessing record; version-1 artifacts read as Preprocessing() (stretch, area)
 METADATA_KEY = "gradcam.json"  # TorchScript extra file; ONNX metadata_props use one key per field
+
+
+def output_names(method: str) -> tuple[str, ...]:
+    """An artifact's outputs in order: :data:`OUTPUT_NAMES`, then :data:`GUIDED_OUTPUT` for a guided ``method``."""
+    return (*OUTPUT_NAMES, GUIDED_OUTPUT) if method in GUIDED_METHODS else OUTPUT_NAMES
 
 
 RESIZE_MODES = ("stretch", "shorter")

@@ -133,10 +133,14 @@ class Unclipped(CAMMethod):
 
     def __init__(self, method: str | CAMMethod) -> None:
         self.method = get_method(method)
-        if not flippable(self.method):
+        if not getattr(self.method, "uses_target_layer", True):
+            raise MethodError(f"method {self.method.name!r} reads no target layer: no mask flip after one explains it")
+        if not flippable(self.method):  # a target layer, several passes
             raise MethodError(f"{self.method.name!r} runs several passes per image: its mask flips cannot be rerun")
         if hasattr(self.method, "score"):  # FinerCAM differentiates a score of the logits
             self.score = self.method.score
+        # guided Grad-CAM's map is its Grad-CAM's: a rerun needs no guided gradient
+        self.method = getattr(self.method, "gradcam", self.method)
 
     def saliency(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return self.method.saliency(activations, gradients)
@@ -146,10 +150,12 @@ class Unclipped(CAMMethod):
 
 
 def flippable(method: str | CAMMethod) -> bool:
-    """Whether a method's reference runs one pass per image, the rows that mask flips are indexed by
-    (``+aug-smooth`` runs 6 per image, AblationCAM one per channel)."""
+    """Whether a method's map comes from a target layer's gradient in one pass per image, the rows that mask
+    flips are indexed by (``+aug-smooth`` runs 6 per image, AblationCAM one per channel; FullGrad and guided
+    backprop read no target layer)."""
     method = get_method(method)
-    return not (method.aug_smooth or getattr(method, "ablates", False))
+    one_pass = not (method.aug_smooth or getattr(method, "ablates", False))
+    return one_pass and getattr(method, "uses_target_layer", True)
 
 
 def finish(saliency: np.ndarray | torch.Tensor, size: tuple[int, int] | None, normalize: bool):

@@ -268,8 +268,8 @@ def get_method(method: str | CAMMethod) -> CAMMethod:
         kwargs["seed"] = int(seeds[0].removeprefix("+seed-"))
     instance = cls(**kwargs)
     if AUG_SMOOTH in options:
-        if not getattr(cls, "aug_smoothable", True):
-            raise MethodError(f"{base!r} takes no {AUG_SMOOTH!r}: pytorch-grad-cam's {cls.__name__} has no aug_smooth")
+        if getattr(cls, "no_aug_smooth", None):
+            raise MethodError(f"{base!r} takes no {AUG_SMOOTH!r}: {cls.no_aug_smooth}")
         instance.aug_smooth = True
         instance.name = f"{instance.name}{AUG_SMOOTH}"
     return instance
@@ -297,3 +297,9 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
         # smallest normal float gives exact zeros with no select over the full maps
         cam = (cam - lo) / (hi - lo).clamp_min(torch.finfo(cam.dtype).tiny)
     return cam
+
+
+# the input-gradient methods subclass CAMMethod and use postprocess: registered once both exist
+from .methods_input import FullGrad, GuidedBackprop, GuidedGradCAM  # noqa: E402
+
+METHODS.update({cls.name: cls for cls in (FullGrad, GuidedBackprop, GuidedGradCAM)})

@@ -93,7 +93,7 @@ class FinerCAM(GradCAM):
     """
 
     name = "finercam"
-    aug_smoothable = False  # pytorch-grad-cam's FinerCAM.forward has no aug_smooth
+    no_aug_smooth = "pytorch-grad-cam's FinerCAM has no aug_smooth"
     comparisons = 3
     alpha = 1.0
     eps = 1e-9  # pytorch-grad-cam's value

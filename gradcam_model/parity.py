@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ._trace_state import copy_model
-from .contract import OUTPUT_NAMES
+from .contract import GUIDED_METHODS, GUIDED_OUTPUT, OUTPUT_NAMES, output_names
 from .errors import InputError, ParityError, foreign_errors
 from .gates import Chosen, disagreements, traced
 from .layers import check_model
 from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish, flippable
+from .methods import get_method
 from .runtime.explainer import Explainer, load_explainer
 from .runtimes import load_under, runtime_info
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
@@ -130,12 +131,17 @@ def _json_safe(record: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
+_ALL_OUTPUTS = (*OUTPUT_NAMES, GUIDED_OUTPUT)
+_PER_CLASS = ("score", "cam", GUIDED_OUTPUT)  # outputs of the explained classes: compared where the classes agree
+
+
 @dataclass
 class _Tally:
     """What the batches add up to: worst differences, float32 noise, class and map counts."""
 
-    worst: dict[str, list[float]] = field(default_factory=lambda: {n: [0.0, 0.0] for n in OUTPUT_NAMES})
-    noise: dict[str, list[float]] = field(default_factory=lambda: {n: [0.0, 0.0] for n in OUTPUT_NAMES})
+    worst: dict[str, list[float]] = field(default_factory=lambda: {n: [0.0, 0.0] for n in _ALL_OUTPUTS})
+    noise: dict[str, list[float]] = field(default_factory=lambda: {n: [0.0, 0.0] for n in _ALL_OUTPUTS})
+    guided: bool = False  # the artifact has the guided output (compared where the classes agree, as the maps)
     agree: int = 0
     total: int = 0
     ties: int = 0
@@ -225,7 +231,7 @@ def validate_each(
     model64 = copy_model(model).double()
     batches = _batches(meta, batch_sizes, inputs, gen)
     reshapes: dict[tuple[int, ...], Callable] = {}  # per image size: the layer probe runs once, not per reference
-    tallies = [_Tally() for _ in explainers]
+    tallies = [_Tally(guided=meta.method in GUIDED_METHODS) for _ in explainers]
     for index, image in enumerate(batches):
         # a step line per batch: `gradcam export` shows the latest one beside its running clock
         log.info(
@@ -262,7 +268,7 @@ def validate_each(
             per_batch=tally.per_batch,
         )
         report.outputs = _output_diffs(tally, tol)
-        _diagnose_maps(report, tally.beyond)
+        _diagnose_maps(report, tally.beyond if _has_gates(meta.method) else [])
         log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
         reports.append(report)
     return reports
@@ -280,10 +286,10 @@ def _batch_record(ref: _References, got: list[np.ndarray], shape: tuple[int, ...
     over the samples whose classes agree; None where none do)."""
     same = (got[2] == ref.want[2]).all(axis=1) & (ref.want[2] == ref.want64[2]).all(axis=1)
     worst: dict[str, list[float] | None] = {}
-    for name, a, b in zip(OUTPUT_NAMES, got, ref.want, strict=True):
+    for name, a, b in zip(output_names(ref.meta.method), got, ref.want, strict=True):
         if name == "class_index":
             continue
-        if name in ("score", "cam"):
+        if name in _PER_CLASS:
             a, b = a[same], b[same]
         worst[name] = None
         if a.size:
@@ -333,6 +339,12 @@ def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
             )
     if report.maps and all(m.explained for m in report.maps):
         report.outputs["cam"] = replace(cam, ok=True, verdict="explained")
+
+
+def _has_gates(method: str) -> bool:
+    """Whether ``method``'s maps come from a target layer's gradient, which mask flips after it can explain
+    (FullGrad and guided backprop take the input gradient, past every gate: their failures stand)."""
+    return getattr(get_method(method), "uses_target_layer", True)
 
 
 def _batches(meta, batch_sizes, inputs, gen) -> list[torch.Tensor]:
@@ -416,10 +428,10 @@ def _compare(ref: _References, got: list[np.ndarray], tally: _Tally, tol: Tolera
     compared = want[4][same].reshape(-1, *want[4].shape[2:])
     tally.maps += len(compared)
     tally.structured += int((compared.max(axis=(1, 2)) > compared.min(axis=(1, 2))).sum())
-    for name, a, b, c in zip(OUTPUT_NAMES, got, want, want64, strict=True):
+    for name, a, b, c in zip(output_names(ref.meta.method), got, want, want64, strict=True):
         if name in ("class_index", "cam"):
             continue
-        if name == "score":  # scores of different classes are not comparable
+        if name in _PER_CLASS:  # scores (and guided images) of different classes are not comparable
             a, b, c = a[same], b[same], c[same]
         if a.size:
             _accumulate(tally.worst[name], a, b)
@@ -454,11 +466,12 @@ def _output_diffs(tally: _Tally, tol: Tolerance) -> dict[str, OutputDiff]:
         "probabilities": (tol.probabilities_atol, 0),
         "score": (tol.score_atol, 0),
         "cam": (tol.cam_atol, 0),
+        **({GUIDED_OUTPUT: (tol.guided_rtol, 1)} if tally.guided else {}),
     }
     diffs = {}
     for name, (limit, which) in limits.items():
         # maps and scores are only comparable where the classes agree; none agreeing proves nothing
-        if tally.maps == 0 and name in ("cam", "score"):
+        if tally.maps == 0 and name in _PER_CLASS:
             diffs[name] = OutputDiff(name, math.nan, math.nan, limit, "max_abs", math.nan, limit, False, "not compared")
             continue
         value, floor = tally.worst[name][which], tally.noise[name][which]

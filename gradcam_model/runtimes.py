@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
+from .contract import INPUT_NAMES, METADATA_KEY, ArtifactMetadata, output_names
 from .errors import ArtifactError, ArtifactLoadError, GradCAMError
 from .runtime.explainer import (
     CUDA_PROVIDER_OPTIONS,
@@ -283,8 +283,10 @@ class OpenVinoExplainer(Explainer):
         if precision != ov.Type.f32:
             raise RuntimeUnavailableError(f"openvino:{device} runs in {precision}, not float32; maps would be wrong")
         names = [o.get_any_name() for o in self.compiled.outputs]
-        if names != list(OUTPUT_NAMES):
-            raise ArtifactError(f"{path} has outputs {names} under openvino; expected {list(OUTPUT_NAMES)}")
+        if names != list(output_names(metadata.method)):
+            raise ArtifactError(
+                f"{path} has outputs {names} under openvino; expected {list(output_names(metadata.method))}"
+            )
         super().__init__(path, metadata)
         self.runtime_info = RuntimeInfo("openvino", ov.__version__, device, dict(OPENVINO_CONFIG))
 

@@ -33,6 +33,7 @@ class Tolerance:
     probabilities_atol: float = 1e-5
     score_atol: float = 1e-5
     cam_atol: float = 1e-4
+    guided_rtol: float = 1e-4  # guided methods' input-resolution gradient images: max |a - b| / max |b|
     noise_factor: float = 2.0  # 0 disables the allowance for the eager float32 error
     min_class_agreement: float = 1.0
 

@@ -10,12 +10,13 @@ import torch
 from torch import nn
 
 from ._state import eval_state
-from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, trace_explainer
+from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, capture_forward, trace_explainer
 from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
 from .errors import InputError, LayerError, MethodError, foreign_errors
 from .layers import check_model, list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
+from .methods_input import InputGradientMethod
 from .models import architecture_name
 from .preprocessing import resolve as resolve_preprocessing
 from .reruns import ablated_logits, is_cut, method_input
@@ -33,7 +34,8 @@ class GradCAMModel(nn.Module):
 
     ``forward(image)`` (or ``forward(image, class_index)`` with ``class_input=True``)
     returns ``(logits [N,C], probabilities [N,C], class_index [N,K] int64,
-    score [N,K], cam [N,K,H,W])``. The gradient of the explained logit with respect
+    score [N,K], cam [N,K,H,W])``, and ``guided [N,K,3,H,W]`` for the guided methods
+    (``contract.output_names``). The gradient of the explained logit with respect
     to the target layer is part of the graph, so the module needs no autograd and
     runs under ``torch.inference_mode()``; it is what the exporters write out.
 
@@ -106,15 +108,13 @@ class GradCAMModel(nn.Module):
         building = foreign_errors("building the Grad-CAM graph")
         with building, torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
-            infos = list_layers(model, example_input[:1])
-            layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)
-            layer = resolve_layer(model, layer_name)
+            layer_name, layout, layer, shape = _target(model, cam_method, target_layer, reshape, example_input[:1],
+                                                       upsample)  # fmt: skip
             num_classes = int(run_model(model, example_input[:1]).shape[-1])
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
             if hasattr(cam_method, "check_applies"):  # FinerCAM, AblationCAM
-                shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
                 applies = {"layer_name": layer_name, "output_shape": shape, "layout": layout}
                 cam_method.check_applies(**applies, num_classes=num_classes)
             if getattr(cam_method, "requires_gap_linear_head", False):
@@ -329,6 +329,29 @@ def check_class_index(class_index, batch: int, num_classes: int) -> torch.Tensor
     return class_index
 
 
+def _target(model, cam_method, target_layer, reshape, image, upsample: bool):
+    """``(layer name, layout, layer, output shape)`` of the method's target layer (the shape ``(1, 0)`` when a
+    custom reshape leaves it unprobed); ``("", None, None, None)`` for a method with none.
+
+    FullGrad and guided backpropagation read no target layer: the argument is ignored (a
+    warning says so when one is named) and artifacts record ``""``. The input-gradient
+    methods refuse a model they do not apply to, and ``upsample=False`` (their maps are at
+    input resolution).
+    """
+    if isinstance(cam_method, InputGradientMethod):
+        cam_method.check_model(model)
+        if not upsample:
+            raise MethodError(f"method {cam_method.name!r} gives maps at input resolution; it takes no upsample=False")
+        if not cam_method.uses_target_layer:
+            if target_layer not in ("auto", ""):
+                log.warning("method %r reads no target layer: %r is ignored", cam_method.name, target_layer)
+            return "", None, None, None
+    infos = [] if callable(reshape) else list_layers(model, image)
+    layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)
+    shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
+    return layer_name, layout, resolve_layer(model, layer_name), shape
+
+
 def _layer_and_layout(model, target_layer, infos, reshape):
     """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
     if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
@@ -358,6 +381,8 @@ def reference_reshape(
     size, to hand to many calls: each ``"auto"`` call probes the model's layers first (three
     passes of one image; a third of a resnet50 validation). Refuses what ``"auto"`` refuses."""
     _check_image(image, "image")
+    if target_layer == "":  # a method that reads no target layer (fullgrad, guided-backprop)
+        return _unchanged
     with torch.inference_mode(False), eval_state(model):
         image = image[:1].clone()
         _, layout = _layer_and_layout(model, target_layer, list_layers(model, image), "auto")
@@ -370,9 +395,9 @@ def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
 
 def _reference(model, layer, spec, image, class_index=None):
     batch = method_input(spec, image)
-    logits, activations = _forward_with_leaf(model, layer, spec.layer_name, batch, spec.reshape)
+    logits, activations, taps = capture_forward(model, layer, spec, batch)
     ablated = ablated_logits(model, layer, spec, batch, activations)
-    return cam_outputs(logits, activations, image, spec, class_index, ablated=ablated)
+    return cam_outputs(logits, activations, image, spec, class_index, ablated=ablated, taps=taps)
 
 
 def reference_cam(
@@ -399,9 +424,7 @@ def reference_cam(
     cam_method = get_method(method)
     with torch.inference_mode(False), eval_state(model):
         image = image.clone() if image.is_inference() else image
-        infos = list_layers(model, image[:1]) if not callable(reshape) else []
-        _, layout = _layer_and_layout(model, target_layer, infos, reshape)
-        layer = resolve_layer(model, target_layer)
+        target_layer, layout, layer, _shape = _target(model, cam_method, target_layer, reshape, image[:1], upsample)
         if class_index is not None:
             with torch.no_grad():
                 num_classes = int(run_model(model, image[:1]).shape[-1])

@@ -101,3 +101,21 @@ def more_oracle(model, layer_name: str, images: torch.Tensor, classes, method: s
     targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
     with cls(model, [layer], **options) as cam:
         return cam(images, targets=targets, **call)
+
+
+def oracle_fullgrad(model, images: torch.Tensor, classes) -> np.ndarray:
+    """pytorch-grad-cam's FullGrad maps ``[N, H, W]`` for ``classes`` (one per image); it ignores target layers."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), pgc.FullGrad(model, []) as cam:  # it prints a warning
+        return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+
+
+def oracle_guided_backprop(model, images: torch.Tensor, classes) -> np.ndarray:
+    """pytorch-grad-cam's ``GuidedBackpropReLUModel`` gradients ``[N, 3, H, W]``, one image at a time
+    (it explains ``output[0]`` only), on a copy: it swaps the model's nn.ReLU modules for new ones."""
+    import copy
+
+    guided = pgc.GuidedBackpropReLUModel(copy.deepcopy(model), device=images.device)
+    return np.stack([guided(images[i : i + 1], int(c)).transpose(2, 0, 1) for i, c in enumerate(classes)])

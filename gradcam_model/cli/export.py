@@ -31,8 +31,9 @@ def register(sub, parents: Sequence[argparse.ArgumentParser]) -> None:
         default="gradcam",
         metavar="M",
         help="gradcam (default), gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise, cam, eigencam, "
-        "eigengradcam, randomcam, finercam, ablationcam; METHOD+eigen-smooth and METHOD+aug-smooth smooth as "
-        "pytorch-grad-cam's eigen_smooth and aug_smooth; randomcam+seed-N",
+        "eigengradcam, randomcam, finercam, ablationcam, fullgrad, guided-backprop, guided-gradcam; "
+        "METHOD+eigen-smooth and METHOD+aug-smooth smooth as pytorch-grad-cam's eigen_smooth and aug_smooth; "
+        "randomcam+seed-N; fullgrad and guided-backprop read no target layer (--target-layer is ignored)",
     )
     p.add_argument(
         "--top-k",
@@ -164,7 +165,8 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
     explains = "class input" if wrapper.class_input else f"top-{wrapper.top_k}"
     size = "dynamic" if wrapper.dynamic_spatial else "fixed {}x{}".format(*wrapper.input_size)
     print(
-        f"built {args.arch} {wrapper.method} at {wrapper.target_layer!r}: {wrapper.num_classes} classes, "
+        f"built {args.arch} {wrapper.method} at {wrapper.target_layer or 'the input (no target layer)'!r}: "
+        f"{wrapper.num_classes} classes, "
         f"{explains}, {size} input size ({wrapper.build_seconds:.1f} s)"
     )
     if wrapper.fixed_size_reason:

@@ -61,4 +61,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"* auto: --target-layer auto picks {auto!r} (the last map of the image on the path to the logits)")
     else:
         print("no automatic choice at this input size; pass --target-layer NAME")
+    print("fullgrad and guided-backprop read no target layer (the input gradient): --target-layer is ignored")
     return 0

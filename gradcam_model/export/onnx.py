@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .._atomic import check_target, write_bytes_atomic
-from ..contract import INPUT_NAMES, OUTPUT_NAMES
+from ..contract import INPUT_NAMES, output_names
 from ..errors import ExportError, first_line, foreign_errors
 from ..wrapper import GradCAMModel
 from .metadata import metadata_for
@@ -109,7 +109,7 @@ def export_onnx(
                 args,
                 dynamo=True,
                 input_names=input_names,
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(output_names(wrapper.method)),
                 opset_version=opset,
                 dynamic_shapes=dynamic_shapes(wrapper),
                 external_data=False,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..contract import INPUT_NAMES, METADATA_KEY, OUTPUT_NAMES, ArtifactMetadata
+from ..contract import INPUT_NAMES, METADATA_KEY, ArtifactMetadata, output_names
 from ..errors import ArtifactError, ArtifactLoadError, InputError
 
 __all__ = [
@@ -44,13 +44,21 @@ class Explanation:
     score: np.ndarray  # [N, K] float32
     cam: np.ndarray  # [N, K, H, W] float32
     metadata: ArtifactMetadata
+    guided: np.ndarray | None = None  # [N, K, 3, H, W] float32, guided methods only (contract.GUIDED_OUTPUT)
+
+    @classmethod
+    def of(cls, outputs, metadata: ArtifactMetadata) -> Explanation:
+        """The explanation of an artifact's outputs in the contract's order (:meth:`outputs`)."""
+        return cls(*outputs[:5], metadata=metadata, guided=outputs[5] if len(outputs) > 5 else None)
 
     def labels(self) -> list[list[str]]:
         """Class names of the explained classes, ``[N][K]``."""
         return [[self.metadata.label(int(c)) for c in row] for row in self.class_index]
 
     def outputs(self) -> tuple[np.ndarray, ...]:
-        return self.logits, self.probabilities, self.class_index, self.score, self.cam
+        """The artifact's outputs in the contract's order (``contract.output_names``)."""
+        base = (self.logits, self.probabilities, self.class_index, self.score, self.cam)
+        return base if self.guided is None else (*base, self.guided)
 
 
 class Explainer(ABC):
@@ -75,11 +83,11 @@ class Explainer(ABC):
         image = self.check_images(images)
         target = self.check_class_index(class_index, image.shape[0])
         outputs = self._run(image, target)
-        return Explanation(*outputs, metadata=self.metadata)
+        return Explanation.of(outputs, self.metadata)
 
     @abstractmethod
     def _run(self, image: np.ndarray, target_class: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Run the graph on validated inputs; return the five outputs as numpy arrays."""
+        """Run the graph on validated inputs; return its outputs (``contract.output_names``) as numpy arrays."""
 
     def check_images(self, images) -> np.ndarray:
         """Validate and convert images to a contiguous float32 ``[N, C, H, W]`` array."""
@@ -217,10 +225,11 @@ class OnnxExplainer(Explainer):
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
         expected_inputs = list(INPUT_NAMES[: 2 if metadata.class_input else 1])
-        if inputs != expected_inputs or outputs != list(OUTPUT_NAMES):
-            missing = [name for name in OUTPUT_NAMES if name not in outputs]
+        expected_outputs = list(output_names(metadata.method))
+        if inputs != expected_inputs or outputs != expected_outputs:
+            missing = [name for name in expected_outputs if name not in outputs]
             raise ArtifactError(
-                f"{path} has inputs {inputs} and outputs {outputs}; expected {expected_inputs} and {list(OUTPUT_NAMES)}"
+                f"{path} has inputs {inputs} and outputs {outputs}; expected {expected_inputs} and {expected_outputs}"
                 + (f" (it lacks {', '.join(missing)})" if missing else "")
             )
         super().__init__(path, metadata)

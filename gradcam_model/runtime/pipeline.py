@@ -42,7 +42,7 @@ from .outputs import (
     write_grid,
 )
 from .report import write_explain_report
-from .visualize import OVERLAY_FORMATS, check_alpha, encode_image, overlay, thumbnail
+from .visualize import OVERLAY_FORMATS, check_alpha, encode_image, guided_picture, overlay, thumbnail
 
 __all__ = ["CSV_FIELDS", "ExplainSummary", "Prediction", "explain_files", "map_bytes", "run_record"]
 
@@ -83,10 +83,19 @@ def map_bytes(cams: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _encode(index: int, item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options):
-    """Worker: compose, encode and write the overlays (and maps) of one image; a grid thumbnail of the first."""
+def _encode(index: int, item: ImageInput, rgb: np.ndarray, cams: np.ndarray, opts: _Options, guided=None):
+    """Worker: compose, encode and write the overlays (and maps) of one image; a grid thumbnail of the first.
+
+    ``guided`` ``[K, 3, H, W]`` (guided methods): each class's guided image also goes to
+    ``guided/`` under the overlay's name, at the network input's size (see ``guided_picture``).
+    """
     paths, thumb = [], None
     for k in range(cams.shape[0]):
+        if guided is not None:
+            order = opts.meta.preprocessing.channel_order if opts.meta is not None else "RGB"
+            picture = guided_picture(guided[k], channel_order=order)
+            write_bytes_atomic(opts.out / "guided" / overlay_name(item.key, k, opts.ext),
+                               encode_image(picture, opts.ext), overwrite=True)  # fmt: skip
         region = explained_region(rgb.shape, opts.meta) if opts.meta is not None else None
         picture = overlay(rgb, cams[k], colormap=opts.colormap, alpha=opts.alpha, region=region)
         path = opts.out / "overlays" / overlay_name(item.key, k, opts.ext)
@@ -133,6 +142,8 @@ def explain_files(
     embed_report: bool = False,
 ) -> ExplainSummary:
     """Explain image files with an artifact; write overlays, ``grid.png``, ``predictions.csv`` and ``report.html``.
+
+    Artifacts of a guided method also get ``guided/``: each overlay's guided image under its name.
 
     Args:
         artifact: an ``.onnx``/``.pt`` path or a loaded :class:`Explainer`.
@@ -272,7 +283,8 @@ class _Run:
                 rows[slot] = prediction_of(item.path, item.label, result, j, self.meta, rgb.shape)
                 opts = self.opts if self.thumbnails < GRID_LIMIT else no_tile  # the grid's first 64 only
                 self.thumbnails += 1
-                futures.append(pool.submit(_encode, indices[slot], item, rgb, result.cam[j], opts))
+                guided = None if result.guided is None else result.guided[j]
+                futures.append(pool.submit(_encode, indices[slot], item, rgb, result.cam[j], opts, guided))
         self.pending.append((indices, rows, futures))
 
     def _check_small(self, item: ImageInput, rgb: np.ndarray) -> None:

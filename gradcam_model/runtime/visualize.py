@@ -22,6 +22,7 @@ __all__ = [
     "check_alpha",
     "overlay",
     "heatmap",
+    "guided_picture",
     "caption",
     "grid",
     "encode_image",
@@ -90,6 +91,22 @@ def heatmap(cam: np.ndarray, *, colormap: str = "jet", size: tuple[int, int] | N
         cam = cv2.resize(cam, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
     levels = np.rint(np.clip(cam, 0.0, 1.0) * 255.0).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(levels, code), cv2.COLOR_BGR2RGB)
+
+
+def guided_picture(guided: np.ndarray, *, channel_order: str = "RGB") -> np.ndarray:
+    """An RGB uint8 ``[H, W, 3]`` picture of one guided gradient ``[3, H, W]`` (the contract's ``guided``).
+
+    pytorch-grad-cam's ``deprocess_image`` rule (from keras-grad-cam): standardize the whole
+    image, ``(g - mean) / (std + 1e-5) * 0.1 + 0.5``, clip to ``[0, 1]``, times 255 truncated:
+    grey where the gradient is zero. ``channel_order`` is the network input's (metadata).
+    """
+    guided = np.asarray(guided, dtype=np.float32)
+    if guided.ndim != 3 or guided.shape[0] != 3 or guided.size == 0:
+        raise InputError(f"guided must be a [3, H, W] gradient image, got shape {guided.shape}")
+    image = guided.transpose(1, 2, 0)
+    image = image[:, :, ::-1] if channel_order == "BGR" else image
+    image = (image - image.mean()) / (image.std() + 1e-5) * 0.1 + 0.5
+    return np.ascontiguousarray(np.uint8(np.clip(image, 0.0, 1.0) * 255))
 
 
 def overlay(

@@ -85,5 +85,5 @@ class Batcher:
         for batch, _, future in items:
             end = start + batch.shape[0]
             parts = [o[start:end] for o in result.outputs()]
-            future.set_result(Explanation(*parts, metadata=result.metadata))
+            future.set_result(Explanation.of(parts, result.metadata))
             start = end

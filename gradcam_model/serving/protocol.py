@@ -9,7 +9,10 @@ An instance is an encoded picture (``{"image_bytes": {"b64": ...}}`` or ``{"b64"
 preprocessed exactly as ``gradcam explain`` does, or an already normalized nested list
 ``[C][H][W]`` (also as ``{"image": [[[...]]]}``). ``class`` (index or name) chooses the
 explained class of artifacts exported with a class input. Every record says which
-region ``[x, y, w, h]`` of the picture was explained (:func:`explained_region`). Every
+region ``[x, y, w, h]`` of the picture was explained (:func:`explained_region`). Artifacts of a
+guided method add each explained class's guided image: ``guided_png`` (a picture at the network
+input's size, see :func:`~gradcam_model.runtime.visualize.guided_picture`), or ``guided``
+``[3][H][W]`` floats with ``"output": "array"``. Every
 problem is an :class:`~gradcam_model.errors.InputError` whose message names it; the
 server answers 400. The v2 protocol is in :mod:`.v2`.
 """
@@ -26,7 +29,7 @@ from ..contract import ArtifactMetadata
 from ..errors import InputError
 from ..runtime.images import DEFAULT_MAX_SIDE, decode_image, explained_region, preprocess
 from ..runtime.inputs import resolve_class
-from ..runtime.visualize import encode_image, heatmap, overlay
+from ..runtime.visualize import encode_image, guided_picture, heatmap, overlay
 
 __all__ = [
     "OUTPUT_KINDS",
@@ -218,6 +221,14 @@ def _map_field(kind: str, cam, picture, region, colormap: str, alpha: float):
     return base64.b64encode(data).decode("ascii")
 
 
+def _guided_field(kind: str, guided: np.ndarray, meta) -> dict:
+    """``{"guided": [[[...]]]}`` (``"array"``) or ``{"guided_png": base64}`` (see ``visualize.guided_picture``)."""
+    if kind == "array":
+        return {"guided": guided.tolist()}
+    picture = guided_picture(guided, channel_order=meta.preprocessing.channel_order)
+    return {"guided_png": base64.b64encode(encode_image(picture, "png")).decode("ascii")}
+
+
 def _explained(result, j: int, batch: V1Batch, *, maps: bool, colormap: str, alpha: float) -> list[dict]:
     meta = result.metadata
     rows = []
@@ -227,6 +238,8 @@ def _explained(result, j: int, batch: V1Batch, *, maps: bool, colormap: str, alp
             row[_OUTPUT_KEYS[batch.output]] = _map_field(
                 batch.output, result.cam[j, k], batch.pictures[j], batch.regions[j], colormap, alpha
             )
+            if result.guided is not None:  # guided methods: the guided image, as floats or as a PNG picture
+                row.update(_guided_field(batch.output, result.guided[j, k], meta))
         rows.append(row)
     return rows
 

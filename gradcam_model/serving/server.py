@@ -140,7 +140,7 @@ class _Requests:
 
     def _rest_v2(self, body: bytes, header_length: str | None):
         request = parse_request(body, header_length)
-        names = requested_outputs(list(request.outputs) or None)
+        names = requested_outputs(list(request.outputs) or None, self.explainer.metadata)
         for name in names:
             flag = request.outputs.get(name)
             if name in BYTES_OUTPUTS and not (request.binary_default if flag is None else flag):
@@ -174,7 +174,8 @@ class _Requests:
                     f'input "{tensor.name}": its data does not fit shape {list(tensor.shape)} and datatype '
                     f"{tensor.datatype} ({str(exc).splitlines()[0]})"
                 ) from None
-        names = requested_outputs([o.name for o in request.request_outputs] if request.request_outputs else None)
+        requested = [o.name for o in request.request_outputs] if request.request_outputs else None
+        names = requested_outputs(requested, self.explainer.metadata)
         found, count = self._run_v2(tensors, names)
         outputs = []
         for name, datatype, array in found:

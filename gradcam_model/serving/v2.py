@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
+from ..contract import GUIDED_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata, output_names
 from ..errors import InputError
 from ..runtime.images import explained_region, preprocess
 from .protocol import ServeLimits, decode_picture, input_region, map_levels, map_png, overlay_bytes
@@ -74,6 +74,7 @@ def _dims(meta: ArtifactMetadata) -> dict[str, list[int]]:
         "cam": [-1, k, *cam_hw],
         "region": [-1, 4],
         "cam_uint8": [-1, k, *cam_hw],
+        GUIDED_OUTPUT: [-1, k, meta.in_channels, *cam_hw],
         **{name: [-1, k] for name in BYTES_OUTPUTS},
     }
 
@@ -82,8 +83,10 @@ def _input_names(meta: ArtifactMetadata) -> list[str]:
     return ["image", PICTURE_INPUT] + (["target_class"] if meta.class_input else [])
 
 
-def _output_names() -> list[str]:
-    return [*DEFAULT_OUTPUTS, *COMPACT_OUTPUTS]
+def _output_names(meta: ArtifactMetadata | None = None) -> list[str]:
+    """Every output the server can send; an artifact of a guided method adds ``guided`` (contract.output_names)."""
+    guided = meta is not None and GUIDED_OUTPUT in output_names(meta.method)
+    return [*DEFAULT_OUTPUTS, *COMPACT_OUTPUTS, *([GUIDED_OUTPUT] if guided else [])]
 
 
 def v2_metadata(name: str, meta: ArtifactMetadata) -> dict:
@@ -93,7 +96,7 @@ def v2_metadata(name: str, meta: ArtifactMetadata) -> dict:
     def tensor(n: str) -> dict:
         return {"name": n, "datatype": _DATATYPES.get(n, "FP32"), "shape": dims[n]}
 
-    return {"inputs": [tensor(n) for n in _input_names(meta)], "outputs": [tensor(n) for n in _output_names()]}
+    return {"inputs": [tensor(n) for n in _input_names(meta)], "outputs": [tensor(n) for n in _output_names(meta)]}
 
 
 def v2_config(name: str, meta: ArtifactMetadata, max_batch: int) -> dict:
@@ -119,7 +122,7 @@ def v2_config(name: str, meta: ArtifactMetadata, max_batch: int) -> dict:
         "version_policy": {"specific": {"versions": [int(VERSION)]}},
         "max_batch_size": max_batch,
         "input": [tensor(n) for n in _input_names(meta)],
-        "output": [tensor(n) for n in _output_names()],
+        "output": [tensor(n) for n in _output_names(meta)],
         "parameters": parameters,
     }
 
@@ -191,11 +194,12 @@ def _target(target, batch: int, meta: ArtifactMetadata) -> np.ndarray | None:
     return target.astype(np.int64)
 
 
-def requested_outputs(requested: list[str] | None) -> list[str]:
-    """The output names to send, in the server's order: the requested ones, else the defaults."""
+def requested_outputs(requested: list[str] | None, meta: ArtifactMetadata | None = None) -> list[str]:
+    """The output names to send, in the server's order: the requested ones, else the defaults
+    (a guided artifact's ``guided`` [N, K, 3, H, W] only when asked for: it is 3x the maps)."""
     if not requested:
         return list(DEFAULT_OUTPUTS)
-    known = _output_names()
+    known = _output_names(meta)
     unknown = sorted(set(requested) - set(known))
     if unknown:
         raise InputError(f"unknown output(s) {unknown}; this model returns {known}")
@@ -204,7 +208,7 @@ def requested_outputs(requested: list[str] | None) -> list[str]:
 
 def v2_outputs(result, batch: V2Batch, names: list[str], *, colormap: str = "jet", alpha: float = 0.4):
     """``(name, datatype, array)`` of each output in ``names`` (see :func:`requested_outputs`)."""
-    arrays = dict(zip(OUTPUT_NAMES, result.outputs(), strict=True))
+    arrays = dict(zip(output_names(result.metadata.method), result.outputs(), strict=True))
     cam = result.cam
     out = []
     for name in names:
