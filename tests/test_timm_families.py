@@ -508,3 +508,34 @@ def test_a_reflection_padded_blur_pool_after_the_layer_exports_and_matches_pytor
     ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
     np.testing.assert_allclose(ran[4], got[4].numpy(), atol=1e-4, rtol=0)
     assert validate(path, model).ok
+
+
+class _LowFormerLike(nn.Module):
+    """LowFormer's attention: pooled, then upsampled back by a ConvTranspose2d (depthwise, kernel 2s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.down = nn.Conv2d(8, 8, 2, 2, groups=8)
+        self.up = nn.ConvTranspose2d(8, 8, kernel_size=4, stride=2, padding=1, groups=8)
+        self.mix = nn.ConvTranspose2d(8, 6, kernel_size=3, stride=1, padding=1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.mix(x + self.up(self.down(x)))).mean((2, 3)))
+
+
+def test_transposed_convolutions_after_the_layer_are_lowered_and_match_pytorch_grad_cam(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = _LowFormerLike().eval()
+    wrapper = GradCAMModel(model, "stem", example_input=torch.randn(2, 3, 16, 16))
+    images = torch.randn(3, 3, 16, 16)
+    with torch.inference_mode():
+        got = wrapper(images)
+    want = oracle_cam(model, "stem", images, got[2][:, 0].tolist(), "gradcam")
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+    path = export_onnx(wrapper, tmp_path / "lowformer.onnx")
+    ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
+    np.testing.assert_allclose(ran[4], got[4].numpy(), atol=1e-4, rtol=0)
