@@ -94,9 +94,13 @@ def oracle_reshape(info):
 PROGRESS = "sweep-progress "
 
 
-def _at(record: dict, stage: str) -> None:
-    """Enter ``stage``; the record so far goes to stderr, so a family over its time says where it was."""
+def _at(record: dict, stage: str, started: float) -> None:
+    """Enter ``stage``; the record so far goes to stderr, so a family over its time says where it was.
+
+    ``record["entered"]`` keeps the seconds from the start at which each stage began.
+    """
     record["stage"] = stage
+    record.setdefault("entered", {})[stage] = round(time.perf_counter() - started, 1)
     print(PROGRESS + json.dumps(record), file=sys.stderr, flush=True)
 
 
@@ -120,8 +124,8 @@ def run_one(family: str) -> dict:
     from oracle import oracle_cam
 
     record: dict = {"family": family}
-    _at(record, "model")
     started = time.perf_counter()
+    _at(record, "model", started)
     try:
         name = record["model"] = smallest_model(family)
         torch.manual_seed(0)
@@ -130,10 +134,10 @@ def run_one(family: str) -> dict:
         size = record["input"] = smallest_size(model, default)
         calibrate(model, size)
         gen = torch.Generator().manual_seed(1)
-        _at(record, "build")
+        _at(record, "build", started)
         wrapper = GradCAMModel(model, "auto", example_input=torch.randn(2, 3, size, size, generator=gen))
         record["layer"] = wrapper.target_layer
-        _at(record, "pytorch-grad-cam")
+        _at(record, "pytorch-grad-cam", started)
         info = next(i for i in list_layers(model, torch.zeros(1, 3, size, size)) if i.name == wrapper.target_layer)
         images = torch.randn(2, 3, size, size, generator=gen)
         with torch.no_grad():
@@ -141,10 +145,10 @@ def run_one(family: str) -> dict:
         classes = ours[2][:, 0].tolist()
         theirs = oracle_cam(model, wrapper.target_layer, images, classes, "gradcam", oracle_reshape(info))
         record["pgc_max_diff"] = float((ours[4][:, 0] - torch.from_numpy(theirs)).abs().max())
-        _at(record, "export")
+        _at(record, "export", started)
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(wrapper, Path(tmp) / "model.onnx")
-            _at(record, "validate")
+            _at(record, "validate", started)
             report = validate(path, model)
         record["ort_max_diff"] = float(report.outputs["cam"].max_abs)
         record["validate"] = "ok" if report.ok else "; ".join(report.failures())
@@ -267,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired as exc:
                 row = _last_progress(exc.stderr)
                 where = f" in {row['stage']}" if "stage" in row else ""
+                if row.get("entered", {}).get(row.get("stage")) is not None:
+                    where += f" (entered {row['entered'][row['stage']]} s after the imports)"
                 row.update(family=family, verdict="timeout", reason=f"over {args.timeout} s{where}")
             row.setdefault("seconds", round(time.perf_counter() - t0, 1))
             rows[family] = row
