@@ -97,10 +97,13 @@ PROGRESS = "sweep-progress "
 def _at(record: dict, stage: str, started: float) -> None:
     """Enter ``stage``; the record so far goes to stderr, so a family over its time says where it was.
 
-    ``record["entered"]`` keeps the seconds from the start at which each stage began.
+    ``record["entered"]`` keeps the seconds from the start at which each stage began, and
+    ``record["cpu_at"]`` the process's CPU seconds then (all threads): on a shared machine the
+    two tell a slow stage from a starved one.
     """
     record["stage"] = stage
     record.setdefault("entered", {})[stage] = round(time.perf_counter() - started, 1)
+    record.setdefault("cpu_at", {})[stage] = round(time.process_time(), 1)
     print(PROGRESS + json.dumps(record), file=sys.stderr, flush=True)
 
 
@@ -165,6 +168,7 @@ def run_one(family: str) -> dict:
         record["verdict"] = "FAIL"
         record["reason"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
     record["seconds"] = round(time.perf_counter() - started, 1)
+    record["cpu_seconds"] = round(time.process_time(), 1)
     return record
 
 
@@ -213,7 +217,9 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
         "derived from the layer's output shape). *ORT*: max |difference| of the maps between the ONNX "
         "artifact under ONNX Runtime and the eager reference (`validate`). *refused*: one of our errors "
         "at build time, with its reason; *FAIL*: anything else that went wrong; *timeout*: over the time "
-        "limit, in the stage named.",
+        "limit, in the stage named. *time*: wall-clock seconds after the imports; *CPU*: the process's CPU "
+        "seconds, imports and every thread included (empty for rows from runs before it was recorded): where "
+        "time is many times CPU, the family waited for a core.",
         "",
         "Where *layer chosen* is not a last stage, the smallest input is why: at 32 px a stride-32 CNN's last "
         "stage is 1x1, and a map of one position carries nothing, so `auto` takes the last layer with more "
@@ -223,15 +229,15 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
         "(tests/oracle.py): otherwise its map at a layer followed by `ReLU(inplace=True)` (dla's `bn1`) "
         "mixes ReLU'd activations with pre-ReLU gradients.",
         "",
-        "| family | model | input | layer chosen | verdict | pgc | ORT | time (s) | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| family | model | input | layer chosen | verdict | pgc | ORT | time (s) | CPU (s) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for family in sorted(rows):
         r = rows[family]
         lines.append(
             f"| {family} | {_cell(r.get('model'))} | {_cell(r.get('input'))} | {_cell(r.get('layer'))} | "
             f"{r['verdict']} | {_cell(r.get('pgc_max_diff'), '{:.1e}')} | {_cell(r.get('ort_max_diff'), '{:.1e}')} | "
-            f"{_cell(r.get('seconds'))} | {_cell(r.get('reason'))} |"
+            f"{_cell(r.get('seconds'))} | {_cell(r.get('cpu_seconds'))} | {_cell(r.get('reason'))} |"
         )
     out.write_text("\n".join(lines) + "\n")
 
@@ -272,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = _last_progress(exc.stderr)
                 where = f" in {row['stage']}" if "stage" in row else ""
                 if row.get("entered", {}).get(row.get("stage")) is not None:
-                    where += f" (entered {row['entered'][row['stage']]} s after the imports)"
+                    stage = row["stage"]
+                    where += f" (entered at {row['entered'][stage]} s, {row['cpu_at'][stage]} CPU s)"
                 row.update(family=family, verdict="timeout", reason=f"over {args.timeout} s{where}")
             row.setdefault("seconds", round(time.perf_counter() - t0, 1))
             rows[family] = row
