@@ -16,8 +16,10 @@ the smallest square input it accepts (tried from 32 px up to its default size).
 (tests/oracle.py: its stored activations kept safe from in-place ops after the layer), with a
 ``reshape_transform`` derived from the layer's output shape alone, on two other images
 (max |difference| of the normalized maps); ONNX export; ``validate``.
-Verdicts: OK; refused (one of our errors, at build time); FAIL (any other exception, a
-validate failure, or maps that differ from pytorch-grad-cam by more than 1e-3).
+Verdicts: OK; flat (everything passed, but every map compared was all zeros, so the
+comparisons prove nothing: rerun the family with a larger ``--input``); refused (one of our
+errors, at build time); FAIL (any other exception, a validate failure, or maps that differ
+from pytorch-grad-cam by more than 1e-3); timeout (over ``--timeout``, in the stage named).
 """
 
 from __future__ import annotations
@@ -113,8 +115,8 @@ def _last_progress(stderr: str | bytes | None) -> dict:
     return json.loads(lines[-1][len(PROGRESS) :]) if lines else {}
 
 
-def run_one(family: str) -> dict:
-    """Everything for one family, as a JSON-able record."""
+def run_one(family: str, size: int | None = None) -> dict:
+    """Everything for one family, as a JSON-able record; ``size``: this input instead of the smallest."""
     import timm
     import torch
 
@@ -134,7 +136,7 @@ def run_one(family: str) -> dict:
         torch.manual_seed(0)
         model = timm.create_model(name, pretrained=False, num_classes=5).eval()
         default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        size = record["input"] = smallest_size(model, default)
+        size = record["input"] = size or smallest_size(model, default)
         calibrate(model, size)
         gen = torch.Generator().manual_seed(1)
         _at(record, "build", started)
@@ -148,6 +150,8 @@ def run_one(family: str) -> dict:
         classes = ours[2][:, 0].tolist()
         theirs = oracle_cam(model, wrapper.target_layer, images, classes, "gradcam", oracle_reshape(info))
         record["pgc_max_diff"] = float((ours[4][:, 0] - torch.from_numpy(theirs)).abs().max())
+        # a map with max == min is all zeros after normalization: agreeing on it proves nothing
+        record["flat_maps"] = sum(bool(m.max() == m.min()) for m in ours[4][:, 0])
         _at(record, "export", started)
         with tempfile.TemporaryDirectory() as tmp:
             path = export_onnx(wrapper, Path(tmp) / "model.onnx")
@@ -157,7 +161,10 @@ def run_one(family: str) -> dict:
         record["validate"] = "ok" if report.ok else "; ".join(report.failures())
         wrong = record["pgc_max_diff"] > PGC_LIMIT
         record["verdict"] = "OK" if report.ok and not wrong else "FAIL"
-        if wrong:
+        if record["verdict"] == "OK" and record["flat_maps"] == len(images):
+            record["verdict"] = "flat"
+            record["reason"] = "every map compared is all zeros: no evidence either way; try a larger --input"
+        elif wrong:
             record["reason"] = f"maps differ from pytorch-grad-cam by {record['pgc_max_diff']:.2g}"
         elif not report.ok:
             record["reason"] = f"validate: {record['validate']}"
@@ -216,7 +223,9 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
         "between our eager map and pytorch-grad-cam's GradCAM at the same layer (its `reshape_transform` "
         "derived from the layer's output shape). *ORT*: max |difference| of the maps between the ONNX "
         "artifact under ONNX Runtime and the eager reference (`validate`). *refused*: one of our errors "
-        "at build time, with its reason; *FAIL*: anything else that went wrong; *timeout*: over the time "
+        "at build time, with its reason; *FAIL*: anything else that went wrong; *flat*: everything passed but "
+        "every map compared was all zeros (the comparisons prove nothing; recorded since the sweep checks it, so "
+        "an older row with pgc and ORT both 0 may be one); *timeout*: over the time "
         "limit, in the stage named. *time*: wall-clock seconds after the imports; *CPU*: the process's CPU "
         "seconds, imports and every thread included (empty for rows from runs before it was recorded): where "
         "time is many times CPU, the family waited for a core.",
@@ -248,11 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "docs" / "architectures.jsonl")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "architectures.md")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per family")
+    parser.add_argument("--input", type=int, help="this input size for every family named, not the smallest")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: one family, JSON on stdout
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, args.input)))
         return 0
     import timm
 
@@ -264,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 done = subprocess.run(
-                    [sys.executable, __file__, "--one", family],
+                    [sys.executable, __file__, "--one", family, *(["--input", str(args.input)] if args.input else [])],
                     capture_output=True,
                     text=True,
                     timeout=args.timeout,
