@@ -10,8 +10,9 @@ docs/architectures.md.
     python scripts/timm_sweep.py --table-only           # rewrite the table from the results file
 
 Per family: the model with the fewest parameters (counted on the meta device), random
-weights with calibrated BatchNorm (:func:`gradcam_model.calibration.calibrate`), 5 classes,
-the smallest square input it accepts (tried from 32 px up to its default size).
+weights (norm weights that timm initializes to 0 set to 1) with calibrated BatchNorm
+(:func:`gradcam_model.calibration.calibrate`), 5 classes, the smallest square input it
+accepts (tried from 32 px up to its default size).
 ``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer
 (tests/oracle.py: its stored activations kept safe from in-place ops after the layer), with a
 ``reshape_transform`` derived from the layer's output shape alone, on two other images
@@ -71,6 +72,25 @@ def smallest_size(model, default: int) -> int:
         if isinstance(out, torch.Tensor) and out.dim() == 2:
             return size
     return default
+
+
+def _unzeroed(model):
+    """``model`` with every all-zero norm weight set to 1.
+
+    timm initializes the last norm of many residual branches with weight 0 (regnet's
+    ``zero_init_last_bn``, efficientvit_msra's ``bn_weight_init=0``): with random weights such a
+    branch outputs 0 and passes no gradient, so a layer inside it has an all-zero map.
+    """
+    import torch
+    from torch import nn
+
+    norms = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, norms) and isinstance(weight, torch.Tensor) and not weight.any():
+                weight.fill_(1.0)
+    return model
 
 
 def oracle_reshape(info):
@@ -134,7 +154,7 @@ def run_one(family: str, size: int | None = None) -> dict:
     try:
         name = record["model"] = smallest_model(family)
         torch.manual_seed(0)
-        model = timm.create_model(name, pretrained=False, num_classes=5).eval()
+        model = _unzeroed(timm.create_model(name, pretrained=False, num_classes=5).eval())
         default = int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
         size = record["input"] = size or smallest_size(model, default)
         calibrate(model, size)
