@@ -238,7 +238,8 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
             else ""
         ),
         "",
-        "Each family's model with the fewest parameters, random weights with calibrated BatchNorm, "
+        "Each family's model with the fewest parameters, random weights with calibrated BatchNorm (norm "
+        "weights that timm initializes to 0 set to 1, in rows run since 2026-12-07 06:40 UTC), "
         '5 classes, the smallest square input it accepts; `target_layer="auto"`. *pgc*: max |difference| '
         "between our eager map and pytorch-grad-cam's GradCAM at the same layer (its `reshape_transform` "
         "derived from the layer's output shape). *ORT*: max |difference| of the maps between the ONNX "
