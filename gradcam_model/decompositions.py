@@ -149,7 +149,7 @@ def _depthwise_strided_to_input(grad, weight, in_size, stride, padding, dilation
 def convolution_backward(
     grad_output, input, weight, bias_sizes, stride, padding, dilation, transposed, output_padding, groups, output_mask
 ):
-    if transposed or weight.dim() not in (3, 4):
+    if weight.dim() not in (3, 4):
         return NotImplemented  # leaves the op in the graph; the builder names it
     if output_mask[1] or output_mask[2]:
         # parameters never require grad while we trace; a weight gradient means misuse
@@ -164,17 +164,36 @@ def convolution_backward(
             [0, *_pair(padding, 1)],
             [1, *_pair(dilation, 1)],
             transposed,
-            output_padding,
+            [0, *_pair(output_padding, 1)],
             groups,
             output_mask,
         )
         return (None if grad_input is None else grad_input.squeeze(2)), None, None
     grad_input = None
     if output_mask[0]:
-        grad_input = _transpose_to_input(
-            grad_output, weight, input.shape[2:], _pair(stride), _pair(padding), _pair(dilation), groups
-        )
+        window = (_pair(stride), _pair(padding), _pair(dilation))
+        if transposed:  # ConvTranspose2d (LowFormer's attention upsampling)
+            grad_input = _transposed_to_input(
+                grad_output, weight, input.shape[2:], *window, _pair(output_padding), groups
+            )
+        else:
+            grad_input = _transpose_to_input(grad_output, weight, input.shape[2:], *window, groups)
     return grad_input, None, None
+
+
+def _transposed_to_input(grad, weight, in_size, stride, padding, dilation, output_padding, groups) -> torch.Tensor:
+    """Input gradient of a transposed convolution: the forward convolution with the same weight.
+
+    A transposed convolution is the adjoint of that convolution (the weight ``[in, out/groups,
+    kh, kw]`` is read as a forward kernel from ``out`` to ``in`` channels), so its own adjoint
+    is the convolution itself, with the same stride, padding, dilation and groups. Its output
+    is the input's size whenever ``output_padding < stride``; a larger output padding (allowed
+    below the dilation) adds rows that reach past the input, cropped here.
+    """
+    g = F.conv2d(grad, weight, None, stride, padding, dilation, groups)
+    if any(op >= s for op, s in zip(output_padding, stride, strict=True)):
+        g = g[:, :, : in_size[0], : in_size[1]]
+    return g
 
 
 def max_pool2d_with_indices_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):

@@ -168,6 +168,73 @@ def test_conv_strided_depthwise_input_grad_matches_eager(case, seed):
     _check_conv(case, seed)
 
 
+@st.composite
+def transposed_cases(draw) -> tuple[ConvCase, tuple[int, int]]:
+    """A ConvTranspose2d (``in_channels`` in, ``out_channels`` out) and its output padding,
+    which torch allows below the stride or the dilation."""
+    groups, in_per_group, out_per_group = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kernel = _pair_of(draw, st.integers(1, 4))
+    dilation = _pair_of(draw, st.integers(1, 3))
+    stride = _pair_of(draw, st.integers(1, 3))
+    reach = [dilation[i] * (kernel[i] - 1) for i in range(2)]
+    padding = tuple(draw(st.integers(0, reach[i])) for i in range(2))
+    output_padding = tuple(draw(st.integers(0, max(stride[i], dilation[i]) - 1)) for i in range(2))
+    size = _pair_of(draw, st.integers(1, 6))
+    # the output, (size - 1) * stride - 2 * padding + reach + output_padding + 1, must have a row
+    assume(all((size[i] - 1) * stride[i] - 2 * padding[i] + reach[i] + output_padding[i] >= 0 for i in range(2)))
+    case = ConvCase(
+        draw(st.integers(1, 3)),
+        groups * in_per_group,
+        groups * out_per_group,
+        groups,
+        size,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        draw(st.booleans()),
+    )
+    return case, output_padding
+
+
+def _transposed_args(case: ConvCase, output_padding, seed: int, dtype=f64) -> tuple:
+    x = _randn((case.batch, case.in_channels, *case.size), seed, dtype, case.channels_last)
+    weight = _randn((case.in_channels, case.out_channels // case.groups, *case.kernel), seed + 1, dtype)
+    s, p, d, op = list(case.stride), list(case.padding), list(case.dilation), list(output_padding)
+    out = F.conv_transpose2d(x, weight, None, s, p, op, case.groups, d)
+    grad = _randn(out.shape, seed + 2, dtype, case.channels_last)
+    return grad, x, weight, [case.out_channels], s, p, d, True, op, case.groups, [True, False, False]
+
+
+@_settings(250)
+@given(drawn=transposed_cases(), seed=st.integers(0, 2**16))
+@example(  # output padding 2 >= stride 1, allowed by dilation 3: the crop path
+    drawn=(ConvCase(2, 2, 3, 1, (4, 5), (3, 2), (1, 1), (1, 0), (3, 1)), (2, 0)), seed=0
+)
+@example(  # LowFormer's depthwise upsampling: kernel 2s, stride s, padding s // 2
+    drawn=(ConvCase(2, 4, 4, 4, (3, 3), (4, 4), (2, 2), (1, 1), (1, 1)), (0, 0)), seed=0
+)
+def test_transposed_conv_input_grad_matches_eager(drawn, seed):
+    args = _transposed_args(*drawn, seed)
+    want, _, _ = aten.convolution_backward.default(*args)
+    got, grad_weight, grad_bias = _taken(decompositions.convolution_backward(*args))
+    assert grad_weight is None and grad_bias is None
+    torch.testing.assert_close(got, want, **TOL64)
+    assert _convolutions(_ops_in(decompositions.convolution_backward, *args)) == [False]  # a forward convolution
+
+
+@pytest.mark.parametrize(
+    ("stride", "padding", "output_padding", "dilation", "groups"), [(2, 1, 1, 1, 2), (1, 0, 1, 2, 1)]
+)
+def test_transposed_conv1d_input_grad_matches_eager(stride, padding, output_padding, dilation, groups):
+    x, weight = _randn((2, 4, 5), 0), _randn((4, 3, 3), 1)  # ConvTranspose1d(4, 3 * groups, 3)
+    out = F.conv_transpose1d(x, weight, None, stride, padding, output_padding, groups, dilation)
+    args = (_randn(out.shape, 2), x, weight, [3 * groups], [stride], [padding], [dilation], True)
+    args = (*args, [output_padding], groups, [True, False, False])
+    want, _, _ = aten.convolution_backward.default(*args)
+    torch.testing.assert_close(_taken(decompositions.convolution_backward(*args))[0], want, **TOL64)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -476,7 +543,6 @@ def _decline_cases() -> dict:
         # a parameter gradient means parameters required grad while tracing: misuse, left to the builder
         "conv-weight-grad": (decompositions.convolution_backward, (*conv[:-1], [True, True, False])),
         "conv-bias-grad": (decompositions.convolution_backward, (*conv[:-1], [True, False, True])),
-        "conv-transposed": (decompositions.convolution_backward, (*conv[:7], True, *conv[8:])),
         # conv1d is decomposed (CoaT's relative position encoding): tests/test_timm_families.py checks it
         "conv3d": (decompositions.convolution_backward, (*conv_3d, *([[1] * 3] * 3), False, [0] * 3, 1, conv[-1])),
         "max-pool-unbatched": (decompositions.max_pool2d_with_indices_backward, _unbatched(_max_pool_args(pool, 0))),
@@ -504,6 +570,7 @@ TESTED = {
         test_conv_stride1_input_grad_matches_eager,
         test_conv_strided_dense_input_grad_matches_eager,
         test_conv_strided_depthwise_input_grad_matches_eager,
+        test_transposed_conv_input_grad_matches_eager,
     ),
     aten.max_pool2d_with_indices_backward.default: test_max_pool_backward_matches_eager,
     aten.avg_pool2d_backward.default: test_avg_pool_backward_matches_eager,

@@ -469,3 +469,75 @@ def test_cait_auto_picks_the_patch_tokens_before_the_class_attention_blocks():
 
     want = oracle_cam(model, "blocks", images, got[2][:, 0].tolist(), "gradcam", reshape)
     torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+
+
+class _TResNetLike(nn.Module):
+    """tresnet's pieces: a SpaceToDepth stem, and a stride-2 BlurPool2d (reflection padding) after the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import BlurPool2d, SpaceToDepth
+
+        self.stem = nn.Sequential(SpaceToDepth(4), nn.Conv2d(48, 8, 3, padding=1))
+        self.bn = nn.BatchNorm2d(8)
+        self.aa = BlurPool2d(8, filt_size=3, stride=2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.leaky_relu(self.bn(self.stem(x)), 1e-3, inplace=True)
+        return self.head(self.aa(x).mean((2, 3)))
+
+
+def test_a_reflection_padded_blur_pool_after_the_layer_exports_and_matches_pytorch_grad_cam(tmp_path):
+    # tresnet_m failed in torch.export: torch's decomposition of the reflection-pad backward's
+    # aten._unsafe_masked_index wrote into the fx argument list it was handed
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("timm")
+    from gradcam_model import validate
+
+    torch.manual_seed(0)
+    model = _TResNetLike().eval()
+    wrapper = GradCAMModel(model, "bn", example_input=torch.randn(2, 3, 24, 24))
+    assert wrapper.target_layer == "bn"
+    images = torch.randn(3, 3, 24, 24)
+    with torch.inference_mode():
+        got = wrapper(images)
+    assert bool((got[4].amax(dim=(2, 3)) == 1).all())  # no all-zero map: the comparisons can fail
+    want = oracle_cam(model, "bn", images, got[2][:, 0].tolist(), "gradcam")
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+    path = export_onnx(wrapper, tmp_path / "tresnet.onnx")
+    ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
+    np.testing.assert_allclose(ran[4], got[4].numpy(), atol=1e-4, rtol=0)
+    assert validate(path, model).ok
+
+
+class _LowFormerLike(nn.Module):
+    """LowFormer's attention: pooled, then upsampled back by a ConvTranspose2d (depthwise, kernel 2s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, 2, 1)
+        self.down = nn.Conv2d(8, 8, 2, 2, groups=8)
+        self.up = nn.ConvTranspose2d(8, 8, kernel_size=4, stride=2, padding=1, groups=8)
+        self.mix = nn.ConvTranspose2d(8, 6, kernel_size=3, stride=1, padding=1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.head(torch.relu(self.mix(x + self.up(self.down(x)))).mean((2, 3)))
+
+
+def test_transposed_convolutions_after_the_layer_are_lowered_and_match_pytorch_grad_cam(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = _LowFormerLike().eval()
+    wrapper = GradCAMModel(model, "stem", example_input=torch.randn(2, 3, 16, 16))
+    images = torch.randn(3, 3, 16, 16)
+    with torch.inference_mode():
+        got = wrapper(images)
+    assert bool((got[4].amax(dim=(2, 3)) == 1).all())  # no all-zero map: the comparisons can fail
+    want = oracle_cam(model, "stem", images, got[2][:, 0].tolist(), "gradcam")
+    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
+    path = export_onnx(wrapper, tmp_path / "lowformer.onnx")
+    ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
+    np.testing.assert_allclose(ran[4], got[4].numpy(), atol=1e-4, rtol=0)

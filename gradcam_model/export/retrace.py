@@ -57,7 +57,7 @@ def prepare_graph(gm: fx.GraphModule) -> fx.GraphModule:
             node.target = functional
             changed += 1
         elif node.op == "call_function" and node.target in table:
-            node.target = table[node.target]
+            node.target = _with_own_lists(table[node.target])
             decomposed += 1
     log.debug("before the export: %d in-place op(s) made out-of-place, %d decomposed", changed, decomposed)
     return fx.GraphModule(gm, graph)
@@ -73,6 +73,26 @@ def _onnx_decompositions() -> dict:
         return _decomp.create_onnx_friendly_decomposition_table(set(_decomp.get_onnx_implemented_overloads(registry)))
     except (ImportError, AttributeError):  # pragma: no cover - another torch layout: torch.onnx decomposes them
         return {}
+
+
+@functools.cache
+def _with_own_lists(decomposition):
+    """``decomposition`` called with fresh copies of its list arguments.
+
+    When ``torch.export`` runs our graph it hands each call a node's list argument as fx's
+    ``immutable_list``; torch's decomposition of ``aten._unsafe_masked_index`` (which its
+    reflection-pad backward emits: timm's BlurPool2d in tresnet) clamps its ``indices`` in
+    place and raised ``'immutable_list' object does not support mutation``. Decompositions
+    that ``run_decompositions`` calls itself get plain lists, so only our substitution needs
+    this. (Not ``functools.wraps``: fx would then write the call as torch's own function.)
+    """
+
+    def call(*args, **kwargs):
+        args = [list(a) if isinstance(a, list) else a for a in args]
+        kwargs = {k: list(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        return decomposition(*args, **kwargs)
+
+    return call
 
 
 def _functional_version(node: fx.Node):
