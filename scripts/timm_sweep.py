@@ -245,8 +245,8 @@ def write_table(rows: dict[str, dict], out: Path, elapsed: str) -> None:
         "derived from the layer's output shape). *ORT*: max |difference| of the maps between the ONNX "
         "artifact under ONNX Runtime and the eager reference (`validate`). *refused*: one of our errors "
         "at build time, with its reason; *FAIL*: anything else that went wrong; *flat*: everything passed but "
-        "every map compared was all zeros (the comparisons prove nothing; recorded since the sweep checks it, so "
-        "an older row with pgc and ORT both 0 may be one); *timeout*: over the time "
+        "every map compared was all zeros (the comparisons prove nothing); a family found flat at its smallest "
+        "input is rerun larger with `--input`, and its row shows that size; *timeout*: over the time "
         "limit, in the stage named. *time*: wall-clock seconds after the imports; *CPU*: the process's CPU "
         "seconds, imports and every thread included (empty for rows from runs before it was recorded): where "
         "time is many times CPU, the family waited for a core.",
