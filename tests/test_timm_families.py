@@ -491,21 +491,25 @@ class _TResNetLike(nn.Module):
 def test_a_reflection_padded_blur_pool_after_the_layer_exports_and_matches_pytorch_grad_cam(tmp_path):
     # tresnet_m failed in torch.export: torch's decomposition of the reflection-pad backward's
     # aten._unsafe_masked_index wrote into the fx argument list it was handed
-    ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("timm")
+    torch.manual_seed(0)
+    _matches_oracle_and_onnx_runtime(_TResNetLike().eval(), "bn", 24, tmp_path / "tresnet.onnx")
+
+
+def _matches_oracle_and_onnx_runtime(model: nn.Module, layer: str, size: int, path) -> None:
+    """The graph's maps equal pytorch-grad-cam's, its ONNX artifact's equal the graph's and it validates."""
+    ort = pytest.importorskip("onnxruntime")
     from gradcam_model import validate
 
-    torch.manual_seed(0)
-    model = _TResNetLike().eval()
-    wrapper = GradCAMModel(model, "bn", example_input=torch.randn(2, 3, 24, 24))
-    assert wrapper.target_layer == "bn"
-    images = torch.randn(3, 3, 24, 24)
+    wrapper = GradCAMModel(model, layer, example_input=torch.randn(2, 3, size, size))
+    assert wrapper.target_layer == layer
+    images = torch.randn(3, 3, size, size)
     with torch.inference_mode():
         got = wrapper(images)
     assert bool((got[4].amax(dim=(2, 3)) == 1).all())  # no all-zero map: the comparisons can fail
-    want = oracle_cam(model, "bn", images, got[2][:, 0].tolist(), "gradcam")
+    want = oracle_cam(model, layer, images, got[2][:, 0].tolist(), "gradcam")
     torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
-    path = export_onnx(wrapper, tmp_path / "tresnet.onnx")
+    path = export_onnx(wrapper, path)
     ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
     np.testing.assert_allclose(ran[4], got[4].numpy(), atol=1e-4, rtol=0)
     assert validate(path, model).ok
@@ -528,16 +532,5 @@ class _LowFormerLike(nn.Module):
 
 
 def test_transposed_convolutions_after_the_layer_are_lowered_and_match_pytorch_grad_cam(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    model = _LowFormerLike().eval()
-    wrapper = GradCAMModel(model, "stem", example_input=torch.randn(2, 3, 16, 16))
-    images = torch.randn(3, 3, 16, 16)
-    with torch.inference_mode():
-        got = wrapper(images)
-    assert bool((got[4].amax(dim=(2, 3)) == 1).all())  # no all-zero map: the comparisons can fail
-    want = oracle_cam(model, "stem", images, got[2][:, 0].tolist(), "gradcam")
-    torch.testing.assert_close(got[4][:, 0], torch.from_numpy(want), atol=1e-4, rtol=0)
-    path = export_onnx(wrapper, tmp_path / "lowformer.onnx")
-    ran = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": images.numpy()})
-    np.testing.assert_allclose(ran[4], got[4].numpy(), atol=1e-4, rtol=0)
+    _matches_oracle_and_onnx_runtime(_LowFormerLike().eval(), "stem", 16, tmp_path / "lowformer.onnx")
