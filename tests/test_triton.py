@@ -307,3 +307,35 @@ def test_python_backend_model_answers_each_request_of_a_batch(artifacts, tmp_pat
         == 'input "target_class"[0] = 99 is out of range; expected 0..9, or -1 for the top prediction'
     )
     assert answers[3].outputs == {}
+
+
+def test_python_backend_model_serves_a_guided_artifacts_sixth_output(tmp_path, monkeypatch):
+    """A guided-gradcam artifact: the python model answers "guided" beside the five, the overlay from "cam"."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from gradcam_model import GradCAMModel
+    from gradcam_model.runtime import load_explainer
+    from gradcam_model.serving.triton import TritonOptions, write_repository
+    from gradcam_model.serving.triton_model import TritonPythonModel
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()  # fmt: skip
+    artifact = export_onnx(GradCAMModel(net, "2", method="guided-gradcam", example_input=torch.randn(2, 3, 16, 16)),
+                           tmp_path / "guided.onnx")  # fmt: skip
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", _FakeUtils)
+    monkeypatch.delenv("OPENCV_IO_MAX_IMAGE_PIXELS", raising=False)
+    config = write_repository(artifact, tmp_path / "repo", "guided", options=TritonOptions(backend="python"))
+    assert 'name: "guided"' in config.read_text()
+    model = TritonPythonModel()
+    model.initialize({"model_config": "{}", "model_repository": str(config.parent), "model_version": "1"})
+    x = np.random.default_rng(1).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    (answer,) = model.execute([_FakeRequest({"image": x}, outputs=("cam", "guided", "overlay_png", "region"))])
+    assert answer.error is None
+    expected = load_explainer(artifact, providers=["CPUExecutionProvider"])(x)
+    assert expected.guided is not None and float(np.abs(expected.guided).max()) > 0
+    np.testing.assert_allclose(answer.outputs["guided"], expected.guided, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(answer.outputs["cam"], expected.cam, rtol=0, atol=1e-6)
+    assert answer.outputs["overlay_png"].shape == (2, 1)

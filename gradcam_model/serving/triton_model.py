@@ -128,13 +128,14 @@ class TritonPythonModel:
         return results
 
     def _answer(self, request: _Request, outputs):
-        from ..contract import OUTPUT_NAMES
+        from ..contract import output_names
 
         if isinstance(outputs, GradCAMError):
             return self._error(outputs)
-        tensors = [_pb.Tensor(n, np.ascontiguousarray(a)) for n, a in zip(OUTPUT_NAMES, outputs, strict=True)]
+        names = output_names(self.meta.method)  # the five, and "guided" for a guided artifact
+        tensors = [_pb.Tensor(n, np.ascontiguousarray(a)) for n, a in zip(names, outputs, strict=True)]
         if request.wanted & set(EXTRA_OUTPUTS):
-            overlays, regions = self._overlays(request, outputs[-1])
+            overlays, regions = self._overlays(request, outputs[names.index("cam")])
             tensors += [_pb.Tensor("overlay_png", overlays), _pb.Tensor("region", regions)]
         return _pb.InferenceResponse(output_tensors=tensors)
 
