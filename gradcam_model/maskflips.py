@@ -150,12 +150,10 @@ class Unclipped(CAMMethod):
 
 
 def flippable(method: str | CAMMethod) -> bool:
-    """Whether a method's map comes from a target layer's gradient in one pass per image, the rows that mask
-    flips are indexed by (``+aug-smooth`` runs 6 per image, AblationCAM one per channel; FullGrad and guided
-    backprop read no target layer)."""
-    method = get_method(method)
-    one_pass = not (method.aug_smooth or getattr(method, "ablates", False))
-    return one_pass and getattr(method, "uses_target_layer", True)
+    """Whether a method's map is a target layer's, one pass per image (the rows mask flips are indexed by):
+    not ``+aug-smooth`` (6 passes), AblationCAM (one per channel), FullGrad or guided backprop (no layer)."""
+    m = get_method(method)
+    return getattr(m, "uses_target_layer", True) and not (m.aug_smooth or getattr(m, "ablates", False))
 
 
 def finish(saliency: np.ndarray | torch.Tensor, size: tuple[int, int] | None, normalize: bool):
