@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import torch
+
 from gradcam_model.bench import configs
 from gradcam_model.bench.methods import BEGIN, END, run_methods_bench
 from gradcam_model.cli import main
@@ -14,7 +16,9 @@ def test_cli_run_writes_its_table_and_section(tmp_path, capsys):
     doc.write_text(f"# Benchmarks\n\n{BEGIN}\nold\n{END}\n")
     argv = ["bench", "--methods", "--config", "resnet18-layer4-64-b2", "--only", "gradcam,eigencam",
             "--repeats", "2", "--warmup", "1", "--threads", "1", "--markdown", str(doc)]  # fmt: skip
+    threads = torch.get_num_threads()
     assert main(argv) == 0
+    assert torch.get_num_threads() == threads  # --threads 1 was for the run: this process keeps its own
     out = capsys.readouterr().out
     row = re.compile(r"^\| `(\S+)` \| (yes|no) \| ([\d.]+) \| ([\d.]+) \|", re.M)
     rows = {m.group(1): m.groups() for m in row.finditer(out)}

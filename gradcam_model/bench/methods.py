@@ -99,20 +99,31 @@ def run_methods_bench(
     """Time ``methods`` at the configuration ``config_name`` against its logits-only ONNX model."""
     import torch
 
-    from ..calibration import random_model
     from ..errors import InputError
-    from ..methods import get_method
     from .configs import select_configs
-    from .contestants import export_logits_onnx, ort_runner, ort_session
     from .machine import default_threads
-    from .timing import time_interleaved
 
     chosen = select_configs([config_name])
     if len(chosen) != 1:
         raise InputError(f"--config names one configuration; {config_name!r} matches {len(chosen)}")
     config = chosen[0]
     threads = threads or default_threads()
-    torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # for the exports; restored below: a caller's process keeps its own
+    try:
+        return _run(config, methods, workdir, repeats, warmup, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(config, methods: list[str], workdir: Path, repeats: int, warmup: int, threads: int) -> MethodsResult:
+    import torch
+
+    from ..calibration import random_model
+    from ..methods import get_method
+    from .contestants import export_logits_onnx, ort_runner, ort_session
+    from .timing import time_interleaved
+
     load_before = os.getloadavg()
     model = random_model(config.arch, size=config.size, num_classes=config.num_classes, seed=0)
     example = torch.randn(config.batch, 3, config.size, config.size, generator=torch.Generator().manual_seed(0))
