@@ -41,25 +41,25 @@ _LAZY = {
     "load_image": ".runtime",
     "preprocess": ".runtime",
     # build side: torch
-    "GradCAMModel": ".wrapper",
-    "reference_cam": ".wrapper",
+    "GradCAMModel": ".graph.wrapper",
+    "reference_cam": ".graph.wrapper",
     "export_onnx": ".export",
     "export_torchscript": ".export",
-    "LayerInfo": ".layers",
-    "list_layers": ".layers",
-    "METHODS": ".methods",
-    "CAMMethod": ".methods",
+    "LayerInfo": ".graph.layers",
+    "list_layers": ".graph.layers",
+    "METHODS": ".graph.methods",
+    "CAMMethod": ".graph.methods",
     "efficientnet_lite0_imagenet": ".models",
     "imagenet_class_names": ".models",
     "load_model": ".models",
     "load_weights": ".models",
-    "ParityReport": ".parity",
-    "assert_parity": ".parity",
-    "tolerance_for": ".parity",
-    "validate": ".parity",
+    "ParityReport": ".checks.parity",
+    "assert_parity": ".checks.parity",
+    "tolerance_for": ".checks.parity",
+    "validate": ".checks.parity",
 }
 # build-side subpackages reached as attributes (gradcam_model.export.export_onnx...)
-_BUILD_MODULES = ("export", "wrapper", "parity", "layers", "methods", "models", "capture", "decompositions")
+_BUILD_MODULES = ("export", "graph", "checks", "models")
 _BUILD_NEEDS = ("torch", "torchvision", "onnx", "onnxscript")
 
 

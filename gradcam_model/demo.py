@@ -20,13 +20,13 @@ import numpy as np
 import torch
 
 from ._atomic import write_bytes_atomic
+from .checks.parity import ParityReport, parity_document, validate_each
 from .errors import ExportError
 from .export import export_onnx, export_torchscript
+from .graph.wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
 from .models import efficientnet_lite0_imagenet, imagenet_class_names
-from .parity import ParityReport, parity_document, validate_each
 from .runtime import explained_region, load_explainer, preprocess
 from .runtime.visualize import caption, grid, overlay, save_png
-from .wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel
 
 __all__ = ["DEMO_PHOTOS", "DEFAULT_OUT_DIR", "DemoResult", "PhotoResult", "SplitResult", "run_demo"]
 

@@ -11,7 +11,7 @@ docs/architectures.md.
 
 Per family: the model with the fewest parameters (counted on the meta device), random
 weights (norm weights that timm initializes to 0 set to 1) with calibrated BatchNorm
-(:func:`gradcam_model.calibration.calibrate`), 5 classes, the smallest square input it
+(:func:`gradcam_model.checks.calibration.calibrate`), 5 classes, the smallest square input it
 accepts (tried from 32 px up to its default size).
 ``GradCAMModel(model, "auto")``; pytorch-grad-cam's GradCAM at the chosen layer
 (tests/oracle.py: its stored activations kept safe from in-place ops after the layer), with a
@@ -141,9 +141,9 @@ def run_one(family: str, size: int | None = None) -> dict:
     import torch
 
     from gradcam_model import GradCAMModel, export_onnx, validate
-    from gradcam_model.calibration import calibrate
+    from gradcam_model.checks.calibration import calibrate
     from gradcam_model.errors import GradCAMError
-    from gradcam_model.layers import list_layers
+    from gradcam_model.graph.layers import list_layers
 
     sys.path.insert(0, str(ROOT / "tests"))
     from oracle import oracle_cam

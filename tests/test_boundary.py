@@ -27,22 +27,22 @@ SERVE_SIDE = [
     "gradcam_model._suggest",
     "gradcam_model._argtypes",
     "gradcam_model.bench.memory",
-    "gradcam_model.tolerances",
+    "gradcam_model.checks.tolerances",
     *_modules("runtime"),
     *_modules("serving"),  # gradcam serve and the Triton writer
 ]
 BUILD_SIDE = {
-    "gradcam_model.wrapper",
-    "gradcam_model.capture",
-    "gradcam_model.decompositions",
-    "gradcam_model.methods",
-    "gradcam_model.layers",
+    "gradcam_model.graph.wrapper",
+    "gradcam_model.graph.capture",
+    "gradcam_model.graph.decompositions",
+    "gradcam_model.graph.methods",
+    "gradcam_model.graph.layers",
     "gradcam_model.models",
     "gradcam_model.export",
-    "gradcam_model.parity",
+    "gradcam_model.checks.parity",
     "gradcam_model.demo",
     "gradcam_model.bench",
-    "gradcam_model._state",
+    "gradcam_model.graph._state",
 }
 HEAVY = {"torch", "torchvision", "onnx", "onnxscript", "timm"}
 # the one deliberate exception: a TorchScript artifact needs libtorch, imported when one is loaded
@@ -105,7 +105,7 @@ def test_serve_side_imports_stay_on_the_serve_side():
 def test_the_walk_would_see_a_violation():
     """The checker itself: the build side's exporter imports torch and the wrapper."""
     names = {name for name, _ in _imports("gradcam_model.export.onnx")}
-    assert "torch" in names and "gradcam_model.wrapper.GradCAMModel" in names
+    assert "torch" in names and "gradcam_model.graph.wrapper.GradCAMModel" in names
 
 
 def test_importing_the_runtime_and_the_cli_leaves_torch_unloaded():
@@ -124,4 +124,25 @@ def test_build_side_names_still_load_from_the_package():
     code = "import sys, gradcam_model as g; g.GradCAMModel; print('torch' in sys.modules, g.validate.__module__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "gradcam_model.parity"]
+    assert done.stdout.split() == ["True", "gradcam_model.checks.parity"]
+
+
+GRAPH_MUST_NOT_REACH = ("checks", "export", "runtime", "serving", "cli", "bench", "demo", "cli_ray")
+
+
+def test_the_graph_builder_never_reaches_the_checkers_or_a_command():
+    """gradcam_model.graph builds the graph; checkers and commands sit on top of it, never below."""
+    problems = []
+    for module in _modules("graph"):
+        for name, scope in _imports(module):
+            parts = name.split(".")
+            if parts[0] == "gradcam_model" and len(parts) > 1 and parts[1] in GRAPH_MUST_NOT_REACH:
+                problems.append(f"{module} ({scope or 'module level'}) imports {name}")
+    assert not problems, "\n".join(problems)
+    assert len(_modules("graph")) >= 10  # the walk saw the package
+
+
+def test_the_graph_walk_would_see_a_violation():
+    """The checker itself: a checker imports the builder, which the rule above forbids the other way."""
+    names = {name for name, _ in _imports("gradcam_model.checks.parity")}
+    assert "gradcam_model.graph.wrapper" in names and "gradcam_model.runtime.explainer" in names

@@ -24,8 +24,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
 
-from gradcam_model import decompositions
-from gradcam_model.decompositions import StaticShapesRequired, backward_decompositions, is_backward_op
+from gradcam_model.graph import decompositions
+from gradcam_model.graph.decompositions import StaticShapesRequired, backward_decompositions, is_backward_op
 
 aten = torch.ops.aten
 f64 = torch.float64

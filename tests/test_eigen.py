@@ -18,7 +18,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection, get_2d_projection_with_sign_correction
 
 import gradcam_model as gc
-from gradcam_model.methods import principal_projection
+from gradcam_model.graph.methods import principal_projection
 from gradcam_model.runtime import load_explainer
 
 CAM_ATOL = 1e-4

@@ -298,7 +298,7 @@ def test_compare_methods_hands_the_collected_inputs_to_the_build_side(artifacts,
     import types
 
     seen = {}
-    fake = types.ModuleType("gradcam_model.evaluation")  # part 2's module, which owns the torch side
+    fake = types.ModuleType("gradcam_model.checks.evaluation")  # part 2's module, which owns the torch side
     fake.run_build_side = lambda args, images: seen.update(args=args, images=images) or 0
     monkeypatch.setitem(sys.modules, "gradcam_model.cli._evaluate_build", fake)
     args = ["evaluate", str(artifacts["static.onnx"]), str(picture_dir), "--out", str(tmp_path / "o")]

@@ -11,11 +11,9 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from gradcam_model import GradCAMModel, reference_cam
-from gradcam_model.calibration import calibrate
-from gradcam_model.cli import main
-from gradcam_model.evaluation import build_wrappers, compare_methods
-from gradcam_model.methods import CAMMethod
-from gradcam_model.randomization import (
+from gradcam_model.checks.calibration import calibrate
+from gradcam_model.checks.evaluation import build_wrappers, compare_methods
+from gradcam_model.checks.randomization import (
     FLAG_THRESHOLD,
     RandomizationResult,
     cascade_steps,
@@ -23,6 +21,8 @@ from gradcam_model.randomization import (
     randomized_copy,
     spearman,
 )
+from gradcam_model.cli import main
+from gradcam_model.graph.methods import CAMMethod
 from gradcam_model.runtime import evaluate
 from gradcam_model.runtime.visualize import save_png
 
@@ -209,7 +209,7 @@ def test_cli_randomize_check(compared, photos, tmp_path, capsys):
 
 
 def test_the_comparison_table_holds_the_baselines_and_each_methods_verdicts(compared, images):
-    from gradcam_model.evaluation import Comparison
+    from gradcam_model.checks.evaluation import Comparison
 
     _, result = compared
     evaluations = {

@@ -17,7 +17,7 @@ from zoo import build
 
 import gradcam_model as gc
 from gradcam_model.contract import GUIDED_METHODS, GUIDED_OUTPUT, OUTPUT_NAMES, output_names
-from gradcam_model.methods import METHODS
+from gradcam_model.graph.methods import METHODS
 from gradcam_model.runtime import load_explainer
 
 CAM_ATOL = 1e-4
@@ -96,7 +96,7 @@ def test_fullgrad_top_k_explains_each_class():
 
 def test_fullgrad_ignores_the_target_layer(caplog):
     model, images = _small(), _images(3)
-    with caplog.at_level(logging.WARNING, logger="gradcam_model.wrapper"):
+    with caplog.at_level(logging.WARNING, logger="gradcam_model.graph.wrapper"):
         named = gc.GradCAMModel(model, "3", method="fullgrad", example_input=images[:1])
     assert "method 'fullgrad' reads no target layer: '3' is ignored" in caplog.text
     assert named.target_layer == ""

@@ -11,7 +11,7 @@ from torch import nn
 
 from gradcam_model import GradCAMModel, LayerNotFoundError, list_layers, reference_cam
 from gradcam_model.errors import GradCAMError, InputError, LayerError
-from gradcam_model.layers import auto_layer
+from gradcam_model.graph.layers import auto_layer
 from gradcam_model.models import architecture_name
 
 

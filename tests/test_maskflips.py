@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from conftest import zoo_model
 from torch import nn
 
-from gradcam_model import ParityError, assert_parity, parity, reference_cam, validate
+from gradcam_model import ParityError, assert_parity, reference_cam, validate
+from gradcam_model.checks import parity
+from gradcam_model.checks.gates import traced
+from gradcam_model.checks.maskflips import Unclipped, diagnose, finish, flippable
 from gradcam_model.contract import ArtifactMetadata
-from gradcam_model.gates import traced
-from gradcam_model.maskflips import Unclipped, diagnose, finish, flippable
-from gradcam_model.methods import METHODS
+from gradcam_model.graph.methods import METHODS
+from gradcam_model.graph.wrapper import IMAGENET_MEAN, IMAGENET_STD, reference_reshape
 from gradcam_model.runtime.explainer import Explainer
-from gradcam_model.wrapper import IMAGENET_MEAN, IMAGENET_STD, reference_reshape
 
 LAYER = "layer3"  # the case: resnet18 at layer3, 64x64; the flipped gate lies in layer4
 
@@ -104,7 +105,7 @@ def flipped():
 
 def test_validate_explains_a_flipped_relu_mask(flipped, caplog):
     reference, artifact, image, element, near = flipped
-    with caplog.at_level("INFO", logger="gradcam_model.parity"):
+    with caplog.at_level("INFO", logger="gradcam_model.checks.parity"):
         report = validate(EagerArtifact(artifact), reference, inputs=image, batch_sizes=())
     # its steps, which `gradcam export` shows as the progress of a long validation
     assert [m for m in caplog.messages if not m.startswith("parity of")] == [

@@ -17,11 +17,11 @@ from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 import gradcam_model as gc
-from gradcam_model import methods_extra
-from gradcam_model._dce import eliminate_dead_writes
-from gradcam_model.calibration import random_model
-from gradcam_model.methods import METHODS, get_method
-from gradcam_model.methods_extra import RandomCAM
+from gradcam_model.checks.calibration import random_model
+from gradcam_model.graph import methods_extra
+from gradcam_model.graph._dce import eliminate_dead_writes
+from gradcam_model.graph.methods import METHODS, get_method
+from gradcam_model.graph.methods_extra import RandomCAM
 from gradcam_model.runtime import load_explainer
 
 CAM_ATOL = 1e-4
@@ -250,7 +250,7 @@ def test_method_names_round_trip_and_are_registered_once():
 def test_mask_flip_reruns_follow_the_score_and_refuse_several_passes_per_image():
     """Validation's mask-flip diagnosis indexes gates by image row: FinerCAM keeps its score there,
     ``+aug-smooth`` and AblationCAM (several passes per image) are not diagnosed, so beyond-limit maps fail."""
-    from gradcam_model.maskflips import Unclipped, flippable
+    from gradcam_model.checks.maskflips import Unclipped, flippable
 
     assert Unclipped("finercam").score.__self__.name == "finercam"
     for name in ("gradcam+aug-smooth", "ablationcam"):

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from gradcam_model import GradCAMModel, export_onnx
-from gradcam_model.calibration import calibrate, random_model
-from gradcam_model.parity import validate_each
-from gradcam_model.runtimes import RuntimeUnavailableError, load_under
+from gradcam_model.checks.calibration import calibrate, random_model
+from gradcam_model.checks.parity import validate_each
+from gradcam_model.checks.runtimes import RuntimeUnavailableError, load_under
 
 pytest.importorskip("openvino")  # a [dev] dependency ([openvino] extra): installed by scripts/setup.sh
 timm = pytest.importorskip("timm")

@@ -21,7 +21,7 @@ class _Terminal(io.StringIO):
 def _run_stage(monkeypatch, stream, verbose: int = 0) -> str:
     monkeypatch.setattr("sys.stderr", stream)
     with logging_to_stderr(verbose), stage("tracing", verbose=verbose, interval=0.01):
-        logging.getLogger("gradcam_model.wrapper").info("checking the dynamic-size graph at 97x81")
+        logging.getLogger("gradcam_model.graph.wrapper").info("checking the dynamic-size graph at 97x81")
         time.sleep(0.1)
     return stream.getvalue()
 
@@ -45,7 +45,7 @@ def test_a_stage_with_verbose_prints_one_line_and_leaves_the_logs_to_logging(mon
     out = _run_stage(monkeypatch, _Terminal(), verbose=1)
     assert out.splitlines() == [
         "gradcam: tracing...",
-        "INFO gradcam_model.wrapper: checking the dynamic-size graph at 97x81",
+        "INFO gradcam_model.graph.wrapper: checking the dynamic-size graph at 97x81",
     ]
 
 

@@ -195,7 +195,7 @@ def test_validate_reports_parity(artifacts, resnet18, fmt, kind):
 @pytest.mark.parametrize("kind", ["dynamic", "static"])
 def test_validate_each_shares_the_references(artifacts, resnet18, kind, monkeypatch):
     """Both formats of one graph: the reports of separate validations, for one set of eager passes."""
-    from gradcam_model import parity
+    from gradcam_model.checks import parity
 
     paths = [artifacts[f"{kind}.onnx"], artifacts[f"{kind}.pt"]]
     passes = []
@@ -211,7 +211,7 @@ def test_validate_each_shares_the_references(artifacts, resnet18, kind, monkeypa
 
 
 def test_validate_each_refuses_artifacts_of_different_graphs(artifacts, resnet18):
-    from gradcam_model.parity import validate_each
+    from gradcam_model.checks.parity import validate_each
 
     with pytest.raises(InputError, match="differ in target_layer, .*validate them separately"):
         validate_each([artifacts["static.onnx"], artifacts["dynamic.pt"]], resnet18)

@@ -16,9 +16,9 @@ from oracle import oracle_cam
 from torch import nn
 
 from gradcam_model import GradCAMModel, export_onnx, list_layers, reference_cam
+from gradcam_model.checks.parity import _output_diffs, _Tally
+from gradcam_model.checks.tolerances import Tolerance
 from gradcam_model.errors import BackendError, GradCAMError
-from gradcam_model.parity import _output_diffs, _Tally
-from gradcam_model.tolerances import Tolerance
 
 
 class _BiasCacheAttention(nn.Module):
@@ -245,7 +245,7 @@ def test_a_conv1d_after_the_layer_is_lowered_and_matches_pytorch_grad_cam():
 def test_a_cache_filled_with_gradients_on_does_not_stop_validate_copying_the_model():
     import copy
 
-    from gradcam_model._trace_state import copy_model
+    from gradcam_model.graph._trace_state import copy_model
 
     torch.manual_seed(0)
     model = _LeViTLike().eval()
@@ -330,7 +330,7 @@ def test_a_layer_followed_by_an_in_place_relu_matches_the_oracle_kept_from_alias
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from gradcam_model.calibration import calibrate
+    from gradcam_model.checks.calibration import calibrate
 
     torch.manual_seed(0)
     model = timm.models.dla.DLA(
@@ -411,7 +411,7 @@ def test_a_scaled_up_input_and_class_attention_give_the_last_token_stream_layer(
 
 
 def test_the_randomization_check_copies_a_model_whose_cache_holds_a_non_leaf():
-    from gradcam_model.randomization import randomization_check, randomized_copy
+    from gradcam_model.checks.randomization import randomization_check, randomized_copy
 
     torch.manual_seed(0)
     model = _LeViTLike().eval()

@@ -10,15 +10,15 @@ import pytest
 import torch
 from zoo import build
 
-from gradcam_model.cli import main
-from gradcam_model.errors import ArtifactError
-from gradcam_model.runtimes import (
+from gradcam_model.checks.runtimes import (
     RuntimeChoice,
     RuntimeChoiceError,
     RuntimeUnavailableError,
     load_under,
     parse_runtime,
 )
+from gradcam_model.cli import main
+from gradcam_model.errors import ArtifactError
 
 
 @pytest.mark.parametrize(

@@ -24,8 +24,8 @@ from gradcam_model import (
     UnsupportedOperatorError,
     reference_cam,
 )
-from gradcam_model.decompositions import is_backward_op
-from gradcam_model.methods import get_method, postprocess
+from gradcam_model.graph.decompositions import is_backward_op
+from gradcam_model.graph.methods import get_method, postprocess
 
 CAM_ATOL = 1e-4
 LOGITS_ATOL = 1e-5
@@ -243,7 +243,7 @@ class _FlattenHead(nn.Module):
 def test_spatial_size_fixed_when_the_dynamic_graph_fails_at_another_size(caplog):
     torch.manual_seed(0)
     model = _FlattenHead().eval()
-    with caplog.at_level("INFO", logger="gradcam_model.wrapper"):
+    with caplog.at_level("INFO", logger="gradcam_model.graph.wrapper"):
         wrapper = GradCAMModel(model, "conv", example_input=torch.randn(1, 3, 8, 8))
     assert wrapper.input_size == (8, 8)
     reason = wrapper.fixed_size_reason

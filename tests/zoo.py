@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from gradcam_model.calibration import calibrate, random_model
+from gradcam_model.checks.calibration import calibrate, random_model
 
 __all__ = ["CASES", "Case", "ZOO", "build", "calibrate"]
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import GradCAMError
 from ..export.onnx import DEFAULT_OPSET, quiet
-from ..layers import resolve_layer
+from ..graph.layers import resolve_layer
 from ..runtime.explainer import cuda_provider
 from .configs import BenchConfig
 
@@ -111,8 +111,8 @@ def contestants(
     stack: contextlib.ExitStack,
 ) -> dict[str, Callable[[], object]]:
     """Zero-argument callables, one per contestant, each returning its map (or logits)."""
+    from ..graph.wrapper import reference_cam
     from ..runtime.explainer import TorchScriptExplainer
-    from ..wrapper import reference_cam
 
     device = image.device
     ort_logits = ort_session(paths["onnx_logits"], threads, spinning, device)

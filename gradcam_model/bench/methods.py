@@ -1,7 +1,7 @@
 """Each CAM method's cost: its ONNX artifact's run time as a multiple of the logits-only model's.
 
 ``gradcam bench --methods``: for one configuration (default ``resnet50-layer4-224-b1``), every
-method (:data:`gradcam_model.methods.METHODS`, or ``--only``) is built and exported once,
+method (:data:`gradcam_model.graph.methods.METHODS`, or ``--only``) is built and exported once,
 then all the artifacts and the logits-only ONNX model run in interleaved rounds under ONNX
 Runtime on the CPU (each round in a rotated order), so they share whatever load the machine
 has. A method the configuration's layer cannot carry is listed with the reason it was
@@ -73,7 +73,7 @@ def _method_runner(model, config, name: str, example, workdir: Path, threads: in
     """Build and export ``name``'s artifact; its ORT runner (the maps), or None with ``row.refused`` set."""
     from ..errors import GradCAMError
     from ..export import export_onnx
-    from ..wrapper import GradCAMModel
+    from ..graph.wrapper import GradCAMModel
     from .contestants import ort_runner, ort_session
 
     started = time.perf_counter()
@@ -119,8 +119,8 @@ def run_methods_bench(
 def _run(config, methods: list[str], workdir: Path, repeats: int, warmup: int, threads: int) -> MethodsResult:
     import torch
 
-    from ..calibration import random_model
-    from ..methods import get_method
+    from ..checks.calibration import random_model
+    from ..graph.methods import get_method
     from .contestants import export_logits_onnx, ort_runner, ort_session
     from .timing import time_interleaved
 
@@ -175,7 +175,7 @@ def markdown(result: MethodsResult) -> str:
 
 
 def _only(result: MethodsResult) -> str:
-    from ..methods import METHODS
+    from ..graph.methods import METHODS
 
     names = [row.method for row in result.rows]
     return "" if names == list(METHODS) else f" --only {','.join(names)}"
@@ -184,7 +184,7 @@ def _only(result: MethodsResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gradcam bench --methods`` options."""
     from .._argtypes import positive_int
-    from ..methods import METHODS
+    from ..graph.methods import METHODS
 
     parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="NAME",
                         help=f"the configuration (a `gradcam bench` one; default: {DEFAULT_CONFIG})")  # fmt: skip
@@ -199,7 +199,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``gradcam bench --methods``; print the table; return 0."""
-    from ..methods import get_method
+    from ..graph.methods import get_method
     from .report import update_section
 
     methods = [name.strip() for name in args.only.split(",") if name.strip()]

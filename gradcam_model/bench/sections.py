@@ -66,8 +66,8 @@ def default_artifact(workdir: Path) -> Path:
     import torch
 
     from ..export import export_onnx
+    from ..graph.wrapper import GradCAMModel
     from ..models import efficientnet_lite0_imagenet, imagenet_class_names
-    from ..wrapper import GradCAMModel
 
     wrapper = GradCAMModel(
         efficientnet_lite0_imagenet(),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..calibration import random_model
+from ..checks.calibration import random_model
 from ..errors import GradCAMError
 from .configs import BenchConfig, select_configs
 from .contestants import as_map, contestants, export_logits_onnx, normalized
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _build_model(config: BenchConfig, seed: int = 0) -> nn.Module:
-    """The configuration's model with random weights made fit for timing (see :mod:`gradcam_model.calibration`)."""
+    """The configuration's model with random weights made fit for timing (:mod:`gradcam_model.checks.calibration`)."""
     if config.arch.startswith("timm:"):
         try:
             import timm  # noqa: F401
@@ -70,9 +70,9 @@ def _build_and_export(config: BenchConfig, model: nn.Module, example: torch.Tens
     The logits-only export is both a contestant's artifact and the yardstick of the
     export-time target: exported once, timed once.
     """
+    from ..checks.parity import validate
     from ..export import export_onnx, export_torchscript
-    from ..parity import validate
-    from ..wrapper import GradCAMModel
+    from ..graph.wrapper import GradCAMModel
 
     started = time.perf_counter()
     wrapper = GradCAMModel(model, config.layer, example_input=example, architecture=config.arch)
@@ -113,7 +113,7 @@ def _warm_up_exporters(workdir: Path) -> None:
     """One tiny export of each kind, untimed: torch.onnx's first call in a process imports and builds its
     registry (seconds), which would otherwise land on whichever export of the first configuration runs first."""
     from ..export import export_onnx
-    from ..wrapper import GradCAMModel
+    from ..graph.wrapper import GradCAMModel
 
     gen = torch.Generator().manual_seed(0)
     tiny = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._argtypes import non_negative_float, positive_int
-from ..tolerances import Tolerance
+from ..checks.tolerances import Tolerance
 
 __all__ = [
     "PROG",

@@ -10,8 +10,8 @@ import argparse
 import numpy as np
 import torch
 
-from ..evaluation import build_wrappers, compare_methods
-from ..methods import get_method
+from ..checks.evaluation import build_wrappers, compare_methods
+from ..graph.methods import get_method
 from . import _common as common
 from .validate import _reference_model
 
@@ -35,7 +35,7 @@ def _evaluate_options(args: argparse.Namespace, items, images: np.ndarray, sizes
 def run_build_side(args: argparse.Namespace, items) -> int:
     """``gradcam evaluate --compare-methods/--randomize-check``: 1 when an artifact fails parity or a method
     fails the randomization check."""
-    from ..randomization import randomization_check
+    from ..checks.randomization import randomization_check
     from ..runtime import load_explainer
     from ..runtime.boxes import load_inputs
 

@@ -1,7 +1,7 @@
 """``gradcam evaluate``: score an artifact's maps on images (serve side: no torch for .onnx).
 
 ``--compare-methods`` and ``--randomize-check`` need the eager model: they hand over to
-the build side (:mod:`gradcam_model.evaluation`, torch, through :mod:`._evaluate_build`).
+the build side (:mod:`gradcam_model.checks.evaluation`, torch, through :mod:`._evaluate_build`).
 """
 
 from __future__ import annotations

@@ -144,7 +144,7 @@ def _build(args: argparse.Namespace, model, method: str, class_names):
     """The ``GradCAMModel`` the flags describe; prints a one-line summary."""
     import torch
 
-    from ..wrapper import GradCAMModel
+    from ..graph.wrapper import GradCAMModel
 
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))
     prep = _preprocessing(args, model)
@@ -193,7 +193,7 @@ def _export(args: argparse.Namespace, wrapper, fmt: str, path: Path) -> None:
 
 def _validate(args: argparse.Namespace, model, targets: dict[str, Path]):
     """Every artifact's parity report (printed as tables): one set of eager references for all of them."""
-    from ..parity import tolerance_for, validate_each
+    from ..checks.parity import tolerance_for, validate_each
 
     tolerances = [
         tolerance_for(
@@ -217,9 +217,9 @@ def _validate(args: argparse.Namespace, model, targets: dict[str, Path]):
 
 def run(args: argparse.Namespace) -> int:
     """Export, validate, write parity.json; 1 when some artifact fails its parity check."""
+    from ..checks.parity import parity_document
     from ..errors import GradCAMError
-    from ..methods import get_method
-    from ..parity import parity_document
+    from ..graph.methods import get_method
 
     method = get_method(args.method).name  # fail fast, before building anything
     if args.class_input and args.top_k != 1:

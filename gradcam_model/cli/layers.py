@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     """Print the layers whose outputs are [N, C, h, w] maps, marking the automatic choice."""
     import torch
 
-    from ..layers import list_layers
+    from ..graph.layers import list_layers
 
     model = common.load_model(args, args.num_classes)
     example = torch.randn(1, 3, *args.input_size, generator=torch.Generator().manual_seed(0))

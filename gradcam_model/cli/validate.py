@@ -38,8 +38,8 @@ def _reference_model(args: argparse.Namespace, meta):
     """The eager model to compare with: ``--arch`` or the recorded architecture, with the trained weights."""
     import torch
 
-    from .._state import eval_state
     from ..errors import ArchitectureError, GradCAMError
+    from ..graph._state import eval_state
 
     args.arch = args.arch or meta.architecture
     factory = ":" in args.arch and not args.arch.startswith("timm:")
@@ -73,9 +73,9 @@ def _load(args: argparse.Namespace):
     load it (exit 4). A missing file or one that is no artifact stays a user error (exit 2)."""
     import sys
 
+    from ..checks.runtimes import load_under, parse_runtime
     from ..errors import ArtifactLoadError
     from ..runtime import load_explainer
-    from ..runtimes import load_under, parse_runtime
 
     choice = parse_runtime(args.runtime, args.artifact) if args.runtime else None  # exit 2 when unknown
     try:
@@ -87,8 +87,8 @@ def _load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Print the parity table (and write it as JSON or JUnit XML); 1 beyond tolerance, 4 unloadable."""
-    from ..parity import tolerance_for, validate
-    from ..runtimes import runtime_info
+    from ..checks.parity import tolerance_for, validate
+    from ..checks.runtimes import runtime_info
 
     explainer = _load(args)
     if explainer is None:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         common.write_text(Path(args.json), json.dumps(report.to_dict(), indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.junit:
-        from ..junit import junit_document
+        from ..checks.junit import junit_document
 
         common.write_text(Path(args.junit), junit_document([report]))
         print(f"wrote {args.junit}")

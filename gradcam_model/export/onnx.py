@@ -14,7 +14,7 @@ import torch
 from .._atomic import check_target, write_bytes_atomic
 from ..contract import INPUT_NAMES, output_names
 from ..errors import ExportError, first_line, foreign_errors
-from ..wrapper import GradCAMModel
+from ..graph.wrapper import GradCAMModel
 from .metadata import metadata_for
 from .onnx_backward import simplify_backward
 from .onnx_fold import fold_reduced_gradients

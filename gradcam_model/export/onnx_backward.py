@@ -18,7 +18,7 @@ with no time gain measurable on mobilenet_v3_large or resnet50.)
 - :func:`clamped_affines_as_hardsigmoid`: ``Clip(x * a + b, 0, 1)`` with constant nonzero
   scalars is ``HardSigmoid(x, alpha=a, beta=b)`` by definition: one op instead of three, and
   one the blocked layout keeps (the step inside the hardswish backward of
-  :func:`gradcam_model.decompositions.hardswish_backward`).
+  :func:`gradcam_model.graph.decompositions.hardswish_backward`).
 
 Every rewrite must give the same values under the operators' ONNX definitions, on every
 runtime, not only ONNX Runtime's kernels (the file is shared; see docs/embedding.md). An

@@ -14,7 +14,7 @@ from torch import fx
 
 from .._atomic import check_target, write_bytes_atomic
 from ..errors import ExportError, first_line, foreign_errors
-from ..wrapper import GradCAMModel
+from ..graph.wrapper import GradCAMModel
 from .metadata import METADATA_KEY, metadata_for
 
 __all__ = ["export_torchscript", "scriptable"]

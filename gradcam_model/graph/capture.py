@@ -27,11 +27,11 @@ from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, Stateles
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
 
+from ..errors import LayerError, UnsupportedOperatorError
 from ._dce import eliminate_dead_writes
 from ._trace_state import fresh_caches, reparametrized, without_mkldnn
 from .capture_taps import Taps, check_target_output, forward_with_taps, input_gradient_outputs
 from .decompositions import backward_decompositions, is_backward_op
-from .errors import LayerError, UnsupportedOperatorError
 from .layers import _logits_of
 from .methods import CAMMethod, postprocess
 from .methods_extra import AUG_PASSES, deaugment

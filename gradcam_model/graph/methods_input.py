@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .errors import MethodError
+from ..errors import MethodError
 from .methods import CAMMethod, GradCAM, postprocess
 
 __all__ = [

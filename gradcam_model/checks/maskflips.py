@@ -16,7 +16,7 @@ the saliency before it, and eager with the set it finds matches the artifact to 
 The search must not depend on how eager float32 rounds, which changes with torch's thread
 count and with the batch: every rerun takes each candidate on float64's side of its
 breakpoint, or on the other side where the search flips it, whatever side that rerun's own
-float32 put it on (a side, not a toggle: see ``Chosen`` in :mod:`gradcam_model.gates`), and
+float32 put it on (a side, not a toggle: see ``Chosen`` in :mod:`gradcam_model.checks.gates`), and
 candidates rank by float64's distance from the breakpoint. Toggles relative to eager float32
 failed resnet50 ``layer3`` batch 1 sample 1 with 16 torch threads (1.2e-3 left after 8 flips,
 64 candidates): the batch of one image's single-flip variants rounded layer4.0.relu element
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import MethodError
+from ..errors import MethodError
+from ..graph.methods import CAMMethod, get_method, postprocess
 from .gates import Chosen, GateCall, disagreements, nearest_breakpoint, same_gates
-from .methods import CAMMethod, get_method, postprocess
 
 __all__ = [
     "MARGIN",

@@ -19,7 +19,7 @@ class Tolerance:
     1 thread vs 2 threads differs as much; an artifact cannot be held tighter than that.
     For the maps the float32 error is taken with float64's ReLU masks: a mask element that
     flips between runtimes is no conditioning noise, and ``validate`` explains it by itself
-    (see :mod:`gradcam_model.maskflips`) or fails the map.
+    (see :mod:`gradcam_model.checks.maskflips`) or fails the map.
 
     Probabilities and scores are softmax of the logits, and softmax moves no entry by more
     than half the largest change of the logits (``|dp_i| <= 2 p_i (1 - p_i) max|dz| <= max|dz| / 2``).

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .contract import INPUT_NAMES, METADATA_KEY, ArtifactMetadata, output_names
-from .errors import ArtifactError, ArtifactLoadError, GradCAMError
-from .runtime.explainer import (
+from ..contract import INPUT_NAMES, METADATA_KEY, ArtifactMetadata, output_names
+from ..errors import ArtifactError, ArtifactLoadError, GradCAMError
+from ..runtime.explainer import (
     CUDA_PROVIDER_OPTIONS,
     Explainer,
     OnnxExplainer,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .errors import LayerError, MethodError
+from ..errors import LayerError, MethodError
 from .layouts import grid_problem
 from .methods import postprocess
 from .methods_input import GuidedBackprop, GuidedGates, GuidedGradCAM, InputGradientMethod

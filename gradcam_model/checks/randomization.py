@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._state import eval_state
-from ._trace_state import copy_model
-from .errors import GradCAMError, InputError
-from .layers import run_model
+from ..errors import GradCAMError, InputError
+from ..graph._state import eval_state
+from ..graph._trace_state import copy_model
+from ..graph.layers import run_model
 
 __all__ = [
     "FLAG_THRESHOLD",

@@ -3,7 +3,7 @@
 :func:`compare_methods` exports one ONNX artifact per method, checks each for parity
 with the eager model (as ``gradcam export`` does), scores the ones that pass with
 :func:`gradcam_model.runtime.evaluate` on the same images and tabulates them.
-:func:`~gradcam_model.randomization.randomization_check` is the sanity check. Both take
+:func:`~gradcam_model.checks.randomization.randomization_check` is the sanity check. Both take
 the wrappers :func:`build_wrappers` makes, so a run doing both builds each method once.
 """
 
@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._atomic import write_bytes_atomic
-from .errors import InputError, MethodError
-from .methods import METHODS, get_method
+from .._atomic import write_bytes_atomic
+from ..errors import InputError, MethodError
+from ..graph.methods import METHODS, get_method
+from ..graph.wrapper import GradCAMModel
+from ..runtime.evaluate import BETTER, METRICS, Evaluation, evaluate
 from .parity import ParityReport, parity_document, validate
-from .runtime.evaluate import BETTER, METRICS, Evaluation, evaluate
 from .tolerances import Tolerance
-from .wrapper import GradCAMModel
 
 __all__ = ["Comparison", "build_wrappers", "compare_methods"]
 
@@ -153,7 +153,7 @@ def compare_methods(
         progress: called with a short line before each slow step.
         wrapper_options: more ``GradCAMModel`` options (``class_names``, ``mean``, ``std``...).
     """
-    from .export import export_onnx
+    from ..export import export_onnx
 
     step = progress or (lambda _text: None)
     out = Path(out_dir)

@@ -3,7 +3,7 @@
 Each follows pytorch-grad-cam 1.5.7 (``random_cam.py``, ``finer_cam.py``, ``ablation_cam.py`` with
 ``ablation_layer.py``, ``BaseCAM.forward_augmentation_smoothing``), our test oracle; where
 pytorch-grad-cam is not deterministic (RandomCAM's global numpy RNG) the rule here is ours
-and stated. They plug into :mod:`gradcam_model.capture` through three optional hooks:
+and stated. They plug into :mod:`gradcam_model.graph.capture` through three optional hooks:
 ``score`` (the differentiated function of the logits), ``ablates`` (the capture runs the
 network above the layer once per channel) and ``aug_smooth`` (the capture runs 6 augmented
 passes). Pure torch: the constants (random weights, the identity) are built while tracing.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import MethodError
+from ..errors import MethodError
 from .methods import AUG_SMOOTH, ChannelWeightedCAM, GradCAM, principal_projection, register
 
 __all__ = [

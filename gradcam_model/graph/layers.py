@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..errors import InputError, LayerError, LayerNotFoundError, ModelOutputError, ModelTypeError
 from ._state import eval_state
 from ._too_small import too_small as explain_too_small
-from .errors import InputError, LayerError, LayerNotFoundError, ModelOutputError, ModelTypeError
 from .layouts import MAX_PREFIX_TOKENS, NCHW, Layout, axis_problem, classify
 
 __all__ = [

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from .errors import MethodError
+from ..errors import MethodError
 
 __all__ = [
     "CAMMethod",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .models import load_model
+from ..models import load_model
 
 __all__ = ["calibrate", "random_model"]
 

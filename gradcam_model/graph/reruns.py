@@ -1,7 +1,7 @@
 """The extra forward passes some methods need: ``+aug-smooth``'s 6 augmented passes and
 AblationCAM's rerun of the network above the target layer once per channel.
 
-Both run in the traced function (:func:`gradcam_model.capture.explain_function`) and in the
+Both run in the traced function (:func:`gradcam_model.graph.capture.explain_function`) and in the
 eager reference alike; :func:`is_cut` probes eagerly, before tracing, what a trace cannot
 try and fail.
 """

@@ -13,17 +13,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._trace_state import copy_model
-from .contract import GUIDED_METHODS, GUIDED_OUTPUT, OUTPUT_NAMES, output_names
-from .errors import InputError, ParityError, foreign_errors
+from ..contract import GUIDED_METHODS, GUIDED_OUTPUT, OUTPUT_NAMES, output_names
+from ..errors import InputError, ParityError, foreign_errors
+from ..graph._trace_state import copy_model
+from ..graph.layers import check_model
+from ..graph.methods import get_method
+from ..graph.wrapper import reference_cam, reference_reshape
+from ..runtime.explainer import Explainer, load_explainer
 from .gates import Chosen, disagreements, traced
-from .layers import check_model
 from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish, flippable
-from .methods import get_method
-from .runtime.explainer import Explainer, load_explainer
 from .runtimes import load_under, runtime_info
 from .tolerances import TOLERANCES, Tolerance, tolerance_for
-from .wrapper import reference_cam, reference_reshape
 
 __all__ = [
     "Tolerance",
@@ -186,14 +186,14 @@ def validate(
     compared with) and in float64 on a copy of the model (to measure how much float32
     rounding alone moves each output; see :class:`Tolerance`).
 
-    A map beyond its limit is diagnosed (:mod:`gradcam_model.maskflips`): when the
+    A map beyond its limit is diagnosed (:mod:`gradcam_model.checks.maskflips`): when the
     eager map with some ReLU-family mask elements that sit within float32 rounding
     of their breakpoint flipped reproduces the artifact's map, the map passes as
     *explained*; the report lists every such map. Never raises on mismatch: see
     :func:`assert_parity`. :func:`validate_each` checks several artifacts of one
     graph for the price of one set of references.
 
-    ``runtime`` (``NAME[:DEVICE]``, see :mod:`gradcam_model.runtimes`) runs the artifact
+    ``runtime`` (``NAME[:DEVICE]``, see :mod:`gradcam_model.checks.runtimes`) runs the artifact
     under another runtime than ONNX Runtime's CPU provider (``.onnx``) or libtorch on the
     CPU (``.pt``); the report's ``runtime`` names what ran it, its version and settings.
     """

@@ -9,16 +9,16 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
+from ..errors import InputError, LayerError, MethodError, foreign_errors
+from ..models import architecture_name
+from ..preprocessing import resolve as resolve_preprocessing
 from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, capture_forward, trace_explainer
-from .contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
 from .decompositions import StaticShapesRequired
-from .errors import InputError, LayerError, MethodError, foreign_errors
 from .layers import check_model, list_layers, resolve_layer, run_model, select_layer, uses_attention
 from .methods import CAMMethod, get_method
 from .methods_input import InputGradientMethod
-from .models import architecture_name
-from .preprocessing import resolve as resolve_preprocessing
 from .reruns import ablated_logits, is_cut, method_input
 
 __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]

@@ -3,7 +3,7 @@
 :func:`traced` runs a reference pass with every ReLU-family gate after the target layer
 recorded (its pre-activation, module and breakpoints) and, if asked, chosen elements
 flipped: such an element keeps its value but takes the derivative of the other side of its
-breakpoint. :mod:`gradcam_model.maskflips` uses it to show that a map's difference comes from
+breakpoint. :mod:`gradcam_model.checks.maskflips` uses it to show that a map's difference comes from
 elements within float32 rounding of a breakpoint.
 """
 

@@ -1,0 +1,1 @@
+"""The checkers: parity against eager references, map diagnoses, tolerances, runtimes, evaluation."""
