@@ -16,9 +16,10 @@ from ..preprocessing import resolve as resolve_preprocessing
 from ._state import eval_state
 from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, capture_forward, trace_explainer
 from .decompositions import StaticShapesRequired
-from .layers import check_model, list_layers, resolve_layer, run_model, select_layer, uses_attention
+from .layers import check_model, list_layers, resolve_layer, select_layer, uses_attention
 from .methods import CAMMethod, get_method
 from .methods_input import InputGradientMethod
+from .probe import cached_probe, probe, run_model
 from .reruns import ablated_logits, is_cut, method_input
 
 __all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -110,7 +111,7 @@ class GradCAMModel(nn.Module):
             example_input = example_input.clone() if example_input.is_inference() else example_input
             layer_name, layout, layer, shape = _target(model, cam_method, target_layer, reshape, example_input[:1],
                                                        upsample)  # fmt: skip
-            num_classes = int(run_model(model, example_input[:1]).shape[-1])
+            num_classes = probe(model, example_input[:1]).num_classes
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
             class_names = _check_class_names(class_names, num_classes)
@@ -426,8 +427,9 @@ def reference_cam(
         image = image.clone() if image.is_inference() else image
         target_layer, layout, layer, _shape = _target(model, cam_method, target_layer, reshape, image[:1], upsample)
         if class_index is not None:
+            known = cached_probe(model, image[:1])
             with torch.no_grad():
-                num_classes = int(run_model(model, image[:1]).shape[-1])
+                num_classes = known.num_classes if known else int(run_model(model, image[:1]).shape[-1])
             class_index = check_class_index(class_index, image.shape[0], num_classes).to(image.device)
         spec = CaptureSpec(
             target_layer,
