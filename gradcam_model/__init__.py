@@ -42,7 +42,7 @@ _LAZY = {
     "preprocess": ".runtime",
     # build side: torch
     "GradCAMModel": ".graph.wrapper",
-    "reference_cam": ".graph.wrapper",
+    "reference_cam": ".graph.reference",
     "export_onnx": ".export",
     "export_torchscript": ".export",
     "LayerInfo": ".graph.layers",

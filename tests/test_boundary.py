@@ -145,4 +145,4 @@ def test_the_graph_builder_never_reaches_the_checkers_or_a_command():
 def test_the_graph_walk_would_see_a_violation():
     """The checker itself: a checker imports the builder, which the rule above forbids the other way."""
     names = {name for name, _ in _imports("gradcam_model.checks.parity")}
-    assert "gradcam_model.graph.wrapper" in names and "gradcam_model.runtime.explainer" in names
+    assert "gradcam_model.graph.reference" in names and "gradcam_model.runtime.explainer" in names

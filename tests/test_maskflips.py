@@ -19,7 +19,8 @@ from gradcam_model.checks.gates import traced
 from gradcam_model.checks.maskflips import Unclipped, diagnose, finish, flippable
 from gradcam_model.contract import ArtifactMetadata
 from gradcam_model.graph.methods import METHODS
-from gradcam_model.graph.wrapper import IMAGENET_MEAN, IMAGENET_STD, reference_reshape
+from gradcam_model.graph.reference import reference_reshape
+from gradcam_model.graph.wrapper import IMAGENET_MEAN, IMAGENET_STD
 from gradcam_model.runtime.explainer import Explainer
 
 LAYER = "layer3"  # the case: resnet18 at layer3, 64x64; the flipped gate lies in layer4

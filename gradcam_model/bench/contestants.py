@@ -111,7 +111,7 @@ def contestants(
     stack: contextlib.ExitStack,
 ) -> dict[str, Callable[[], object]]:
     """Zero-argument callables, one per contestant, each returning its map (or logits)."""
-    from ..graph.wrapper import reference_cam
+    from ..graph.reference import reference_cam
     from ..runtime.explainer import TorchScriptExplainer
 
     device = image.device

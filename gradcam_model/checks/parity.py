@@ -18,7 +18,7 @@ from ..errors import InputError, ParityError, foreign_errors
 from ..graph._trace_state import copy_model
 from ..graph.layers import check_model
 from ..graph.methods import get_method
-from ..graph.wrapper import reference_cam, reference_reshape
+from ..graph.reference import reference_cam, reference_reshape
 from ..runtime.explainer import Explainer, load_explainer
 from .gates import Chosen, disagreements, traced
 from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish, flippable

@@ -10,19 +10,20 @@ import torch
 from torch import nn
 
 from ..contract import INPUT_NAMES, OUTPUT_NAMES, Preprocessing
-from ..errors import InputError, LayerError, MethodError, foreign_errors
+from ..errors import InputError, MethodError, foreign_errors
 from ..models import architecture_name
 from ..preprocessing import resolve as resolve_preprocessing
 from ._state import eval_state
-from .capture import CaptureSpec, _forward_with_leaf, cam_outputs, capture_forward, trace_explainer
+from .arguments import check_class_index, check_class_names, check_image, check_stats, check_top_k
+from .capture import CaptureSpec, _forward_with_leaf, trace_explainer
 from .decompositions import StaticShapesRequired
-from .layers import check_model, list_layers, resolve_layer, select_layer, uses_attention
+from .layers import check_model, target_of, uses_attention
 from .methods import CAMMethod, get_method
-from .methods_input import InputGradientMethod
-from .probe import cached_probe, probe, run_model
-from .reruns import ablated_logits, is_cut, method_input
+from .probe import probe
+from .reference import reference_outputs
+from .reruns import is_cut
 
-__all__ = ["GradCAMModel", "reference_cam", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["GradCAMModel", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,13 @@ class GradCAMModel(nn.Module):
     ) -> None:
         super().__init__()
         check_model(model)
-        _check_image(example_input, "example_input")
+        check_image(example_input, "example_input")
         cam_method = get_method(method)
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise InputError(f"top_k must be a positive int, got {top_k!r}")
-        if class_input and top_k != 1:
-            raise InputError("class_input=True explains the given class only; use top_k=1 with it")
+        check_top_k(top_k, class_input)
         channels = int(example_input.shape[1])
         resolved = resolve_preprocessing(model, preprocess, tuple(example_input.shape[2:]))
-        mean = _check_stats(mean if mean is not None else resolved.mean or IMAGENET_MEAN, "mean", channels)
-        std = _check_stats(std if std is not None else resolved.std or IMAGENET_STD, "std", channels)
+        mean = check_stats(mean if mean is not None else resolved.mean or IMAGENET_MEAN, "mean", channels)
+        std = check_stats(std if std is not None else resolved.std or IMAGENET_STD, "std", channels)
         if any(v <= 0 for v in std):
             raise InputError(f"std must be positive, got {std}")
         started = time.perf_counter()
@@ -109,28 +107,15 @@ class GradCAMModel(nn.Module):
         building = foreign_errors("building the Grad-CAM graph")
         with building, torch.inference_mode(False), eval_state(model), torch.no_grad():
             example_input = example_input.clone() if example_input.is_inference() else example_input
-            layer_name, layout, layer, shape = _target(model, cam_method, target_layer, reshape, example_input[:1],
+            layer_name, layout, layer, shape = target_of(model, cam_method, target_layer, reshape, example_input[:1],
                                                        upsample)  # fmt: skip
             num_classes = probe(model, example_input[:1]).num_classes
             if top_k > num_classes:
                 raise InputError(f"top_k={top_k} exceeds the model's {num_classes} classes")
-            class_names = _check_class_names(class_names, num_classes)
-            if hasattr(cam_method, "check_applies"):  # FinerCAM, AblationCAM
-                applies = {"layer_name": layer_name, "output_shape": shape, "layout": layout}
-                cam_method.check_applies(**applies, num_classes=num_classes)
-            if getattr(cam_method, "requires_gap_linear_head", False):
-                _check_gap_linear_head(model, layer, layer_name, example_input[:2], layout)
-            spec = CaptureSpec(
-                layer_name,
-                cam_method,
-                top_k=top_k,
-                class_input=class_input,
-                upsample=upsample,
-                normalize=normalize,
-                reshape=layout,
-            )
-            if getattr(cam_method, "ablates", False):  # probed eagerly: the trace cannot try and fail
-                spec.ablation_cut = is_cut(model, layer, example_input)
+            class_names = check_class_names(class_names, num_classes)
+            spec = CaptureSpec(layer_name, cam_method, top_k=top_k, class_input=class_input, upsample=upsample,
+                               normalize=normalize, reshape=layout)  # fmt: skip
+            _check_method_applies(model, layer, spec, shape, num_classes, example_input)
             # symbolic tracing specializes a batch of 1: trace with at least 2
             trace_input = example_input if example_input.shape[0] >= 2 else example_input.expand(2, -1, -1, -1)
             # transformer blocks: window padding and patch grids make a symbolic height/width
@@ -158,21 +143,16 @@ class GradCAMModel(nn.Module):
         self.preprocessing = resolved.preprocessing
         self.preprocessing_source = resolved.source
         self.build_seconds = time.perf_counter() - started
-        log.info(
-            "built Grad-CAM graph for %s at %r (%s, %s spatial) in %.1f s",
-            self.architecture,
-            layer_name,
-            self.method,
-            "dynamic" if fixed_reason is None else "static",
-            self.build_seconds,
-        )
+        dynamic = "dynamic" if fixed_reason is None else "static"
+        log.info("built Grad-CAM graph for %s at %r (%s, %s spatial) in %.1f s",
+                 self.architecture, layer_name, self.method, dynamic, self.build_seconds)  # fmt: skip
 
     @property
     def dynamic_spatial(self) -> bool:
         return self.input_size is None
 
     def forward(self, image: torch.Tensor, class_index: torch.Tensor | None = None):
-        _check_image(image, "image", channels=self.in_channels, size=self.input_size)
+        check_image(image, "image", channels=self.in_channels, size=self.input_size)
         if self.class_input:
             if class_index is None:
                 class_index = torch.full((image.shape[0],), -1, dtype=torch.long, device=image.device)
@@ -219,7 +199,7 @@ def _dynamic_trace(model, layer, spec, image):
     try:
         with torch.inference_mode():
             got = graph(probe, *classes)
-        want = _reference(model, layer, spec, probe, *classes)
+        want = reference_outputs(model, layer, spec, probe, *classes)
     except Exception as exc:  # any failure at another size means sizes got baked in
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         return None, f"the graph traced with a symbolic size failed at {other[0]}x{other[1]} ({first[:200]})"
@@ -241,6 +221,18 @@ def _decomposition_of(exc: BaseException) -> str:
             return code.co_name.lstrip("_")
         tb = tb.tb_next
     return "a backward op"
+
+
+def _check_method_applies(model, layer, spec: CaptureSpec, shape, num_classes: int, image: torch.Tensor) -> None:
+    """Refuse a method that does not apply to this layer or model; note where AblationCAM cuts the network."""
+    method = spec.method
+    if hasattr(method, "check_applies"):  # FinerCAM, AblationCAM
+        applies = {"layer_name": spec.layer_name, "output_shape": shape, "layout": spec.reshape}
+        method.check_applies(**applies, num_classes=num_classes)
+    if getattr(method, "requires_gap_linear_head", False):
+        _check_gap_linear_head(model, layer, spec.layer_name, image[:2], spec.reshape)
+    if getattr(method, "ablates", False):  # probed eagerly: the trace cannot try and fail
+        spec.ablation_cut = is_cut(model, layer, image)
 
 
 def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, image: torch.Tensor, layout) -> None:
@@ -274,172 +266,3 @@ def _check_gap_linear_head(model: nn.Module, layer: nn.Module, layer_name: str, 
             f"method 'cam' needs layer {layer_name!r} to feed a global-average-pool + Linear head, but {reason}; "
             "use 'gradcam', which generalizes CAM to any head."
         )
-
-
-def _check_class_names(names, num_classes: int) -> tuple[str, ...] | None:
-    if names is None:
-        return None
-    names = tuple(str(n) for n in names)
-    if len(names) != num_classes:
-        raise InputError(f"class_names has {len(names)} entries but the model has {num_classes} classes")
-    return names
-
-
-def _check_stats(values, what: str, channels: int) -> tuple[float, ...]:
-    values = tuple(float(v) for v in values)
-    if len(values) != channels:
-        raise InputError(f"{what} must have one value per input channel ({channels}), got {values}")
-    return values
-
-
-def _check_image(image, what: str, channels: int | None = None, size: tuple[int, int] | None = None) -> None:
-    if not isinstance(image, torch.Tensor):
-        raise InputError(f"{what} must be a torch.Tensor of shape [N, C, H, W], got {type(image).__name__}")
-    if image.dim() != 4:
-        raise InputError(f"{what} must have shape [N, C, H, W], got {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise InputError(f"{what} must be a floating-point tensor (normalized pixels), got {image.dtype}")
-    if image.shape[0] < 1:
-        raise InputError(f"{what} has an empty batch")
-    if channels is not None and image.shape[1] != channels:
-        raise InputError(f"{what} must have {channels} channels, got shape {tuple(image.shape)}")
-    if size is not None and tuple(image.shape[2:]) != tuple(size):
-        raise InputError(
-            f"{what} must be {size[0]}x{size[1]} (this graph has a fixed spatial size), got {tuple(image.shape)}"
-        )
-
-
-def check_class_index(class_index, batch: int, num_classes: int) -> torch.Tensor:
-    """Validate a ``[N]`` class index (``-1`` = top class) and return it as int64."""
-    if not isinstance(class_index, torch.Tensor):
-        class_index = torch.as_tensor(class_index)
-    if class_index.dim() == 0:
-        class_index = class_index.expand(batch)
-    if class_index.dim() != 1 or class_index.shape[0] != batch:
-        raise InputError(f"class_index must have shape [{batch}] (one class per image), got {tuple(class_index.shape)}")
-    if class_index.is_floating_point() or class_index.dtype == torch.bool or class_index.is_complex():
-        raise InputError(f"class_index must be integers, got {class_index.dtype}")
-    class_index = class_index.long()
-    bad = (class_index < -1) | (class_index >= num_classes)
-    if bool(bad.any()):
-        i = int(bad.nonzero()[0, 0])
-        raise InputError(
-            f"class_index[{i}] = {int(class_index[i])} is out of range; expected 0..{num_classes - 1}, "
-            "or -1 for the top prediction"
-        )
-    return class_index
-
-
-def _target(model, cam_method, target_layer, reshape, image, upsample: bool):
-    """``(layer name, layout, layer, output shape)`` of the method's target layer (the shape ``(1, 0)`` when a
-    custom reshape leaves it unprobed); ``("", None, None, None)`` for a method with none.
-
-    FullGrad and guided backpropagation read no target layer: the argument is ignored (a
-    warning says so when one is named) and artifacts record ``""``. The input-gradient
-    methods refuse a model they do not apply to, and ``upsample=False`` (their maps are at
-    input resolution).
-    """
-    if isinstance(cam_method, InputGradientMethod):
-        cam_method.check_model(model)
-        if not upsample:
-            raise MethodError(f"method {cam_method.name!r} gives maps at input resolution; it takes no upsample=False")
-        if not cam_method.uses_target_layer:
-            if target_layer not in ("auto", ""):
-                log.warning("method %r reads no target layer: %r is ignored", cam_method.name, target_layer)
-            return "", None, None, None
-    infos = [] if callable(reshape) else list_layers(model, image)
-    layer_name, layout = _layer_and_layout(model, target_layer, infos, reshape)
-    shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
-    return layer_name, layout, resolve_layer(model, layer_name), shape
-
-
-def _layer_and_layout(model, target_layer, infos, reshape):
-    """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
-    if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
-        if target_layer == "auto":
-            raise InputError("a custom reshape needs an explicit target_layer")
-        resolve_layer(model, target_layer)
-        return target_layer, reshape
-    if reshape not in ("auto", None):
-        raise InputError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
-    info = select_layer(model, target_layer, infos)  # refuses what cannot be explained, before tracing
-    if info is None:
-        return target_layer, None  # not a map at all: the capture hook says what the layer returns
-    if info.layout.kind == "NCHW":
-        return info.name, None
-    if reshape is None:
-        raise LayerError(
-            f"layer {info.name!r} is laid out {info.layout.describe(info.output_shape)}, not [N, C, h, w]; "
-            "pass reshape='auto' to explain it"
-        )
-    return info.name, info.layout
-
-
-def reference_reshape(
-    model: nn.Module, target_layer: str, image: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The reshape that :func:`reference_cam`'s ``reshape="auto"`` finds for images of ``image``'s
-    size, to hand to many calls: each ``"auto"`` call probes the model's layers first (three
-    passes of one image; a third of a resnet50 validation). Refuses what ``"auto"`` refuses."""
-    _check_image(image, "image")
-    if target_layer == "":  # a method that reads no target layer (fullgrad, guided-backprop)
-        return _unchanged
-    with torch.inference_mode(False), eval_state(model):
-        image = image[:1].clone()
-        _, layout = _layer_and_layout(model, target_layer, list_layers(model, image), "auto")
-    return layout if layout is not None else _unchanged
-
-
-def _unchanged(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
-
-
-def _reference(model, layer, spec, image, class_index=None):
-    batch = method_input(spec, image)
-    logits, activations, taps = capture_forward(model, layer, spec, batch)
-    ablated = ablated_logits(model, layer, spec, batch, activations)
-    return cam_outputs(logits, activations, image, spec, class_index, ablated=ablated, taps=taps)
-
-
-def reference_cam(
-    model: nn.Module,
-    target_layer: str,
-    image: torch.Tensor,
-    class_index: torch.Tensor | None = None,
-    method: str | CAMMethod = "gradcam",
-    *,
-    top_k: int = 1,
-    upsample: bool = True,
-    normalize: bool = True,
-    return_all: bool = False,
-    reshape: str | Callable[[torch.Tensor], torch.Tensor] | None = "auto",
-):
-    """Grad-CAM computed the independent way: hooks and a live backward pass, no tracing.
-
-    It is the eager reference every artifact is validated against. ``class_index``
-    ``[N]`` (``-1`` = top class) explains given classes; otherwise the ``top_k`` most
-    likely ones. Returns the cam ``[N, K, H, W]``, or all five contract outputs
-    with ``return_all=True``. The model is left as it was.
-    """
-    _check_image(image, "image")
-    cam_method = get_method(method)
-    with torch.inference_mode(False), eval_state(model):
-        image = image.clone() if image.is_inference() else image
-        target_layer, layout, layer, _shape = _target(model, cam_method, target_layer, reshape, image[:1], upsample)
-        if class_index is not None:
-            known = cached_probe(model, image[:1])
-            with torch.no_grad():
-                num_classes = known.num_classes if known else int(run_model(model, image[:1]).shape[-1])
-            class_index = check_class_index(class_index, image.shape[0], num_classes).to(image.device)
-        spec = CaptureSpec(
-            target_layer,
-            cam_method,
-            top_k=top_k,
-            class_input=class_index is not None,
-            upsample=upsample,
-            normalize=normalize,
-            reshape=layout,
-        )
-        outputs = _reference(model, layer, spec, image, class_index)
-    outputs = tuple(o.detach() for o in outputs)
-    return outputs if return_all else outputs[4]
