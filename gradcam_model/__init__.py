@@ -53,9 +53,9 @@ _LAZY = {
     "imagenet_class_names": ".models",
     "load_model": ".models",
     "load_weights": ".models",
-    "ParityReport": ".checks.parity",
-    "assert_parity": ".checks.parity",
-    "tolerance_for": ".checks.parity",
+    "ParityReport": ".checks.report",
+    "assert_parity": ".checks.report",
+    "tolerance_for": ".checks.tolerances",
     "validate": ".checks.parity",
 }
 # build-side subpackages reached as attributes (gradcam_model.export.export_onnx...)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ._atomic import write_bytes_atomic
-from .checks.parity import ParityReport, parity_document, validate_each
+from .checks.parity import validate_each
+from .checks.report import ParityReport, parity_document
 from .errors import ExportError
 from .export import export_onnx, export_torchscript
 from .graph.wrapper import IMAGENET_MEAN, IMAGENET_STD, GradCAMModel

@@ -211,7 +211,7 @@ def test_a_rerun_that_rounds_a_candidate_across_changes_no_diagnosis(flipped):
     got = EagerArtifact(artifact)(image).outputs()[4]
     reshape = reference_reshape(reference, LAYER, image)
     refs = {
-        m: parity._References(m, copy.deepcopy(m).double(), meta, image, None, reshape) for m in (reference, artifact)
+        m: parity.References(m, copy.deepcopy(m).double(), meta, image, None, reshape) for m in (reference, artifact)
     }
     ours = refs[reference]
 
@@ -330,7 +330,7 @@ def test_variants_of_one_image_run_in_full_where_the_layer_feeds_a_concatenation
     image = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     meta = types.SimpleNamespace(target_layer="block", method="gradcam", top_k=1, upsample=True, normalize=True)
     reshape = reference_reshape(model, "block", image)
-    refs = parity._References(model, copy.deepcopy(model).double(), meta, image, None, reshape)
+    refs = parity.References(model, copy.deepcopy(model).double(), meta, image, None, reshape)
     with pytest.raises(RuntimeError):  # the shared path's failure, which rerun catches
         refs._run_rows([0], {}, repeat=3)
     # the elements of the ReLU after the concatenation that carry most of image 0's saliency

@@ -16,7 +16,7 @@ from oracle import oracle_cam
 from torch import nn
 
 from gradcam_model import GradCAMModel, export_onnx, list_layers, reference_cam
-from gradcam_model.checks.parity import _output_diffs, _Tally
+from gradcam_model.checks.tally import Tally, output_diffs
 from gradcam_model.checks.tolerances import Tolerance
 from gradcam_model.errors import BackendError, GradCAMError
 
@@ -179,8 +179,8 @@ def test_a_foreign_exception_while_building_becomes_ours_with_its_first_line():
     assert info.value.__cause__ is not None  # the original, for --verbose
 
 
-def _tally(logits: float, probabilities: float, noise: float) -> _Tally:
-    tally = _Tally(maps=1, agree=1, total=1)
+def _tally(logits: float, probabilities: float, noise: float) -> Tally:
+    tally = Tally(maps=1, agree=1, total=1)
     tally.worst["logits"] = [logits, logits / 10]  # max abs, max rel (logits of scale 10)
     tally.noise["logits"] = [logits / 2, logits / 20]
     for name in ("probabilities", "score"):
@@ -198,7 +198,7 @@ def _tally(logits: float, probabilities: float, noise: float) -> _Tally:
     ],
 )
 def test_probability_and_score_limits_allow_what_the_logits_difference_implies(logits, probabilities, ok):
-    diffs = _output_diffs(_tally(logits, probabilities, 4.7e-6), Tolerance())
+    diffs = output_diffs(_tally(logits, probabilities, 4.7e-6), Tolerance())
     assert diffs["logits"].ok
     assert diffs["probabilities"].ok is ok and diffs["score"].ok is ok
     if ok:

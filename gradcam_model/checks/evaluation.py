@@ -27,7 +27,8 @@ from ..errors import InputError, MethodError
 from ..graph.methods import METHODS, get_method
 from ..graph.wrapper import GradCAMModel
 from ..runtime.evaluate import BETTER, METRICS, Evaluation, evaluate
-from .parity import ParityReport, parity_document, validate
+from .parity import validate
+from .report import ParityReport, parity_document
 from .tolerances import Tolerance
 
 __all__ = ["Comparison", "build_wrappers", "compare_methods"]

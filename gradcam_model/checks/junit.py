@@ -19,7 +19,7 @@ _MEASURES = {"max_abs": 0, "max_rel": 1}
 
 
 def junit_document(reports) -> str:
-    """JUnit XML for one or more :class:`~gradcam_model.checks.parity.ParityReport`."""
+    """JUnit XML for one or more :class:`~gradcam_model.checks.report.ParityReport`."""
     root = ET.Element("testsuites", name="gradcam validate")
     total = failed = 0
     for report in reports:

@@ -4,166 +4,31 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..contract import GUIDED_METHODS, GUIDED_OUTPUT, OUTPUT_NAMES, output_names
-from ..errors import InputError, ParityError, foreign_errors
+from ..contract import GUIDED_METHODS
+from ..errors import InputError, foreign_errors
 from ..graph._trace_state import copy_model
 from ..graph.layers import check_model
 from ..graph.methods import get_method
 from ..graph.reference import reference_cam, reference_reshape
 from ..runtime.explainer import Explainer, load_explainer
-from .gates import Chosen, disagreements, traced
-from .maskflips import MapDiagnosis, Rerun, Unclipped, diagnose, finish, flippable
+from .gates import Chosen, traced
+from .maskflips import Unclipped, diagnose, finish, flippable
+from .report import ParityReport
 from .runtimes import load_under, runtime_info
-from .tolerances import TOLERANCES, Tolerance, tolerance_for
+from .tally import MapBatch, Tally, batch_record, compare_batch, map_noise, output_diffs
+from .tolerances import Tolerance, tolerance_for
 
-__all__ = [
-    "Tolerance",
-    "TOLERANCES",
-    "tolerance_for",
-    "OutputDiff",
-    "MapDiagnosis",
-    "ParityReport",
-    "validate",
-    "validate_each",
-    "assert_parity",
-    "parity_document",
-]
+__all__ = ["validate", "validate_each"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OutputDiff:
-    name: str
-    max_abs: float
-    max_rel: float
-    tolerance: float
-    measure: str  # which of max_abs / max_rel is held to the limit
-    noise: float  # the same measure for eager float32 vs float64 (maps: with float64's masks, see validate)
-    limit: float  # max(tolerance, noise_factor * noise)
-    ok: bool
-    verdict: str  # ok, explained (maps beyond the limit that mask flips reproduce), FAIL, not compared
-
-
-@dataclass
-class ParityReport:
-    """Differences between an artifact and ``reference_cam`` over several input batches."""
-
-    artifact: str
-    format: str
-    batches: list[tuple[int, ...]] = field(default_factory=list)
-    outputs: dict[str, OutputDiff] = field(default_factory=dict)
-    class_agreement: float = 1.0
-    tolerance: Tolerance = field(default_factory=Tolerance)
-    cam_signal: float = 0.0  # max reference cam value: a flat (all-zero) map would prove nothing
-    structured_maps: float = 0.0  # fraction of compared reference maps that are not flat
-    near_ties: int = 0  # samples left out because eager float32 and float64 pick different classes
-    maps: list[MapDiagnosis] = field(default_factory=list)  # every map beyond its limit, diagnosed
-    runtime: dict = field(default_factory=dict)  # what ran the artifact: name, version, device, settings
-    per_batch: list[dict] = field(default_factory=list)  # each batch's worst differences (for --junit)
-
-    @property
-    def ok(self) -> bool:
-        return all(d.ok for d in self.outputs.values()) and self.class_agreement >= self.tolerance.min_class_agreement
-
-    def failures(self) -> list[str]:
-        lines = [
-            f"{d.name}: not compared (no image's explained classes agree with the reference)"
-            if math.isnan(d.max_abs)
-            else f"{d.name}: {d.measure} {getattr(d, d.measure):.3g} > limit {d.limit:.3g}"
-            + (
-                f" (eager float32 itself is off by {d.noise:.3g})"
-                if d.noise * self.tolerance.noise_factor > d.tolerance
-                else ""
-            )
-            for d in self.outputs.values()
-            if not d.ok
-        ]
-        if lines and "cam" in self.outputs and not self.outputs["cam"].ok:
-            lines += [f"cam: {m.describe()}" for m in self.maps if not m.explained]
-        if self.class_agreement < self.tolerance.min_class_agreement:
-            lines.append(
-                f"class_index: agreement {self.class_agreement:.3f} < {self.tolerance.min_class_agreement:.3f}"
-            )
-        return lines
-
-    def to_dict(self) -> dict:
-        return {
-            "artifact": self.artifact,
-            "format": self.format,
-            "runtime": self.runtime,
-            "ok": self.ok,
-            "batches": [list(b) for b in self.batches],
-            "class_agreement": self.class_agreement,
-            "near_ties": self.near_ties,
-            "cam_signal": self.cam_signal,
-            "structured_maps": self.structured_maps,
-            "outputs": {k: _json_safe(asdict(v)) for k, v in self.outputs.items()},
-            "maps": [asdict(m) for m in self.maps],
-            "tolerance": asdict(self.tolerance),
-        }
-
-    def table(self) -> str:
-        rows = [f"{'output':<14}{'max abs':>12}{'max rel':>12}{'fp32 noise':>12}{'limit':>12}  result"]
-        for d in self.outputs.values():
-            if math.isnan(d.max_abs):
-                rows.append(f"{d.name:<14}{'-':>12}{'-':>12}{'-':>12}{d.limit:>12.3g}  not compared")
-                continue
-            rows.append(
-                f"{d.name:<14}{d.max_abs:>12.3g}{d.max_rel:>12.3g}{d.noise:>12.3g}{d.limit:>12.3g}  {d.verdict}"
-            )
-        rows.append(f"{'class agreement':<26}{self.class_agreement:>12.3f}")
-        rows += [f"{'explained' if m.explained else 'FAIL'}: {m.describe()}" for m in self.maps]
-        return "\n".join(rows)
-
-
-def _json_safe(record: dict) -> dict:
-    """NaN (an output that was not compared) becomes null: JSON has no NaN."""
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
-
-
-_ALL_OUTPUTS = (*OUTPUT_NAMES, GUIDED_OUTPUT)
-_PER_CLASS = ("score", "cam", GUIDED_OUTPUT)  # outputs of the explained classes: compared where the classes agree
-
-
-@dataclass
-class _Tally:
-    """What the batches add up to: worst differences, float32 noise, class and map counts."""
-
-    worst: dict[str, list[float]] = field(default_factory=lambda: {n: [0.0, 0.0] for n in _ALL_OUTPUTS})
-    noise: dict[str, list[float]] = field(default_factory=lambda: {n: [0.0, 0.0] for n in _ALL_OUTPUTS})
-    guided: bool = False  # the artifact has the guided output (compared where the classes agree, as the maps)
-    agree: int = 0
-    total: int = 0
-    ties: int = 0
-    signal: float = 0.0
-    maps: int = 0
-    structured: int = 0
-    beyond: list[_MapBatch] = field(default_factory=list)  # batches with maps beyond the plain tolerance
-    per_batch: list[dict] = field(default_factory=list)  # see _batch_record
-
-
-@dataclass
-class _MapBatch:
-    """One batch's maps beyond the plain tolerance, kept for their diagnosis once every limit is known."""
-
-    index: int
-    got: np.ndarray
-    want: np.ndarray
-    errors: dict[int, float]  # sample -> max |artifact - eager float32| over its maps
-    rerun: Rerun | None  # None: mask flips cannot be rerun (see maskflips.flippable)
-    finish: Callable[[np.ndarray], np.ndarray]
-    calls32: list
-    calls64: list
 
 
 def validate(
@@ -231,7 +96,7 @@ def validate_each(
     model64 = copy_model(model).double()
     batches = _batches(meta, batch_sizes, inputs, gen)
     reshapes: dict[tuple[int, ...], Callable] = {}  # per image size: the layer probe runs once, not per reference
-    tallies = [_Tally(guided=meta.method in GUIDED_METHODS) for _ in explainers]
+    tallies = [Tally(guided=meta.method in GUIDED_METHODS) for _ in explainers]
     for index, image in enumerate(batches):
         # a step line per batch: `gradcam export` shows the latest one beside its running clock
         log.info(
@@ -249,10 +114,10 @@ def validate_each(
             classes = torch.randint(-1, meta.num_classes, (image.shape[0],), generator=gen)
             classes[0] = -1
         got = [e(image, None if classes is None else classes.numpy()).outputs() for e in explainers]
-        ref = _References(model, model64, meta, image, classes, reshapes[size])
+        ref = References(model, model64, meta, image, classes, reshapes[size])
         for outputs, tally, tol in zip(got, tallies, tols, strict=True):
-            _compare(ref, outputs, tally, tol, index)
-            tally.per_batch.append(_batch_record(ref, outputs, tuple(image.shape)))
+            compare_batch(ref, outputs, tally, tol, index)
+            tally.per_batch.append(batch_record(ref, outputs, tuple(image.shape)))
     reports = []
     for explainer, tally, tol in zip(explainers, tallies, tols, strict=True):
         report = ParityReport(
@@ -267,7 +132,7 @@ def validate_each(
             runtime=runtime_info(explainer).to_dict(),
             per_batch=tally.per_batch,
         )
-        report.outputs = _output_diffs(tally, tol)
+        report.outputs = output_diffs(tally, tol)
         _diagnose_maps(report, tally.beyond if _has_gates(meta.method) else [])
         log.info("parity of %s: %s", explainer.path, "ok" if report.ok else "; ".join(report.failures()))
         reports.append(report)
@@ -279,23 +144,6 @@ def _load(artifact, runtime: str | None) -> Explainer:
     if isinstance(artifact, Explainer):
         return artifact
     return load_explainer(artifact, device="cpu") if runtime is None else load_under(artifact, runtime)
-
-
-def _batch_record(ref: _References, got: list[np.ndarray], shape: tuple[int, ...]) -> dict:
-    """One batch's worst [max abs, max rel] |artifact - eager float32| per output (maps and scores:
-    over the samples whose classes agree; None where none do)."""
-    same = (got[2] == ref.want[2]).all(axis=1) & (ref.want[2] == ref.want64[2]).all(axis=1)
-    worst: dict[str, list[float] | None] = {}
-    for name, a, b in zip(output_names(ref.meta.method), got, ref.want, strict=True):
-        if name == "class_index":
-            continue
-        if name in _PER_CLASS:
-            a, b = a[same], b[same]
-        worst[name] = None
-        if a.size:
-            worst[name] = [0.0, 0.0]
-            _accumulate(worst[name], a, b)
-    return {"shape": list(shape), "agree": int(same.sum()), "stable": int(ref.stable_count), "worst": worst}
 
 
 # what the eager references depend on: artifacts validated together must agree on all of it
@@ -319,7 +167,7 @@ def _common_graph(explainers: Sequence[Explainer]):
     return first
 
 
-def _diagnose_maps(report: ParityReport, beyond: list[_MapBatch]) -> None:
+def _diagnose_maps(report: ParityReport, beyond: list[MapBatch]) -> None:
     """Diagnose every map beyond the cam limit; the maps pass as explained when mask flips account for all."""
     cam = report.outputs["cam"]
     for batch in beyond:
@@ -360,7 +208,7 @@ def _batches(meta, batch_sizes, inputs, gen) -> list[torch.Tensor]:
     return batches
 
 
-class _References:
+class References:
     """One batch's eager references: float32 and float64 maps with their gate calls, shared by the artifacts."""
 
     def __init__(self, model, model64, meta, image, classes, reshape) -> None:
@@ -401,10 +249,10 @@ class _References:
         return finish(saliency, size=size, normalize=self.meta.normalize)
 
     def map_noise(self, samples: list[int], tol: Tolerance) -> float:
-        """:func:`_map_noise` of these samples, computed once for all the artifacts that compare them."""
+        """:func:`map_noise` of these samples, computed once for all the artifacts that compare them."""
         key = (tuple(samples), tol.noise_factor > 0)
         if key not in self._noise:
-            self._noise[key] = _map_noise(
+            self._noise[key] = map_noise(
                 (lambda rows, chosen: self.finish(self.rerun(rows, chosen))) if self.flippable else None,
                 self.want[4],
                 self.want64[4],
@@ -414,86 +262,6 @@ class _References:
                 tol,
             )
         return self._noise[key]
-
-
-def _compare(ref: _References, got: list[np.ndarray], tally: _Tally, tol: Tolerance, index: int) -> None:
-    """Fold one batch's differences between an artifact's outputs ``got`` and the references into ``tally``."""
-    want, want64 = ref.want, ref.want64
-    stable = (want[2] == want64[2]).all(axis=1)  # near ties flip between float32 and float64
-    same = (got[2] == want[2]).all(axis=1) & stable
-    tally.ties += int((~stable).sum())
-    tally.agree += int(same.sum())
-    tally.total += int(stable.sum())
-    tally.signal = max(tally.signal, float(want[4].max()))
-    compared = want[4][same].reshape(-1, *want[4].shape[2:])
-    tally.maps += len(compared)
-    tally.structured += int((compared.max(axis=(1, 2)) > compared.min(axis=(1, 2))).sum())
-    for name, a, b, c in zip(output_names(ref.meta.method), got, want, want64, strict=True):
-        if name in ("class_index", "cam"):
-            continue
-        if name in _PER_CLASS:  # scores (and guided images) of different classes are not comparable
-            a, b, c = a[same], b[same], c[same]
-        if a.size:
-            _accumulate(tally.worst[name], a, b)
-            _accumulate(tally.noise[name], b, c)
-    samples = [int(n) for n in np.flatnonzero(same)]
-    if samples:
-        _accumulate(tally.worst["cam"], got[4][same], want[4][same])
-        tally.noise["cam"][0] = max(tally.noise["cam"][0], ref.map_noise(samples, tol))
-        errors = {n: float(np.abs(got[4][n] - want[4][n]).max()) for n in samples}
-        if max(errors.values()) > tol.cam_atol:
-            rerun = ref.rerun if ref.flippable else None
-            tally.beyond.append(_MapBatch(index, got[4], want[4], errors, rerun, ref.finish, ref.calls32, ref.calls64))
-
-
-def _map_noise(rerun, want, want64, calls32, calls64, samples, tol: Tolerance) -> float:
-    """Max |eager float32 - float64| over the samples' maps, taken with float64's masks.
-
-    Where float32 and float64 take different sides of a gate's breakpoint, their maps differ
-    by a mask flip, not by how badly float32 rounding is conditioned: float32 is recomputed
-    with float64's sides there, so that the noise allowance never covers a flip.
-    """
-    differ = disagreements(calls32, calls64, samples)
-    if differ and tol.noise_factor > 0 and rerun is not None:
-        log.info("float32 and float64 masks differ: float32 reference again with float64's masks")
-        want = rerun(list(range(len(want))), differ)
-    return float(max(np.abs(want[n].astype(np.float64) - want64[n]).max() for n in samples))
-
-
-def _output_diffs(tally: _Tally, tol: Tolerance) -> dict[str, OutputDiff]:
-    limits = {
-        "logits": (tol.logits_rtol, 1),
-        "probabilities": (tol.probabilities_atol, 0),
-        "score": (tol.score_atol, 0),
-        "cam": (tol.cam_atol, 0),
-        **({GUIDED_OUTPUT: (tol.guided_rtol, 1)} if tally.guided else {}),
-    }
-    diffs = {}
-    for name, (limit, which) in limits.items():
-        # maps and scores are only comparable where the classes agree; none agreeing proves nothing
-        if tally.maps == 0 and name in _PER_CLASS:
-            diffs[name] = OutputDiff(name, math.nan, math.nan, limit, "max_abs", math.nan, limit, False, "not compared")
-            continue
-        value, floor = tally.worst[name][which], tally.noise[name][which]
-        effective = max(limit, tol.noise_factor * floor, _softmax_allowance(name, diffs))
-        ok = value <= effective
-        measure = ("max_abs", "max_rel")[which]
-        diffs[name] = OutputDiff(name, *tally.worst[name], limit, measure, floor, effective, ok, "ok" if ok else "FAIL")
-    return diffs
-
-
-def _softmax_allowance(name: str, diffs: dict[str, OutputDiff]) -> float:
-    """How far probabilities and scores may move given logits that passed: half their max abs difference.
-
-    softmax's Jacobian ``diag(p) - p p^T`` moves ``p_i`` by ``p_i (dz_i - sum_j p_j dz_j)``, at most
-    ``2 p_i (1 - p_i) max|dz| <= max|dz| / 2``: the logits' accepted float32 difference (their own noise
-    and reordering) reaches the probabilities scaled by at most 1/2, whatever the probabilities' own
-    float32-vs-float64 measure says (mvitv2_tiny: logits within limit, probabilities 1.0e-5 with noise 4.7e-6).
-    """
-    logits = diffs.get("logits")
-    if name not in ("probabilities", "score") or logits is None or not logits.ok:
-        return 0.0
-    return logits.max_abs / 2
 
 
 def _reference(net, meta, image, classes, device, dtype, reshape, *, raw: bool = False) -> list[np.ndarray]:
@@ -511,27 +279,3 @@ def _reference(net, meta, image, classes, device, dtype, reshape, *, raw: bool =
         reshape=reshape,
     )
     return [o.cpu().numpy() for o in outputs]
-
-
-def _accumulate(slot: list[float], a: np.ndarray, b: np.ndarray) -> None:
-    """Fold max |a - b| and max |a - b| / max |b| into ``slot``."""
-    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-    scale = float(np.abs(b).max())
-    slot[0] = max(slot[0], diff)
-    slot[1] = max(slot[1], diff / scale if scale > 0 else diff)
-
-
-def assert_parity(report: ParityReport) -> ParityReport:
-    """Raise ``ParityError`` listing every output beyond tolerance; return the report otherwise."""
-    if not report.ok:
-        lines = "\n".join(f"  {line}" for line in report.failures())
-        raise ParityError(f"{report.artifact} differs from the eager reference:\n{lines}")
-    return report
-
-
-def parity_document(reports) -> str:
-    """The ``parity.json`` document for several reports: overall ``ok`` and one record per artifact."""
-    import json
-
-    reports = list(reports)
-    return json.dumps({"ok": all(r.ok for r in reports), "artifacts": [r.to_dict() for r in reports]}, indent=2) + "\n"

@@ -193,7 +193,8 @@ def _export(args: argparse.Namespace, wrapper, fmt: str, path: Path) -> None:
 
 def _validate(args: argparse.Namespace, model, targets: dict[str, Path]):
     """Every artifact's parity report (printed as tables): one set of eager references for all of them."""
-    from ..checks.parity import tolerance_for, validate_each
+    from ..checks.parity import validate_each
+    from ..checks.tolerances import tolerance_for
 
     tolerances = [
         tolerance_for(
@@ -217,7 +218,7 @@ def _validate(args: argparse.Namespace, model, targets: dict[str, Path]):
 
 def run(args: argparse.Namespace) -> int:
     """Export, validate, write parity.json; 1 when some artifact fails its parity check."""
-    from ..checks.parity import parity_document
+    from ..checks.report import parity_document
     from ..errors import GradCAMError
     from ..graph.methods import get_method
 

@@ -87,8 +87,9 @@ def _load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Print the parity table (and write it as JSON or JUnit XML); 1 beyond tolerance, 4 unloadable."""
-    from ..checks.parity import tolerance_for, validate
+    from ..checks.parity import validate
     from ..checks.runtimes import runtime_info
+    from ..checks.tolerances import tolerance_for
 
     explainer = _load(args)
     if explainer is None:
