@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -11,9 +10,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ..errors import InputError, LayerError, LayerNotFoundError, MethodError, ModelTypeError
+from ..errors import LayerError, LayerNotFoundError, ModelTypeError
 from .layouts import NCHW, Layout, axis_problem
-from .methods_input import InputGradientMethod
 from .probe import _logits_of, probe, run_model  # noqa: F401 (_logits_of: the capture's import)
 
 __all__ = [
@@ -26,11 +24,7 @@ __all__ = [
     "uses_attention",
     "run_model",
     "check_model",
-    "target_of",
-    "layer_and_layout",
 ]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -175,48 +169,3 @@ def select_layer(model: nn.Module, target_layer: str, infos: list[LayerInfo]) ->
 def auto_layer(model: nn.Module, example_input: torch.Tensor) -> str:
     """The layer ``target_layer="auto"`` picks."""
     return select_layer(model, "auto", list_layers(model, example_input)).name
-
-
-def target_of(model, cam_method, target_layer, reshape, image, upsample: bool):
-    """``(layer name, layout, layer, output shape)`` of the method's target layer (the shape ``(1, 0)`` when a
-    custom reshape leaves it unprobed); ``("", None, None, None)`` for a method with none.
-
-    FullGrad and guided backpropagation read no target layer: the argument is ignored (a
-    warning says so when one is named) and artifacts record ``""``. The input-gradient
-    methods refuse a model they do not apply to, and ``upsample=False`` (their maps are at
-    input resolution).
-    """
-    if isinstance(cam_method, InputGradientMethod):
-        cam_method.check_model(model)
-        if not upsample:
-            raise MethodError(f"method {cam_method.name!r} gives maps at input resolution; it takes no upsample=False")
-        if not cam_method.uses_target_layer:
-            if target_layer not in ("auto", ""):
-                log.warning("method %r reads no target layer: %r is ignored", cam_method.name, target_layer)
-            return "", None, None, None
-    infos = [] if callable(reshape) else list_layers(model, image)
-    layer_name, layout = layer_and_layout(model, target_layer, infos, reshape)
-    shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
-    return layer_name, layout, resolve_layer(model, layer_name), shape
-
-
-def layer_and_layout(model, target_layer, infos, reshape):
-    """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
-    if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
-        if target_layer == "auto":
-            raise InputError("a custom reshape needs an explicit target_layer")
-        resolve_layer(model, target_layer)
-        return target_layer, reshape
-    if reshape not in ("auto", None):
-        raise InputError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
-    info = select_layer(model, target_layer, infos)  # refuses what cannot be explained, before tracing
-    if info is None:
-        return target_layer, None  # not a map at all: the capture hook says what the layer returns
-    if info.layout.kind == "NCHW":
-        return info.name, None
-    if reshape is None:
-        raise LayerError(
-            f"layer {info.name!r} is laid out {info.layout.describe(info.output_shape)}, not [N, C, h, w]; "
-            "pass reshape='auto' to explain it"
-        )
-    return info.name, info.layout

@@ -299,7 +299,5 @@ def postprocess(cam: torch.Tensor, size: tuple[int, int] | torch.Size | None, no
     return cam
 
 
-# the input-gradient methods subclass CAMMethod and use postprocess: registered once both exist
-from .methods_input import FullGrad, GuidedBackprop, GuidedGradCAM  # noqa: E402
-
-METHODS.update({cls.name: cls for cls in (FullGrad, GuidedBackprop, GuidedGradCAM)})
+# the input-gradient methods subclass CAMMethod and use postprocess: they register themselves once both exist
+from . import methods_input  # noqa: E402, F401

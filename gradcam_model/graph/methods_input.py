@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
-from .methods import CAMMethod, GradCAM, postprocess
+from .methods import CAMMethod, GradCAM, postprocess, register
 
 __all__ = [
     "InputGradientMethod",
@@ -201,3 +201,6 @@ class GuidedGates:
             yield
         finally:
             self.on = False
+
+
+register(FullGrad, GuidedBackprop, GuidedGradCAM)

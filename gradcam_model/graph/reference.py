@@ -1,21 +1,27 @@
-"""The eager reference every artifact is validated against: hooks and a live backward pass, no tracing."""
+"""The eager reference every artifact is validated against (hooks and a live backward pass, no tracing),
+and the choice of a method's target layer and layout that the reference and the wrapper share."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
+from ..errors import InputError, LayerError, MethodError
 from ._state import eval_state
 from .arguments import check_class_index, check_image
 from .capture import CaptureSpec, cam_outputs, capture_forward
-from .layers import layer_and_layout, list_layers, target_of
+from .layers import list_layers, resolve_layer, select_layer
 from .methods import CAMMethod, get_method
+from .methods_input import InputGradientMethod
 from .probe import cached_probe, run_model
 from .reruns import ablated_logits, method_input
 
-__all__ = ["reference_cam", "reference_outputs", "reference_reshape"]
+__all__ = ["layer_and_layout", "reference_cam", "reference_outputs", "reference_reshape", "target_of"]
+
+log = logging.getLogger(__name__)
 
 
 def reference_reshape(
@@ -87,3 +93,48 @@ def reference_cam(
         outputs = reference_outputs(model, layer, spec, image, class_index)
     outputs = tuple(o.detach() for o in outputs)
     return outputs if return_all else outputs[4]
+
+
+def target_of(model, cam_method, target_layer, reshape, image, upsample: bool):
+    """``(layer name, layout, layer, output shape)`` of the method's target layer (the shape ``(1, 0)`` when a
+    custom reshape leaves it unprobed); ``("", None, None, None)`` for a method with none.
+
+    FullGrad and guided backpropagation read no target layer: the argument is ignored (a
+    warning says so when one is named) and artifacts record ``""``. The input-gradient
+    methods refuse a model they do not apply to, and ``upsample=False`` (their maps are at
+    input resolution).
+    """
+    if isinstance(cam_method, InputGradientMethod):
+        cam_method.check_model(model)
+        if not upsample:
+            raise MethodError(f"method {cam_method.name!r} gives maps at input resolution; it takes no upsample=False")
+        if not cam_method.uses_target_layer:
+            if target_layer not in ("auto", ""):
+                log.warning("method %r reads no target layer: %r is ignored", cam_method.name, target_layer)
+            return "", None, None, None
+    infos = [] if callable(reshape) else list_layers(model, image)
+    layer_name, layout = layer_and_layout(model, target_layer, infos, reshape)
+    shape = next((i.output_shape for i in infos if i.name == layer_name), (1, 0))
+    return layer_name, layout, resolve_layer(model, layer_name), shape
+
+
+def layer_and_layout(model, target_layer, infos, reshape):
+    """The layer to explain and the reshape of its output to ``[N, C, h, w]`` (None: already so)."""
+    if callable(reshape):  # the caller's own reshape (pytorch-grad-cam's reshape_transform): trusted
+        if target_layer == "auto":
+            raise InputError("a custom reshape needs an explicit target_layer")
+        resolve_layer(model, target_layer)
+        return target_layer, reshape
+    if reshape not in ("auto", None):
+        raise InputError(f"reshape must be 'auto', None or a callable, got {reshape!r}")
+    info = select_layer(model, target_layer, infos)  # refuses what cannot be explained, before tracing
+    if info is None:
+        return target_layer, None  # not a map at all: the capture hook says what the layer returns
+    if info.layout.kind == "NCHW":
+        return info.name, None
+    if reshape is None:
+        raise LayerError(
+            f"layer {info.name!r} is laid out {info.layout.describe(info.output_shape)}, not [N, C, h, w]; "
+            "pass reshape='auto' to explain it"
+        )
+    return info.name, info.layout

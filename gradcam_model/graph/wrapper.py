@@ -17,10 +17,10 @@ from ._state import eval_state
 from .arguments import check_class_index, check_class_names, check_image, check_stats, check_top_k
 from .capture import CaptureSpec, _forward_with_leaf, trace_explainer
 from .decompositions import StaticShapesRequired
-from .layers import check_model, target_of, uses_attention
+from .layers import check_model, uses_attention
 from .methods import CAMMethod, get_method
 from .probe import probe
-from .reference import reference_outputs
+from .reference import reference_outputs, target_of
 from .reruns import is_cut
 
 __all__ = ["GradCAMModel", "INPUT_NAMES", "OUTPUT_NAMES", "IMAGENET_MEAN", "IMAGENET_STD"]
