@@ -62,7 +62,7 @@ class FullGrad(InputGradientMethod):
     ``3 + L`` terms of that sum (the 3 input channels, one map per layer) are each scaled by
     ``s`` and downsampled bilinearly to ``(H // 8, W // 8)``; the map is ``up(s(p))``, ``p``
     their first principal component (:func:`~.methods.principal_projection`, whose sign
-    rule is ours: pytorch-grad-cam's plain SVD sign gives ``1 - map``).
+    rule is ours: with LAPACK's sign, pytorch-grad-cam's map is ours or ``1 - ours``, image by image).
     """
 
     name = "fullgrad"
