@@ -103,13 +103,24 @@ def more_oracle(model, layer_name: str, images: torch.Tensor, classes, method: s
         return cam(images, targets=targets, **call)
 
 
-def oracle_fullgrad(model, images: torch.Tensor, classes) -> np.ndarray:
-    """pytorch-grad-cam's FullGrad maps ``[N, H, W]`` for ``classes`` (one per image); it ignores target layers."""
+def oracle_fullgrad(model, images: torch.Tensor, classes, *, sign_corrected: bool = True, **call) -> np.ndarray:
+    """pytorch-grad-cam's FullGrad maps ``[N, H, W]`` for ``classes`` (one per image; None: each pass's own
+    top class); it ignores target layers. ``call`` goes to its call (``aug_smooth``, ``eigen_smooth``); its
+    ``eigen_smooth`` projects with ``get_2d_projection_with_sign_correction`` (our sign) unless not
+    ``sign_corrected`` (LAPACK's sign)."""
     import contextlib
     import io
 
-    with contextlib.redirect_stdout(io.StringIO()), pgc.FullGrad(model, []) as cam:  # it prints a warning
-        return cam(images, targets=[ClassifierOutputTarget(int(c)) for c in classes])
+    from pytorch_grad_cam import fullgrad_cam
+
+    projection = get_2d_projection_with_sign_correction if sign_corrected else fullgrad_cam.get_2d_projection
+    targets = None if classes is None else [ClassifierOutputTarget(int(c)) for c in classes]
+    with (
+        contextlib.redirect_stdout(io.StringIO()),  # it prints a warning
+        mock.patch.object(fullgrad_cam, "get_2d_projection", projection),
+        pgc.FullGrad(model, []) as cam,
+    ):
+        return cam(images, targets=targets, **call)
 
 
 def oracle_guided_backprop(model, images: torch.Tensor, classes) -> np.ndarray:

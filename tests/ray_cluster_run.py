@@ -117,6 +117,10 @@ def run(spec: dict) -> dict:
         summary = explain_dataset(spec["crop_artifact"], [spec["odd_pictures"]], work / "odd", workers=2,
                                   save_maps=True, **common)  # fmt: skip
         results["odd"] = _summary(summary)
+        # a guided Grad-CAM artifact through the command line: its guided/ pictures
+        guided = ["explain", spec["guided_artifact"], *inputs, "--out", str(work / "guided"), "--engine", "ray",
+                  "--workers", "2", "--batch-size", str(spec["batch_size"])]  # fmt: skip
+        results["guided"] = _cli(guided)
         results["listeners_end"] = _listeners()
     results["ray_initialized_after"] = ray.is_initialized()
     # `gradcam bench --ray`, smallest run: its own cluster, started after the one above is down

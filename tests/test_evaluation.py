@@ -22,7 +22,7 @@ from gradcam_model.checks.randomization import (
     spearman,
 )
 from gradcam_model.cli import main
-from gradcam_model.graph.methods import CAMMethod
+from gradcam_model.graph.methods import METHODS, CAMMethod
 from gradcam_model.runtime import evaluate
 from gradcam_model.runtime.visualize import save_png
 
@@ -223,3 +223,61 @@ def test_the_comparison_table_holds_the_baselines_and_each_methods_verdicts(comp
     for method, evaluation in evaluations.items():
         (g,) = evaluation.margins()
         assert f"- {method}: Deletion AUC {g.verdict} ({g.margin:+.4f}" in table
+
+
+# every method, and a few with options: what `gradcam evaluate --compare-methods` builds by default and beyond
+EVERY_METHOD = [*METHODS, "gradcam+eigen-smooth", "layercam+aug-smooth", "randomcam+seed-3", "fullgrad+eigen-smooth"]
+
+
+def _direct_scores(path, images: np.ndarray) -> tuple[float, float]:
+    """Mean Average Drop and deletion AUC (blur, ``STEPS`` steps) computed here, image by image, through the
+    artifact: ``max(0, Y_c - p_c(x M)) / Y_c`` and the trapezoid of ``p_c`` as the top-ranked pixels blur."""
+    from gradcam_model.runtime import load_explainer
+    from gradcam_model.runtime.perturbation import ranks, substrate
+
+    explainer = load_explainer(path)
+    drops, aucs = [], []
+    for x in images:
+        result = explainer(x[None])
+        c, cam = int(result.class_index[0, 0]), result.cam[0, 0]
+        y = float(result.probabilities[0, c])
+        drops.append(max(0.0, y - float(explainer(x[None] * cam).probabilities[0, c])) / y)
+        order, blurred, curve = ranks(cam), substrate(x, "blur"), []
+        for s in range(STEPS + 1):
+            deleted = order < (s * cam.size) // STEPS
+            curve.append(float(explainer(np.where(deleted, blurred, x)[None]).probabilities[0, c]))
+        aucs.append(float(np.trapezoid(curve, dx=1 / STEPS)))
+    return float(np.mean(drops)), float(np.mean(aucs))
+
+
+def test_cli_compare_methods_scores_every_method(compared, photos, tmp_path, capsys):
+    """Every method through the command line on a small model: each one's row, finite scores, one score checked
+    directly; the input-resolution methods are scored from their ``cam`` output like the others."""
+    from gradcam_model.runtime import load_explainer
+    from gradcam_model.runtime.boxes import load_inputs
+    from gradcam_model.runtime.inputs import collect_images
+
+    _, result = compared
+    out = tmp_path / "every"
+    argv = ["evaluate", str(result.artifacts["gradcam"]), str(photos), "--out", str(out), "--arch", f"{__name__}:tiny"]
+    code = main([*argv, "--compare-methods", "--methods", ",".join(EVERY_METHOD), "--steps", str(STEPS)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = json.loads((out / "comparison.json").read_text())
+    assert list(report["methods"]) == EVERY_METHOD and not report["not_scored"]
+    for method, scored in report["methods"].items():
+        assert f"| {method} | " in printed
+        assert scored["images"] == 3 and set(scored["summary"]) == {"average_drop", "increase_in_confidence",
+                                                                     "deletion", "insertion"}  # fmt: skip
+        assert all(np.isfinite(v) for v in scored["summary"].values()), (method, scored["summary"])
+        assert scored["baselines"] and all(np.isfinite(v) for b in scored["baselines"].values() for v in b.values())
+    summary = {m: report["methods"][m]["summary"] for m in EVERY_METHOD}
+    # guided-backprop: an input-resolution map (max_c |guided_c|) and a sixth output, not scored
+    path = out / "artifacts" / "guided-backprop.onnx"
+    images, _ = load_inputs(collect_images([photos]), load_explainer(path).metadata)
+    drop, deletion = _direct_scores(path, images)
+    assert summary["guided-backprop"]["average_drop"] == pytest.approx(drop, abs=2e-6)
+    assert summary["guided-backprop"]["deletion"] == pytest.approx(deletion, abs=2e-6)
+    # guided Grad-CAM's cam output is its Grad-CAM map: the same scores as gradcam's
+    assert summary["guided-gradcam"] == pytest.approx(summary["gradcam"], abs=1e-4)
+    assert summary["guided-backprop"] != pytest.approx(summary["gradcam"], abs=1e-3)

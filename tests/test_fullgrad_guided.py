@@ -117,15 +117,78 @@ BAD = [
      "model has none"),
     (dict(model=_small(track=False)), "needs BatchNorm running statistics for the effective bias, and '1' has none"),
     (dict(upsample=False), "method 'fullgrad' gives maps at input resolution; it takes no upsample=False"),
-    (dict(method="fullgrad+eigen-smooth"), "'fullgrad' takes no '\\+eigen-smooth'"),
+    (dict(method="fullgrad+eigen-smooth", example_input=_images(0, 1, size=(7, 12))), "method "
+     "'fullgrad\\+eigen-smooth' projects its terms at 1/8 of the input size; 7x12 is too small"),
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize(("kwargs", "message"), BAD)
 def test_fullgrad_refusals(kwargs, message):
-    kwargs = {"model": _small(), "method": "fullgrad", **kwargs}
+    kwargs = {"model": _small(), "method": "fullgrad", "example_input": _images(0, 1), **kwargs}
     with pytest.raises(gc.MethodError, match=message):
-        gc.GradCAMModel(kwargs.pop("model"), example_input=_images(0, 1), **kwargs)
+        gc.GradCAMModel(kwargs.pop("model"), **kwargs)
+
+
+# ---- FullGrad's smoothings: pytorch-grad-cam's eigen_smooth and aug_smooth ----
+
+
+SMOOTH = {
+    "fullgrad+eigen-smooth": dict(eigen_smooth=True),
+    "fullgrad+aug-smooth": dict(aug_smooth=True),
+    "fullgrad+eigen-smooth+aug-smooth": dict(eigen_smooth=True, aug_smooth=True),
+}
+
+
+# the eager reference (the graph's own code) on three architectures; the graph on resnet18. Without
+# targets each of pytorch-grad-cam's 6 augmented passes explains its own top class, as ours do; its
+# aug_smooth mean is not rescaled (ours is, as the contract says), so it is compared normalized.
+@pytest.mark.parametrize(
+    ("arch", "method"),
+    [("resnet18", "fullgrad+eigen-smooth"), ("vgg11", "fullgrad+eigen-smooth"),
+     ("mobilenet_v3_small", "fullgrad+eigen-smooth"), ("vgg11", "fullgrad+aug-smooth"),
+     ("small", "fullgrad+eigen-smooth+aug-smooth")],
+)  # fmt: skip
+def test_fullgrad_smoothings_equal_pytorch_grad_cam(arch, method, request):
+    model = {"small": _small, "mobilenet_v3_small": lambda: build(arch, num_classes=5)}.get(arch)
+    model = model() if model else request.getfixturevalue(arch)
+    images = _images(9, n=2)
+    if arch == "resnet18":
+        outputs = gc.GradCAMModel(model, method=method, example_input=images[:1])(images)
+    else:
+        outputs = gc.reference_cam(model, "", images, method=method, return_all=True)
+    _, _, classes, _, cam = outputs
+    assert torch.equal(classes[:, 0], model(images).argmax(1))  # the image's own pass
+    oracle = oracle_fullgrad(model, images, None, **SMOOTH[method])
+    assert float(np.ptp(oracle)) > 0.5  # maps with structure
+    np.testing.assert_allclose(cam[:, 0].numpy(), _normalized(oracle), rtol=0, atol=CAM_ATOL)
+    plain = gc.reference_cam(model, "", images, method="fullgrad")
+    assert float((plain - cam).abs().amax()) > 0.05  # the smoothing changes the map
+
+
+def test_fullgrad_eigen_smooth_is_pytorch_grad_cams_up_to_the_sign(resnet18):
+    """With LAPACK's sign, pytorch-grad-cam's map is ours or ``1 - ours`` (its last step is a min-max scale)."""
+    images = _images(10)
+    ours = gc.reference_cam(resnet18, "", images, method="fullgrad+eigen-smooth")[:, 0].numpy()
+    plain = oracle_fullgrad(resnet18, images, None, sign_corrected=False, eigen_smooth=True)
+    for i in range(len(images)):
+        assert min(np.abs(ours[i] - plain[i]).max(), np.abs(ours[i] - (1 - plain[i])).max()) < CAM_ATOL
+
+
+@pytest.mark.parametrize("method", ["fullgrad+eigen-smooth", "fullgrad+aug-smooth"])
+def test_fullgrad_smoothed_artifacts_validate(method, tmp_path):
+    """ONNX artifacts with a class input, validated at other batches; a given class is explained in every pass."""
+    model = _small()
+    wrapper = gc.GradCAMModel(model, method=method, example_input=_images(0, 1), class_input=True)
+    path = gc.export_onnx(wrapper, tmp_path / "fullgrad.onnx")
+    report = gc.validate(path, model, batch_sizes=(1, 3))
+    assert report.ok, report.table()
+    images, given = _images(11, n=4), np.array([3, -1, 0, 1])
+    result = load_explainer(path)(images.numpy(), class_index=given)
+    assert load_explainer(path).metadata.method == method
+    top = model(images).argmax(1).numpy()
+    assert (result.class_index[:, 0] == np.where(given < 0, top, given)).all()
+    oracle = oracle_fullgrad(model, images, result.class_index[:, 0], **SMOOTH[method])
+    np.testing.assert_allclose(result.cam[:, 0], _normalized(oracle), rtol=0, atol=CAM_ATOL)
 
 
 # ---- guided backpropagation and guided Grad-CAM ----
@@ -202,6 +265,8 @@ GUIDED_BAD = [
     (dict(model=_small(relu=nn.GELU), method="guided-gradcam", target_layer="3"), "method 'guided-gradcam' applies"),
     (dict(upsample=False), "method 'guided-backprop' gives maps at input resolution; it takes no upsample=False"),
     (dict(method="guided-gradcam+eigen-smooth"), "'guided-gradcam' takes no '\\+eigen-smooth'"),
+    (dict(method="guided-backprop+aug-smooth"), "'guided-backprop' takes no '\\+aug-smooth': pytorch-grad-cam's "
+     "GuidedBackpropReLUModel has no aug_smooth"),
 ]  # fmt: skip
 
 

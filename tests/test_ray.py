@@ -62,13 +62,30 @@ def _namespace_command(spec: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def ray_run(artifacts, tmp_path_factory, crop_artifact, odd_picture_dir):
+def guided_artifact(tmp_path_factory):
+    """A small guided Grad-CAM ONNX artifact (32x32, top 2): its sixth output is the guided gradient."""
+    import torch
+
+    import gradcam_model as gc
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4),
+    ).eval()  # fmt: skip
+    wrapper = gc.GradCAMModel(model, "2", method="guided-gradcam", example_input=torch.randn(1, 3, 32, 32), top_k=2)
+    return gc.export_onnx(wrapper, tmp_path_factory.mktemp("guided-artifact") / "guided.onnx")
+
+
+@pytest.fixture(scope="module")
+def ray_run(artifacts, tmp_path_factory, crop_artifact, odd_picture_dir, guided_artifact):
     work = tmp_path_factory.mktemp("ray")
     _images(work / "in")
     artifact = str(artifacts["static.onnx"])
     spec = {"artifact": artifact, "inputs": [str(work / "in")], "work": str(work), "batch_size": BATCH,
             "crash_marker": str(work / "crash.marker"), "results": str(work / "results.json"),
-            "crop_artifact": str(crop_artifact), "odd_pictures": str(odd_picture_dir)}  # fmt: skip
+            "crop_artifact": str(crop_artifact), "odd_pictures": str(odd_picture_dir),
+            "guided_artifact": str(guided_artifact)}  # fmt: skip
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(_namespace_command(work / "spec.json"), env=env, capture_output=True, text=True,
@@ -319,3 +336,37 @@ def test_a_cropping_artifact_on_odd_pictures_equals_the_local_engine(ray_run, cr
         assert [t[k] for k in ("region_x", "region_y", "region_w", "region_h")] == pytest.approx(
             [float(r[k]) for k in ("region_x", "region_y", "region_w", "region_h")], abs=0.005
         )
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).astype(int)
+
+
+def test_a_guided_artifacts_pictures_equal_the_local_engines(ray_run, guided_artifact):
+    """``explain --engine ray`` with a guided Grad-CAM artifact (top 2) writes ``guided/`` as explain_files does:
+    each overlay's guided picture under its name, the picture of the explainer's ``guided`` output."""
+    from gradcam_model.runtime.visualize import encode_image, guided_picture
+
+    work, result = ray_run["work"], ray_run["results"]["guided"]
+    assert result["rc"] == 1 and "explained 11 of 12 images on Ray" in result["stdout"], result["stderr"]
+    local = explain_files(guided_artifact, ray_run["spec"]["inputs"], work / "guided-local", batch_size=BATCH,
+                          progress=False)  # fmt: skip
+    assert _relative(_rows(work / "guided"), work / "guided") == _relative(_rows(work / "guided-local"),
+                                                                           work / "guided-local")  # fmt: skip
+    ray_files = sorted(p.relative_to(work / "guided" / "guided") for p in (work / "guided" / "guided").rglob("*.*"))
+    explainer = load_explainer(guided_artifact)
+    order = explainer.metadata.preprocessing.channel_order
+    names = []
+    for prediction in local.predictions:
+        if prediction.error:
+            continue
+        image = preprocess(load_image(prediction.path, max_side=DEFAULT_MAX_SIDE), explainer.metadata)
+        guided = explainer(image[None]).guided[0]  # [2, 3, 32, 32]
+        for k, overlay in enumerate(prediction.overlays):
+            name = overlay.relative_to(work / "guided-local" / "overlays")
+            names.append(name)
+            want = _decoded(encode_image(guided_picture(guided[k], channel_order=order), "jpg"))
+            for out in ("guided-local", "guided"):
+                got = cv2.imread(str(work / out / "guided" / name)).astype(int)
+                assert got.shape == (32, 32, 3) and np.abs(got - want).max() <= 2, (out, name)
+    assert len(names) == 22 and sorted(names) == ray_files  # 11 readable images x 2 classes, nothing else

@@ -1,8 +1,9 @@
 """``gradcam triton --backend python`` under a real tritonserver (2.51, nvidia-pytriton), called by tritonclient.
 
-One server per module on 127.0.0.1 with free ports and no metrics, five models: a fixed-size
+One server per module on 127.0.0.1 with free ports and no metrics, six models: a fixed-size
 artifact, a dynamic-size one with a class input, that one with a crop preprocessing recorded,
-and the fixed one with a small pixel limit, and with a long batching delay. tritonclient runs in a subprocess
+the fixed one with a small pixel limit, and with a long batching delay, and a guided Grad-CAM
+artifact (its sixth output, ``guided``). tritonclient runs in a subprocess
 (tests/triton_client_run.py: its gRPC messages clash with kserve's) over HTTP and gRPC.
 The oracle is the in-process explainer on the same inputs (pictures decoded and
 preprocessed here, in this venv's numpy 2 and OpenCV, the server's run numpy 1 and OpenCV 4.11).
@@ -28,7 +29,7 @@ import pytest
 import triton_server
 
 from gradcam_model.cli import main
-from gradcam_model.contract import METADATA_KEY, ArtifactMetadata, Preprocessing
+from gradcam_model.contract import GUIDED_OUTPUT, METADATA_KEY, ArtifactMetadata, Preprocessing
 from gradcam_model.runtime import decode_image, explained_region, load_explainer, overlay, preprocess
 from gradcam_model.serving.triton import TritonOptions, write_repository
 
@@ -71,9 +72,16 @@ def _with_preprocessing(source: Path, target: Path, prep: Preprocessing) -> Path
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, artifacts):
+def served(tmp_path_factory, artifacts, resnet18):
     """The artifacts, their explainers, and one running tritonserver serving them all."""
+    import torch
+
+    from gradcam_model import GradCAMModel, export_onnx
+
     folder = tmp_path_factory.mktemp("triton-server")
+    example = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    guided = GradCAMModel(resnet18, "layer4", method="guided-gradcam", example_input=example, top_k=2)
+    guided = export_onnx(guided, folder / "guided.onnx")
     static, pets = artifacts["static.onnx"], artifacts["dynamic.onnx"]  # fixed 64x64; dynamic, a class input
     crop = _with_preprocessing(
         pets, folder / "crop.onnx", Preprocessing(resize="shorter", crop_pct=0.875, interpolation="bicubic")
@@ -87,6 +95,7 @@ def served(tmp_path_factory, artifacts):
         "crop": (crop, {}),
         "limited": (static, {"max_pixels": 5000}),
         "patient": (static, {"max_queue_delay_us": 200_000}),  # waits for a full batch: batching for sure
+        "guided": (guided, {}),
     }
     for name, (artifact, extra) in others.items():
         options = TritonOptions(backend="python", execution_env=str(env), **extra)
@@ -95,7 +104,7 @@ def served(tmp_path_factory, artifacts):
     work = folder / "work"
     work.mkdir()
     server = triton_server.start(repo, work, models)
-    explainers = {"static": static, "pets": pets, "crop": crop, "limited": static, "patient": static}
+    explainers = {"static": static, "pets": pets, "crop": crop, "limited": static, "patient": static, "guided": guided}
     yield {
         "server": server,
         "env": env,
@@ -150,7 +159,7 @@ def _pictures(*pngs: bytes) -> tuple:
 
 def _assert_outputs(got: dict, expected, names=OUTPUTS) -> None:
     assert "error" not in got, got.get("error")
-    for name, want in zip(OUTPUTS, expected.outputs(), strict=True):
+    for name, want in zip(OUTPUTS, expected.outputs()[: len(OUTPUTS)], strict=True):  # guided: tested apart
         if name not in names:
             continue
         have = got["outputs"][name]
@@ -185,6 +194,30 @@ def test_tensors_match_the_explainer(served, protocol):
     assert got[1]["outputs"]["class_index"][:, 0].tolist()[::2] == [3, 9]
     _assert_outputs(got[2], pets(cases["pets"][1]))
     assert set(got[2]["outputs"]) == set(OUTPUTS)  # named outputs: no overlays computed or sent
+
+
+def test_the_guided_output_matches_the_explainer(served):
+    """A guided Grad-CAM artifact (top 2): its ``guided`` output ``[N, 2, 3, 64, 64]`` over HTTP, from tensors
+    and from a picture, equals the in-process explainer's."""
+    explainer = served["explainers"]["guided"]
+    x = np.random.default_rng(4).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    png = _png(48, 90, seed=7)
+    requests = [
+        {"inputs": [("image", "FP32", x)], "outputs": [*OUTPUTS, GUIDED_OUTPUT]},
+        {"inputs": [("image", "FP32", x[:1])]},  # naming none: every output, the guided one too
+        {"inputs": [_pictures(png)], "outputs": [GUIDED_OUTPUT, "cam"]},
+    ]
+    got = _call(served, "http", "guided", requests)
+    inputs = _preprocessed_by_the_server_env(served, "guided", [png])
+    for result, want in zip(got, (explainer(x), explainer(x[:1]), explainer(inputs)), strict=True):
+        assert "error" not in result, result["error"]
+        _assert_outputs(result, want, names=set(result["outputs"]) & set(OUTPUTS))
+        guided = result["outputs"][GUIDED_OUTPUT]
+        assert guided.shape == want.guided.shape == (len(want.cam), 2, 3, 64, 64) and guided.dtype == np.float32
+        assert float(np.abs(want.guided).max()) > 1e-3  # a gradient image, not zeros
+        np.testing.assert_allclose(guided, want.guided, rtol=0, atol=MAP_ATOL)
+    assert set(got[1]["outputs"]) == {*OUTPUTS, GUIDED_OUTPUT, "overlay_png", "region"}
+    assert set(got[2]["outputs"]) == {GUIDED_OUTPUT, "cam"}
 
 
 SIZES = [(80, 100), (37, 53), (123, 61), (9, 300)]  # odd sizes and aspect ratios

@@ -34,9 +34,9 @@ from .capture_taps import Taps, check_target_output, forward_with_taps, input_gr
 from .decompositions import backward_decompositions, is_backward_op
 from .layers import _logits_of
 from .methods import CAMMethod, postprocess
-from .methods_extra import AUG_PASSES, deaugment
+from .methods_extra import AUG_PASSES
 from .methods_input import InputGradientMethod
-from .reruns import ablated_logits, method_input
+from .reruns import ablated_logits, aug_smoothed, method_input
 
 __all__ = ["CaptureSpec", "capture_forward", "explain_function", "trace_explainer"]
 
@@ -258,7 +258,7 @@ def cam_outputs(
     cam = torch.stack(maps, dim=1)
     size = image.shape[-2:] if spec.upsample else None
     if aug:  # pytorch-grad-cam scales each pass's map; the mean is scaled again only if normalize
-        cam = postprocess(deaugment(postprocess(cam, size, True)), None, spec.normalize)
+        cam = aug_smoothed(cam, size, spec.normalize)
         logits, chosen = logits[:n], chosen[:n]
     else:
         cam = postprocess(cam, size, spec.normalize)

@@ -20,7 +20,9 @@ from torch import nn
 from ..errors import LayerError, MethodError
 from .layouts import grid_problem
 from .methods import postprocess
+from .methods_extra import AUG_PASSES
 from .methods_input import GuidedBackprop, GuidedGates, GuidedGradCAM, InputGradientMethod
+from .reruns import aug_smoothed
 
 __all__ = ["Taps", "check_target_output", "forward_with_taps", "input_gradient_outputs"]
 
@@ -146,7 +148,13 @@ def input_gradient_outputs(logits, probabilities, chosen, activations, taps: Tap
         guided.append(gb)
     image = taps.image
     at_input = not spec.method.uses_target_layer  # FullGrad, guided backprop: maps at input resolution already
-    cam = postprocess(torch.stack(maps, dim=1), None if at_input else image.shape[-2:], spec.normalize)
+    size = None if at_input else image.shape[-2:]
+    if spec.method.aug_smooth:  # FullGrad only (the guided methods refuse it): outputs of the image's own pass
+        n = image.shape[0] // AUG_PASSES
+        cam = aug_smoothed(torch.stack(maps, dim=1), size, spec.normalize)
+        logits, probabilities, chosen = logits[:n], probabilities[:n], chosen[:n]
+    else:
+        cam = postprocess(torch.stack(maps, dim=1), size, spec.normalize)
     outputs = (logits.detach(), probabilities, chosen, probabilities.gather(1, chosen), cam)
     if not spec.method.guided:
         return outputs

@@ -258,7 +258,7 @@ def get_method(method: str | CAMMethod) -> CAMMethod:
                           f"{EIGEN_SMOOTH!r}, except the eigen methods, and in {AUG_SMOOTH!r})")  # fmt: skip
     cls, kwargs = METHODS[base], {}
     if EIGEN_SMOOTH in options:
-        if not issubclass(cls, WeightedActivationsCAM):
+        if not (issubclass(cls, WeightedActivationsCAM) or getattr(cls, "eigen_smoothable", False)):
             raise MethodError(f"{base!r} takes no {EIGEN_SMOOTH!r}: its map is not a sum over channels to smooth")
         kwargs["eigen_smooth"] = True
     seeds = [o for o in options if o.startswith("+seed-")]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import MethodError
-from .methods import CAMMethod, GradCAM, postprocess, register
+from .methods import EIGEN_SMOOTH, CAMMethod, GradCAM, postprocess, principal_projection, register
 
 __all__ = [
     "InputGradientMethod",
@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 _SPATIAL = (2, 3)
+# pytorch-grad-cam's GuidedBackpropReLUModel is no BaseCAM: it has neither smoothing
+_NO_AUG_SMOOTH = "pytorch-grad-cam's GuidedBackpropReLUModel has no aug_smooth"
 
 
 class InputGradientMethod(CAMMethod):
@@ -36,8 +38,6 @@ class InputGradientMethod(CAMMethod):
 
     uses_target_layer: ClassVar[bool] = False  # True: also the target layer's (A, G), for a Grad-CAM map
     guided: ClassVar[bool] = False  # True: the input gradient crosses nn.ReLU modules by the guided rule
-    # the augmented passes' input gradients are not flipped back and averaged: refused, never approximated
-    no_aug_smooth: ClassVar[str] = "its maps come from one pass's input gradient (not supported)"
 
     def check_model(self, model: nn.Module) -> None:
         """Raise ``MethodError`` (one line, with the reason) when the method does not apply to ``model``."""
@@ -57,10 +57,23 @@ class FullGrad(InputGradientMethod):
     ``beta - mu gamma / sqrt(var + eps)``), ``z_l`` its output, ``s`` a per-map
     ``(m - min) / (max - min + 1e-7)`` and ``up`` bilinear upsampling to the input size.
     It reads no target layer.
+
+    With ``eigen_smooth`` (pytorch-grad-cam's ``FullGrad`` with ``eigen_smooth=True``) the
+    ``3 + L`` terms of that sum (the 3 input channels, one map per layer) are each scaled by
+    ``s`` and downsampled bilinearly to ``(H // 8, W // 8)``; the map is ``up(s(p))``, ``p``
+    their first principal component (:func:`~.methods.principal_projection`, whose sign
+    rule is ours: with LAPACK's sign, pytorch-grad-cam's map is ours or ``1 - ours``, image by image).
     """
 
     name = "fullgrad"
     eps = 1e-7  # pytorch-grad-cam's scale_cam_image: a layer's flat maps become zeros
+    eigen_smoothable = True  # its map is a sum of terms (get_method takes +eigen-smooth)
+    eigen_shrink = 8  # pytorch-grad-cam's: the terms are projected at 1/8 of the input size
+
+    def __init__(self, *, eigen_smooth: bool = False) -> None:
+        self.eigen_smooth = eigen_smooth
+        if eigen_smooth:
+            self.name = f"{type(self).name}{EIGEN_SMOOTH}"
 
     def check_model(self, model):
         layers = bias_layers(model)
@@ -83,13 +96,25 @@ class FullGrad(InputGradientMethod):
         self, image: torch.Tensor, image_grad: torch.Tensor, layers: Sequence[nn.Module], grads: Sequence
     ) -> torch.Tensor:
         """The ``[N, H, W]`` map from the input gradient and each layer's output gradient (None: no path)."""
-        total = self._scale((image_grad * image).abs()).sum(1, keepdim=True)
+        terms = [self._scale((image_grad * image).abs())]
         for layer, grad in zip(layers, grads, strict=True):
             if grad is None:  # the layer ran but does not reach the logits: pytorch-grad-cam's map of zeros
                 continue
             saliency = self._scale((_effective_bias(layer)[None, :, None, None] * grad).abs()).sum(1, keepdim=True)
-            total = total + postprocess(saliency, image.shape[-2:], normalize=False)
-        return total[:, 0]
+            terms.append(postprocess(saliency, image.shape[-2:], normalize=False))
+        if not self.eigen_smooth:
+            return torch.cat(terms, 1).sum(1)  # pytorch-grad-cam's concatenate-then-sum
+        # a flat term (zeros: no path) is constant after centring, so leaving it out changes no projection
+        size = image.shape[-2:]
+        small = [size[0] // self.eigen_shrink, size[1] // self.eigen_shrink]
+        if any(isinstance(s, int) and s < 1 for s in small):
+            raise MethodError(
+                f"method {self.name!r} projects its terms at 1/{self.eigen_shrink} of the input size; "
+                f"{size[0]}x{size[1]} is too small (at least {self.eigen_shrink}x{self.eigen_shrink})"
+            )
+        stacked = postprocess(self._scale(torch.cat(terms, 1)), small, normalize=False)
+        projection = self._scale(principal_projection(stacked)[:, None])
+        return postprocess(projection, size, normalize=False)[:, 0]
 
     def _scale(self, maps: torch.Tensor) -> torch.Tensor:
         lo = maps.amin(_SPATIAL, keepdim=True)
@@ -107,6 +132,7 @@ class GuidedBackprop(InputGradientMethod):
 
     name = "guided-backprop"
     guided = True
+    no_aug_smooth = _NO_AUG_SMOOTH
 
     def check_model(self, model):
         _check_relus(model, self.name)
@@ -124,6 +150,7 @@ class GuidedGradCAM(InputGradientMethod):
     name = "guided-gradcam"
     uses_target_layer = True
     guided = True
+    no_aug_smooth = _NO_AUG_SMOOTH
 
     def __init__(self) -> None:
         self.gradcam = GradCAM()

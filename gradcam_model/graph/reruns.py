@@ -12,14 +12,22 @@ import torch
 from torch import nn
 
 from .layers import _logits_of
-from .methods_extra import ablated_copies, augment
+from .methods import postprocess
+from .methods_extra import ablated_copies, augment, deaugment
 
-__all__ = ["ablated_logits", "is_cut", "method_input"]
+__all__ = ["ablated_logits", "aug_smoothed", "is_cut", "method_input"]
 
 
 def method_input(spec, image: torch.Tensor) -> torch.Tensor:
     """What the model runs on: the image, or its 6 augmented passes for ``METHOD+aug-smooth``."""
     return augment(image) if spec.method.aug_smooth else image
+
+
+def aug_smoothed(maps: torch.Tensor, size, normalize: bool) -> torch.Tensor:
+    """``+aug-smooth``'s ``[6N, K, h, w]`` maps -> ``[N, K, H, W]``: each pass's map upsampled to ``size``
+    (None: as it is) and normalized, flipped back and averaged (pytorch-grad-cam's
+    ``forward_augmentation_smoothing``), then normalized again if ``normalize``."""
+    return postprocess(deaugment(postprocess(maps, size, True)), None, normalize)
 
 
 def ablated_logits(model: nn.Module, layer: nn.Module, spec, batch: torch.Tensor, activations: torch.Tensor):

@@ -5,7 +5,8 @@ ONNX Runtime, pyarrow): never torch. Each batch is decoded and preprocessed with
 functions the local engine uses (:func:`~gradcam_model.runtime.load_image`,
 :func:`~gradcam_model.runtime.decode_image`, :func:`~gradcam_model.runtime.preprocess`),
 its rows are built with :func:`~gradcam_model.runtime.outputs.prediction_of`, and its
-overlays are composed and encoded here; the driver only writes the bytes it gets back.
+overlays (and a guided artifact's guided pictures) are composed and encoded here; the
+driver only writes the bytes it gets back.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..contract import GUIDED_OUTPUT, output_names
 from ..errors import InputError
 from .explainer import OnnxExplainer
 from .images import decode_image, load_image, preprocess, target_size
 from .outputs import prediction_of
 from .pipeline import map_bytes
-from .visualize import encode_image, overlay
+from .visualize import encode_image, guided_picture, overlay
 
 __all__ = ["CRASH_ONCE_ENV", "ExplainActor", "result_schema"]
 
@@ -32,8 +34,9 @@ CRASH_ONCE_ENV = "GRADCAM_RAY_CRASH_ONCE"
 _SMALL = 0.5  # as the local engine: pictures under half the input size on a side are counted
 
 
-def result_schema(include_maps: bool):
-    """The Arrow schema of the rows an :class:`ExplainActor` returns."""
+def result_schema(include_maps: bool, guided: bool = False):
+    """The Arrow schema of the rows an :class:`ExplainActor` returns (``guided``: an artifact of a guided method,
+    whose rows also carry each explained class's guided picture, encoded)."""
     import pyarrow as pa
 
     fields = [
@@ -57,6 +60,8 @@ def result_schema(include_maps: bool):
     ]
     if include_maps:
         fields.append(("cam_npy", pa.binary()))
+    if guided:
+        fields.append(("guided_data", pa.list_(pa.binary())))
     return pa.schema(fields)
 
 
@@ -114,7 +119,7 @@ class ExplainActor:
         self.colormap, self.alpha, self.ext = colormap, alpha, ext
         self.target = target
         self.include_maps = include_maps
-        self.schema = result_schema(include_maps)
+        self.schema = result_schema(include_maps, GUIDED_OUTPUT in output_names(self.meta.method))
 
     def _decode(self, path: str, data, image):
         """The picture and the model input, or the error message (never raises for one bad image)."""
@@ -203,6 +208,10 @@ class ExplainActor:
         }
         if self.include_maps:
             row["cam_npy"] = map_bytes(cams)  # the local engine's format (pipeline.map_bytes)
+        if result.guided is not None:  # the local engine's guided/ pictures (pipeline._encode)
+            order = self.meta.preprocessing.channel_order
+            row["guided_data"] = [encode_image(guided_picture(g, channel_order=order), self.ext)
+                                  for g in result.guided[j]]  # fmt: skip
         return row
 
 

@@ -2,9 +2,9 @@
 
 :func:`explain_dataset` is the Ray engine of ``gradcam explain --engine ray``. The
 driver (this process) writes what the local engine writes, named and ordered the same
-way (``overlays/``, ``predictions.csv``, ``grid.png``) plus ``predictions.parquet``;
-the actors (:mod:`.ray_actor`) decode, preprocess, run and encode. Needs the ``[ray]``
-extra; ``ray`` is imported only when this engine runs.
+way (``overlays/``, a guided artifact's ``guided/``, ``predictions.csv``, ``grid.png``)
+plus ``predictions.parquet``; the actors (:mod:`.ray_actor`) decode, preprocess, run and
+encode. Needs the ``[ray]`` extra; ``ray`` is imported only when this engine runs.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def explain_dataset(
             takes), :class:`ImageInput` items, or a ``ray.data.Dataset`` with a ``path`` column and a
             ``bytes`` (encoded) or ``image`` (RGB uint8) column; then rows keep the dataset's order.
         out: output folder: ``overlays/``, ``predictions.csv``, ``predictions.parquet``, ``grid.png``,
-            ``report.html`` (and ``maps/<key>.npy`` with ``save_maps``).
+            ``report.html``, ``maps/<key>.npy`` with ``save_maps``, ``guided/`` for a guided method's artifact.
         batch_size: images per actor call.
         class_, colormap, alpha, overlay_format, max_side, tile_size: as for ``explain_files``.
         workers: actors, each holding one ONNX Runtime session.
@@ -107,10 +107,7 @@ def explain_dataset(
         An :class:`ExplainSummary`; ``predictions`` in input order, each input exactly once.
     """
     started = time.perf_counter()
-    _check_options(alpha, overlay_format, batch_size, workers, tile_size, max_side)
-    for name, value in (("threads", threads), ("object_store_mb", object_store_mb)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    _check_ray_options(alpha, overlay_format, batch_size, workers, tile_size, max_side, threads, object_store_mb)
     out = Path(out)
     meta, target = _artifact_and_target(artifact, class_)
     overlay(np.zeros((1, 1, 3), np.uint8), np.zeros((1, 1), np.float32), colormap=colormap)  # bad colormap: now
@@ -126,21 +123,35 @@ def explain_dataset(
         with _cluster(address, num_cpus, object_store_mb):
             journal.open()  # once the cluster is up: a failed connection leaves nothing behind
             run = _Collector(out, meta, overlay_format, save_maps, on_skip or _log_skip, items, journal)
-            todo = None if items is None else [(i, t) for i, t in enumerate(items) if i not in journal.done]
-            with _Bar(len(items) if items else 0, progress) as bar:
-                bar.update(len(journal.done))
-                if todo is None or todo:
-                    for table in _execute(ray, artifact, dataset_or_paths if todo is None else todo, kwargs,
-                                          batch_size, workers, threads, max_restarts, max_task_retries):  # fmt: skip
-                        bar.update(run.add(table))
-        engine = f"Ray ({workers} actor{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
-        summary = _summary(run, out, meta, engine, colormap, int(tile_size), len(journal.done))
+            pool = (batch_size, workers, threads, max_restarts, max_task_retries)
+            _feed(ray, artifact, dataset_or_paths, items, run, kwargs, pool, progress)
+        summary = _summary(run, out, meta, (workers, threads), colormap, int(tile_size), len(journal.done))
         summary.seconds = time.perf_counter() - started
         summary.report = write_explain_report(summary, out, meta, embed=embed_report)
         finished = True
     finally:
         journal.close(finished=finished)
     return summary
+
+
+def _check_ray_options(alpha, overlay_format, batch_size, workers, tile_size, max_side, threads, object_store_mb):
+    """The local engine's option checks, and the Ray engine's own counts."""
+    _check_options(alpha, overlay_format, batch_size, workers, tile_size, max_side)
+    for name, value in (("threads", threads), ("object_store_mb", object_store_mb)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _feed(ray, artifact, dataset_or_paths, items, run, kwargs, pool: tuple, progress) -> None:
+    """Run the inputs the journal has not done yet (a Ray Dataset: all of it) through the actors, handing each
+    result table to ``run``; ``pool`` is ``(batch_size, workers, threads, max_restarts, max_task_retries)``."""
+    done = run.journal.done
+    todo = None if items is None else [(i, t) for i, t in enumerate(items) if i not in done]
+    with _Bar(len(items) if items else 0, progress) as bar:
+        bar.update(len(done))
+        if todo is None or todo:
+            for table in _execute(ray, artifact, dataset_or_paths if todo is None else todo, kwargs, *pool):
+                bar.update(run.add(table))
 
 
 def _log_skip(path: str, reason: str) -> None:
@@ -172,8 +183,11 @@ def _artifact_and_target(artifact, class_):
     return meta, resolve_class(class_, meta)
 
 
-def _summary(run, out: Path, meta, engine: str, colormap: str, tile_size: int, resumed: int) -> ExplainSummary:
-    """The CSV, grid and Parquet of a finished run, and its summary (``seconds`` and ``report`` still to set)."""
+def _summary(run, out: Path, meta, pool: tuple, colormap: str, tile_size: int, resumed: int) -> ExplainSummary:
+    """The CSV, grid and Parquet of a finished run on ``pool`` = ``(workers, threads)``, and its summary
+    (``seconds`` and ``report`` still to set)."""
+    workers, threads = pool
+    engine = f"Ray ({workers} actor{'s' * (workers > 1)} x {threads} thread{'s' * (threads > 1)}"
     predictions = run.finish()
     tiles = _tiles(predictions, colormap, tile_size)
     failures = [p for p in predictions if p.error]
@@ -277,6 +291,8 @@ class _Collector:
             target = self.out / "overlays" / overlay_name(key, k, self.ext)
             write_bytes_atomic(target, data, overwrite=True)
             paths.append(target)
+        for k, data in enumerate(row.get("guided_data") or []):  # a guided artifact: as the local engine's guided/
+            write_bytes_atomic(self.out / "guided" / overlay_name(key, k, self.ext), data, overwrite=True)
         if self.save_maps:
             write_bytes_atomic(self.out / "maps" / f"{key}.npy", row["cam_npy"], overwrite=True)
         self.small += bool(row["small"])

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .._atomic import check_target, write_bytes_atomic
-from ..contract import INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
+from ..contract import GUIDED_OUTPUT, INPUT_NAMES, OUTPUT_NAMES, ArtifactMetadata
 from ..errors import ArtifactError, InputError
 
 __all__ = [
@@ -128,7 +128,7 @@ def output_entries(tensors) -> list[str]:
     """The contract outputs of ``(name, type, dims)`` tensors, logits and probabilities labelled."""
     outputs = []
     for tensor, dtype, dims in tensors:
-        if tensor in OUTPUT_NAMES:
+        if tensor in (*OUTPUT_NAMES, GUIDED_OUTPUT):  # a guided method's artifact has a sixth output
             extra = f"    label_filename: {quote(LABELS_FILE)}\n" if tensor in ("logits", "probabilities") else ""
             outputs.append(tensor_entry(tensor, dtype, dims, extra))
     return outputs
