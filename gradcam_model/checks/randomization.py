@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import GradCAMError, InputError
 from ..graph._state import eval_state
 from ..graph._trace_state import copy_model
-from ..graph.layers import run_model
+from ..graph.probe import run_model
 
 __all__ = [
     "FLAG_THRESHOLD",

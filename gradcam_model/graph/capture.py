@@ -32,10 +32,10 @@ from ._dce import eliminate_dead_writes
 from ._trace_state import fresh_caches, reparametrized, without_mkldnn
 from .capture_taps import Taps, check_target_output, forward_with_taps, input_gradient_outputs
 from .decompositions import backward_decompositions, is_backward_op
-from .layers import _logits_of
 from .methods import CAMMethod, postprocess
 from .methods_extra import AUG_PASSES
 from .methods_input import InputGradientMethod
+from .probe import logits_of
 from .reruns import ablated_logits, aug_smoothed, method_input
 
 __all__ = ["CaptureSpec", "capture_forward", "explain_function", "trace_explainer"]
@@ -185,7 +185,7 @@ def _forward_with_leaf(call: Callable, layer: nn.Module, layer_name: str, image:
     handle = layer.register_forward_hook(hook)
     try:
         with torch.enable_grad():
-            logits = _logits_of(call(image))
+            logits = logits_of(call(image))
     finally:
         handle.remove()
     if len(captured) != 1:

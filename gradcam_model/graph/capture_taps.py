@@ -22,6 +22,7 @@ from .layouts import grid_problem
 from .methods import postprocess
 from .methods_extra import AUG_PASSES
 from .methods_input import GuidedBackprop, GuidedGates, GuidedGradCAM, InputGradientMethod
+from .probe import logits_of
 from .reruns import aug_smoothed
 
 __all__ = ["Taps", "check_target_output", "forward_with_taps", "input_gradient_outputs"]
@@ -58,7 +59,6 @@ def forward_with_taps(model: nn.Module, layer: nn.Module | None, spec, image: to
 
     ``activations`` is the target layer's output (guided Grad-CAM), None for methods without one.
     """
-    from .layers import _logits_of
 
     method: InputGradientMethod = spec.method
     named = method.leaf_layers(model)
@@ -79,7 +79,7 @@ def forward_with_taps(model: nn.Module, layer: nn.Module | None, spec, image: to
         if taps.gates is not None:  # registered after the taps: a tapped nn.ReLU output is the ReLU's own
             stack.enter_context(taps.gates.active())
         with torch.enable_grad():
-            logits = _logits_of(model(leaf))
+            logits = logits_of(model(leaf))
     for name, module in [*named, *([(spec.layer_name, layer)] if layer else [])]:
         runs = len(seen[id(module)])
         if runs > 1 or (runs == 0 and module is layer):

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import LayerError, LayerNotFoundError, ModelTypeError
 from .layouts import NCHW, Layout, axis_problem
-from .probe import _logits_of, probe, run_model  # noqa: F401 (_logits_of: the capture's import)
+from .probe import probe
 
 __all__ = [
     "LayerInfo",
@@ -22,7 +22,6 @@ __all__ = [
     "select_layer",
     "describe_layer",
     "uses_attention",
-    "run_model",
     "check_model",
 ]
 

@@ -30,10 +30,11 @@ from ._state import eval_state
 from ._too_small import too_small as explain_too_small
 from .layouts import MAX_PREFIX_TOKENS, NCHW, Layout, classify
 
-__all__ = ["ModelProbe", "SeenLayer", "probe", "cached_probe", "run_model"]
+__all__ = ["ModelProbe", "SeenLayer", "cached_probe", "logits_of", "probe", "run_model"]
 
 
-def _logits_of(output: object) -> torch.Tensor:
+def logits_of(output: object) -> torch.Tensor:
+    """``output`` if it is ``[N, num_classes]`` logits, else a ``ModelOutputError`` saying what to wrap."""
     if isinstance(output, torch.Tensor) and output.dim() == 2:
         return output
     kind = f"a tensor of shape {tuple(output.shape)}" if isinstance(output, torch.Tensor) else type(output).__name__
@@ -46,7 +47,7 @@ def _logits_of(output: object) -> torch.Tensor:
 def run_model(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """``model(image)`` as logits; an input too small for the model becomes an ``InputError`` saying so."""
     try:
-        return _logits_of(model(image))
+        return logits_of(model(image))
     except RuntimeError as exc:
         too_small = explain_too_small(model, image)
         if too_small is None:

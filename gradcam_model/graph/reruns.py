@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import _logits_of
 from .methods import postprocess
 from .methods_extra import ablated_copies, augment, deaugment
+from .probe import logits_of
 
 __all__ = ["ablated_logits", "aug_smoothed", "is_cut", "method_input"]
 
@@ -50,7 +50,7 @@ def ablated_logits(model: nn.Module, layer: nn.Module, spec, batch: torch.Tensor
     try:
         below = batch if spec.ablation_cut else batch[:, None].expand(-1, c, -1, -1, -1).flatten(0, 1)
         with torch.no_grad():
-            logits = _logits_of(model(below))
+            logits = logits_of(model(below))
     finally:
         handle.remove()
     return logits.unflatten(0, (-1, c))
@@ -63,7 +63,7 @@ def is_cut(model: nn.Module, layer: nn.Module, image: torch.Tensor) -> bool:
     handle = layer.register_forward_hook(lambda _module, _inputs, output: output.repeat(3, 1, 1, 1))
     try:
         with torch.no_grad():
-            rows = _logits_of(model(probe)).shape[0]
+            rows = logits_of(model(probe)).shape[0]
     except (RuntimeError, ValueError):  # a tensor from below the layer met the 6 rows (a residual join): not a cut
         return False
     finally:
