@@ -8,7 +8,7 @@ at concurrency 1, and ``:explain`` with a JPEG overlay at concurrency 1, 4 and 1
 In the same run the same pictures go through this process: the bare explainer call on a
 preprocessed image (twice: ONNX Runtime's default session, whose idle threads spin, and the
 server's, whose idle threads sleep; the server's figures are measured over the faster of the
-two), the whole ``:explain`` request work without HTTP, and
+two), the whole ``:explain`` request work without HTTP (on the server's session), and
 ``explain_files`` (JPEG overlays, CSV, grid). The ways take turns in interleaved rounds,
 so each sees the same load from whatever else runs. Serve side only with ``--artifact``;
 without it EfficientNet-Lite0 is exported first (``[export,demo]``). Needs the ``[serve]``
@@ -264,7 +264,7 @@ def run_serve_bench(
 
     def request_work(body: tuple[bytes, dict]) -> bytes:
         batch = parse_v1(json.loads(body[0]), meta, ServeLimits(), explain=True)
-        return json.dumps(v1_response(explainer(batch.images, batch.classes), batch, explain=True)).encode()
+        return json.dumps(v1_response(asleep(batch.images, batch.classes), batch, explain=True)).encode()
 
     def files(indices: list[int]) -> tuple[list[float], float]:
         started = time.perf_counter()
