@@ -3,7 +3,7 @@
 Request threads decode and encode pictures in parallel; ONNX Runtime runs one call at a
 time (it already spreads a call over every core), on everything queued since the last
 call, up to ``max_batch`` images. A request that finds no other in flight runs on its own
-thread at once (no hand-off to the batching thread and back: ~0.07 ms a request at
+thread at once (no hand-off to the batching thread and back: 0.04-0.07 ms a request at
 concurrency 1). Inputs are validated per request before they are queued, so one bad
 request never fails the others of its batch.
 """
