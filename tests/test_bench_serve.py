@@ -23,6 +23,7 @@ def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
                              rounds=2, extra=extra)  # fmt: skip
     assert [(t.what, t.concurrency, t.requests) for t in result.timings] == [
         ("in-process explainer (preprocessed, batch 1)", 1, 6),
+        ("in-process explainer, idle threads asleep (the server's session)", 1, 6),
         ("in-process :explain work, no HTTP", 1, 6),
         ("HTTP v2 binary tensor", 1, 6),
         ("HTTP :explain, compact map", 1, 6),
@@ -34,6 +35,9 @@ def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
     assert seen == list(range(6))  # in the same interleaved rounds, each request once
     assert result.timings[-2].p50_ms == 1.0
     assert all(0 < t.p50_ms <= t.p99_ms for t in result.timings)
+    assert result.base.p50_ms == min(t.p50_ms for t in result.timings[:2])  # the faster bare call
+    gap = result.timings[3].p50_ms - result.base.p50_ms
+    assert f"p50 at concurrency 1 is {gap:+.1f} ms over the bare in-process call" in result.targets()[0]
     targets = result.targets()
     assert targets[0].startswith("HTTP v2 binary tensor: ") and "(target <= 3 ms)" in targets[0]
     assert targets[1].startswith("HTTP :explain, compact map: ") and "(target <= 5 ms)" in targets[1]

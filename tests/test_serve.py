@@ -442,6 +442,21 @@ def test_sigterm_stops_cleanly(server):
     assert "Shutting down" in log and "Traceback" not in log
 
 
+def test_the_served_session_does_not_spin(artifact):
+    """The server's ONNX Runtime session lets idle pool threads sleep (spinning ones took the cores its request
+    threads and clients need: docs/serving.md, "Speed"); the in-process default keeps ORT's spinning."""
+    from gradcam_model.runtime.explainer import OnnxExplainer
+
+    key = "session.intra_op.allow_spinning"
+    served = OnnxExplainer(artifact, providers=["CPUExecutionProvider"], spinning=False)
+    assert served.session.get_session_options().get_session_config_entry(key) == "0"
+    default = OnnxExplainer(artifact, providers=["CPUExecutionProvider"]).session.get_session_options()
+    with pytest.raises(RuntimeError, match="does not have"):
+        default.get_session_config_entry(key)
+    source = (ROOT / "gradcam_model" / "serving" / "server.py").read_text()
+    assert "OnnxExplainer(self.artifact, spinning=False)" in source
+
+
 def test_the_documented_v2_metadata_is_what_the_demo_artifact_gets():
     """docs/serving.md's `GET /v2/models/efficientnet_lite0` sample equals v2_metadata of the demo's metadata."""
     from gradcam_model.contract import ArtifactMetadata

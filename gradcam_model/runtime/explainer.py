@@ -203,7 +203,12 @@ class OnnxExplainer(Explainer):
     """An ONNX artifact under ONNX Runtime."""
 
     def __init__(
-        self, path: str | os.PathLike, *, providers: list[str] | None = None, threads: int | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -213,6 +218,8 @@ class OnnxExplainer(Explainer):
         options.log_severity_level = 3  # errors only: ORT warns about unused initializers
         if threads is not None:  # one session per Ray actor: its share of the node's cores
             options.intra_op_num_threads = int(threads)
+        if not spinning:  # idle pool threads sleep instead of spinning: the server's request threads need the cores
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = list(providers) if providers is not None else default_providers()
         try:
             session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)

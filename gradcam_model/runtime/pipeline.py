@@ -176,14 +176,7 @@ def explain_files(
     _check_options(alpha, overlay_format, batch_size, workers, tile_size, max_side)
     explainer = artifact if isinstance(artifact, Explainer) else load_explainer(artifact)
     meta = explainer.metadata
-    target = None
-    if class_ is not None:
-        if not meta.class_input:
-            raise InputError(
-                f"choosing a class needs an artifact exported with --class-input; {explainer.path} explains "
-                f"its top-{meta.top_k} classes"
-            )
-        target = resolve_class(class_, meta)
+    target = _target(explainer, class_)
     given = list(inputs)
     items = given if given and all(isinstance(i, ImageInput) for i in given) else collect_images(given)
     out = Path(out_dir)
@@ -192,30 +185,14 @@ def explain_files(
                         save_maps)  # fmt: skip
     record["batch_size"] = batch_size  # the same batches: bit-identical maps (ONNX Runtime's rounding)
     journal = Journal(out, record, [str(i.path) for i in items], overwrite=overwrite, resume=resume).open()
-    opts = _Options(
-        out, colormap, float(alpha), overlay_format, int(tile_size), True, save_maps, journal.tiles_dir, meta,
-        embed_report,
-    )  # fmt: skip
-    log.info("preprocessing: %s", meta.preprocessing.describe(target_size(meta)))  # shown by --verbose
+    opts = _Options(out, colormap, float(alpha), overlay_format, int(tile_size), True, save_maps, journal.tiles_dir,
+                    meta, embed_report)  # fmt: skip
     state = _Run(explainer, target, opts, target_size(meta), on_skip, journal)
     todo = [(i, item) for i, item in enumerate(items) if i not in journal.done]
     pool = ThreadPoolExecutor(workers, thread_name_prefix="gradcam-io")
     finished = False
     try:
-        with _Bar(len(items), progress) as bar:
-            bar.update(len(items) - len(todo))
-            batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-            decoding: deque[list[Future]] = deque()
-            for batch in batches[:2]:
-                decoding.append([pool.submit(_decode, item, meta, max_side) for _, item in batch])
-            for index, batch in enumerate(batches):
-                decoded = [f.result() for f in decoding.popleft()]
-                if index + 2 < len(batches):  # keep the next batch decoding while this one runs
-                    decoding.append([pool.submit(_decode, item, meta, max_side) for _, item in batches[index + 2]])
-                state.run(pool, batch, decoded)
-                state.drain(keep=2)
-                bar.update(len(batch))
-            state.drain(keep=0)
+        _run_batches(state, pool, todo, len(items), batch_size=batch_size, max_side=max_side, progress=progress)
         summary = state.finish(len(items), time.perf_counter() - started)
         finished = True
         return summary
@@ -224,6 +201,38 @@ def explain_files(
         # the rows of the images finished so far stay in the journal (resume continues from them)
         pool.shutdown(wait=True, cancel_futures=True)
         journal.close(finished=finished)
+
+
+def _target(explainer: Explainer, class_: int | str | None) -> int | None:
+    """The class index every picture is explained for (None: each picture's top class)."""
+    if class_ is None:
+        return None
+    meta = explainer.metadata
+    if not meta.class_input:
+        raise InputError(f"choosing a class needs an artifact exported with --class-input; {explainer.path} "
+                         f"explains its top-{meta.top_k} classes")  # fmt: skip
+    return resolve_class(class_, meta)
+
+
+def _run_batches(state: _Run, pool: ThreadPoolExecutor, todo: list, total: int, *, batch_size, max_side, progress):
+    """The ``todo`` ``(index, item)`` pairs of ``total`` images in batches, each through the explainer while the
+    next two decode; finished encodes drain as it goes."""
+    meta = state.meta
+    log.info("preprocessing: %s", meta.preprocessing.describe(state.size))  # shown by --verbose
+    with _Bar(total, progress) as bar:
+        bar.update(total - len(todo))
+        batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+        decoding: deque[list[Future]] = deque()
+        for batch in batches[:2]:
+            decoding.append([pool.submit(_decode, item, meta, max_side) for _, item in batch])
+        for index, batch in enumerate(batches):
+            decoded = [f.result() for f in decoding.popleft()]
+            if index + 2 < len(batches):  # keep the next batch decoding while this one runs
+                decoding.append([pool.submit(_decode, item, meta, max_side) for _, item in batches[index + 2]])
+            state.run(pool, batch, decoded)
+            state.drain(keep=2)
+            bar.update(len(batch))
+        state.drain(keep=0)
 
 
 def run_record(artifact, engine, target, colormap, alpha, overlay_format, max_side, tile_size, save_maps) -> dict:

@@ -210,9 +210,11 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
             self.load()
 
         def load(self) -> bool:
-            from ..runtime import load_explainer
+            from ..runtime.explainer import OnnxExplainer
 
-            self.explainer = load_explainer(self.artifact)
+            # no spinning: ORT's idle pool threads would take the cores the request threads, the event loop
+            # and the clients need between calls (docs/serving.md, "Speed")
+            self.explainer = OnnxExplainer(self.artifact, spinning=False)
             self.batcher = Batcher(self.explainer, options.max_batch)
             self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="gradcam-serve")
             self.stats = Statistics()
