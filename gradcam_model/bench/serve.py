@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -27,7 +28,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,20 @@ def _http(port: int, path: str, bodies: list[tuple[bytes, dict]], concurrency: i
     return latencies, time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def _server(artifact: Path, port: int, threads: int, workers: int, log: Path) -> Iterator[subprocess.Popen]:
+    """A ``gradcam serve`` on 127.0.0.1:``port``, ready; stopped by SIGTERM (killed after 60 s) on exit."""
+    process = _start_server(artifact, port, threads, workers, log)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def _start_server(artifact: Path, port: int, threads: int, workers: int, log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "gradcam_model", "serve", str(artifact), "--name", "bench", "--port", str(port)]
     argv += ["--threads", str(threads), "--workers", str(workers), "--grpc-port", "0"]
@@ -274,7 +289,6 @@ def run_serve_bench(
         return [seconds / len(indices)] * len(indices), seconds  # per-image mean: a rate, not a latency
 
     port = _free_port()
-    process = _start_server(artifact, port, threads, workers, workdir / "server.log")
 
     def http(what: str, level: int):
         return lambda indices: _http(port, paths[what], bodies[what], level, indices)
@@ -289,16 +303,10 @@ def run_serve_bench(
         **{(what, level): run for what, level, run in extra},
         (FILES, 1): files,
     }
-    try:
+    with _server(artifact, port, threads, workers, workdir / "server.log"):
         for name in (V2, COMPACT, OVERLAY):
             _http(port, paths[name], bodies[name], 2, list(range(4)))  # warm-up
         measured = _rounds(runners, requests, rounds)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
     timings = [Timing(what, level, requests, seconds, *_percentiles(lat)) for (what, level), (lat, seconds) in
                measured.items()]  # fmt: skip
     return ServeResult(
