@@ -83,6 +83,13 @@ def _imports(module: str):
     return found
 
 
+def _python(code: str, timeout: int) -> str:
+    """What ``python -c code`` prints, in a fresh interpreter of this venv (it must exit 0)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def test_serve_side_imports_stay_on_the_serve_side():
     seen, queue, problems = set(), list(SERVE_SIDE), []
     while queue:
@@ -115,16 +122,12 @@ def test_importing_the_runtime_and_the_cli_leaves_torch_unloaded():
         "from gradcam_model import ArtifactMetadata, OUTPUT_NAMES, load_explainer, explain_files; "
         "print(sorted(m for m in ('torch', 'torchvision', 'onnx', 'onnxscript') if m in sys.modules))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert _python(code, 120) == "[]"
 
 
 def test_build_side_names_still_load_from_the_package():
     code = "import sys, gradcam_model as g; g.GradCAMModel; print('torch' in sys.modules, g.validate.__module__)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["True", "gradcam_model.checks.parity"]
+    assert _python(code, 300).split() == ["True", "gradcam_model.checks.parity"]
 
 
 GRAPH_MUST_NOT_REACH = ("checks", "export", "runtime", "serving", "cli", "bench", "demo", "cli_ray")
@@ -160,7 +163,6 @@ def test_every_module_imports_first():
         "    except Exception as exc:\n        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
         "print('\\n'.join(failed))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "", done.stdout
     assert len(modules) > 40
+    failed = _python(code, 600)
+    assert failed == "", failed
