@@ -448,8 +448,11 @@ def _edit_metadata(program: str, source: Path, target: Path, text: str) -> Path:
 def bad_files(artifacts, guided_artifacts, pictures, tmp_path_factory) -> dict[tuple[str, str], Path]:
     folder = tmp_path_factory.mktemp("bad")
     files = dict(artifacts)
-    record = load_explainer(artifacts["gradcam_ort", "top2"], providers=["CPUExecutionProvider"]).metadata.to_json()
-    guided_record = load_explainer(guided_artifacts["gradcam_ort"], providers=["CPUExecutionProvider"]).metadata.to_json()
+
+    def record_of(path: Path) -> str:
+        return load_explainer(path, providers=["CPUExecutionProvider"]).metadata.to_json()
+
+    record, guided_record = record_of(artifacts["gradcam_ort", "top2"]), record_of(guided_artifacts["gradcam_ort"])
     assert '"method": "guided-gradcam"' in guided_record
     for program, suffix in (("gradcam_ort", ".onnx"), ("gradcam_run", ".pt")):
         source = artifacts[program, "top2"]
