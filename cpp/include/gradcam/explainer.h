@@ -67,7 +67,8 @@ struct Explanation {
 class Explainer {
  public:
   // Opens an ONNX artifact (.onnx) under ONNX Runtime. Throws Error: kMissingFile (no such file),
-  // kBadArtifact (not loadable, no or bad metadata, inputs or outputs off the contract), kRunFailed
+  // kBadArtifact (not loadable, no or bad metadata, inputs or outputs off the contract for its method:
+  // output_names(method), six with "guided" for a guided method), kRunFailed
   // (CUDA asked for and not available).
   explicit Explainer(const std::string& artifact, const Options& options = {});
   // Runs on another engine (see backend.h).
