@@ -35,8 +35,10 @@ const char* kUsageText =
     "Explains image files (PNG, JPEG, BMP, TIFF, WebP), and the pictures in folders (recursively), with a\n"
     "gradcam_model artifact: each picture is preprocessed as its metadata records, the pictures run in\n"
     "batches, and DIR receives overlays/<name>.png (a jet heat map over the explained region; <name>-topK.png\n"
-    "for further classes) and predictions.csv (the columns of `gradcam explain`). A missing or unreadable\n"
-    "picture gets an error row and the run carries on (exit 5).\n"
+    "for further classes) and predictions.csv (the columns of `gradcam explain`); an artifact of a guided\n"
+    "method (guided-backprop, guided-gradcam) also gives guided/<name>.png, each overlay's guided gradient\n"
+    "picture at the network input's size. A missing or unreadable picture gets an error row and the run\n"
+    "carries on (exit 5).\n"
     "\n"
     "  --out DIR         output folder (created if missing)\n"
     "  --class C         class to explain, an index or a class name (artifacts with a class input)\n"
@@ -45,6 +47,7 @@ const char* kUsageText =
     "  --threads T       intra-op CPU threads (default: the engine's choice)\n"
     "  --cuda            run on the first GPU\n"
     "  --save-tensors    also write DIR/tensors/{image,logits,probabilities,class_index,score,cam}.npy\n"
+    "                    (and guided.npy for a guided method)\n"
     "  --quiet           print nothing but errors\n"
     "\n"
     "exit codes: 0 ok, 2 usage, 3 missing artifact or empty folder, 4 bad artifact, 5 some image missing or\n"
@@ -280,13 +283,11 @@ class Run {
       indices += sep + std::to_string(e.classes[k]);
       labels += sep + e.labels[k];
       scores += sep + fixed(e.scores[k], 6);
-      std::vector<uint8_t> png;
-      if (!cv::imencode(".png", overlay(picture, e, k, opt_.alpha), png)) {
-        throw Error(kInternal, "OpenCV could not encode an overlay as PNG");
-      }
-      const std::string name = "overlays/" + images_[i].key + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
-      out_.write(name, png.data(), png.size());
-      overlays += sep + (fs::path(opt_.out) / name).string();
+      // as gradcam explain: a guided artifact's guided picture under the overlay's name
+      const std::string file = images_[i].key + (k ? "-top" + std::to_string(k + 1) : "") + ".png";
+      if (!e.guided.empty()) write_png("guided/" + file, guided_picture(e, meta_, k));
+      write_png("overlays/" + file, overlay(picture, e, k, opt_.alpha));
+      overlays += sep + (fs::path(opt_.out) / "overlays" / file).string();
     }
     const std::string& path = images_[i].path;
     const float probability = e.probabilities[static_cast<std::size_t>(e.predicted)];
@@ -301,13 +302,19 @@ class Run {
     ++explained_;
   }
 
+  void write_png(const std::string& name, const cv::Mat& picture) {
+    std::vector<uint8_t> png;
+    if (!cv::imencode(".png", picture, png)) throw Error(kInternal, "OpenCV could not encode " + name + " as PNG");
+    out_.write(name, png.data(), png.size());
+  }
+
   void save_tensors() {
     const auto [h, w] = meta_.target_size();
-    std::vector<float> logits, probabilities, score, cam;
+    std::vector<float> logits, probabilities, score, cam, guided;
     std::vector<int64_t> class_index;
     for (const Explanation& e : saved_) {
       append(logits, e.logits), append(probabilities, e.probabilities), append(class_index, e.classes);
-      append(score, e.scores), append(cam, e.maps);
+      append(score, e.scores), append(cam, e.maps), append(guided, e.guided);
     }
     const int64_t n = static_cast<int64_t>(saved_.size()), c = meta_.num_classes;
     const int64_t k = n ? static_cast<int64_t>(saved_[0].classes.size()) : 0;
@@ -318,6 +325,10 @@ class Run {
         {"score", npy(score, {n, k})},                 {"cam", npy(cam, {n, k, mh, mw})},
     };
     for (const auto& [name, data] : files) out_.write("tensors/" + std::string(name) + ".npy", data.data(), data.size());
+    if (is_guided(meta_.method)) {
+      const std::string data = npy(guided, {n, k, 3, h, w});  // at the network input's size
+      out_.write("tensors/guided.npy", data.data(), data.size());
+    }
   }
 
   const CliOptions& opt_;

@@ -60,6 +60,19 @@ cv::Mat from_view(const ImageView& view, std::size_t index) {
   return bgr;
 }
 
+// The "guided" output is there exactly for a guided method, as [n, k, 3, h, w] at the input's size
+// (any backend, the library's or another).
+void check_guided(const Outputs& o, const std::string& method, int64_t h, int64_t w) {
+  const std::size_t expected = static_cast<std::size_t>(o.n * o.k * 3 * h * w);
+  if (is_guided(method) && (o.guided_h != h || o.guided_w != w || o.guided.size() != expected)) {
+    throw Error(kRunFailed, "the engine's guided output is not [N, K, 3, H, W] at the input's " + std::to_string(h) + "x" +
+                                std::to_string(w) + " (off the artifact contract for method " + method + ")");
+  }
+  if (!is_guided(method) && !o.guided.empty()) {
+    throw Error(kRunFailed, "the engine returned a guided output for method " + method + ", which has none (off the artifact contract)");
+  }
+}
+
 }  // namespace
 
 Explainer::Explainer(const std::string& artifact, const Options& options) : backend_(open_onnxruntime(artifact, options)) {}
@@ -128,9 +141,10 @@ std::vector<Explanation> Explainer::explain_inputs(const float* inputs, int64_t 
     targets.assign(static_cast<std::size_t>(n), -1);
   }
   const Outputs o = backend_->run({inputs, n, h, w, targets.empty() ? nullptr : targets.data()});
+  check_guided(o, meta.method, h, w);
   std::vector<Explanation> out(static_cast<std::size_t>(n));
   const std::size_t classes_n = static_cast<std::size_t>(o.num_classes), k = static_cast<std::size_t>(o.k);
-  const std::size_t plane = static_cast<std::size_t>(o.h * o.w);
+  const std::size_t plane = static_cast<std::size_t>(o.h * o.w), guided = static_cast<std::size_t>(3 * o.guided_h * o.guided_w);
   for (std::size_t i = 0; i < out.size(); ++i) {
     Explanation& e = out[i];
     e.logits.assign(o.logits.begin() + i * classes_n, o.logits.begin() + (i + 1) * classes_n);
@@ -142,6 +156,10 @@ std::vector<Explanation> Explainer::explain_inputs(const float* inputs, int64_t 
     e.height = o.h, e.width = o.w;
     e.maps.assign(o.cam.begin() + i * k * plane, o.cam.begin() + (i + 1) * k * plane);
     e.region = {0.0, 0.0, static_cast<double>(w), static_cast<double>(h)};
+    if (!o.guided.empty()) {
+      e.guided.assign(o.guided.begin() + i * k * guided, o.guided.begin() + (i + 1) * k * guided);
+      e.guided_height = o.guided_h, e.guided_width = o.guided_w;
+    }
   }
   return out;
 }
@@ -153,6 +171,19 @@ cv::Mat overlay(const cv::Mat& picture, const Explanation& explanation, std::siz
   if (!(alpha >= 0.0 && alpha <= 1.0)) throw Error(kUsage, "alpha " + std::to_string(alpha) + " is not in [0, 1]");
   if (picture.type() != CV_8UC3) throw Error(kBadImage, "overlay draws on an 8-bit BGR picture (CV_8UC3), got " + describe(picture));
   return overlay(picture, explanation.map(k), explanation.height, explanation.width, alpha, explanation.region);
+}
+
+cv::Mat guided_picture(const Explanation& explanation, const Metadata& metadata, std::size_t k) {
+  if (explanation.guided.empty()) {
+    throw Error(kUsage, "this explanation has no guided output: only guided-backprop and guided-gradcam artifacts give one, "
+                        "this one's method is " + metadata.method);
+  }
+  if (k >= explanation.classes.size()) {
+    throw Error(kUsage, "guided image " + std::to_string(k) + " asked for; this explanation has " +
+                            std::to_string(explanation.classes.size()));
+  }
+  return guided_picture(explanation.guided_image(k), explanation.guided_height, explanation.guided_width,
+                        metadata.preprocessing.channel_order);
 }
 
 }  // namespace gradcam

@@ -1,4 +1,4 @@
-// Image files found and decoded, and overlays drawn, as gradcam_model.runtime does (images.h).
+// Image files found and decoded, overlays and guided pictures drawn, as gradcam_model.runtime does (images.h).
 #include "gradcam/images.h"
 
 #include <opencv2/imgcodecs.hpp>
@@ -181,6 +181,39 @@ cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, doub
   const cv::Rect box(x0, y0, x1 - x0, y1 - y0);
   blend(bgr(box).clone(), cam, h, w, alpha).copyTo(out(box));
   return out;
+}
+
+cv::Mat guided_picture(const float* guided, int64_t h, int64_t w, const std::string& channel_order) {
+  if (guided == nullptr || h < 1 || w < 1) {
+    throw Error(kUsage, "a guided image of " + std::to_string(h) + "x" + std::to_string(w) +
+                            "; expected a [3, H, W] gradient image of at least 1x1");
+  }
+  if (channel_order != "RGB" && channel_order != "BGR") {
+    throw Error(kUsage, "channel order \"" + channel_order + "\"; expected RGB or BGR (the metadata's preprocessing)");
+  }
+  // numpy's float32 image.mean() and image.std() (population) over all 3 * h * w values, summed
+  // here in double: within float32 rounding of numpy's pairwise float32 sums
+  const std::size_t plane = static_cast<std::size_t>(h * w), count = 3 * plane;
+  double sum = 0.0;
+  for (std::size_t i = 0; i < count; ++i) sum += guided[i];
+  const float mean = static_cast<float>(sum / static_cast<double>(count));
+  double squares = 0.0;
+  for (std::size_t i = 0; i < count; ++i) {
+    const double d = guided[i] - mean;  // float32 difference, as numpy's arr - arrmean
+    squares += d * d;
+  }
+  const float scale = static_cast<float>(std::sqrt(squares / static_cast<double>(count))) + 1e-5f;
+  cv::Mat picture(static_cast<int>(h), static_cast<int>(w), CV_8UC3);
+  for (int c = 0; c < 3; ++c) {
+    // picture channel c is B, G, R; the input's planes are R, G, B (or B, G, R for a BGR input)
+    const float* src = guided + static_cast<std::size_t>(channel_order == "RGB" ? 2 - c : c) * plane;
+    for (std::size_t i = 0; i < plane; ++i) {
+      // float32 throughout, as numpy with Python scalars (NEP 50); np.uint8 truncates, and a NaN casts to 0
+      const float v = (src[i] - mean) / scale * 0.1f + 0.5f;
+      picture.data[i * 3 + static_cast<std::size_t>(c)] = v >= 0.0f ? static_cast<uint8_t>(std::min(v, 1.0f) * 255.0f) : 0;
+    }
+  }
+  return picture;
 }
 
 }  // namespace gradcam

@@ -119,6 +119,14 @@ Preprocessing parse_preprocessing(const json& record, const std::string& source)
 
 }  // namespace
 
+bool is_guided(const std::string& method) { return method == "guided-backprop" || method == "guided-gradcam"; }
+
+std::vector<std::string> output_names(const std::string& method) {
+  std::vector<std::string> names{"logits", "probabilities", "class_index", "score", "cam"};
+  if (is_guided(method)) names.emplace_back(kGuidedOutput);
+  return names;
+}
+
 std::string Metadata::label(int64_t index) const {
   if (index >= 0 && static_cast<std::size_t>(index) < class_names.size()) return class_names[static_cast<std::size_t>(index)];
   return std::to_string(index);

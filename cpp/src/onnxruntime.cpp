@@ -9,6 +9,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <filesystem>
 #include <memory>
@@ -23,7 +24,6 @@ namespace gradcam {
 namespace {
 
 const std::vector<std::string> kInputNames{"image", "target_class"};
-const std::vector<std::string> kOutputNames{"logits", "probabilities", "class_index", "score", "cam"};
 
 std::string first_line(const std::string& text) {
   std::string line = text.substr(0, text.find('\n'));
@@ -85,13 +85,13 @@ std::string join(const std::vector<std::string>& items) {
 
 // The output's data, copied to `to`, after checking its element type and rank.
 template <typename T>
-std::vector<int64_t> copy_output(const Ort::Value& value, std::size_t index, std::size_t rank, std::vector<T>& to) {
+std::vector<int64_t> copy_output(const Ort::Value& value, const char* name, std::size_t rank, std::vector<T>& to) {
   const Ort::TensorTypeAndShapeInfo info = value.GetTensorTypeAndShapeInfo();
   const ONNXTensorElementDataType expected =
       std::is_same_v<T, float> ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   const std::vector<int64_t> shape = info.GetShape();
   if (info.GetElementType() != expected || shape.size() != rank) {
-    throw Error(kRunFailed, "output " + kOutputNames[index] + " is off the artifact contract (type or rank)");
+    throw Error(kRunFailed, std::string("output ") + name + " is off the artifact contract (type or rank)");
   }
   const T* data = value.GetTensorData<T>();
   to.assign(data, data + info.GetElementCount());
@@ -140,12 +140,21 @@ class OrtBackend final : public Backend {
       throw Error(kBadArtifact, artifact + " is an ONNX model without gradcam_model metadata (gradcam.json); export it with gradcam_model");
     }
     meta_ = parse_metadata(record.get(), artifact);
+    // the contract's names for the recorded method (a guided one adds "guided"), as the Python runtime checks them
     const std::vector<std::string> expected_inputs(kInputNames.begin(), kInputNames.begin() + (meta_.class_input ? 2 : 1));
+    const std::vector<std::string> expected_outputs = output_names(meta_.method);
     const std::vector<std::string> inputs = names(session_, true), outputs = names(session_, false);
-    if (inputs != expected_inputs || outputs != kOutputNames) {
+    if (inputs != expected_inputs || outputs != expected_outputs) {
+      std::vector<std::string> missing;
+      for (const std::string& name : expected_outputs) {
+        if (std::find(outputs.begin(), outputs.end(), name) == outputs.end()) missing.push_back(name);
+      }
       throw Error(kBadArtifact, artifact + " has inputs " + join(inputs) + " and outputs " + join(outputs) + "; expected " +
-                                    join(expected_inputs) + " and " + join(kOutputNames));
+                                    join(expected_inputs) + " and " + join(expected_outputs) + " for method " + meta_.method +
+                                    (missing.empty() ? "" : " (it lacks " + join(missing) + ")"));
     }
+    outputs_ = expected_outputs;
+    for (const std::string& name : outputs_) output_names_.push_back(name.c_str());
   }
 
   const Metadata& metadata() const override { return meta_; }
@@ -175,22 +184,27 @@ class OrtBackend final : public Backend {
                                                          class_shape.data(), 1));
       input_names.push_back("target_class");
     }
-    const char* output_names[] = {"logits", "probabilities", "class_index", "score", "cam"};
+    // output_names_: logits, probabilities, class_index, score, cam (+ guided for a guided method)
     // Session::Run is safe to call from several threads at once on one session
     std::vector<Ort::Value> outputs = session_.Run(Ort::RunOptions{nullptr}, input_names.data(), inputs.data(),
-                                                   inputs.size(), output_names, 5);
+                                                   inputs.size(), output_names_.data(), output_names_.size());
     // outputs[0..4]: logits float [N, C], probabilities float [N, C], class_index int64 [N, K],
-    // score float [N, K], cam float [N, K, H, W] in [0, 1]; GetTensorData<T>() reads each.
+    // score float [N, K], cam float [N, K, H, W] in [0, 1]; outputs[5] (guided methods): guided
+    // float [N, K, 3, H, W]; GetTensorData<T>() reads each.
     // [docs:end]
     Outputs out;
-    out.num_classes = copy_output(outputs[0], 0, 2, out.logits)[1];
-    copy_output(outputs[1], 1, 2, out.probabilities);
-    out.k = copy_output(outputs[2], 2, 2, out.class_index)[1];
-    copy_output(outputs[3], 3, 2, out.score);
-    const std::vector<int64_t> cam_shape = copy_output(outputs[4], 4, 4, out.cam);
+    out.num_classes = copy_output(outputs[0], "logits", 2, out.logits)[1];
+    copy_output(outputs[1], "probabilities", 2, out.probabilities);
+    out.k = copy_output(outputs[2], "class_index", 2, out.class_index)[1];
+    copy_output(outputs[3], "score", 2, out.score);
+    const std::vector<int64_t> cam_shape = copy_output(outputs[4], "cam", 4, out.cam);
     out.n = cam_shape[0], out.h = cam_shape[2], out.w = cam_shape[3];
     if (out.n != batch.n || cam_shape[1] != out.k) {
       throw Error(kRunFailed, "the artifact's outputs do not match the batch (off the artifact contract)");
+    }
+    if (outputs.size() > 5) {
+      const std::vector<int64_t> guided_shape = copy_output(outputs[5], kGuidedOutput, 5, out.guided);
+      out.guided_h = guided_shape[3], out.guided_w = guided_shape[4];
     }
     return out;
   }
@@ -198,6 +212,8 @@ class OrtBackend final : public Backend {
   // Session::Run is a const member in ONNX Runtime's C API but not in these headers' C++ wrapper
   mutable Ort::Session session_{nullptr};
   Metadata meta_;
+  std::vector<std::string> outputs_;       // output_names(meta_.method)
+  std::vector<const char*> output_names_;  // outputs_' characters, as Session::Run takes them
   std::string device_;
 };
 

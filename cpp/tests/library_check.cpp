@@ -2,6 +2,7 @@
 //
 //   gradcam_library_check threads ARTIFACT IMAGE...   4 threads x 50 calls on one Explainer == serial results
 //   gradcam_library_check forms ARTIFACT IMAGE        cv::Mat, RGB/BGR/RGBA/grey buffers and tensors agree
+//                                                     (guided outputs included); prints the guided output's shape
 //   gradcam_library_check errors ARTIFACT IMAGE       bad input: one line "case<TAB>code<TAB>message" each,
 //                                                     and the object still gives the same result afterwards
 //   gradcam_library_check bench ARTIFACT BATCH IMAGE...  seconds to decode and explain the files in batches
@@ -27,7 +28,8 @@ using gradcam::Explanation;
 
 bool same(const Explanation& a, const Explanation& b) {
   return a.logits == b.logits && a.probabilities == b.probabilities && a.classes == b.classes && a.scores == b.scores &&
-         a.maps == b.maps && a.labels == b.labels && a.predicted == b.predicted;
+         a.maps == b.maps && a.labels == b.labels && a.predicted == b.predicted && a.guided == b.guided &&
+         a.guided_height == b.guided_height && a.guided_width == b.guided_width;
 }
 
 int fail(const std::string& what) {
@@ -103,8 +105,11 @@ int forms(const std::string& artifact, const std::string& file) {
   const std::vector<float> input = explainer.preprocess(bgr, &region);
   const auto [h, w] = explainer.metadata().target_size();
   if (!same(explainer.explain_inputs(input.data(), 1, h, w)[0], reference)) return fail("the tensor differs from the cv::Mat");
-  std::printf("forms: 4 buffers and a tensor identical to the cv::Mat; region %.2f %.2f %.2f %.2f\n", region.x, region.y,
+  std::printf("forms: 4 buffers and a tensor identical to the cv::Mat; region %.2f %.2f %.2f %.2f; ", region.x, region.y,
               region.w, region.h);
+  if (reference.guided.empty()) std::printf("no guided output\n");
+  else std::printf("guided %zu x 3 x %lld x %lld\n", reference.classes.size(), static_cast<long long>(reference.guided_height),
+                   static_cast<long long>(reference.guided_width));
   return 0;
 }
 
@@ -136,6 +141,9 @@ int errors(const std::string& artifact, const std::string& file) {
       {"classes-per-picture", [&] { explainer.explain(std::vector<cv::Mat>{bgr, bgr}, {0}); }},
       {"no-tensors", [&] { explainer.explain_inputs(zeros.data(), 0, 5, 7); }},
       {"overlay-class", [&] { gradcam::overlay(bgr, reference, 9); }},
+      {"no-guided-output", [&] { gradcam::guided_picture(reference, meta, 0); }},
+      {"guided-channel-order", [&] { gradcam::guided_picture(zeros.data(), 5, 7, "RGBA"); }},
+      {"empty-guided", [&] { gradcam::guided_picture(zeros.data(), 0, 7); }},
   };
   for (const auto& [name, call] : cases) {
     try {

@@ -18,14 +18,16 @@ struct Batch {
   const int64_t* target_class = nullptr;  // int64 [n] for a class-input artifact (-1: top class), else null
 };
 
-// The five outputs of the artifact contract for one batch, on the host, row-major.
+// The outputs of the artifact contract for one batch (output_names(method)), on the host, row-major.
 struct Outputs {
   std::vector<float> logits;         // [n, num_classes]
   std::vector<float> probabilities;  // [n, num_classes]
   std::vector<int64_t> class_index;  // [n, k]
   std::vector<float> score;          // [n, k]
   std::vector<float> cam;            // [n, k, h, w]
+  std::vector<float> guided;         // [n, k, 3, guided_h, guided_w] for a guided method (is_guided), else empty
   int64_t n = 0, num_classes = 0, k = 0, h = 0, w = 0;
+  int64_t guided_h = 0, guided_w = 0;  // the network input's size for a guided method, else 0
 };
 
 class Backend {

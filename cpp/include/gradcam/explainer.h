@@ -50,15 +50,25 @@ struct Explanation {
   int64_t height = 0, width = 0;      // the maps' size (the network input's, unless exported without upsampling)
   std::vector<float> maps;            // [K, height, width], each in [0, 1]
   Region region;                      // the picture's pixels the maps cover (for tensors: the whole input)
+  // Guided methods only (guided-backprop, guided-gradcam; empty otherwise): the artifact's "guided"
+  // output, each explained class's signed, unnormalized gradient image [K, 3, guided_height,
+  // guided_width] at the network input's size, its channels in the input's order (see guided_picture).
+  std::vector<float> guided;
+  int64_t guided_height = 0, guided_width = 0;
 
   // Map k, height * width values, row-major.
   const float* map(std::size_t k = 0) const { return maps.data() + k * static_cast<std::size_t>(height * width); }
+  // Guided image k, 3 planes of guided_height * guided_width values.
+  const float* guided_image(std::size_t k = 0) const {
+    return guided.data() + k * static_cast<std::size_t>(3 * guided_height * guided_width);
+  }
 };
 
 class Explainer {
  public:
   // Opens an ONNX artifact (.onnx) under ONNX Runtime. Throws Error: kMissingFile (no such file),
-  // kBadArtifact (not loadable, no or bad metadata, inputs or outputs off the contract), kRunFailed
+  // kBadArtifact (not loadable, no or bad metadata, inputs or outputs off the contract for its method:
+  // output_names(method), six with "guided" for a guided method), kRunFailed
   // (CUDA asked for and not available).
   explicit Explainer(const std::string& artifact, const Options& options = {});
   // Runs on another engine (see backend.h).
@@ -96,5 +106,11 @@ std::shared_ptr<const Backend> open_onnxruntime(const std::string& artifact, con
 // Map k of an explanation over its picture (BGR, 8-bit, as given to explain()): a jet heat map
 // blended at `alpha` over the region the map explains, the rest dimmed; as gradcam explain's overlays.
 cv::Mat overlay(const cv::Mat& picture, const Explanation& explanation, std::size_t k = 0, double alpha = 0.4);
+
+// Guided image k of an explanation of a guided artifact as a picture: BGR, 8-bit, at the network
+// input's size, by pytorch-grad-cam's deprocess_image rule, as gradcam_model.runtime.visualize.
+// guided_picture (see images.h); `metadata` (the explainer's) gives the input's channel order.
+// Throws Error(kUsage) for an explanation without a guided output or a k out of range.
+cv::Mat guided_picture(const Explanation& explanation, const Metadata& metadata, std::size_t k = 0);
 
 }  // namespace gradcam

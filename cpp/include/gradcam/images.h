@@ -46,4 +46,12 @@ cv::Mat load_image(const std::string& path, int max_side = 0);
 // as gradcam_model.runtime.visualize.overlay(..., region=explained_region(...)).
 cv::Mat overlay(const cv::Mat& bgr, const float* cam, int64_t h, int64_t w, double alpha, const Region& region);
 
+// One guided gradient float32 [3, h, w] (the "guided" output's image of one class) as a BGR 8-bit
+// picture, as gradcam_model.runtime.visualize.guided_picture draws it (pytorch-grad-cam's
+// deprocess_image): standardized over all its values, (g - mean) / (std + 1e-5) * 0.1 + 0.5 in
+// float32, clipped to [0, 1], times 255 truncated (mid grey 127 where the gradient is 0; a NaN is 0).
+// `channel_order` is the network input's ("RGB" or "BGR", the metadata's preprocessing).
+// Throws Error(kUsage) for an empty image or another channel order.
+cv::Mat guided_picture(const float* guided, int64_t h, int64_t w, const std::string& channel_order = "RGB");
+
 }  // namespace gradcam

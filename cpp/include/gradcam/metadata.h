@@ -13,6 +13,14 @@ namespace gradcam {
 constexpr int64_t kSchemaVersion = 2;  // the newest schema these programs understand
 constexpr const char* kMetadataKey = "gradcam.json";
 
+// The guided methods' sixth output, float32 [N, K, 3, H, W] at the network input's size: each explained
+// class's signed, unnormalized input gradient (gradcam_model.contract.GUIDED_OUTPUT, GUIDED_METHODS).
+constexpr const char* kGuidedOutput = "guided";
+bool is_guided(const std::string& method);
+// An artifact's outputs in order, as gradcam_model.contract.output_names: logits, probabilities,
+// class_index, score, cam, then guided for a guided method.
+std::vector<std::string> output_names(const std::string& method);
+
 // How a picture becomes the network input (schema 2's "preprocessing" record; version-1
 // artifacts read as these defaults: a stretch with OpenCV's area average). The fields and their
 // meaning are gradcam_model.contract.Preprocessing's.
