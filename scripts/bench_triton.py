@@ -1,6 +1,7 @@
 """Time a real Triton server's python-backend path beside ``gradcam serve`` and the in-process calls, in one run.
 
-Usage: ``python scripts/bench_triton.py ARTIFACT.onnx [--images 32] [--requests 96] [--rounds 3] [--out RESULT.json]``
+Usage: ``python scripts/bench_triton.py ARTIFACT.onnx [--images 32] [--requests 96] [--rounds 3] [--ort-spinning]
+[--out RESULT.json]``
 
 ``gradcam bench --serve``'s run (``gradcam_model.bench.serve.run_serve_bench``: the bare
 in-process call, the in-process ``:explain`` work, ``gradcam serve``'s v2 binary tensor,
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--requests", type=int, default=96, help="requests per way (default: 96)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ort-spinning", action="store_true", help="start gradcam serve with --ort-spinning")
     parser.add_argument("--out", help="write the figures as JSON here too")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="gradcam-bench-triton-") as tmp:
@@ -84,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
             _triton(server, work, "http", jpegs[:4], 1)  # warm-up: the stub's first call
             extra = [way(protocol, threads) for threads in (1, 16) for protocol in ("http", "grpc")]
             result = run_serve_bench(Path(args.artifact), images, work, requests=args.requests, rounds=args.rounds,
-                                     extra=extra)  # fmt: skip
+                                     ort_spinning=args.ort_spinning, extra=extra)  # fmt: skip
         finally:
             code = triton_server.stop(server)
         leaked = triton_server.shm_regions() - server.shm_before
     command = f"python scripts/bench_triton.py ARTIFACT --requests {args.requests} --rounds {args.rounds}"
+    command += " --ort-spinning" if args.ort_spinning else ""
     print(markdown(result, args.requests, command))
     print(f"tritonserver exit code {code}; shared-memory regions left: {sorted(leaked) or 'none'}")
     if args.out:

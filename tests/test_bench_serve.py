@@ -20,10 +20,10 @@ def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
 
     extra = [("another server", 16, other_server)]
     result = run_serve_bench(artifact, images, tmp_path, requests=6, levels=(1, 2), output="map_png", threads=1,
-                             rounds=2, extra=extra)  # fmt: skip
+                             rounds=2, ort_spinning=True, extra=extra)  # fmt: skip
     assert [(t.what, t.concurrency, t.requests) for t in result.timings] == [
         ("in-process explainer (preprocessed, batch 1)", 1, 6),
-        ("in-process explainer, idle threads asleep (the server's session)", 1, 6),
+        ("in-process explainer, idle threads asleep", 1, 6),
         ("in-process :explain work, no HTTP", 1, 6),
         ("HTTP v2 binary tensor", 1, 6),
         ("HTTP :explain, compact map", 1, 6),
@@ -43,6 +43,9 @@ def test_small_run_and_markdown_section(resnet18_layer4, tmp_path):
     assert targets[1].startswith("HTTP :explain, compact map: ") and "(target <= 5 ms)" in targets[1]
     assert targets[2].startswith("HTTP :explain, JPEG overlay at concurrency 2: ") and "(target >= 0.8x)" in targets[2]
     assert all(line.endswith(("met", "missed")) for line in targets)
+    # the server ran as asked (gradcam serve --ort-spinning), and the section says so
+    assert "ONNX Runtime runs it on CPUExecutionProvider (idle threads spin)" in (tmp_path / "server.log").read_text()
+    assert "ONNX Runtime's idle threads spinning (`--ort-spinning`)" in markdown(result, 6)
     assert len(list((tmp_path / "explain_files" / "overlays").iterdir())) == 3  # explain_files ran for real
     assert "Finished server process" in (tmp_path / "server.log").read_text()  # stopped by SIGTERM
     text = markdown(result, 6)

@@ -72,6 +72,7 @@ class ServeResult:
     output: str
     server_threads: int
     server_workers: int
+    server_spinning: bool  # gradcam serve --ort-spinning
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     machine: str
@@ -117,7 +118,7 @@ OVERLAY = "HTTP :explain, JPEG overlay"
 FILES = "explain_files (JPEG overlays, CSV, grid)"
 WORK = "in-process :explain work, no HTTP"
 BARE = "in-process explainer (preprocessed, batch 1)"
-BARE_ASLEEP = "in-process explainer, idle threads asleep (the server's session)"
+BARE_ASLEEP = "in-process explainer, idle threads asleep"
 
 
 def _percentiles(latencies: list[float]) -> tuple[float, float]:
@@ -188,9 +189,10 @@ def _http(port: int, path: str, bodies: list[tuple[bytes, dict]], concurrency: i
 
 
 @contextlib.contextmanager
-def _server(artifact: Path, port: int, threads: int, workers: int, log: Path) -> Iterator[subprocess.Popen]:
-    """A ``gradcam serve`` on 127.0.0.1:``port``, ready; stopped by SIGTERM (killed after 60 s) on exit."""
-    process = _start_server(artifact, port, threads, workers, log)
+def _server(artifact: Path, port: int, argv: list[str], log: Path) -> Iterator[subprocess.Popen]:
+    """A ``gradcam serve`` with options ``argv`` on 127.0.0.1:``port``, ready; stopped by SIGTERM (killed after
+    60 s) on exit."""
+    process = _start_server(artifact, port, argv, log)
     try:
         yield process
     finally:
@@ -201,9 +203,9 @@ def _server(artifact: Path, port: int, threads: int, workers: int, log: Path) ->
             process.kill()
 
 
-def _start_server(artifact: Path, port: int, threads: int, workers: int, log: Path) -> subprocess.Popen:
+def _start_server(artifact: Path, port: int, options: list[str], log: Path) -> subprocess.Popen:
     argv = [sys.executable, "-m", "gradcam_model", "serve", str(artifact), "--name", "bench", "--port", str(port)]
-    argv += ["--threads", str(threads), "--workers", str(workers), "--grpc-port", "0"]
+    argv += ["--grpc-port", "0", *options]
     with open(log, "wb") as sink:
         process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + _READY_TIMEOUT
@@ -254,6 +256,7 @@ def run_serve_bench(
     threads: int = 4,
     workers: int = 1,
     rounds: int = 4,
+    ort_spinning: bool = False,
     extra: Sequence[tuple[str, int, Callable[[list[int]], tuple[list[float], float]]]] = (),
 ) -> ServeResult:
     """Time the in-process ways and the server's on the same pictures.
@@ -272,14 +275,15 @@ def run_serve_bench(
     jpegs = [p.read_bytes() for p in images]
     inputs = [preprocess(decode_image(j), meta)[None] for j in jpegs]
     bodies, paths = _requests(jpegs, inputs, output)
-    asleep = OnnxExplainer(artifact, spinning=False)  # as the server loads it
+    asleep = OnnxExplainer(artifact, spinning=False)
     for x in inputs[:3]:
         explainer(x)  # warm-up
         asleep(x)
+    as_served = explainer if ort_spinning else asleep  # the server's session
 
     def request_work(body: tuple[bytes, dict]) -> bytes:
         batch = parse_v1(json.loads(body[0]), meta, ServeLimits(), explain=True)
-        return json.dumps(v1_response(asleep(batch.images, batch.classes), batch, explain=True)).encode()
+        return json.dumps(v1_response(as_served(batch.images, batch.classes), batch, explain=True)).encode()
 
     def files(indices: list[int]) -> tuple[list[float], float]:
         started = time.perf_counter()
@@ -303,7 +307,8 @@ def run_serve_bench(
         **{(what, level): run for what, level, run in extra},
         (FILES, 1): files,
     }
-    with _server(artifact, port, threads, workers, workdir / "server.log"):
+    options = ["--threads", str(threads), "--workers", str(workers), *(["--ort-spinning"] if ort_spinning else [])]
+    with _server(artifact, port, options, workdir / "server.log"):
         for name in (V2, COMPACT, OVERLAY):
             _http(port, paths[name], bodies[name], 2, list(range(4)))  # warm-up
         measured = _rounds(runners, requests, rounds)
@@ -317,6 +322,7 @@ def run_serve_bench(
         output=output,
         server_threads=threads,
         server_workers=workers,
+        server_spinning=ort_spinning,
         load_before=tuple(round(x, 2) for x in load_before),
         load_after=tuple(round(x, 2) for x in os.getloadavg()),
         machine=sections.machine(),
@@ -338,10 +344,12 @@ def markdown(result: ServeResult, requests: int, command: str | None = None) -> 
         f"- {r.artifact}, {r.provider}; one {r.size[0]}x{r.size[1]} picture per request: the v2 request sends it "
         f'preprocessed as raw FP32 and gets raw outputs, the compact `:explain` has `"output": "{r.output}"`; '
         f"server on 127.0.0.1 with {r.server_workers} process(es) of {r.server_threads} request threads, "
-        "batching up to 8 images; the HTTP clients run in the benchmark process on the same cores; "
+        "batching up to 8 images, ONNX Runtime's idle threads "
+        + ("spinning (`--ort-spinning`)" if r.server_spinning else "asleep (its default)")
+        + "; the HTTP clients run in the benchmark process on the same cores; "
         "explain_files's figure is its mean time per picture; the last column is measured over the faster of "
-        "the two bare in-process calls (ONNX Runtime's default session, whose idle threads spin, and the "
-        "server's, whose idle threads sleep)",
+        "the two bare in-process calls (ONNX Runtime's default session, whose idle threads spin, and one whose "
+        "idle threads sleep)",
         f"- {r.machine}; load average before {list(r.load_before)}, after {list(r.load_after)}",
         "",
         r.table(),
@@ -363,6 +371,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=4, metavar="N", help="server request threads (default: 4)")
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="server processes (default: 1)")
     parser.add_argument("--rounds", type=int, default=4, metavar="R", help="interleaved rounds (default: 4)")
+    parser.add_argument("--ort-spinning", action="store_true", help="start the server with --ort-spinning")
     sections.add_output_arguments(parser, kept="images, artifact and the server log")
 
 
@@ -378,6 +387,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             workers=args.workers,
             rounds=args.rounds,
+            ort_spinning=args.ort_spinning,
         )
     print(result.table())
     for line in result.targets():

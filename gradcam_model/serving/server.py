@@ -55,6 +55,9 @@ class ServeOptions:
     colormap: str = "jet"
     alpha: float = 0.4
     grace_period: int = 30  # seconds in-flight requests get after SIGTERM
+    # ONNX Runtime's idle threads spin (its default): ~1 ms less per request on a machine the server has to itself,
+    # far more lost when other work needs the cores (docs/serving.md, "Speed")
+    ort_spinning: bool = False
 
 
 def _kserve():
@@ -214,7 +217,7 @@ def build_model(artifact: str | os.PathLike, options: ServeOptions):
 
             # no spinning: ORT's idle pool threads would take the cores the request threads, the event loop
             # and the clients need between calls (docs/serving.md, "Speed")
-            self.explainer = OnnxExplainer(self.artifact, spinning=False)
+            self.explainer = OnnxExplainer(self.artifact, spinning=options.ort_spinning)
             self.batcher = Batcher(self.explainer, options.max_batch)
             self.pool = ThreadPoolExecutor(options.threads, thread_name_prefix="gradcam-serve")
             self.stats = Statistics()
@@ -298,6 +301,6 @@ def serve(artifact: str | os.PathLike, options: ServeOptions) -> None:
     urls = [_url("http", options.host, options.port)]
     if options.grpc_port:
         urls.append(_url("grpc", options.host, options.grpc_port))
-    log.info("serving %s as %s on %s; ONNX Runtime runs it on %s", artifact, options.name, " and ".join(urls),
-             model.explainer.provider)  # fmt: skip
+    log.info("serving %s as %s on %s; ONNX Runtime runs it on %s (idle threads %s)", artifact, options.name,
+             " and ".join(urls), model.explainer.provider, "spin" if options.ort_spinning else "sleep")  # fmt: skip
     ExplainServer(options).start([model])
